@@ -1,0 +1,144 @@
+//! The catalog: every table, view and materialized view, by name.
+//!
+//! The planner reads it through [`CatalogReader`]; DDL changes it under the
+//! coordinator's DDL lock. It records what each relation depends on, so a
+//! drop that would orphan a view is refused without `CASCADE`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::logical_expr::LogicalPlan;
+use weir_sql::{CatalogReader, GlobalId, Plan, RelationDesc, RelationKind};
+
+/// A column of a table.
+#[derive(Debug, Clone)]
+pub struct ColumnDef {
+    pub name: String,
+    pub sql_type: String,
+    pub nullable: bool,
+    pub max_length: Option<u64>,
+}
+
+/// A catalog entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: GlobalId,
+    pub name: String,
+    pub kind: RelationKind,
+    pub schema: SchemaRef,
+    pub columns: Vec<ColumnDef>,
+    /// Column indices of the primary key (tables only).
+    pub primary_key: Vec<usize>,
+    /// The `CREATE` statement, as the user wrote it.
+    pub create_sql: String,
+    /// The bound definition of a view.
+    pub view_plan: Option<LogicalPlan>,
+    /// The dataflow plan of a materialized view.
+    pub plan: Option<Arc<Plan>>,
+    /// Names of the relations this one reads directly.
+    pub depends_on: Vec<String>,
+}
+
+impl Entry {
+    pub fn kind_name(&self) -> &'static str {
+        kind_name(self.kind)
+    }
+}
+
+pub fn kind_name(kind: RelationKind) -> &'static str {
+    match kind {
+        RelationKind::Table => "table",
+        RelationKind::View => "view",
+        RelationKind::MaterializedView => "materialized view",
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: GlobalId,
+    entries: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    state: RwLock<State>,
+}
+
+impl Catalog {
+    pub fn allocate_id(&self) -> GlobalId {
+        let mut s = self.state.write().expect("catalog lock");
+        s.next_id += 1;
+        s.next_id
+    }
+
+    pub fn get(&self, name: &str) -> Option<Entry> {
+        self.state.read().expect("catalog lock").entries.get(name).cloned()
+    }
+
+    pub fn insert(&self, entry: Entry) {
+        self.state.write().expect("catalog lock").entries.insert(entry.name.clone(), entry);
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Entry> {
+        self.state.write().expect("catalog lock").entries.remove(name)
+    }
+
+    pub fn entries(&self) -> Vec<Entry> {
+        self.state.read().expect("catalog lock").entries.values().cloned().collect()
+    }
+
+    /// Names of the relations that read `name` directly.
+    pub fn dependents(&self, name: &str) -> Vec<Entry> {
+        self.state
+            .read()
+            .expect("catalog lock")
+            .entries
+            .values()
+            .filter(|e| e.depends_on.iter().any(|d| d == name))
+            .cloned()
+            .collect()
+    }
+
+    /// `name` and everything that depends on it, dependents first.
+    pub fn dependents_closure(&self, name: &str) -> Vec<Entry> {
+        let mut out: Vec<Entry> = Vec::new();
+        let mut visit = vec![name.to_string()];
+        while let Some(n) = visit.pop() {
+            for d in self.dependents(&n) {
+                if !out.iter().any(|e| e.name == d.name) {
+                    visit.push(d.name.clone());
+                    out.push(d);
+                }
+            }
+        }
+        // Drop the deepest dependents first.
+        out.reverse();
+        out
+    }
+}
+
+impl CatalogReader for Catalog {
+    fn relation(&self, name: &str) -> Option<RelationDesc> {
+        self.get(name).map(|e| RelationDesc {
+            id: e.id,
+            name: e.name.clone(),
+            kind: e.kind,
+            schema: e.schema.clone(),
+            view_plan: e.view_plan.clone(),
+            definition: e.create_sql.clone(),
+        })
+    }
+
+    fn relation_names(&self) -> Vec<String> {
+        self.state.read().expect("catalog lock").entries.keys().cloned().collect()
+    }
+}
+
+/// An Arrow schema whose fields are all nullable (NOT NULL is enforced by
+/// the coordinator on write, with PostgreSQL's error).
+pub fn nullable_schema(fields: impl IntoIterator<Item = (String, arrow::datatypes::DataType)>) -> SchemaRef {
+    Arc::new(Schema::new(
+        fields.into_iter().map(|(n, t)| Field::new(n, t, true)).collect::<Vec<_>>(),
+    ))
+}

@@ -1,0 +1,163 @@
+//! The controller: the timestamp oracle and the only path to the workers.
+//!
+//! Commands go out through one [`CommandSink`] under one lock, so choosing a
+//! timestamp and sending the command that uses it are atomic: a peek is
+//! always ordered after every write whose time it reads. Worker responses
+//! are gathered here (a peek is answered once every worker has answered).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use arrow::datatypes::SchemaRef;
+use tokio::sync::{mpsc, oneshot};
+use weir_protocol::{Command, CommandSink, Response, ResponseReceiver, SubscribeUpdate, TableUpdate, Timestamp};
+use weir_sql::{GlobalId, Plan};
+
+use crate::error::AdapterError;
+
+struct Inner {
+    sink: Box<dyn CommandSink>,
+    /// The latest timestamp issued to a write.
+    last_write: Timestamp,
+    next_id: u64,
+}
+
+struct PendingPeek {
+    remaining: usize,
+    batches: Vec<RecordBatch>,
+    error: Option<String>,
+    reply: Option<oneshot::Sender<Result<Vec<RecordBatch>, String>>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    peeks: HashMap<u64, PendingPeek>,
+    subscribes: HashMap<u64, mpsc::UnboundedSender<(usize, Option<Timestamp>, Result<SubscribeUpdate, String>)>>,
+}
+
+/// One worker's message for a subscription.
+pub type SubscribeMessage = (usize, Option<Timestamp>, Result<SubscribeUpdate, String>);
+
+pub struct Controller {
+    inner: Mutex<Inner>,
+    pending: Arc<Mutex<Pending>>,
+    workers: usize,
+}
+
+fn now_ms() -> Timestamp {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Timestamp).unwrap_or(0)
+}
+
+impl Controller {
+    /// Take over `sink` and start gathering `responses`.
+    pub fn new(sink: Box<dyn CommandSink>, mut responses: ResponseReceiver) -> Arc<Self> {
+        let workers = sink.workers();
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let controller = Arc::new(Controller {
+            inner: Mutex::new(Inner { sink, last_write: 0, next_id: 0 }),
+            pending: pending.clone(),
+            workers,
+        });
+        // Open every input at "now" so reads have a time to read at.
+        controller.write(Vec::new());
+        tokio::spawn(async move {
+            while let Some(r) = responses.recv().await {
+                let mut p = pending.lock().expect("pending lock");
+                match r {
+                    Response::Peek { peek_id, result, .. } => {
+                        let Some(peek) = p.peeks.get_mut(&peek_id) else { continue };
+                        match result {
+                            Ok(b) => peek.batches.push(b),
+                            Err(e) => peek.error = peek.error.take().or(Some(e)),
+                        }
+                        peek.remaining -= 1;
+                        if peek.remaining == 0 {
+                            let peek = p.peeks.remove(&peek_id).expect("present");
+                            let result = match peek.error {
+                                Some(e) => Err(e),
+                                None => Ok(peek.batches),
+                            };
+                            if let Some(reply) = peek.reply {
+                                let _ = reply.send(result);
+                            }
+                        }
+                    }
+                    Response::SubscribeBatch { subscribe_id, worker, upper, update } => {
+                        if let Some(tx) = p.subscribes.get(&subscribe_id) {
+                            let _ = tx.send((worker, upper, update));
+                        }
+                    }
+                }
+            }
+        });
+        controller
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub fn send(&self, command: Command) {
+        self.inner.lock().expect("controller lock").sink.send(command);
+    }
+
+    /// Apply `updates` atomically at a fresh timestamp, returned.
+    pub fn write(&self, updates: Vec<TableUpdate>) -> Timestamp {
+        let mut inner = self.inner.lock().expect("controller lock");
+        let time = now_ms().max(inner.last_write + 1);
+        inner.last_write = time;
+        inner.sink.send(Command::Write { time, updates });
+        time
+    }
+
+    /// Read the contents of each of `targets` at one common timestamp.
+    pub async fn peek(&self, targets: &[(GlobalId, SchemaRef)]) -> Result<Vec<RecordBatch>, AdapterError> {
+        let mut receivers = Vec::new();
+        {
+            let mut inner = self.inner.lock().expect("controller lock");
+            let time = inner.last_write;
+            for (target, _) in targets {
+                inner.next_id += 1;
+                let peek_id = inner.next_id;
+                let (tx, rx) = oneshot::channel();
+                self.pending.lock().expect("pending lock").peeks.insert(
+                    peek_id,
+                    PendingPeek { remaining: self.workers, batches: Vec::new(), error: None, reply: Some(tx) },
+                );
+                inner.sink.send(Command::Peek { peek_id, target: *target, time });
+                receivers.push(rx);
+            }
+        }
+        let mut out = Vec::with_capacity(targets.len());
+        for (rx, (_, schema)) in receivers.into_iter().zip(targets) {
+            let batches = rx
+                .await
+                .map_err(|_| AdapterError::Internal("worker went away".into()))?
+                .map_err(AdapterError::Evaluation)?;
+            let batch = concat_batches(schema, &batches).map_err(|e| AdapterError::Internal(e.to_string()))?;
+            out.push(batch);
+        }
+        Ok(out)
+    }
+
+    /// Start a subscription to `plan`; messages arrive on the receiver until
+    /// [`Controller::unsubscribe`].
+    pub fn subscribe(&self, plan: Arc<Plan>) -> (u64, Timestamp, mpsc::UnboundedReceiver<SubscribeMessage>) {
+        let mut inner = self.inner.lock().expect("controller lock");
+        inner.next_id += 1;
+        let subscribe_id = inner.next_id;
+        let as_of = inner.last_write;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.pending.lock().expect("pending lock").subscribes.insert(subscribe_id, tx);
+        inner.sink.send(Command::Subscribe { subscribe_id, plan, as_of });
+        (subscribe_id, as_of, rx)
+    }
+
+    pub fn unsubscribe(&self, subscribe_id: u64) {
+        self.pending.lock().expect("pending lock").subscribes.remove(&subscribe_id);
+        self.send(Command::DropSubscribe { subscribe_id });
+    }
+}

@@ -1,0 +1,127 @@
+//! The one user-facing error type, and its mapping to SQLSTATE.
+//!
+//! Every failure a client can see is an [`AdapterError`]. [`AdapterError::code`]
+//! is an exhaustive match with no catch-all arm, so a new variant does not
+//! compile until it has a SQLSTATE.
+
+use pgwire::error::{ErrorInfo, PgWireError};
+use weir_sql::SqlError;
+use weir_sql::error::EvalErrorCode;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdapterError {
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    #[error("duplicate key value violates unique constraint \"{constraint}\"")]
+    UniqueViolation { constraint: String, detail: String },
+    #[error("null value in column \"{column}\" of relation \"{table}\" violates not-null constraint")]
+    NotNullViolation { table: String, column: String },
+    #[error("value too long for type character varying({0})")]
+    StringTooLong(u64),
+    #[error("cannot drop {kind} {name} because other objects depend on it")]
+    DependentObjects { kind: &'static str, name: String, dependents: Vec<String> },
+    #[error("\"{name}\" is not a {expected}")]
+    WrongObjectType { name: String, expected: &'static str },
+    #[error("{0}")]
+    Evaluation(String),
+    #[error("invalid input syntax: {0}")]
+    InvalidTextRepresentation(String),
+    #[error("{0}")]
+    BadCopyFile(String),
+    #[error("column \"{column}\" of relation \"{table}\" does not exist")]
+    UndefinedColumn { table: String, column: String },
+    #[error("{0} not supported")]
+    Unsupported(String),
+    #[error("canceling statement due to user request")]
+    Canceled,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AdapterError {
+    /// The SQLSTATE of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdapterError::Sql(e) => match e {
+                SqlError::Syntax { .. } => "42601",
+                SqlError::UndefinedTable { .. } => "42P01",
+                SqlError::UndefinedColumn { .. } => "42703",
+                SqlError::UndefinedFunction { .. } => "42883",
+                SqlError::DatatypeMismatch { .. } => "42804",
+                SqlError::DuplicateRelation(_) => "42P07",
+                SqlError::DuplicateColumn(_) => "42701",
+                SqlError::InvalidTableDefinition(_) => "42P16",
+                SqlError::UndefinedType(_) => "42704",
+                SqlError::Unsupported(_) => "0A000",
+                SqlError::Evaluation { code, .. } => eval_code(*code),
+                SqlError::Plan(_) => "42000",
+            },
+            AdapterError::UniqueViolation { .. } => "23505",
+            AdapterError::NotNullViolation { .. } => "23502",
+            AdapterError::StringTooLong(_) => "22001",
+            AdapterError::DependentObjects { .. } => "2BP01",
+            AdapterError::WrongObjectType { .. } => "42809",
+            AdapterError::Evaluation(m) => eval_code(EvalErrorCode::classify(m)),
+            AdapterError::InvalidTextRepresentation(_) => "22P02",
+            AdapterError::BadCopyFile(_) => "22P04",
+            AdapterError::UndefinedColumn { .. } => "42703",
+            AdapterError::Unsupported(_) => "0A000",
+            AdapterError::Canceled => "57014",
+            AdapterError::Internal(_) => "XX000",
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            AdapterError::UniqueViolation { detail, .. } => Some(detail.clone()),
+            AdapterError::DependentObjects { dependents, .. } => Some(
+                dependents
+                    .iter()
+                    .map(|d| format!("{d} depends on it"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            _ => None,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            AdapterError::DependentObjects { .. } => {
+                Some("Use DROP ... CASCADE to drop the dependent objects too.".into())
+            }
+            _ => None,
+        }
+    }
+
+    pub fn into_error_info(self) -> ErrorInfo {
+        let mut info = ErrorInfo::new("ERROR".to_owned(), self.code().to_owned(), self.to_string());
+        info.detail = self.detail();
+        info.hint = self.hint();
+        if let AdapterError::Sql(e) = &self {
+            info.position = e.position().map(|p| p.to_string());
+        }
+        info
+    }
+}
+
+fn eval_code(code: EvalErrorCode) -> &'static str {
+    match code {
+        EvalErrorCode::DivisionByZero => "22012",
+        EvalErrorCode::InvalidTextRepresentation => "22P02",
+        EvalErrorCode::NumericOutOfRange => "22003",
+        EvalErrorCode::Other => "XX000",
+    }
+}
+
+impl From<AdapterError> for PgWireError {
+    fn from(e: AdapterError) -> Self {
+        PgWireError::UserError(Box::new(e.into_error_info()))
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for AdapterError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        AdapterError::Sql(SqlError::from_datafusion(e, ""))
+    }
+}

@@ -1,0 +1,718 @@
+//! Executing statements: DDL against the catalog, writes through the
+//! controller, reads as peeks plus DataFusion, subscriptions.
+//!
+//! This is the only place that decides what a statement does. It reaches the
+//! workers solely through the [`Controller`] (commands as data) and never
+//! calls into the engine.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::catalog::MemTable;
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::{DFSchema, ParamValues, ScalarValue};
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::{DmlStatement, LogicalPlan, LogicalPlanBuilder, TableScan, WriteOp, col};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{self, ObjectType};
+use tokio::sync::Mutex;
+use weir_connectors::copy::{CopyFormat, decode};
+use weir_protocol::TableUpdate;
+use weir_sql::planner::relation_name;
+use weir_sql::statement::{CopyFrom, ParsedStatement, Statement, SubscribeTarget};
+use weir_sql::{GlobalId, Plan, PlanNode, Planner, RelationKind, SqlError};
+
+use crate::catalog::{Catalog, ColumnDef, Entry, kind_name, nullable_schema};
+use crate::controller::{Controller, SubscribeMessage};
+use crate::error::AdapterError;
+
+/// What a statement produced.
+pub enum ExecuteResult {
+    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    Command { tag: String },
+    Subscribe(Subscription),
+    CopyIn(CopyTarget),
+    Begin,
+    Commit,
+    Rollback,
+}
+
+/// A running subscription; dropping it stops the dataflow.
+pub struct Subscription {
+    pub id: u64,
+    pub as_of: u64,
+    pub schema: SchemaRef,
+    pub messages: tokio::sync::mpsc::UnboundedReceiver<SubscribeMessage>,
+    pub workers: usize,
+    controller: Arc<Controller>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.controller.unsubscribe(self.id);
+    }
+}
+
+/// Where a `COPY FROM STDIN` goes.
+#[derive(Debug, Clone)]
+pub struct CopyTarget {
+    pub table: String,
+    pub columns: Vec<usize>,
+    pub format: CopyFormat,
+}
+
+pub struct Coordinator {
+    pub catalog: Arc<Catalog>,
+    pub planner: Planner,
+    controller: Arc<Controller>,
+    /// Serializes DDL.
+    ddl: Mutex<()>,
+    /// Serializes writes; holds the primary-key index of each keyed table.
+    writes: Mutex<HashMap<GlobalId, HashSet<Vec<u8>>>>,
+}
+
+type Result<T> = std::result::Result<T, AdapterError>;
+
+fn unsupported(what: impl Into<String>) -> AdapterError {
+    AdapterError::Sql(SqlError::Unsupported(what.into()))
+}
+
+fn object_name(name: &ast::ObjectName) -> String {
+    let last = name.0.last().map(|p| p.to_string()).unwrap_or_default();
+    match last.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(quoted) => quoted.to_string(),
+        None => last.to_ascii_lowercase(),
+    }
+}
+
+fn ident(i: &ast::Ident) -> String {
+    if i.quote_style.is_some() { i.value.clone() } else { i.value.to_ascii_lowercase() }
+}
+
+impl Coordinator {
+    pub fn new(controller: Arc<Controller>) -> Self {
+        let catalog = Arc::new(Catalog::default());
+        let planner = Planner::new(catalog.clone());
+        Coordinator { catalog, planner, controller, ddl: Mutex::new(()), writes: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
+    /// Execute one statement with bound parameter values.
+    pub async fn execute(&self, stmt: &ParsedStatement, params: &[ScalarValue]) -> Result<ExecuteResult> {
+        let sql = stmt.sql.as_str();
+        let result = match &stmt.statement {
+            Statement::Sql(ast) => self.execute_sql(ast, sql, params).await,
+            Statement::Subscribe(target) => self.subscribe(target).await,
+            Statement::Show(show) => crate::show::show(self, show),
+            Statement::Copy(copy) => self.copy_target(copy),
+            Statement::Transaction(op) => Ok(match op {
+                weir_sql::statement::TransactionOp::Begin => ExecuteResult::Begin,
+                weir_sql::statement::TransactionOp::Commit => ExecuteResult::Commit,
+                weir_sql::statement::TransactionOp::Rollback => ExecuteResult::Rollback,
+            }),
+            Statement::SetVariable { tag } => Ok(ExecuteResult::Command { tag: (*tag).to_string() }),
+        };
+        result.map_err(|e| match e {
+            AdapterError::Sql(e) => AdapterError::Sql(e.offset(stmt.offset)),
+            e => e,
+        })
+    }
+
+    async fn execute_sql(&self, ast: &ast::Statement, sql: &str, params: &[ScalarValue]) -> Result<ExecuteResult> {
+        match ast {
+            ast::Statement::Query(_) => {
+                let plan = self.bind_with_params(ast, sql, params).await?;
+                let (schema, batches) = self.run(plan).await?;
+                Ok(ExecuteResult::Rows { schema, batches })
+            }
+            ast::Statement::CreateTable(ct) => self.create_table(ct, sql).await,
+            ast::Statement::CreateView(cv) => self.create_view(cv, sql).await,
+            ast::Statement::Drop { object_type, if_exists, names, cascade, .. } => {
+                self.drop(*object_type, *if_exists, names, *cascade).await
+            }
+            ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
+                let plan = self.bind_with_params(ast, sql, params).await?;
+                self.write_dml(plan).await
+            }
+            ast::Statement::Explain { statement, .. } => self.explain(statement, sql).await,
+            other => Err(unsupported(format!("statement \"{}\"", first_words(&other.to_string())))),
+        }
+    }
+
+    /// Bind a statement and substitute parameter values.
+    pub async fn bind_with_params(&self, ast: &ast::Statement, sql: &str, params: &[ScalarValue]) -> Result<LogicalPlan> {
+        let plan = self.planner.bind(ast.clone(), sql).await?;
+        if params.is_empty() {
+            return Ok(plan);
+        }
+        plan.with_param_values(ParamValues::from(params.to_vec())).map_err(AdapterError::from)
+    }
+
+    /// Run a bound plan once over a consistent snapshot of what it reads.
+    pub async fn run(&self, plan: LogicalPlan) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let mut names: Vec<String> = Vec::new();
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                if let Some(n) = relation_name(&scan.table_name) {
+                    if !names.iter().any(|x| x == n) {
+                        names.push(n.to_string());
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let mut targets = Vec::new();
+        for n in &names {
+            let e = self.catalog.get(n).ok_or_else(|| SqlError::UndefinedTable { name: n.clone(), position: None })?;
+            targets.push((e.id, e.schema.clone()));
+        }
+        let snapshots = self.controller.peek(&targets).await?;
+        let tables: HashMap<String, Arc<MemTable>> = names
+            .iter()
+            .zip(targets.iter().zip(snapshots))
+            .map(|(n, ((_, schema), batch))| Ok((n.clone(), Arc::new(MemTable::try_new(schema.clone(), vec![vec![batch]])?))))
+            .collect::<Result<_>>()?;
+        let plan = plan
+            .transform_up_with_subqueries(|node| match node {
+                LogicalPlan::TableScan(scan) => {
+                    let name = relation_name(&scan.table_name).map(str::to_string);
+                    match name.and_then(|n| tables.get(&n).cloned()) {
+                        Some(t) => {
+                            let scan = TableScan { source: provider_as_source(t), ..scan };
+                            Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+                        }
+                        None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
+                    }
+                }
+                other => Ok(Transformed::no(other)),
+            })?
+            .data;
+        let ctx = SessionContext::new_with_state(self.planner.state().clone());
+        let df = ctx.execute_logical_plan(plan).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok((schema, batches))
+    }
+
+    async fn create_table(&self, ct: &ast::CreateTable, sql: &str) -> Result<ExecuteResult> {
+        let _ddl = self.ddl.lock().await;
+        let name = object_name(&ct.name);
+        if self.catalog.get(&name).is_some() {
+            if ct.if_not_exists {
+                return Ok(ExecuteResult::Command { tag: "CREATE TABLE".into() });
+            }
+            return Err(SqlError::DuplicateRelation(name).into());
+        }
+        if ct.query.is_some() {
+            return Err(unsupported("CREATE TABLE ... AS"));
+        }
+        let mut columns = Vec::new();
+        let mut types = Vec::new();
+        let mut primary_key: Vec<usize> = Vec::new();
+        for (i, c) in ct.columns.iter().enumerate() {
+            let cname = ident(&c.name);
+            if columns.iter().any(|x: &ColumnDef| x.name == cname) {
+                return Err(SqlError::DuplicateColumn(cname).into());
+            }
+            let ty = weir_sql::types::column_type(&c.data_type)?;
+            let mut nullable = true;
+            for opt in &c.options {
+                match &opt.option {
+                    ast::ColumnOption::Null => {}
+                    ast::ColumnOption::NotNull => nullable = false,
+                    ast::ColumnOption::PrimaryKey(_) => {
+                        if !primary_key.is_empty() {
+                            return Err(SqlError::InvalidTableDefinition(name).into());
+                        }
+                        primary_key.push(i);
+                        nullable = false;
+                    }
+                    other => return Err(unsupported(format!("column option {other}"))),
+                }
+            }
+            types.push((cname.clone(), ty.data_type.clone()));
+            columns.push(ColumnDef { name: cname, sql_type: ty.sql_name, nullable, max_length: ty.max_length });
+        }
+        for constraint in &ct.constraints {
+            match constraint {
+                ast::TableConstraint::PrimaryKey(pk) => {
+                    if !primary_key.is_empty() {
+                        return Err(SqlError::InvalidTableDefinition(name).into());
+                    }
+                    for ic in &pk.columns {
+                        let cname = match &ic.column.expr {
+                            ast::Expr::Identifier(id) => ident(id),
+                            other => return Err(unsupported(format!("primary key expression {other}"))),
+                        };
+                        let idx = columns.iter().position(|c| c.name == cname).ok_or_else(|| {
+                            AdapterError::UndefinedColumn { table: name.clone(), column: cname.clone() }
+                        })?;
+                        columns[idx].nullable = false;
+                        primary_key.push(idx);
+                    }
+                }
+                other => return Err(unsupported(format!("table constraint {other}"))),
+            }
+        }
+        let schema = nullable_schema(types);
+        let id = self.catalog.allocate_id();
+        self.controller.send(weir_protocol::Command::CreateTable { id, name: name.clone(), schema: schema.clone() });
+        if !primary_key.is_empty() {
+            self.writes.lock().await.insert(id, HashSet::new());
+        }
+        self.catalog.insert(Entry {
+            id,
+            name,
+            kind: RelationKind::Table,
+            schema,
+            columns,
+            primary_key,
+            create_sql: sql.trim().to_string(),
+            view_plan: None,
+            plan: None,
+            depends_on: Vec::new(),
+        });
+        Ok(ExecuteResult::Command { tag: "CREATE TABLE".into() })
+    }
+
+    async fn create_view(&self, cv: &ast::CreateView, sql: &str) -> Result<ExecuteResult> {
+        let _ddl = self.ddl.lock().await;
+        let name = object_name(&cv.name);
+        let tag = if cv.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE VIEW" };
+        if let Some(existing) = self.catalog.get(&name) {
+            if cv.if_not_exists {
+                return Ok(ExecuteResult::Command { tag: tag.into() });
+            }
+            if !cv.or_replace {
+                return Err(SqlError::DuplicateRelation(name).into());
+            }
+            if !self.catalog.dependents(&name).is_empty() {
+                return Err(AdapterError::DependentObjects {
+                    kind: existing.kind_name(),
+                    name: name.clone(),
+                    dependents: self.catalog.dependents(&name).into_iter().map(|d| format!("{} {}", d.kind_name(), d.name)).collect(),
+                });
+            }
+        }
+        let query = ast::Statement::Query(cv.query.clone());
+        let depends_on = self.planner.references(&query);
+        let mut plan = self.planner.bind(query, sql).await?;
+        if !cv.columns.is_empty() {
+            if cv.columns.len() != plan.schema().fields().len() {
+                return Err(SqlError::Plan(format!(
+                    "view has {} columns but {} column names were given",
+                    plan.schema().fields().len(),
+                    cv.columns.len()
+                ))
+                .into());
+            }
+            let exprs: Vec<_> = plan
+                .schema()
+                .columns()
+                .into_iter()
+                .zip(&cv.columns)
+                .map(|(c, name)| col(c).alias(ident(&name.name)))
+                .collect();
+            plan = LogicalPlanBuilder::from(plan).project(exprs)?.build()?;
+        }
+        let mut fields = Vec::new();
+        for f in plan.schema().fields() {
+            if fields.iter().any(|(n, _): &(String, DataType)| n == f.name()) {
+                return Err(SqlError::DuplicateColumn(f.name().clone()).into());
+            }
+            fields.push((f.name().clone(), f.data_type().clone()));
+        }
+        let columns = fields
+            .iter()
+            .map(|(n, t)| ColumnDef { name: n.clone(), sql_type: weir_sql::types::sql_type_name(t), nullable: true, max_length: None })
+            .collect();
+        let schema = nullable_schema(fields);
+        let id = self.catalog.allocate_id();
+        let (kind, view_plan, dataflow) = if cv.materialized {
+            let optimized = self.planner.optimize(&plan, sql)?;
+            let lowered = Arc::new(weir_sql::lower::lower(&optimized, self.catalog.as_ref())?);
+            (RelationKind::MaterializedView, None, Some(lowered))
+        } else {
+            (RelationKind::View, Some(plan), None)
+        };
+        if let Some(old) = self.catalog.remove(&name) {
+            if old.kind != RelationKind::View {
+                self.controller.send(weir_protocol::Command::Drop { id: old.id });
+            }
+        }
+        if let Some(p) = &dataflow {
+            self.controller.send(weir_protocol::Command::CreateDataflow { id, name: name.clone(), plan: p.clone() });
+        }
+        self.catalog.insert(Entry {
+            id,
+            name,
+            kind,
+            schema,
+            columns,
+            primary_key: Vec::new(),
+            create_sql: sql.trim().to_string(),
+            view_plan,
+            plan: dataflow,
+            depends_on,
+        });
+        Ok(ExecuteResult::Command { tag: tag.into() })
+    }
+
+    async fn drop(&self, object_type: ObjectType, if_exists: bool, names: &[ast::ObjectName], cascade: bool) -> Result<ExecuteResult> {
+        let _ddl = self.ddl.lock().await;
+        let (kind, tag) = match object_type {
+            ObjectType::Table => (RelationKind::Table, "DROP TABLE"),
+            ObjectType::View => (RelationKind::View, "DROP VIEW"),
+            ObjectType::MaterializedView => (RelationKind::MaterializedView, "DROP MATERIALIZED VIEW"),
+            other => return Err(unsupported(format!("DROP {other}"))),
+        };
+        for n in names {
+            let name = object_name(n);
+            let Some(entry) = self.catalog.get(&name) else {
+                if if_exists {
+                    continue;
+                }
+                return Err(SqlError::UndefinedTable { name, position: None }.into());
+            };
+            if entry.kind != kind {
+                return Err(AdapterError::WrongObjectType { name, expected: kind_name(kind) });
+            }
+            let dependents = self.catalog.dependents_closure(&name);
+            if !dependents.is_empty() && !cascade {
+                return Err(AdapterError::DependentObjects {
+                    kind: kind_name(kind),
+                    name,
+                    dependents: dependents.iter().map(|d| format!("{} {}", d.kind_name(), d.name)).collect(),
+                });
+            }
+            for e in dependents.into_iter().chain(std::iter::once(entry)) {
+                self.catalog.remove(&e.name);
+                if e.kind != RelationKind::View {
+                    self.controller.send(weir_protocol::Command::Drop { id: e.id });
+                }
+                self.writes.lock().await.remove(&e.id);
+            }
+        }
+        Ok(ExecuteResult::Command { tag: tag.into() })
+    }
+
+    async fn write_dml(&self, plan: LogicalPlan) -> Result<ExecuteResult> {
+        let LogicalPlan::Dml(DmlStatement { table_name, op, input, .. }) = plan else {
+            return Err(AdapterError::Internal("expected a DML plan".into()));
+        };
+        let name = relation_name(&table_name).unwrap_or_default().to_string();
+        let entry = self.catalog.get(&name).ok_or_else(|| SqlError::UndefinedTable { name: name.clone(), position: None })?;
+        if entry.kind != RelationKind::Table {
+            return Err(AdapterError::WrongObjectType { name, expected: "table" });
+        }
+        let mut writes = self.writes.lock().await;
+        let (tag, inserted, deleted) = match op {
+            WriteOp::Insert(_) => {
+                let batch = self.run_as_table(&entry, input.as_ref().clone()).await?;
+                ("INSERT 0", Some(batch), None)
+            }
+            WriteOp::Delete => {
+                let batch = self.run_as_table(&entry, input.as_ref().clone()).await?;
+                ("DELETE", None, Some(batch))
+            }
+            WriteOp::Update => {
+                let LogicalPlan::Projection(p) = input.as_ref() else {
+                    return Err(unsupported("this form of UPDATE"));
+                };
+                if p.input.schema().fields().len() != entry.schema.fields().len() {
+                    return Err(unsupported("UPDATE ... FROM"));
+                }
+                let old = self.run_as_table(&entry, p.input.as_ref().clone()).await?;
+                let new = self.run_as_table(&entry, input.as_ref().clone()).await?;
+                ("UPDATE", Some(new), Some(old))
+            }
+            other => return Err(unsupported(format!("{other}"))),
+        };
+        if let Some(b) = &inserted {
+            validate(&entry, b)?;
+        }
+        let count = inserted.as_ref().or(deleted.as_ref()).map(|b| b.num_rows()).unwrap_or(0);
+        self.apply_write(&entry, &mut writes, inserted, deleted)?;
+        Ok(ExecuteResult::Command { tag: format!("{tag} {count}").replace("INSERT 0 ", "INSERT 0 ") })
+    }
+
+    /// Check keys, then apply `inserted` and `deleted` at one timestamp.
+    /// The caller holds the write lock (`writes`).
+    fn apply_write(
+        &self,
+        entry: &Entry,
+        writes: &mut HashMap<GlobalId, HashSet<Vec<u8>>>,
+        inserted: Option<RecordBatch>,
+        deleted: Option<RecordBatch>,
+    ) -> Result<()> {
+        if let Some(index) = writes.get_mut(&entry.id) {
+            let removed: Vec<Vec<u8>> = match &deleted {
+                Some(b) => key_rows(entry, b)?,
+                None => Vec::new(),
+            };
+            let added: Vec<Vec<u8>> = match &inserted {
+                Some(b) => key_rows(entry, b)?,
+                None => Vec::new(),
+            };
+            let removed_set: HashSet<&Vec<u8>> = removed.iter().collect();
+            let mut seen = HashSet::new();
+            for (i, k) in added.iter().enumerate() {
+                if (index.contains(k) && !removed_set.contains(k)) || !seen.insert(k) {
+                    let b = inserted.as_ref().expect("keys came from inserted rows");
+                    return Err(AdapterError::UniqueViolation {
+                        constraint: format!("{}_pkey", entry.name),
+                        detail: key_detail(entry, b, i),
+                    });
+                }
+            }
+            for k in &removed {
+                index.remove(k);
+            }
+            index.extend(added);
+        }
+        let mut updates = Vec::new();
+        if let Some(b) = deleted.filter(|b| b.num_rows() > 0) {
+            updates.push(TableUpdate { table: entry.id, batch: b, diff: -1 });
+        }
+        if let Some(b) = inserted.filter(|b| b.num_rows() > 0) {
+            updates.push(TableUpdate { table: entry.id, batch: b, diff: 1 });
+        }
+        if !updates.is_empty() {
+            self.controller.write(updates);
+        }
+        Ok(())
+    }
+
+    /// Run `plan` and shape the result as rows of `entry`.
+    async fn run_as_table(&self, entry: &Entry, plan: LogicalPlan) -> Result<RecordBatch> {
+        let (_, batches) = self.run(plan).await?;
+        let columns: Vec<ArrayRef> = if batches.is_empty() {
+            entry.schema.fields().iter().map(|f| arrow::array::new_null_array(f.data_type(), 0)).collect()
+        } else {
+            let b = concat_batches(&batches[0].schema(), &batches).map_err(|e| AdapterError::Internal(e.to_string()))?;
+            b.columns().to_vec()
+        };
+        let columns = columns
+            .into_iter()
+            .zip(entry.schema.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { arrow::compute::cast(&c, f.data_type()).map_err(|e| AdapterError::Evaluation(e.to_string())) })
+            .collect::<Result<Vec<_>>>()?;
+        RecordBatch::try_new(entry.schema.clone(), columns).map_err(|e| AdapterError::Internal(e.to_string()))
+    }
+
+    /// Insert a decoded batch (COPY).
+    pub async fn insert_batch(&self, table: &str, batch: RecordBatch) -> Result<usize> {
+        let entry = self.catalog.get(table).ok_or_else(|| SqlError::UndefinedTable { name: table.into(), position: None })?;
+        validate(&entry, &batch)?;
+        let n = batch.num_rows();
+        let mut writes = self.writes.lock().await;
+        self.apply_write(&entry, &mut writes, Some(batch), None)?;
+        Ok(n)
+    }
+
+    fn copy_target(&self, copy: &CopyFrom) -> Result<ExecuteResult> {
+        let entry = self.catalog.get(&copy.table).ok_or_else(|| SqlError::UndefinedTable { name: copy.table.clone(), position: None })?;
+        if entry.kind != RelationKind::Table {
+            return Err(AdapterError::WrongObjectType { name: copy.table.clone(), expected: "table" });
+        }
+        let columns = if copy.columns.is_empty() {
+            (0..entry.columns.len()).collect()
+        } else {
+            copy.columns
+                .iter()
+                .map(|c| entry.columns.iter().position(|x| &x.name == c).ok_or_else(|| AdapterError::UndefinedColumn { table: entry.name.clone(), column: c.clone() }))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let mut format = if copy.csv { CopyFormat::csv() } else { CopyFormat::text() };
+        format.header = copy.header;
+        if let Some(d) = copy.delimiter {
+            format.delimiter = d;
+        }
+        if let Some(n) = &copy.null {
+            format.null = n.clone();
+        }
+        Ok(ExecuteResult::CopyIn(CopyTarget { table: entry.name, columns, format }))
+    }
+
+    /// Decode and apply the data of a finished COPY.
+    pub async fn finish_copy(&self, target: &CopyTarget, data: &[u8]) -> Result<usize> {
+        let entry = self.catalog.get(&target.table).ok_or_else(|| SqlError::UndefinedTable { name: target.table.clone(), position: None })?;
+        let sub = Arc::new(Schema::new(target.columns.iter().map(|i| entry.schema.field(*i).clone()).collect::<Vec<_>>()));
+        let decoded = decode(data, &sub, &target.format).map_err(|e| match e {
+            weir_connectors::copy::CopyError::InvalidValue { .. } => AdapterError::InvalidTextRepresentation(e.to_string()),
+            e => AdapterError::BadCopyFile(e.to_string()),
+        })?;
+        let n = decoded.num_rows();
+        let columns: Vec<ArrayRef> = (0..entry.schema.fields().len())
+            .map(|i| match target.columns.iter().position(|c| *c == i) {
+                Some(p) => decoded.column(p).clone(),
+                None => arrow::array::new_null_array(entry.schema.field(i).data_type(), n),
+            })
+            .collect();
+        let batch = RecordBatch::try_new(entry.schema.clone(), columns).map_err(|e| AdapterError::Internal(e.to_string()))?;
+        self.insert_batch(&entry.name, batch).await
+    }
+
+    async fn subscribe(&self, target: &SubscribeTarget) -> Result<ExecuteResult> {
+        let plan = match target {
+            SubscribeTarget::Name(name) => {
+                let e = self.catalog.get(name).ok_or_else(|| SqlError::UndefinedTable { name: name.clone(), position: None })?;
+                match e.kind {
+                    RelationKind::View => {
+                        let sql = format!("SELECT * FROM {name}");
+                        self.plan_dataflow(&sql).await?
+                    }
+                    _ => {
+                        let schema = Arc::new(DFSchema::try_from_qualified_schema(name.as_str(), &e.schema)?);
+                        Plan { node: PlanNode::Get { id: e.id, name: name.clone() }, schema }
+                    }
+                }
+            }
+            SubscribeTarget::Query(sql) => self.plan_dataflow(sql).await?,
+        };
+        let mut fields = vec![Field::new("weir_timestamp", DataType::Int64, false), Field::new("weir_diff", DataType::Int64, false)];
+        fields.extend(plan.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
+        let schema = Arc::new(Schema::new(fields));
+        let (id, as_of, messages) = self.controller.subscribe(Arc::new(plan));
+        Ok(ExecuteResult::Subscribe(Subscription {
+            id,
+            as_of,
+            schema,
+            messages,
+            workers: self.controller.workers(),
+            controller: self.controller.clone(),
+        }))
+    }
+
+    /// Plan a query all the way to the dataflow IR.
+    async fn plan_dataflow(&self, sql: &str) -> Result<Plan> {
+        let stmts = weir_sql::statement::parse(sql)?;
+        let [stmt] = stmts.as_slice() else {
+            return Err(SqlError::Syntax { message: "expected one query".into(), position: None }.into());
+        };
+        let Statement::Sql(ast) = &stmt.statement else {
+            return Err(unsupported("this statement inside SUBSCRIBE"));
+        };
+        if !matches!(ast.as_ref(), ast::Statement::Query(_)) {
+            return Err(unsupported("this statement inside SUBSCRIBE"));
+        }
+        let plan = self.planner.bind(ast.as_ref().clone(), sql).await?;
+        let plan = self.planner.optimize(&plan, sql)?;
+        Ok(weir_sql::lower::lower(&plan, self.catalog.as_ref())?)
+    }
+
+    async fn explain(&self, statement: &ast::Statement, sql: &str) -> Result<ExecuteResult> {
+        let query = match statement {
+            ast::Statement::Query(q) => ast::Statement::Query(q.clone()),
+            ast::Statement::CreateView(cv) => ast::Statement::Query(cv.query.clone()),
+            other => return Err(unsupported(format!("EXPLAIN {}", first_words(&other.to_string())))),
+        };
+        let plan = self.planner.bind(query, sql).await?;
+        let plan = self.planner.optimize(&plan, sql)?;
+        let lowered = weir_sql::lower::lower(&plan, self.catalog.as_ref())?;
+        let text = lowered.to_string();
+        let schema = Arc::new(Schema::new(vec![Field::new("Dataflow Plan", DataType::Utf8, false)]));
+        let lines: Vec<&str> = text.lines().collect();
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(lines))]).map_err(|e| AdapterError::Internal(e.to_string()))?;
+        Ok(ExecuteResult::Rows { schema, batches: vec![batch] })
+    }
+
+    /// The parameter types and result schema of a statement, for Describe.
+    pub async fn describe(&self, stmt: &ParsedStatement) -> Result<(Vec<Option<DataType>>, Option<SchemaRef>)> {
+        match &stmt.statement {
+            Statement::Sql(ast) => match ast.as_ref() {
+                ast::Statement::Query(_) | ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
+                    let plan = self.planner.bind(ast.as_ref().clone(), &stmt.sql).await?;
+                    let types = plan.get_parameter_types()?;
+                    let mut params: Vec<(usize, Option<DataType>)> = types
+                        .into_iter()
+                        .filter_map(|(k, v)| k.trim_start_matches('$').parse::<usize>().ok().map(|i| (i, v)))
+                        .collect();
+                    params.sort_by_key(|(i, _)| *i);
+                    let n = params.last().map(|(i, _)| *i).unwrap_or(0);
+                    let mut out = vec![None; n];
+                    for (i, t) in params {
+                        out[i - 1] = t;
+                    }
+                    let schema = matches!(ast.as_ref(), ast::Statement::Query(_)).then(|| Arc::new(plan.schema().as_arrow().clone()));
+                    Ok((out, schema))
+                }
+                ast::Statement::Explain { .. } => {
+                    Ok((vec![], Some(Arc::new(Schema::new(vec![Field::new("Dataflow Plan", DataType::Utf8, false)])))))
+                }
+                _ => Ok((vec![], None)),
+            },
+            Statement::Show(show) => Ok((vec![], Some(crate::show::schema(self, show)?))),
+            Statement::Subscribe(target) => match self.subscribe_schema(target).await {
+                Ok(s) => Ok((vec![], Some(s))),
+                Err(e) => Err(e),
+            },
+            _ => Ok((vec![], None)),
+        }
+    }
+
+    async fn subscribe_schema(&self, target: &SubscribeTarget) -> Result<SchemaRef> {
+        let base: SchemaRef = match target {
+            SubscribeTarget::Name(n) => self.catalog.get(n).ok_or_else(|| SqlError::UndefinedTable { name: n.clone(), position: None })?.schema,
+            SubscribeTarget::Query(sql) => Arc::new(self.plan_dataflow(sql).await?.schema.as_arrow().clone()),
+        };
+        let mut fields = vec![Field::new("weir_timestamp", DataType::Int64, false), Field::new("weir_diff", DataType::Int64, false)];
+        fields.extend(base.fields().iter().map(|f| f.as_ref().clone()));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+fn first_words(s: &str) -> String {
+    s.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// Enforce NOT NULL and varchar lengths.
+fn validate(entry: &Entry, batch: &RecordBatch) -> Result<()> {
+    for (i, c) in entry.columns.iter().enumerate() {
+        let array = batch.column(i);
+        if !c.nullable && array.null_count() > 0 {
+            return Err(AdapterError::NotNullViolation { table: entry.name.clone(), column: c.name.clone() });
+        }
+        if let (Some(max), DataType::Utf8) = (c.max_length, array.data_type()) {
+            for v in array.as_string::<i32>().iter().flatten() {
+                if v.chars().count() as u64 > max {
+                    return Err(AdapterError::StringTooLong(max));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The encoded primary keys of each row of `batch`.
+fn key_rows(entry: &Entry, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let fields = entry.primary_key.iter().map(|i| SortField::new(entry.schema.field(*i).data_type().clone())).collect();
+    let converter = RowConverter::new(fields).map_err(|e| AdapterError::Internal(e.to_string()))?;
+    let cols: Vec<ArrayRef> = entry.primary_key.iter().map(|i| batch.column(*i).clone()).collect();
+    let rows = converter.convert_columns(&cols).map_err(|e| AdapterError::Internal(e.to_string()))?;
+    Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+}
+
+/// `Key (a, b)=(1, x) already exists.`
+fn key_detail(entry: &Entry, batch: &RecordBatch, row: usize) -> String {
+    let names: Vec<&str> = entry.primary_key.iter().map(|i| entry.columns[*i].name.as_str()).collect();
+    let options = FormatOptions::default();
+    let values: Vec<String> = entry
+        .primary_key
+        .iter()
+        .map(|i| {
+            ArrayFormatter::try_new(batch.column(*i).as_ref(), &options)
+                .map(|f| f.value(row).to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    format!("Key ({})=({}) already exists.", names.join(", "), values.join(", "))
+}

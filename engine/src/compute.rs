@@ -1,0 +1,330 @@
+//! A worker's compute state: table inputs, the arrangements of tables and
+//! dataflows, pending peeks and subscriptions.
+//!
+//! The worker loop feeds [`ComputeState::handle`] every command in order and
+//! calls [`ComputeState::poll`] after each step of the timely worker. All
+//! workers see the same commands in the same order, so they build the same
+//! dataflows; each one holds and answers for its own shard of every
+//! arrangement.
+
+use std::collections::HashMap;
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use differential_dataflow::input::InputSession;
+use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
+use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+use differential_dataflow::trace::TraceReader;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::progress::Antichain;
+use timely::worker::Worker;
+use tracing::warn;
+use weir_protocol::{Command, Response, ResponseSender, SubscribeUpdate, TableUpdate};
+use weir_sql::{GlobalId, Plan};
+
+use crate::render::{ErrTrace, Imports, RowTrace, arrow_schema, render};
+use crate::row::{Row, RowCodec};
+use crate::{Diff, Time};
+
+struct Table {
+    input: InputSession<Time, Row, Diff>,
+    codec: RowCodec,
+}
+
+struct Arrangement {
+    dataflow: usize,
+    codec: RowCodec,
+}
+
+struct PendingPeek {
+    peek_id: u64,
+    target: GlobalId,
+    time: Time,
+}
+
+/// Everything one worker holds.
+pub struct ComputeState {
+    tables: HashMap<GlobalId, Table>,
+    traces: HashMap<GlobalId, (RowTrace, Option<ErrTrace>)>,
+    arrangements: HashMap<GlobalId, Arrangement>,
+    subscribes: HashMap<u64, usize>,
+    peeks: Vec<PendingPeek>,
+    responses: ResponseSender,
+    /// Every table input has been advanced to this time.
+    upper: Time,
+    /// Reads are never earlier than this time; history before it is merged.
+    since: Time,
+}
+
+impl ComputeState {
+    pub fn new(responses: ResponseSender) -> Self {
+        ComputeState {
+            tables: HashMap::new(),
+            traces: HashMap::new(),
+            arrangements: HashMap::new(),
+            subscribes: HashMap::new(),
+            peeks: Vec::new(),
+            responses,
+            upper: 0,
+            since: 0,
+        }
+    }
+
+    /// Apply one command. Returns false on `Shutdown`.
+    pub fn handle(&mut self, worker: &mut Worker, command: Command) -> bool {
+        match command {
+            Command::CreateTable { id, name, schema } => {
+                let codec = match RowCodec::new(schema) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(table = %name, error = %e, "cannot create table");
+                        return true;
+                    }
+                };
+                let mut input = InputSession::new();
+                let dataflow = worker.next_dataflow_index();
+                let trace = worker.dataflow_named::<Time, _, _>(&format!("table {name}"), |scope| {
+                    input
+                        .to_collection(scope)
+                        .arrange_by_self_named(&format!("Arrange {name}"))
+                        .trace
+                });
+                input.advance_to(self.upper);
+                input.flush();
+                self.traces.insert(id, (trace, None));
+                self.arrangements.insert(id, Arrangement { dataflow, codec: RowCodec::new(codec.schema().clone()).expect("schema encodes") });
+                self.tables.insert(id, Table { input, codec });
+            }
+            Command::CreateDataflow { id, name, plan } => {
+                let codec = match RowCodec::new(arrow_schema(&plan.schema)) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(dataflow = %name, error = %e, "cannot create dataflow");
+                        return true;
+                    }
+                };
+                let dataflow = worker.next_dataflow_index();
+                let traces = &mut self.traces;
+                let (ok, err) = worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
+                    let (ok, err) = match render(&plan, scope, &mut Imports { traces }) {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            let msg = e.to_string();
+                            let errs = if scope.index() == 0 { vec![(msg, 0, 1)] } else { vec![] };
+                            use differential_dataflow::AsCollection;
+                            use timely::dataflow::operators::ToStream;
+                            (crate::render::empty(scope), errs.to_stream(scope).as_collection())
+                        }
+                    };
+                    let ok = ok.arrange_by_self_named(&format!("Arrange {name}")).trace;
+                    let err = err.arrange_by_self_named(&format!("Arrange {name} errors")).trace;
+                    (ok, err)
+                });
+                self.traces.insert(id, (ok, Some(err)));
+                self.arrangements.insert(id, Arrangement { dataflow, codec });
+            }
+            Command::Drop { id } => {
+                self.tables.remove(&id);
+                self.traces.remove(&id);
+                if let Some(a) = self.arrangements.remove(&id) {
+                    worker.drop_dataflow(a.dataflow);
+                }
+            }
+            Command::Write { time, updates } => self.write(worker, time, updates),
+            Command::Peek { peek_id, target, time } => self.peeks.push(PendingPeek { peek_id, target, time }),
+            Command::Subscribe { subscribe_id, plan, as_of } => self.subscribe(worker, subscribe_id, &plan, as_of),
+            Command::DropSubscribe { subscribe_id } => {
+                if let Some(dataflow) = self.subscribes.remove(&subscribe_id) {
+                    worker.drop_dataflow(dataflow);
+                }
+            }
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn write(&mut self, worker: &Worker, time: Time, updates: Vec<TableUpdate>) {
+        let (index, peers) = (worker.index(), worker.peers());
+        for TableUpdate { table, batch, diff } in updates {
+            let Some(t) = self.tables.get_mut(&table) else { continue };
+            // Each worker encodes its own slice of the batch.
+            let n = batch.num_rows();
+            let (lo, hi) = (n * index / peers, n * (index + 1) / peers);
+            if lo == hi {
+                continue;
+            }
+            match t.codec.encode(batch.slice(lo, hi - lo).columns(), hi - lo) {
+                Ok(rows) => {
+                    for row in rows {
+                        t.input.update_at(row, time, diff as Diff);
+                    }
+                }
+                Err(e) => warn!(table, error = %e, "cannot encode written rows"),
+            }
+        }
+        self.upper = self.upper.max(time + 1);
+        for t in self.tables.values_mut() {
+            t.input.advance_to(self.upper);
+            t.input.flush();
+        }
+        // Reads are issued at the latest write time or later.
+        self.since = self.since.max(time);
+        let frontier = Antichain::from_elem(self.since);
+        for (ok, err) in self.traces.values_mut() {
+            ok.set_logical_compaction(frontier.borrow());
+            ok.set_physical_compaction(frontier.borrow());
+            if let Some(err) = err {
+                err.set_logical_compaction(frontier.borrow());
+                err.set_physical_compaction(frontier.borrow());
+            }
+        }
+    }
+
+    fn subscribe(&mut self, worker: &mut Worker, subscribe_id: u64, plan: &Plan, as_of: Time) {
+        let dataflow = worker.next_dataflow_index();
+        let traces = &mut self.traces;
+        let responses = self.responses.clone();
+        let schema = arrow_schema(&plan.schema);
+        worker.dataflow_named::<Time, _, _>(&format!("subscribe {subscribe_id}"), |scope| {
+            let worker_index = scope.index();
+            let fail = |e: String| {
+                let _ = responses.send(Response::SubscribeBatch { subscribe_id, worker: worker_index, upper: None, update: Err(e) });
+            };
+            let (ok, err) = match render(plan, scope, &mut Imports { traces }) {
+                Ok(pair) => pair,
+                Err(e) => return fail(e.to_string()),
+            };
+            let codec = match RowCodec::new(schema) {
+                Ok(c) => c,
+                Err(e) => return fail(e.to_string()),
+            };
+            let updates = ok
+                .map(Ok::<Row, String>)
+                .concat(err.map(Err))
+                .consolidate_named::<_, KeySpine<_, _, _>, _>("ConsolidateSubscribe", KeyBatcher::new, |k, &()| k.clone());
+            let mut buffer: Vec<(Result<Row, String>, Time, Diff)> = Vec::new();
+            let mut reported: Option<Time> = Some(0);
+            updates.inner.sink(Pipeline, &format!("Subscribe {subscribe_id}"), move |(input, frontier)| {
+                input.for_each(|_cap, data| buffer.append(data));
+                let upper = frontier.frontier().iter().min().copied();
+                if upper == reported {
+                    return;
+                }
+                reported = upper;
+                let (mut ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut buffer)
+                    .into_iter()
+                    .partition(|(_, t, _)| upper.is_none_or(|u| *t < u));
+                buffer = keep;
+                for (_, t, _) in ready.iter_mut() {
+                    *t = (*t).max(as_of);
+                }
+                differential_dataflow::consolidation::consolidate_updates(&mut ready);
+                ready.sort_by_key(|(_, t, _)| *t);
+                if let Some((Err(e), _, _)) = ready.iter().find(|(r, _, d)| r.is_err() && *d > 0) {
+                    let _ = responses.send(Response::SubscribeBatch { subscribe_id, worker: worker_index, upper: None, update: Err(e.clone()) });
+                    return;
+                }
+                let rows: Vec<&(Result<Row, String>, Time, Diff)> = ready.iter().filter(|(r, _, _)| r.is_ok()).collect();
+                let update = codec
+                    .decode(rows.iter().map(|(r, _, _)| r.as_ref().map(|r| r.as_slice()).unwrap_or(&[])))
+                    .map(|batch| SubscribeUpdate {
+                        batch,
+                        times: rows.iter().map(|(_, t, _)| *t).collect(),
+                        diffs: rows.iter().map(|(_, _, d)| *d as i64).collect(),
+                    })
+                    .map_err(|e| e.to_string());
+                let _ = responses.send(Response::SubscribeBatch { subscribe_id, worker: worker_index, upper, update });
+            });
+        });
+        self.subscribes.insert(subscribe_id, dataflow);
+    }
+
+    /// Answer every peek whose data is complete.
+    pub fn poll(&mut self, worker: &Worker) {
+        let index = worker.index();
+        let mut pending = std::mem::take(&mut self.peeks);
+        pending.retain(|peek| {
+            let Some((ok, err)) = self.traces.get_mut(&peek.target) else {
+                let _ = self.responses.send(Response::Peek {
+                    peek_id: peek.peek_id,
+                    worker: index,
+                    result: Err("relation was dropped".into()),
+                });
+                return false;
+            };
+            let mut upper = Antichain::new();
+            ok.read_upper(&mut upper);
+            if upper.less_equal(&peek.time) {
+                return true;
+            }
+            if let Some(err) = err {
+                err.read_upper(&mut upper);
+                if upper.less_equal(&peek.time) {
+                    return true;
+                }
+                if let Some(message) = read_errors(err, peek.time) {
+                    let _ = self.responses.send(Response::Peek { peek_id: peek.peek_id, worker: index, result: Err(message) });
+                    return false;
+                }
+            }
+            let codec = &self.arrangements[&peek.target].codec;
+            let result = read_rows(ok, peek.time, codec);
+            let _ = self.responses.send(Response::Peek { peek_id: peek.peek_id, worker: index, result });
+            false
+        });
+        self.peeks.extend(pending);
+    }
+}
+
+/// The first error a relation holds at `time`, if any.
+fn read_errors(trace: &mut ErrTrace, time: Time) -> Option<String> {
+    let batches = trace.batches_through(Antichain::new().borrow()).unwrap_or_default();
+    let (mut cursor, storage) = cursor_list(batches);
+    while cursor.key_valid(&storage) {
+        let mut count: Diff = 0;
+        cursor.map_times(&storage, |t, d| {
+            if *t <= time {
+                count += *d;
+            }
+        });
+        if count > 0 {
+            return Some(cursor.key(&storage).clone());
+        }
+        cursor.step_key(&storage);
+    }
+    None
+}
+
+/// This worker's rows of a relation at `time`, as a batch.
+fn read_rows(trace: &mut RowTrace, time: Time, codec: &RowCodec) -> Result<RecordBatch, String> {
+    let batches = trace.batches_through(Antichain::new().borrow()).unwrap_or_default();
+    let (mut cursor, storage) = cursor_list(batches);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut counts: Vec<u32> = Vec::new();
+    while cursor.key_valid(&storage) {
+        let mut count: Diff = 0;
+        cursor.map_times(&storage, |t, d| {
+            if *t <= time {
+                count += *d;
+            }
+        });
+        if count < 0 {
+            return Err("internal error: negative multiplicity".into());
+        }
+        if count > 0 {
+            counts.push(rows.len() as u32);
+            rows.push(cursor.key(&storage).clone());
+            for _ in 1..count {
+                counts.push((rows.len() - 1) as u32);
+            }
+        }
+        cursor.step_key(&storage);
+    }
+    let batch = codec.decode(rows.iter().map(|r| r.as_slice())).map_err(|e| e.to_string())?;
+    if counts.len() == rows.len() {
+        return Ok(batch);
+    }
+    take_record_batch(&batch, &UInt32Array::from(counts)).map_err(|e| e.to_string())
+}
+

@@ -1,0 +1,88 @@
+//! The command protocol between the coordinator and a worker cluster.
+//!
+//! Commands and responses are plain data. Every worker receives the same
+//! ordered command stream (timely requires every worker to build dataflows in
+//! the same order); each worker answers for its own shard. Today the stream is
+//! carried over in-process channels; the same types are what a gRPC transport
+//! will carry for a multi-process cluster. The coordinator depends on this
+//! crate and never on the engine.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use weir_sql::{GlobalId, Plan};
+
+/// Weir time: milliseconds since the Unix epoch, issued by the coordinator's
+/// timestamp oracle.
+pub type Timestamp = u64;
+
+/// An instruction, broadcast to every worker in the same order.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Create the input collection of a table, readable at `upper` onwards.
+    CreateTable { id: GlobalId, name: String, schema: SchemaRef },
+    /// Build a dataflow computing `plan`, arranged under `id` so that peeks,
+    /// subscriptions and later dataflows can read it.
+    CreateDataflow { id: GlobalId, name: String, plan: Arc<Plan> },
+    /// Drop a table's input or a dataflow, and the arrangements it owns.
+    Drop { id: GlobalId },
+    /// Apply updates to tables at `time`, atomically; afterwards every input
+    /// is closed up to `time + 1`. Reads are never issued earlier than the
+    /// latest write, so workers also compact history up to `time`.
+    Write { time: Timestamp, updates: Vec<TableUpdate> },
+    /// Read the contents of `target` as of `time`, once every worker's copy
+    /// is complete through it.
+    Peek { peek_id: u64, target: GlobalId, time: Timestamp },
+    /// Stream the contents of `plan` at `as_of` and then every change.
+    Subscribe { subscribe_id: u64, plan: Arc<Plan>, as_of: Timestamp },
+    /// Stop a subscription and drop its dataflow.
+    DropSubscribe { subscribe_id: u64 },
+    /// Stop every worker.
+    Shutdown,
+}
+
+/// Rows to add (`diff > 0`) or remove (`diff < 0`) from one table.
+#[derive(Debug, Clone)]
+pub struct TableUpdate {
+    pub table: GlobalId,
+    pub batch: RecordBatch,
+    pub diff: i64,
+}
+
+/// A worker's answer.
+#[derive(Debug)]
+pub enum Response {
+    /// One worker's share of a peek: rows with positive multiplicity
+    /// expanded, or the error the relation holds at that time.
+    Peek { peek_id: u64, worker: usize, result: Result<RecordBatch, String> },
+    /// One worker's changes for a subscription at times before `upper`.
+    /// `times` and `diffs` are parallel to the rows of `batch`.
+    SubscribeBatch {
+        subscribe_id: u64,
+        worker: usize,
+        upper: Option<Timestamp>,
+        update: Result<SubscribeUpdate, String>,
+    },
+}
+
+/// Changes to a subscribed relation.
+#[derive(Debug, Clone)]
+pub struct SubscribeUpdate {
+    pub batch: RecordBatch,
+    pub times: Vec<Timestamp>,
+    pub diffs: Vec<i64>,
+}
+
+/// Where the coordinator sends commands: the in-process cluster today, a
+/// gRPC client of remote workers later.
+pub trait CommandSink: Send {
+    /// Broadcast one command to every worker, in order.
+    fn send(&mut self, command: Command);
+    /// The number of workers answering each peek and subscription.
+    fn workers(&self) -> usize;
+}
+
+/// The channel workers answer on.
+pub type ResponseSender = tokio::sync::mpsc::UnboundedSender<Response>;
+pub type ResponseReceiver = tokio::sync::mpsc::UnboundedReceiver<Response>;

@@ -1,0 +1,19 @@
+//! Weir's SQL layer: parse statements, plan queries with DataFusion, and lower
+//! them into the dataflow plan IR that workers render.
+//!
+//! Planning is a pure function of the statement text and the catalog it is
+//! given: no I/O, no threads, no clocks beyond DataFusion's own. The
+//! coordinator owns the catalog and hands a read-only view of it in through
+//! [`CatalogReader`]; the engine consumes the [`plan::Plan`] IR this crate
+//! produces and must not re-plan SQL itself.
+
+pub mod error;
+pub mod lower;
+pub mod plan;
+pub mod planner;
+pub mod statement;
+pub mod types;
+
+pub use error::SqlError;
+pub use plan::{AggregateExpr, AggregateFunc, GlobalId, JoinKind, Plan, PlanNode};
+pub use planner::{CatalogReader, Planner, RelationDesc, RelationKind};

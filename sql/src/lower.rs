@@ -1,0 +1,334 @@
+//! Lowering: an optimized DataFusion `LogicalPlan` into the plan IR.
+//!
+//! Only constructs the engine maintains incrementally are accepted; anything
+//! else is refused here, at `CREATE` time, with `0A000` naming the construct.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Schema};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, DFSchemaRef, ScalarValue};
+use datafusion::execution::context::ExecutionProps;
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{Distinct, Expr, ExprSchemable, JoinType, LogicalPlan};
+use datafusion::physical_expr::create_physical_expr;
+
+use crate::error::SqlError;
+use crate::plan::{AggregateExpr, AggregateFunc, JoinKind, Plan, PlanNode};
+use crate::planner::{CatalogReader, RelationKind, relation_name};
+
+/// Lower an optimized logical plan into the dataflow IR.
+pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, SqlError> {
+    let schema = plan.schema().clone();
+    let node = match plan {
+        LogicalPlan::TableScan(scan) => {
+            let name = relation_name(&scan.table_name)
+                .ok_or_else(|| SqlError::UndefinedTable { name: scan.table_name.to_string(), position: None })?;
+            let desc = catalog
+                .relation(name)
+                .ok_or_else(|| SqlError::UndefinedTable { name: name.to_string(), position: None })?;
+            if desc.kind == RelationKind::View {
+                return Err(SqlError::Plan(format!("view {name} was not inlined")));
+            }
+            let full = Arc::new(
+                DFSchema::try_from_qualified_schema(scan.table_name.clone(), &desc.schema)
+                    .map_err(|e| SqlError::Plan(e.to_string()))?,
+            );
+            let get = Plan {
+                node: PlanNode::Get { id: desc.id, name: desc.name.clone() },
+                schema: full.clone(),
+            };
+            if scan.fetch.is_some() {
+                return Err(SqlError::Unsupported("LIMIT in a materialized view".into()));
+            }
+            let projection = match &scan.projection {
+                Some(indices) => indices.iter().map(|i| column(&full, *i)).collect(),
+                None => identity(&full),
+            };
+            if scan.filters.is_empty() && scan.projection.is_none() {
+                return Ok(get);
+            }
+            PlanNode::MapFilterProject {
+                input: Box::new(get),
+                filters: scan.filters.clone(),
+                projection,
+            }
+        }
+        LogicalPlan::Projection(p) => {
+            check_exprs(&p.expr)?;
+            let input = lower(&p.input, catalog)?;
+            return Ok(fuse(input, Vec::new(), Some(p.expr.clone()), schema));
+        }
+        LogicalPlan::Filter(f) => {
+            check_exprs(std::slice::from_ref(&f.predicate))?;
+            let input = lower(&f.input, catalog)?;
+            let filters = split_conjunction(&f.predicate).into_iter().cloned().collect();
+            return Ok(fuse(input, filters, None, schema));
+        }
+        LogicalPlan::SubqueryAlias(a) => {
+            let mut input = lower(&a.input, catalog)?;
+            input.schema = schema;
+            return Ok(input);
+        }
+        LogicalPlan::Join(j) => {
+            let kind = match j.join_type {
+                JoinType::Inner => JoinKind::Inner,
+                JoinType::Left => JoinKind::LeftOuter,
+                JoinType::Right => JoinKind::RightOuter,
+                JoinType::Full => JoinKind::FullOuter,
+                JoinType::LeftSemi | JoinType::RightSemi => {
+                    return Err(SqlError::Unsupported("semi joins (IN / EXISTS subqueries)".into()));
+                }
+                JoinType::LeftAnti | JoinType::RightAnti => {
+                    return Err(SqlError::Unsupported("anti joins (NOT IN / NOT EXISTS subqueries)".into()));
+                }
+                JoinType::LeftMark | JoinType::RightMark => {
+                    return Err(SqlError::Unsupported("subqueries in this position".into()));
+                }
+            };
+            if j.null_equality == datafusion::common::NullEquality::NullEqualsNull {
+                return Err(SqlError::Unsupported("joins where NULL equals NULL".into()));
+            }
+            let (left_keys, right_keys): (Vec<Expr>, Vec<Expr>) = j.on.iter().cloned().unzip();
+            check_exprs(&left_keys)?;
+            check_exprs(&right_keys)?;
+            if let Some(f) = &j.filter {
+                check_exprs(std::slice::from_ref(f))?;
+            }
+            PlanNode::Join {
+                left: Box::new(lower(&j.left, catalog)?),
+                right: Box::new(lower(&j.right, catalog)?),
+                left_keys,
+                right_keys,
+                residual: j.filter.clone(),
+                kind,
+            }
+        }
+        LogicalPlan::Aggregate(a) => {
+            check_exprs(&a.group_expr)?;
+            if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+                return Err(SqlError::Unsupported("GROUPING SETS, CUBE and ROLLUP".into()));
+            }
+            let input_schema = a.input.schema();
+            let n_keys = a.group_expr.len();
+            let aggregates = a
+                .aggr_expr
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    aggregate(e, input_schema, schema.field(n_keys + i).data_type().clone())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            PlanNode::Reduce {
+                input: Box::new(lower(&a.input, catalog)?),
+                group_keys: a.group_expr.clone(),
+                aggregates,
+            }
+        }
+        LogicalPlan::Distinct(Distinct::All(input)) => PlanNode::Distinct {
+            input: Box::new(lower(input, catalog)?),
+        },
+        LogicalPlan::Distinct(Distinct::On(_)) => {
+            return Err(SqlError::Unsupported("DISTINCT ON".into()));
+        }
+        LogicalPlan::Union(u) => PlanNode::Union {
+            inputs: u.inputs.iter().map(|i| lower(i, catalog)).collect::<Result<_, _>>()?,
+        },
+        LogicalPlan::Values(v) => PlanNode::Constant {
+            batch: values_batch(&v.values, &v.schema)?,
+        },
+        LogicalPlan::EmptyRelation(e) => {
+            let rows = usize::from(e.produce_one_row);
+            let arrow: Arc<Schema> = Arc::new(e.schema.as_arrow().clone());
+            let columns: Vec<ArrayRef> = arrow.fields().iter().map(|f| new_null_array(f.data_type(), rows)).collect();
+            PlanNode::Constant {
+                batch: RecordBatch::try_new_with_options(arrow, columns, &RecordBatchOptions::new().with_row_count(Some(rows)))
+                    .map_err(|e| SqlError::Plan(e.to_string()))?,
+            }
+        }
+        LogicalPlan::Sort(s) => {
+            if s.fetch.is_some() {
+                return Err(SqlError::Unsupported("ORDER BY ... LIMIT in a materialized view".into()));
+            }
+            // A view is a set: ordering only matters when a reader asks for it.
+            return lower(&s.input, catalog);
+        }
+        LogicalPlan::Limit(_) => {
+            return Err(SqlError::Unsupported("LIMIT / OFFSET in a materialized view".into()));
+        }
+        LogicalPlan::Window(_) => return Err(SqlError::Unsupported("window functions".into())),
+        LogicalPlan::RecursiveQuery(_) => return Err(SqlError::Unsupported("WITH RECURSIVE".into())),
+        LogicalPlan::Unnest(_) => return Err(SqlError::Unsupported("UNNEST".into())),
+        LogicalPlan::Repartition(r) => return lower(&r.input, catalog),
+        other => {
+            return Err(SqlError::Unsupported(format!(
+                "{} in a materialized view",
+                other.display().to_string().split(':').next().unwrap_or("this plan node")
+            )));
+        }
+    };
+    Ok(Plan { node, schema })
+}
+
+/// Put a filter and/or projection on top of `input`, fusing with an MFP
+/// below when that MFP's projection is the identity.
+fn fuse(input: Plan, filters: Vec<Expr>, projection: Option<Vec<Expr>>, schema: DFSchemaRef) -> Plan {
+    let projection_or_identity = |s: &DFSchemaRef| projection.clone().unwrap_or_else(|| identity(s));
+    match input.node {
+        PlanNode::MapFilterProject { input: inner, filters: mut fs, projection: proj }
+            if proj == identity(&inner.schema) =>
+        {
+            // Expressions bound to the identity MFP's output bind equally to
+            // its input when the columns are the same.
+            let same_names = inner.schema.fields().len() == input.schema.fields().len()
+                && inner.schema.iter().zip(input.schema.iter()).all(|(a, b)| a == b);
+            if same_names {
+                fs.extend(filters);
+                let projection = projection_or_identity(&inner.schema);
+                return Plan { node: PlanNode::MapFilterProject { input: inner, filters: fs, projection }, schema };
+            }
+            let input = Plan { node: PlanNode::MapFilterProject { input: inner, filters: fs, projection: proj }, schema: input.schema };
+            let projection = projection_or_identity(&input.schema);
+            Plan { node: PlanNode::MapFilterProject { input: Box::new(input), filters, projection }, schema }
+        }
+        node => {
+            let input = Plan { node, schema: input.schema };
+            let projection = projection_or_identity(&input.schema);
+            Plan { node: PlanNode::MapFilterProject { input: Box::new(input), filters, projection }, schema }
+        }
+    }
+}
+
+fn column(schema: &DFSchema, i: usize) -> Expr {
+    Expr::Column(Column::from(schema.qualified_field(i)))
+}
+
+/// One column reference per field of `schema`.
+pub fn identity(schema: &DFSchema) -> Vec<Expr> {
+    (0..schema.fields().len()).map(|i| column(schema, i)).collect()
+}
+
+/// Refuse expressions the engine cannot evaluate row by row.
+fn check_exprs(exprs: &[Expr]) -> Result<(), SqlError> {
+    for e in exprs {
+        let mut found = None;
+        e.apply(|e| {
+            found = match e {
+                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => Some("subqueries in this position"),
+                Expr::OuterReferenceColumn(..) => Some("correlated subqueries in this position"),
+                Expr::WindowFunction(_) => Some("window functions"),
+                Expr::AggregateFunction(_) => Some("aggregates in this position"),
+                Expr::Placeholder(_) => Some("parameters in a view definition"),
+                Expr::GroupingSet(_) => Some("GROUPING SETS"),
+                Expr::Unnest(_) => Some("UNNEST"),
+                _ => None,
+            };
+            Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+        })
+        .map_err(|e| SqlError::Plan(e.to_string()))?;
+        if let Some(what) = found {
+            return Err(SqlError::Unsupported(what.into()));
+        }
+        if e.is_volatile() {
+            return Err(SqlError::Unsupported(format!("volatile function in a materialized view ({e})")));
+        }
+    }
+    Ok(())
+}
+
+fn aggregate(e: &Expr, input_schema: &DFSchemaRef, output_type: DataType) -> Result<AggregateExpr, SqlError> {
+    let e = match e {
+        Expr::Alias(a) => a.expr.as_ref(),
+        e => e,
+    };
+    let Expr::AggregateFunction(AggregateFunction { func, params }) = e else {
+        return Err(SqlError::Unsupported(format!("aggregate expression {e}")));
+    };
+    let name = func.name().to_ascii_lowercase();
+    if params.distinct {
+        return Err(SqlError::Unsupported(format!("{name}(DISTINCT ...)")));
+    }
+    if params.filter.is_some() {
+        return Err(SqlError::Unsupported("aggregate FILTER (WHERE ...)".into()));
+    }
+    if !params.order_by.is_empty() && !matches!(name.as_str(), "min" | "max" | "count" | "sum" | "avg") {
+        return Err(SqlError::Unsupported("ordered aggregates".into()));
+    }
+    let arg = match params.args.as_slice() {
+        [] => None,
+        [a] => {
+            check_exprs(std::slice::from_ref(a))?;
+            Some(a.clone())
+        }
+        _ => return Err(SqlError::Unsupported(format!("{name} with several arguments"))),
+    };
+    let func = match (name.as_str(), &arg) {
+        ("count", None) => AggregateFunc::CountStar,
+        ("count", Some(Expr::Literal(v, _))) if !v.is_null() => AggregateFunc::CountStar,
+        ("count", Some(_)) => AggregateFunc::Count,
+        ("sum", Some(_)) => AggregateFunc::Sum,
+        ("avg" | "mean", Some(_)) => AggregateFunc::Avg,
+        ("min", Some(_)) => AggregateFunc::Min,
+        ("max", Some(_)) => AggregateFunc::Max,
+        _ => return Err(SqlError::Unsupported(format!("aggregate function {name} in a materialized view"))),
+    };
+    let (arg, input_type) = match func {
+        AggregateFunc::CountStar => (None, DataType::Null),
+        _ => {
+            let a = arg.expect("checked above");
+            let t = a.get_type(input_schema.as_ref()).map_err(|e| SqlError::Plan(e.to_string()))?;
+            (Some(a), t)
+        }
+    };
+    if matches!(func, AggregateFunc::Sum | AggregateFunc::Avg) && !accumulable_type(&input_type) {
+        return Err(SqlError::Unsupported(format!("{name} over {input_type}")));
+    }
+    Ok(AggregateExpr { func, arg, input_type, output_type })
+}
+
+/// Types whose sums the engine keeps exactly (or as f64 for floats).
+pub fn accumulable_type(t: &DataType) -> bool {
+    t.is_integer() || t.is_floating() || matches!(t, DataType::Decimal128(..) | DataType::Null)
+}
+
+/// Evaluate the rows of a `VALUES` list into a batch of the plan's schema.
+pub fn values_batch(values: &[Vec<Expr>], schema: &DFSchemaRef) -> Result<RecordBatch, SqlError> {
+    let arrow: Arc<Schema> = Arc::new(schema.as_arrow().clone());
+    let empty = DFSchema::empty();
+    let props = ExecutionProps::new();
+    let one = RecordBatch::try_new_with_options(Arc::new(Schema::empty()), vec![], &RecordBatchOptions::new().with_row_count(Some(1)))
+        .map_err(|e| SqlError::Plan(e.to_string()))?;
+    let mut columns = Vec::with_capacity(arrow.fields().len());
+    for (c, field) in arrow.fields().iter().enumerate() {
+        let mut scalars = Vec::with_capacity(values.len());
+        for row in values {
+            let expr = &row[c];
+            let value = match expr {
+                Expr::Literal(v, _) => v.clone(),
+                _ => {
+                    let phys = create_physical_expr(expr, &empty, &props, &Default::default()).map_err(|e| SqlError::from_datafusion(e, ""))?;
+                    let v = phys.evaluate(&one).map_err(|e| SqlError::from_datafusion(e, ""))?;
+                    match v {
+                        datafusion::logical_expr::ColumnarValue::Scalar(s) => s,
+                        datafusion::logical_expr::ColumnarValue::Array(a) => {
+                            ScalarValue::try_from_array(&a, 0).map_err(|e| SqlError::Plan(e.to_string()))?
+                        }
+                    }
+                }
+            };
+            scalars.push(value);
+        }
+        let array = if scalars.is_empty() {
+            new_null_array(field.data_type(), 0)
+        } else {
+            let a = ScalarValue::iter_to_array(scalars).map_err(|e| SqlError::Plan(e.to_string()))?;
+            cast(&a, field.data_type()).map_err(|e| SqlError::from_datafusion(e.into(), ""))?
+        };
+        columns.push(array);
+    }
+    RecordBatch::try_new_with_options(arrow, columns, &RecordBatchOptions::new().with_row_count(Some(values.len())))
+        .map_err(|e| SqlError::Plan(e.to_string()))
+}

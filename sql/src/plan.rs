@@ -1,0 +1,247 @@
+//! The dataflow plan IR: what a materialized view, a subscription or an
+//! index computes, as data.
+//!
+//! The IR is produced by [`crate::lower`] from an optimized DataFusion
+//! `LogicalPlan`, printed by `EXPLAIN`, and rendered into a differential
+//! dataflow by the engine. Every node records its output schema; scalar
+//! expressions are DataFusion `Expr`s bound against the schema of the node's
+//! input, so the engine evaluates them exactly as DataFusion would.
+
+use std::fmt;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::DataType;
+use datafusion::common::DFSchemaRef;
+use datafusion::logical_expr::Expr;
+
+/// Identifies a relation (table, materialized view) or a dataflow.
+pub type GlobalId = u64;
+
+/// A node of the plan IR together with its output schema.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub node: PlanNode,
+    /// The output schema. Rows are positional; names are only for display
+    /// and for binding the expressions of the node above.
+    pub schema: DFSchemaRef,
+}
+
+/// The operators of the plan IR.
+#[derive(Debug, Clone)]
+pub enum PlanNode {
+    /// Read a table or materialized view (sharing its arrangement).
+    Get { id: GlobalId, name: String },
+    /// A fixed collection of rows.
+    Constant { batch: RecordBatch },
+    /// Fused filter then projection: keep rows where every `filters`
+    /// predicate is true, then compute `projection`. Both are bound against
+    /// `input.schema`.
+    MapFilterProject {
+        input: Box<Plan>,
+        filters: Vec<Expr>,
+        projection: Vec<Expr>,
+    },
+    /// Equi-join on `left_keys = right_keys`, then `residual` over the
+    /// concatenated row. Output rows are the left columns then the right.
+    Join {
+        left: Box<Plan>,
+        right: Box<Plan>,
+        left_keys: Vec<Expr>,
+        right_keys: Vec<Expr>,
+        residual: Option<Expr>,
+        kind: JoinKind,
+    },
+    /// Group by `group_keys` and compute `aggregates`. Output rows are the
+    /// keys followed by one column per aggregate.
+    Reduce {
+        input: Box<Plan>,
+        group_keys: Vec<Expr>,
+        aggregates: Vec<AggregateExpr>,
+    },
+    /// Remove duplicate rows.
+    Distinct { input: Box<Plan> },
+    /// Bag union (`UNION ALL`).
+    Union { inputs: Vec<Plan> },
+}
+
+/// Kinds of equi-join the engine renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    LeftOuter,
+    RightOuter,
+    FullOuter,
+}
+
+/// Aggregate functions, split by how they are maintained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregateFunc {
+    /// `count(*)`: accumulable.
+    CountStar,
+    /// `count(x)`: accumulable.
+    Count,
+    /// `sum(x)`: accumulable.
+    Sum,
+    /// `avg(x)`: accumulable (sum and count kept in the difference).
+    Avg,
+    /// `min(x)`: kept by re-reading the group.
+    Min,
+    /// `max(x)`: kept by re-reading the group.
+    Max,
+}
+
+impl AggregateFunc {
+    /// Whether the aggregate can be maintained in O(1) per update by
+    /// accumulating it in the difference of the collection.
+    pub fn is_accumulable(self) -> bool {
+        !matches!(self, AggregateFunc::Min | AggregateFunc::Max)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AggregateFunc::CountStar | AggregateFunc::Count => "count",
+            AggregateFunc::Sum => "sum",
+            AggregateFunc::Avg => "avg",
+            AggregateFunc::Min => "min",
+            AggregateFunc::Max => "max",
+        }
+    }
+}
+
+/// One aggregate of a [`PlanNode::Reduce`].
+#[derive(Debug, Clone)]
+pub struct AggregateExpr {
+    pub func: AggregateFunc,
+    /// The argument, bound against the reduce's input schema (`None` for
+    /// `count(*)`).
+    pub arg: Option<Expr>,
+    /// The argument's type after DataFusion's coercion.
+    pub input_type: DataType,
+    /// The type DataFusion gives the aggregate's result.
+    pub output_type: DataType,
+}
+
+impl Plan {
+    /// The arity of the rows this node produces.
+    pub fn arity(&self) -> usize {
+        self.schema.fields().len()
+    }
+
+    /// Ids of every relation the plan reads.
+    pub fn depends_on(&self) -> Vec<GlobalId> {
+        let mut out = Vec::new();
+        self.visit(&mut |p| {
+            if let PlanNode::Get { id, .. } = &p.node {
+                if !out.contains(id) {
+                    out.push(*id);
+                }
+            }
+        });
+        out
+    }
+
+    fn visit(&self, f: &mut impl FnMut(&Plan)) {
+        f(self);
+        match &self.node {
+            PlanNode::Get { .. } | PlanNode::Constant { .. } => {}
+            PlanNode::MapFilterProject { input, .. }
+            | PlanNode::Reduce { input, .. }
+            | PlanNode::Distinct { input } => input.visit(f),
+            PlanNode::Join { left, right, .. } => {
+                left.visit(f);
+                right.visit(f);
+            }
+            PlanNode::Union { inputs } => inputs.iter().for_each(|i| i.visit(f)),
+        }
+    }
+
+    fn fmt_indent(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
+        let pad = "  ".repeat(depth);
+        let list = |exprs: &[Expr]| {
+            exprs
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &self.node {
+            PlanNode::Get { id, name } => writeln!(f, "{pad}Get {name} (u{id})"),
+            PlanNode::Constant { batch } => {
+                writeln!(f, "{pad}Constant rows={}", batch.num_rows())
+            }
+            PlanNode::MapFilterProject {
+                input,
+                filters,
+                projection,
+            } => {
+                write!(f, "{pad}MapFilterProject")?;
+                if !filters.is_empty() {
+                    write!(f, " filter=[{}]", list(filters))?;
+                }
+                writeln!(f, " project=[{}]", list(projection))?;
+                input.fmt_indent(f, depth + 1)
+            }
+            PlanNode::Join {
+                left,
+                right,
+                left_keys,
+                right_keys,
+                residual,
+                kind,
+            } => {
+                write!(f, "{pad}Join {kind:?}")?;
+                let on: Vec<String> = left_keys
+                    .iter()
+                    .zip(right_keys)
+                    .map(|(l, r)| format!("{l} = {r}"))
+                    .collect();
+                write!(f, " on=[{}]", on.join(", "))?;
+                if let Some(r) = residual {
+                    write!(f, " residual=[{r}]")?;
+                }
+                writeln!(f)?;
+                left.fmt_indent(f, depth + 1)?;
+                right.fmt_indent(f, depth + 1)
+            }
+            PlanNode::Reduce {
+                input,
+                group_keys,
+                aggregates,
+            } => {
+                let aggs: Vec<String> = aggregates
+                    .iter()
+                    .map(|a| match &a.arg {
+                        Some(e) => format!("{}({e})", a.func.name()),
+                        None => "count(*)".to_string(),
+                    })
+                    .collect();
+                let kind = if aggregates.iter().all(|a| a.func.is_accumulable()) {
+                    "accumulable"
+                } else {
+                    "hierarchical"
+                };
+                writeln!(
+                    f,
+                    "{pad}Reduce {kind} keys=[{}] aggregates=[{}]",
+                    list(group_keys),
+                    aggs.join(", ")
+                )?;
+                input.fmt_indent(f, depth + 1)
+            }
+            PlanNode::Distinct { input } => {
+                writeln!(f, "{pad}Distinct")?;
+                input.fmt_indent(f, depth + 1)
+            }
+            PlanNode::Union { inputs } => {
+                writeln!(f, "{pad}Union")?;
+                inputs.iter().try_for_each(|i| i.fmt_indent(f, depth + 1))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_indent(f, 0)
+    }
+}

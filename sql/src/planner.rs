@@ -1,0 +1,208 @@
+//! Binding SQL against the catalog with DataFusion.
+//!
+//! The [`Planner`] owns a DataFusion `SessionState` whose only catalog is an
+//! adapter over the coordinator's [`CatalogReader`]. Tables and materialized
+//! views appear to DataFusion as schema-only relations; ordinary views are
+//! DataFusion views and are inlined where they are used.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
+use datafusion::common::TableReference;
+use datafusion::datasource::ViewTable;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+use datafusion::sql::sqlparser::ast;
+
+use crate::error::SqlError;
+use crate::plan::GlobalId;
+
+/// The name of Weir's one catalog and schema, as DataFusion sees them.
+pub const CATALOG: &str = "weir";
+pub const SCHEMA: &str = "public";
+
+/// What kind of relation a name denotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationKind {
+    Table,
+    View,
+    MaterializedView,
+}
+
+/// What the planner needs to know about a relation.
+#[derive(Debug, Clone)]
+pub struct RelationDesc {
+    pub id: GlobalId,
+    pub name: String,
+    pub kind: RelationKind,
+    pub schema: SchemaRef,
+    /// For views: the bound definition, inlined where the view is used.
+    pub view_plan: Option<LogicalPlan>,
+    pub definition: String,
+}
+
+/// A read-only view of the coordinator's catalog.
+pub trait CatalogReader: Send + Sync + std::fmt::Debug {
+    fn relation(&self, name: &str) -> Option<RelationDesc>;
+    fn relation_names(&self) -> Vec<String>;
+}
+
+/// Plans statements against a catalog.
+#[derive(Clone)]
+pub struct Planner {
+    state: SessionState,
+}
+
+impl std::fmt::Debug for Planner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Planner").finish_non_exhaustive()
+    }
+}
+
+impl Planner {
+    pub fn new(catalog: Arc<dyn CatalogReader>) -> Self {
+        let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, SCHEMA)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(false)
+            .with_target_partitions(2);
+        let options = config.options_mut();
+        options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+        options.sql_parser.collect_spans = true;
+        options.sql_parser.enable_ident_normalization = true;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        state
+            .catalog_list()
+            .register_catalog(CATALOG.into(), Arc::new(WeirCatalog(Arc::new(WeirSchema(catalog)))));
+        Planner { state }
+    }
+
+    /// The DataFusion session state, for executing one-shot queries.
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// Bind a statement into an unoptimized `LogicalPlan`.
+    pub async fn bind(&self, statement: ast::Statement, sql: &str) -> Result<LogicalPlan, SqlError> {
+        let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
+        self.state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| SqlError::from_datafusion(e, sql))
+    }
+
+    /// Bind a query and return its optimized plan.
+    pub async fn plan_query(&self, query: ast::Query, sql: &str) -> Result<LogicalPlan, SqlError> {
+        let plan = self.bind(ast::Statement::Query(Box::new(query)), sql).await?;
+        self.optimize(&plan, sql)
+    }
+
+    /// Run DataFusion's analyzer (type coercion) and optimizer over a plan.
+    pub fn optimize(&self, plan: &LogicalPlan, sql: &str) -> Result<LogicalPlan, SqlError> {
+        self.state
+            .optimize(plan)
+            .map_err(|e| SqlError::from_datafusion(e, sql))
+    }
+
+    /// The names of relations a statement refers to directly (views are not
+    /// looked through).
+    pub fn references(&self, statement: &ast::Statement) -> Vec<String> {
+        let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement.clone()));
+        self.state
+            .resolve_table_references(&statement)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.table().to_string())
+            .collect()
+    }
+}
+
+/// DataFusion's view of a table or materialized view: a schema, never
+/// scanned through DataFusion (the coordinator substitutes snapshots).
+#[derive(Debug)]
+pub struct RelationTable {
+    pub desc: RelationDesc,
+}
+
+#[async_trait]
+impl TableProvider for RelationTable {
+    fn schema(&self) -> SchemaRef {
+        self.desc.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        match self.desc.kind {
+            RelationKind::Table => TableType::Base,
+            _ => TableType::View,
+        }
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Err(DataFusionError::Internal(format!(
+            "relation {} must be read through a snapshot",
+            self.desc.name
+        )))
+    }
+}
+
+#[derive(Debug)]
+struct WeirCatalog(Arc<WeirSchema>);
+
+impl CatalogProvider for WeirCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        vec![SCHEMA.into()]
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        (name == SCHEMA).then(|| self.0.clone() as Arc<dyn SchemaProvider>)
+    }
+}
+
+#[derive(Debug)]
+struct WeirSchema(Arc<dyn CatalogReader>);
+
+#[async_trait]
+impl SchemaProvider for WeirSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.0.relation_names()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some(desc) = self.0.relation(name) else {
+            return Ok(None);
+        };
+        Ok(Some(match (&desc.kind, &desc.view_plan) {
+            (RelationKind::View, Some(plan)) => {
+                Arc::new(ViewTable::new(plan.clone(), Some(desc.definition.clone())))
+            }
+            _ => Arc::new(RelationTable { desc }),
+        }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.0.relation(name).is_some()
+    }
+}
+
+/// The relation a DataFusion table reference names, if it is in our schema.
+pub fn relation_name(reference: &TableReference) -> Option<&str> {
+    match reference.schema() {
+        None | Some(SCHEMA) => Some(reference.table()),
+        _ => None,
+    }
+}
+

@@ -1,0 +1,406 @@
+//! Statement splitting and Weir's own statements.
+//!
+//! A simple-query string may hold several statements. This module cuts it at
+//! top-level semicolons (using sqlparser's tokenizer, so quoted semicolons are
+//! safe), then parses each piece: Weir's own syntax (`SUBSCRIBE`, `SHOW ...`,
+//! `COPY ... FROM STDIN`, transaction control) here, everything else with
+//! sqlparser's PostgreSQL dialect.
+
+use datafusion::sql::sqlparser::ast;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Word};
+
+use crate::error::{SqlError, line_col_to_position};
+
+/// One statement cut out of a query string.
+#[derive(Debug, Clone)]
+pub struct ParsedStatement {
+    pub statement: Statement,
+    /// The statement's own text.
+    pub sql: String,
+    /// Characters that precede this statement in the original string; add
+    /// it to positions reported against `sql`.
+    pub offset: usize,
+}
+
+/// The statements Weir understands.
+#[derive(Debug, Clone)]
+pub enum Statement {
+    /// Anything sqlparser parses: DDL, DML, queries, EXPLAIN.
+    Sql(Box<ast::Statement>),
+    /// `SUBSCRIBE [TO] name` or `SUBSCRIBE [TO] (query)`.
+    Subscribe(SubscribeTarget),
+    Show(Show),
+    Copy(CopyFrom),
+    /// BEGIN, COMMIT, ROLLBACK and friends: each statement commits on its
+    /// own, so these only acknowledge.
+    Transaction(TransactionOp),
+    /// `SET`, `RESET`, `DISCARD`: accepted and acknowledged.
+    SetVariable { tag: &'static str },
+}
+
+#[derive(Debug, Clone)]
+pub enum SubscribeTarget {
+    Name(String),
+    Query(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionOp {
+    Begin,
+    Commit,
+    Rollback,
+}
+
+#[derive(Debug, Clone)]
+pub enum Show {
+    Tables,
+    Views,
+    MaterializedViews,
+    Columns(String),
+    CreateTable(String),
+    CreateView(String),
+    CreateMaterializedView(String),
+    Variable(String),
+}
+
+/// `COPY name [(columns)] FROM STDIN [options]`.
+#[derive(Debug, Clone)]
+pub struct CopyFrom {
+    pub table: String,
+    pub columns: Vec<String>,
+    pub csv: bool,
+    pub header: bool,
+    pub delimiter: Option<char>,
+    pub null: Option<String>,
+}
+
+/// Split `sql` into statements and parse each one.
+pub fn parse(sql: &str) -> Result<Vec<ParsedStatement>, SqlError> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::Syntax {
+            message: e.message.clone(),
+            position: line_col_to_position(sql, e.location.line as usize, e.location.column as usize),
+        })?;
+    // Byte offsets of top-level semicolons.
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let byte_at = |line: u64, col: u64| -> usize {
+        let start = line_starts[(line as usize).saturating_sub(1).min(line_starts.len() - 1)];
+        sql[start..]
+            .char_indices()
+            .nth((col as usize).saturating_sub(1))
+            .map(|(i, _)| start + i)
+            .unwrap_or(sql.len())
+    };
+    let mut cuts = Vec::new();
+    for t in &tokens {
+        if t.token == Token::SemiColon {
+            cuts.push(byte_at(t.span.start.line, t.span.start.column));
+        }
+    }
+    cuts.push(sql.len());
+    let mut out = Vec::new();
+    let mut start = 0;
+    for cut in cuts {
+        let piece = &sql[start..cut];
+        if !piece.trim().is_empty() {
+            let offset = sql[..start].chars().count();
+            let statement = parse_one(piece).map_err(|e| e.offset(offset))?;
+            out.push(ParsedStatement {
+                statement,
+                sql: piece.to_string(),
+                offset,
+            });
+        }
+        start = (cut + 1).min(sql.len());
+    }
+    Ok(out)
+}
+
+fn words(sql: &str) -> Vec<Word> {
+    Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| match t {
+            Token::Word(w) => Some(w),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ident(w: &Word) -> String {
+    if w.quote_style.is_some() {
+        w.value.clone()
+    } else {
+        w.value.to_ascii_lowercase()
+    }
+}
+
+/// Parse one statement (no top-level semicolons).
+pub fn parse_one(sql: &str) -> Result<Statement, SqlError> {
+    let ws = words(sql);
+    let kw: Vec<String> = ws.iter().map(|w| w.value.to_ascii_uppercase()).collect();
+    let first = kw.first().map(String::as_str).unwrap_or("");
+    match first {
+        "SUBSCRIBE" => return parse_subscribe(sql),
+        "SHOW" => return parse_show(sql, &ws, &kw),
+        "COPY" if kw.iter().any(|k| k == "STDIN") => return parse_copy(sql),
+        "BEGIN" | "START" => return Ok(Statement::Transaction(TransactionOp::Begin)),
+        "COMMIT" | "END" => return Ok(Statement::Transaction(TransactionOp::Commit)),
+        "ROLLBACK" | "ABORT" => return Ok(Statement::Transaction(TransactionOp::Rollback)),
+        "SET" => return Ok(Statement::SetVariable { tag: "SET" }),
+        "RESET" => return Ok(Statement::SetVariable { tag: "RESET" }),
+        "DISCARD" => return Ok(Statement::SetVariable { tag: "DISCARD ALL" }),
+        _ => {}
+    }
+    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| parser_error(e, sql))?;
+    match stmts.len() {
+        1 => Ok(Statement::Sql(Box::new(stmts.remove(0)))),
+        _ => Err(SqlError::Syntax {
+            message: "expected exactly one statement".into(),
+            position: None,
+        }),
+    }
+}
+
+/// Turn a sqlparser error into a syntax error with a position.
+pub fn parser_error(e: ParserError, sql: &str) -> SqlError {
+    let text = match &e {
+        ParserError::ParserError(s) | ParserError::TokenizerError(s) => s.clone(),
+        ParserError::RecursionLimitExceeded => "statement is too deeply nested".to_string(),
+    };
+    // sqlparser appends " at Line: L, Column: C".
+    let (message, position) = match text.rfind(" at Line: ") {
+        Some(i) => {
+            let loc = &text[i + " at Line: ".len()..];
+            let mut parts = loc.split(", Column: ");
+            let line = parts.next().and_then(|l| l.trim().parse().ok());
+            let col = parts.next().and_then(|c| c.trim().parse().ok());
+            let pos = match (line, col) {
+                (Some(l), Some(c)) => line_col_to_position(sql, l, c),
+                _ => None,
+            };
+            (text[..i].to_string(), pos)
+        }
+        None => (text, None),
+    };
+    let near = position
+        .and_then(|p| sql.chars().skip(p - 1).collect::<String>().split_whitespace().next().map(str::to_string));
+    let message = match near {
+        Some(tok) => format!("syntax error at or near \"{tok}\" ({})", lowercase_first(&message)),
+        None => format!("syntax error at end of input ({})", lowercase_first(&message)),
+    };
+    SqlError::Syntax { message, position }
+}
+
+fn lowercase_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+fn syntax(message: &str) -> SqlError {
+    SqlError::Syntax {
+        message: message.to_string(),
+        position: None,
+    }
+}
+
+fn parse_subscribe(sql: &str) -> Result<Statement, SqlError> {
+    let rest = sql.trim_start();
+    let rest = rest["SUBSCRIBE".len()..].trim_start();
+    let rest = if rest.len() >= 2 && rest[..2].eq_ignore_ascii_case("TO") && rest[2..].starts_with(|c: char| c.is_whitespace() || c == '(') {
+        rest[2..].trim_start()
+    } else {
+        rest
+    };
+    if let Some(inner) = rest.strip_prefix('(') {
+        let end = inner
+            .rfind(')')
+            .ok_or_else(|| syntax("syntax error at end of input: expected \")\""))?;
+        if !inner[end + 1..].trim().is_empty() {
+            return Err(SqlError::Unsupported(format!(
+                "SUBSCRIBE option \"{}\"",
+                inner[end + 1..].trim()
+            )));
+        }
+        return Ok(Statement::Subscribe(SubscribeTarget::Query(inner[..end].to_string())));
+    }
+    let ws = words(rest);
+    match ws.as_slice() {
+        [name] => Ok(Statement::Subscribe(SubscribeTarget::Name(ident(name)))),
+        [] => Err(syntax("syntax error at end of input: SUBSCRIBE expects a name or a (query)")),
+        _ => Err(SqlError::Unsupported(format!("SUBSCRIBE option \"{}\"", ws[1].value))),
+    }
+}
+
+fn parse_show(sql: &str, ws: &[Word], kw: &[String]) -> Result<Statement, SqlError> {
+    let k: Vec<&str> = kw.iter().map(String::as_str).collect();
+    let name_at = |i: usize| -> Result<String, SqlError> {
+        ws.get(i)
+            .map(ident)
+            .ok_or_else(|| syntax("syntax error at end of input: expected a name"))
+    };
+    let show = match k.as_slice() {
+        ["SHOW", "TABLES"] => Show::Tables,
+        ["SHOW", "VIEWS"] => Show::Views,
+        ["SHOW", "MATERIALIZED", "VIEWS"] => Show::MaterializedViews,
+        ["SHOW", "COLUMNS", "FROM" | "IN", ..] => Show::Columns(last_name(sql, ws, 3)?),
+        ["SHOW", "CREATE", "TABLE", ..] => Show::CreateTable(last_name(sql, ws, 3)?),
+        ["SHOW", "CREATE", "VIEW", ..] => Show::CreateView(last_name(sql, ws, 3)?),
+        ["SHOW", "CREATE", "MATERIALIZED", "VIEW", ..] => {
+            Show::CreateMaterializedView(last_name(sql, ws, 4)?)
+        }
+        ["SHOW", _] => Show::Variable(name_at(1)?),
+        ["SHOW", "TRANSACTION", "ISOLATION", "LEVEL"] => Show::Variable("transaction_isolation".into()),
+        _ => return Err(SqlError::Unsupported(format!("statement \"{}\"", sql.trim()))),
+    };
+    Ok(Statement::Show(show))
+}
+
+/// The (possibly schema-qualified) name starting at word `i`; the last part
+/// names the relation.
+fn last_name(_sql: &str, ws: &[Word], i: usize) -> Result<String, SqlError> {
+    ws.last()
+        .filter(|_| ws.len() > i)
+        .map(ident)
+        .ok_or_else(|| syntax("syntax error at end of input: expected a name"))
+}
+
+fn parse_copy(sql: &str) -> Result<Statement, SqlError> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| syntax(&e.message))?
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect::<Vec<_>>();
+    let mut i = 1;
+    let word = |t: Option<&Token>| match t {
+        Some(Token::Word(w)) => Some(w.clone()),
+        _ => None,
+    };
+    let mut table = word(tokens.get(i)).map(|w| ident(&w)).ok_or_else(|| syntax("syntax error: COPY expects a table name"))?;
+    i += 1;
+    while tokens.get(i) == Some(&Token::Period) {
+        table = word(tokens.get(i + 1)).map(|w| ident(&w)).ok_or_else(|| syntax("syntax error in COPY table name"))?;
+        i += 2;
+    }
+    let mut columns = Vec::new();
+    if tokens.get(i) == Some(&Token::LParen) {
+        i += 1;
+        while let Some(w) = word(tokens.get(i)) {
+            columns.push(ident(&w));
+            i += 1;
+            if tokens.get(i) == Some(&Token::Comma) {
+                i += 1;
+            }
+        }
+        if tokens.get(i) != Some(&Token::RParen) {
+            return Err(syntax("syntax error in COPY column list"));
+        }
+        i += 1;
+    }
+    let upper = |t: Option<&Token>| word(t).map(|w| w.value.to_ascii_uppercase());
+    if upper(tokens.get(i)).as_deref() != Some("FROM") || upper(tokens.get(i + 1)).as_deref() != Some("STDIN") {
+        return Err(SqlError::Unsupported("COPY other than COPY ... FROM STDIN".into()));
+    }
+    i += 2;
+    let mut copy = CopyFrom { table, columns, csv: false, header: false, delimiter: None, null: None };
+    // Options: either `WITH (FORMAT csv, HEADER true, ...)` or the legacy
+    // `[WITH] CSV HEADER DELIMITER 'x' NULL 'y'` form.
+    let rest: Vec<Token> = tokens[i..]
+        .iter()
+        .filter(|t| !matches!(t, Token::LParen | Token::RParen | Token::Comma | Token::EOF))
+        .cloned()
+        .collect();
+    let mut j = 0;
+    let string_at = |j: usize| -> Option<String> {
+        match rest.get(j) {
+            Some(Token::SingleQuotedString(s)) => Some(s.clone()),
+            Some(Token::Word(w)) => Some(w.value.clone()),
+            _ => None,
+        }
+    };
+    while j < rest.len() {
+        let key = match &rest[j] {
+            Token::Word(w) => w.value.to_ascii_uppercase(),
+            other => return Err(syntax(&format!("syntax error at or near \"{other}\" in COPY options"))),
+        };
+        match key.as_str() {
+            "WITH" | "BINARY" if key == "WITH" => j += 1,
+            "CSV" => { copy.csv = true; j += 1; }
+            "FORMAT" => {
+                match string_at(j + 1).map(|s| s.to_ascii_lowercase()).as_deref() {
+                    Some("csv") => copy.csv = true,
+                    Some("text") => copy.csv = false,
+                    Some(other) => return Err(SqlError::Unsupported(format!("COPY format \"{other}\""))),
+                    None => return Err(syntax("syntax error: FORMAT expects a value")),
+                }
+                j += 2;
+            }
+            "HEADER" => {
+                copy.header = true;
+                match string_at(j + 1).map(|s| s.to_ascii_lowercase()).as_deref() {
+                    Some("true" | "on" | "1") => j += 2,
+                    Some("false" | "off" | "0") => { copy.header = false; j += 2 }
+                    _ => j += 1,
+                }
+            }
+            "DELIMITER" => {
+                let d = string_at(j + 1).ok_or_else(|| syntax("syntax error: DELIMITER expects a string"))?;
+                let mut cs = d.chars();
+                match (cs.next(), cs.next()) {
+                    (Some(c), None) => copy.delimiter = Some(c),
+                    _ => return Err(SqlError::Plan("COPY delimiter must be a single one-byte character".into())),
+                }
+                j += 2;
+            }
+            "NULL" => {
+                copy.null = Some(string_at(j + 1).ok_or_else(|| syntax("syntax error: NULL expects a string"))?);
+                j += 2;
+            }
+            other => return Err(SqlError::Unsupported(format!("COPY option \"{}\"", other.to_ascii_lowercase()))),
+        }
+    }
+    Ok(Statement::Copy(copy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_top_level_semicolons_only() {
+        let stmts = parse("SELECT ';'; SUBSCRIBE TO t; SHOW TABLES").unwrap();
+        assert_eq!(stmts.len(), 3);
+        assert!(matches!(stmts[1].statement, Statement::Subscribe(SubscribeTarget::Name(ref n)) if n == "t"));
+        assert!(matches!(stmts[2].statement, Statement::Show(Show::Tables)));
+        assert_eq!(stmts[1].offset, 11);
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_position() {
+        let err = parse("SELECT 1; SELEC 2").unwrap_err();
+        assert_eq!(err.position(), Some(11));
+    }
+
+    #[test]
+    fn copy_options() {
+        match parse_one("COPY t (a, b) FROM STDIN WITH (FORMAT csv, HEADER true)").unwrap() {
+            Statement::Copy(c) => {
+                assert_eq!(c.table, "t");
+                assert_eq!(c.columns, vec!["a", "b"]);
+                assert!(c.csv && c.header);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

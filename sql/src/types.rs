@@ -1,0 +1,147 @@
+//! The SQL types Weir stores, and their Arrow representation.
+//!
+//! This is the one place that says which column types a table may have. The
+//! pgwire edge maps Arrow types back to PostgreSQL OIDs in the coordinator.
+
+use arrow::datatypes::{DataType, IntervalUnit, TimeUnit};
+use datafusion::sql::sqlparser::ast::{self, ExactNumberInfo};
+
+use crate::error::SqlError;
+
+/// The time zone Weir stores `timestamptz` values in.
+pub const UTC: &str = "+00:00";
+
+/// A column type as declared in `CREATE TABLE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnType {
+    pub data_type: DataType,
+    /// `varchar(n)`: the maximum length in characters, checked on write.
+    pub max_length: Option<u64>,
+    /// The type's name as PostgreSQL prints it (for `SHOW COLUMNS`).
+    pub sql_name: String,
+}
+
+/// Map a parsed SQL type to the Arrow type Weir stores it as.
+pub fn column_type(ty: &ast::DataType) -> Result<ColumnType, SqlError> {
+    use ast::DataType as D;
+    let plain = |data_type: DataType, name: &str| ColumnType {
+        data_type,
+        max_length: None,
+        sql_name: name.to_string(),
+    };
+    Ok(match ty {
+        D::Bool | D::Boolean => plain(DataType::Boolean, "boolean"),
+        D::SmallInt(_) | D::Int2(_) => plain(DataType::Int16, "smallint"),
+        D::Int(_) | D::Integer(_) | D::Int4(_) => plain(DataType::Int32, "integer"),
+        D::BigInt(_) | D::Int8(_) => plain(DataType::Int64, "bigint"),
+        D::Real | D::Float4 => plain(DataType::Float32, "real"),
+        D::DoublePrecision | D::Float8 | D::Double(_) => {
+            plain(DataType::Float64, "double precision")
+        }
+        D::Float(info) => match info {
+            ExactNumberInfo::Precision(p) | ExactNumberInfo::PrecisionAndScale(p, _)
+                if *p <= 24 =>
+            {
+                plain(DataType::Float32, "real")
+            }
+            _ => plain(DataType::Float64, "double precision"),
+        },
+        D::Numeric(info) | D::Decimal(info) | D::Dec(info) => {
+            let (p, s) = match info {
+                ExactNumberInfo::None => (38, 10),
+                ExactNumberInfo::Precision(p) => (*p, 0),
+                ExactNumberInfo::PrecisionAndScale(p, s) => (*p, *s as u64),
+            };
+            if p == 0 || p > 38 {
+                return Err(SqlError::Unsupported(format!(
+                    "numeric precision {p} (Weir supports 1 to 38)"
+                )));
+            }
+            if s > p {
+                return Err(SqlError::Plan(format!(
+                    "NUMERIC scale {s} must be between 0 and precision {p}"
+                )));
+            }
+            ColumnType {
+                data_type: DataType::Decimal128(p as u8, s as i8),
+                max_length: None,
+                sql_name: if matches!(info, ExactNumberInfo::None) {
+                    "numeric".into()
+                } else {
+                    format!("numeric({p},{s})")
+                },
+            }
+        }
+        D::Text | D::String(_) => plain(DataType::Utf8, "text"),
+        D::Varchar(len) | D::CharacterVarying(len) | D::CharVarying(len) => {
+            let max_length = match len {
+                Some(ast::CharacterLength::IntegerLength { length, .. }) => Some(*length),
+                _ => None,
+            };
+            ColumnType {
+                data_type: DataType::Utf8,
+                max_length,
+                sql_name: match max_length {
+                    Some(n) => format!("character varying({n})"),
+                    None => "character varying".into(),
+                },
+            }
+        }
+        D::Bytea => plain(DataType::Binary, "bytea"),
+        D::Date => plain(DataType::Date32, "date"),
+        D::Timestamp(_, tz) => match tz {
+            ast::TimezoneInfo::None | ast::TimezoneInfo::WithoutTimeZone => plain(
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                "timestamp without time zone",
+            ),
+            ast::TimezoneInfo::WithTimeZone | ast::TimezoneInfo::Tz => plain(
+                DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())),
+                "timestamp with time zone",
+            ),
+        },
+        D::Interval { .. } => plain(
+            DataType::Interval(IntervalUnit::MonthDayNano),
+            "interval",
+        ),
+        D::Custom(name, _) => {
+            let n = name.to_string().to_ascii_lowercase();
+            match n.as_str() {
+                "timestamptz" => plain(
+                    DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())),
+                    "timestamp with time zone",
+                ),
+                "int2" => plain(DataType::Int16, "smallint"),
+                "int4" => plain(DataType::Int32, "integer"),
+                "int8" => plain(DataType::Int64, "bigint"),
+                "float4" => plain(DataType::Float32, "real"),
+                "float8" => plain(DataType::Float64, "double precision"),
+                "bool" => plain(DataType::Boolean, "boolean"),
+                _ => return Err(SqlError::UndefinedType(n)),
+            }
+        }
+        other => {
+            return Err(SqlError::Unsupported(format!("column type {other}")));
+        }
+    })
+}
+
+/// The PostgreSQL name of an Arrow type, for catalog output.
+pub fn sql_type_name(dt: &DataType) -> String {
+    match dt {
+        DataType::Boolean => "boolean".into(),
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint".into(),
+        DataType::Int32 | DataType::UInt16 => "integer".into(),
+        DataType::Int64 | DataType::UInt32 => "bigint".into(),
+        DataType::UInt64 => "numeric".into(),
+        DataType::Float16 | DataType::Float32 => "real".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea".into(),
+        DataType::Date32 | DataType::Date64 => "date".into(),
+        DataType::Timestamp(_, None) => "timestamp without time zone".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamp with time zone".into(),
+        DataType::Interval(_) => "interval".into(),
+        other => other.to_string().to_ascii_lowercase(),
+    }
+}

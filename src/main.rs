@@ -1,0 +1,83 @@
+//! The `weir` command line: wires the coordinator to a worker cluster.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing::info;
+
+/// Weir: a streaming SQL engine. Connect with psql and keep materialized
+/// views exactly right as their inputs change.
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about, long_about = None)]
+struct Cli {
+    /// Log format: `text` for people, `json` for log pipelines (Fluentd, Elasticsearch).
+    #[arg(long, global = true, default_value = "text", env = "WEIR_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the coordinator and an in-process timely cluster in one process.
+    Start {
+        /// Address of the PostgreSQL wire protocol listener.
+        #[arg(long, default_value = "127.0.0.1:6875", env = "WEIR_PG_ADDR")]
+        pg_addr: SocketAddr,
+        /// Timely worker threads (default: the number of cores).
+        #[arg(long, env = "WEIR_WORKERS")]
+        workers: Option<usize>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
+    }
+    match cli.command {
+        Command::Start { pg_addr, workers } => start(pg_addr, workers),
+    }
+}
+
+fn start(pg_addr: SocketAddr, workers: Option<usize>) -> anyhow::Result<()> {
+    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("weir-coord").build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(pg_addr)
+            .await
+            .with_context(|| format!("cannot listen on {pg_addr}"))?;
+        let addr = listener.local_addr()?;
+        let (responses_tx, responses_rx) = tokio::sync::mpsc::unbounded_channel();
+        let cluster = weir_worker::spawn(workers, responses_tx).map_err(|e| anyhow::anyhow!(e))?;
+        println!("weir is ready: psql postgres://weir@{addr}/weir");
+        info!(%addr, workers, "weir started");
+        weir_coordinator::serve(listener, Box::new(cluster), responses_rx, shutdown_signal()).await?;
+        info!("weir stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
