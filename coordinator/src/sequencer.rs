@@ -128,9 +128,15 @@ impl Coordinator {
 
     async fn execute_sql(&self, ast: &ast::Statement, sql: &str, params: &[ScalarValue]) -> Result<ExecuteResult> {
         match ast {
-            ast::Statement::Query(_) => {
+            ast::Statement::Query(q) => {
                 let plan = self.bind_with_params(ast, sql, params).await?;
                 let (schema, batches) = self.run(plan).await?;
+                let schema = renamed(&schema, &pg_names(q, &schema));
+                let batches = batches
+                    .into_iter()
+                    .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| AdapterError::Internal(e.to_string()))?;
                 Ok(ExecuteResult::Rows { schema, batches })
             }
             ast::Statement::CreateTable(ct) => self.create_table(ct, sql).await,
@@ -305,31 +311,30 @@ impl Coordinator {
         let query = ast::Statement::Query(cv.query.clone());
         let depends_on = self.planner.references(&query);
         let mut plan = self.planner.bind(query, sql).await?;
-        if !cv.columns.is_empty() {
-            if cv.columns.len() != plan.schema().fields().len() {
-                return Err(SqlError::Plan(format!(
-                    "view has {} columns but {} column names were given",
-                    plan.schema().fields().len(),
-                    cv.columns.len()
-                ))
-                .into());
+        if !cv.columns.is_empty() && cv.columns.len() != plan.schema().fields().len() {
+            return Err(SqlError::Plan(format!(
+                "view has {} columns but {} column names were given",
+                plan.schema().fields().len(),
+                cv.columns.len()
+            ))
+            .into());
+        }
+        let names: Vec<String> = if cv.columns.is_empty() {
+            pg_names(&cv.query, plan.schema().inner())
+        } else {
+            cv.columns.iter().map(|c| ident(&c.name)).collect()
+        };
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return Err(SqlError::DuplicateColumn(n.clone()).into());
             }
-            let exprs: Vec<_> = plan
-                .schema()
-                .columns()
-                .into_iter()
-                .zip(&cv.columns)
-                .map(|(c, name)| col(c).alias(ident(&name.name)))
-                .collect();
+        }
+        if !cv.materialized {
+            // A view is inlined by name, so its plan must carry its column names.
+            let exprs: Vec<_> = plan.schema().columns().into_iter().zip(&names).map(|(c, n)| col(c).alias(n)).collect();
             plan = LogicalPlanBuilder::from(plan).project(exprs)?.build()?;
         }
-        let mut fields = Vec::new();
-        for f in plan.schema().fields() {
-            if fields.iter().any(|(n, _): &(String, DataType)| n == f.name()) {
-                return Err(SqlError::DuplicateColumn(f.name().clone()).into());
-            }
-            fields.push((f.name().clone(), f.data_type().clone()));
-        }
+        let fields: Vec<(String, DataType)> = names.into_iter().zip(plan.schema().fields()).map(|(n, f)| (n, f.data_type().clone())).collect();
         let columns = fields
             .iter()
             .map(|(n, t)| ColumnDef { name: n.clone(), sql_type: weir_sql::types::sql_type_name(t), nullable: true, max_length: None })
@@ -642,7 +647,13 @@ impl Coordinator {
                     for (i, t) in params {
                         out[i - 1] = t;
                     }
-                    let schema = matches!(ast.as_ref(), ast::Statement::Query(_)).then(|| Arc::new(plan.schema().as_arrow().clone()));
+                    let schema = match ast.as_ref() {
+                        ast::Statement::Query(q) => {
+                            let s: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+                            Some(renamed(&s, &pg_names(q, &s)))
+                        }
+                        _ => None,
+                    };
                     Ok((out, schema))
                 }
                 ast::Statement::Explain { .. } => {
@@ -668,6 +679,20 @@ impl Coordinator {
         fields.extend(base.fields().iter().map(|f| f.as_ref().clone()));
         Ok(Arc::new(Schema::new(fields)))
     }
+}
+
+/// The result column names PostgreSQL would give `query`.
+fn pg_names(query: &ast::Query, schema: &Schema) -> Vec<String> {
+    match weir_sql::names::output_names(query) {
+        Some(n) if n.len() == schema.fields().len() => n,
+        _ => schema.fields().iter().map(|f| f.name().clone()).collect(),
+    }
+}
+
+fn renamed(schema: &Schema, names: &[String]) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema.fields().iter().zip(names).map(|(f, n)| f.as_ref().clone().with_name(n)).collect::<Vec<_>>(),
+    ))
 }
 
 fn first_words(s: &str) -> String {

@@ -131,7 +131,13 @@ impl SqlError {
         }
         if lower.contains("no field named") || lower.contains("column") && lower.contains("not found")
         {
-            let column = quoted(&message);
+            let column = match lower.find("field named ") {
+                Some(i) => message[i + "field named ".len()..]
+                    .split(['\n', ' '])
+                    .next()
+                    .map(|c| c.trim_end_matches('.').to_string()),
+                None => quoted(&message),
+            };
             let position = position.or_else(|| {
                 column
                     .as_deref()
@@ -142,6 +148,12 @@ impl SqlError {
                 None => message,
             };
             return SqlError::UndefinedColumn { message, position };
+        }
+        if let Some(rest) = lower.strip_prefix("invalid function '") {
+            let name = rest.split('\'').next().unwrap_or(rest).to_string();
+            let position = position.or_else(|| find_ident(sql, &name));
+            let message = format!("function {name} does not exist");
+            return SqlError::UndefinedFunction { message, position };
         }
         if lower.contains("invalid function")
             || lower.contains("no function matches")

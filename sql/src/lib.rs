@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod lower;
+pub mod names;
 pub mod plan;
 pub mod planner;
 pub mod statement;

@@ -93,10 +93,12 @@ impl Planner {
     /// Bind a statement into an unoptimized `LogicalPlan`.
     pub async fn bind(&self, statement: ast::Statement, sql: &str) -> Result<LogicalPlan, SqlError> {
         let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
-        self.state
+        let plan = self
+            .state
             .statement_to_plan(statement)
             .await
-            .map_err(|e| SqlError::from_datafusion(e, sql))
+            .map_err(|e| SqlError::from_datafusion(e, sql))?;
+        bytea_literals(plan).map_err(|e| SqlError::from_datafusion(e, sql))
     }
 
     /// Bind a query and return its optimized plan.
@@ -122,6 +124,47 @@ impl Planner {
             .into_iter()
             .map(|r| r.table().to_string())
             .collect()
+    }
+}
+
+/// Read string literals cast to `bytea` and `interval` the way PostgreSQL
+/// does (`'\\x0a'` is one byte; `'1 day 02:00:00'` is an interval), where
+/// Arrow's parsers differ.
+fn bytea_literals(plan: LogicalPlan) -> DfResult<LogicalPlan> {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::common::ScalarValue;
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::Cast;
+    plan.transform_up_with_subqueries(|node| {
+        node.map_expressions(|e| {
+            e.transform_up(|e| match e {
+                Expr::Cast(Cast { expr, field }) if field.data_type() == &DataType::Binary => match expr.as_ref() {
+                    Expr::Literal(ScalarValue::Utf8(Some(s)), _) => match decode_bytea(s) {
+                        Some(bytes) => Ok(Transformed::yes(Expr::Literal(ScalarValue::Binary(Some(bytes)), None))),
+                        None => Err(DataFusionError::Execution(format!("invalid input syntax for type bytea: \"{s}\""))),
+                    },
+                    _ => Ok(Transformed::no(Expr::Cast(Cast { expr, field }))),
+                },
+                Expr::Cast(Cast { expr, field }) if matches!(field.data_type(), DataType::Interval(_)) => match expr.as_ref() {
+                    Expr::Literal(ScalarValue::Utf8(Some(s)), _) => match crate::types::parse_interval(s) {
+                        Some(v) => Ok(Transformed::yes(Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), None))),
+                        None => Ok(Transformed::no(Expr::Cast(Cast { expr, field }))),
+                    },
+                    _ => Ok(Transformed::no(Expr::Cast(Cast { expr, field }))),
+                },
+                e => Ok(Transformed::no(e)),
+            })
+        })
+    })
+    .map(|t| t.data)
+}
+
+/// PostgreSQL's bytea input: `\x` followed by hex digits, or raw text.
+pub fn decode_bytea(s: &str) -> Option<Vec<u8>> {
+    match s.strip_prefix("\\x") {
+        Some(hex) if hex.len() % 2 == 0 => (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect(),
+        Some(_) => None,
+        None => Some(s.as_bytes().to_vec()),
     }
 }
 

@@ -193,18 +193,21 @@ pub fn parser_error(e: ParserError, sql: &str) -> SqlError {
     let near = position
         .and_then(|p| sql.chars().skip(p - 1).collect::<String>().split_whitespace().next().map(str::to_string));
     let message = match near {
-        Some(tok) => format!("syntax error at or near \"{tok}\" ({})", lowercase_first(&message)),
-        None => format!("syntax error at end of input ({})", lowercase_first(&message)),
+        Some(tok) if !message.contains("found: EOF") => {
+            let tok: String = tok.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<String>();
+            let tok = if tok.is_empty() { near_symbol(sql, position) } else { tok };
+            format!("syntax error at or near \"{tok}\"")
+        }
+        _ => "syntax error at end of input".to_string(),
     };
     SqlError::Syntax { message, position }
 }
 
-fn lowercase_first(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
-        None => String::new(),
-    }
+fn near_symbol(sql: &str, position: Option<usize>) -> String {
+    position
+        .and_then(|p| sql.chars().nth(p - 1))
+        .map(|c| c.to_string())
+        .unwrap_or_default()
 }
 
 fn syntax(message: &str) -> SqlError {

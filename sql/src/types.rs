@@ -145,3 +145,84 @@ pub fn sql_type_name(dt: &DataType) -> String {
         other => other.to_string().to_ascii_lowercase(),
     }
 }
+
+/// Parse PostgreSQL's interval input (`1 year 2 mons 3 days 04:05:06.5`,
+/// `-1 day`, `2 hours ago`), which Arrow's parser does not fully accept.
+pub fn parse_interval(s: &str) -> Option<arrow::datatypes::IntervalMonthDayNano> {
+    let mut months: i64 = 0;
+    let mut days: i64 = 0;
+    let mut nanos: i128 = 0;
+    let mut tokens: Vec<&str> = s.split_whitespace().collect();
+    let ago = tokens.last().is_some_and(|t| t.eq_ignore_ascii_case("ago"));
+    if ago {
+        tokens.pop();
+    }
+    if tokens.is_empty() {
+        return None;
+    }
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = tokens[i];
+        if t.contains(':') {
+            let (neg, body) = match t.strip_prefix('-') {
+                Some(b) => (true, b),
+                None => (false, t.strip_prefix('+').unwrap_or(t)),
+            };
+            let parts: Vec<&str> = body.split(':').collect();
+            if parts.len() < 2 || parts.len() > 3 {
+                return None;
+            }
+            let h: i128 = parts[0].parse().ok()?;
+            let m: i128 = parts[1].parse().ok()?;
+            let sec: f64 = parts.get(2).map(|p| p.parse().ok()).unwrap_or(Some(0.0))?;
+            let total = h * 3_600_000_000_000 + m * 60_000_000_000 + (sec * 1e9).round() as i128;
+            nanos += if neg { -total } else { total };
+            i += 1;
+            continue;
+        }
+        let value: f64 = t.parse().ok()?;
+        let unit = tokens.get(i + 1)?.to_ascii_lowercase();
+        let unit = unit.trim_end_matches(',');
+        let whole = value.trunc() as i64;
+        let frac = value - value.trunc();
+        match unit.trim_end_matches('s') {
+            "year" | "yr" | "y" => months += (value * 12.0).round() as i64,
+            "mon" | "month" => {
+                months += whole;
+                days += (frac * 30.0).round() as i64;
+            }
+            "week" | "w" => days += (value * 7.0).round() as i64,
+            "day" | "d" => {
+                days += whole;
+                nanos += (frac * 86_400e9).round() as i128;
+            }
+            "hour" | "hr" | "h" => nanos += (value * 3_600e9).round() as i128,
+            "minute" | "min" | "m" => nanos += (value * 60e9).round() as i128,
+            "second" | "sec" => nanos += (value * 1e9).round() as i128,
+            "millisecond" | "ms" => nanos += (value * 1e6).round() as i128,
+            "microsecond" | "us" => nanos += (value * 1e3).round() as i128,
+            _ => return None,
+        }
+        i += 2;
+    }
+    let sign = if ago { -1 } else { 1 };
+    Some(arrow::datatypes::IntervalMonthDayNano::new(
+        i32::try_from(sign * months).ok()?,
+        i32::try_from(sign * days).ok()?,
+        i64::try_from(sign as i128 * nanos).ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_interval_input() {
+        let v = parse_interval("1 year 2 months 3 days 04:05:06.5").unwrap();
+        assert_eq!((v.months, v.days, v.nanoseconds), (14, 3, 14_706_500_000_000));
+        let v = parse_interval("2 hours ago").unwrap();
+        assert_eq!(v.nanoseconds, -7_200_000_000_000);
+        assert!(parse_interval("soon").is_none());
+    }
+}

@@ -1,0 +1,107 @@
+//! Test harness: runs the real `weir` binary on a free port and connects
+//! real clients to it.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// A `weir start` process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::with_workers(2)
+    }
+
+    pub fn with_workers(workers: usize) -> Server {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["start", "--pg-addr", &format!("127.0.0.1:{port}"), "--workers", &workers.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn weir");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "weir did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://weir@127.0.0.1:{}/weir", self.port)
+    }
+
+    pub async fn connect(&self) -> Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), NoTls).await.expect("connect");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `sql` with the simple protocol and return its rows as text.
+pub async fn rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string())))
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Rows as sorted strings, for order-insensitive comparison.
+pub async fn sorted(client: &Client, sql: &str) -> Vec<String> {
+    let mut out: Vec<String> = rows(client, sql)
+        .await
+        .into_iter()
+        .map(|r| r.into_iter().map(|c| c.unwrap_or_else(|| "NULL".into())).collect::<Vec<_>>().join("|"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Run `sql`, which must fail, and return (SQLSTATE, message, position).
+pub async fn error(client: &Client, sql: &str) -> (String, String, Option<u32>) {
+    let err = client.simple_query(sql).await.err().unwrap_or_else(|| panic!("expected {sql} to fail"));
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: not a database error: {err}"));
+    let position = match db.position() {
+        Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p),
+        _ => None,
+    };
+    (db.code().code().to_string(), db.message().to_string(), position)
+}
+
+pub async fn exec(client: &Client, sql: &str) {
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string())));
+}
