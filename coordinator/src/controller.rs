@@ -35,7 +35,7 @@ struct PendingPeek {
 #[derive(Default)]
 struct Pending {
     peeks: HashMap<u64, PendingPeek>,
-    subscribes: HashMap<u64, mpsc::UnboundedSender<(usize, Option<Timestamp>, Result<SubscribeUpdate, String>)>>,
+    subscribes: HashMap<u64, (Timestamp, mpsc::UnboundedSender<SubscribeMessage>)>,
 }
 
 /// One worker's message for a subscription.
@@ -86,7 +86,7 @@ impl Controller {
                         }
                     }
                     Response::SubscribeBatch { subscribe_id, worker, upper, update } => {
-                        if let Some(tx) = p.subscribes.get(&subscribe_id) {
+                        if let Some((_, tx)) = p.subscribes.get(&subscribe_id) {
                             let _ = tx.send((worker, upper, update));
                         }
                     }
@@ -151,9 +151,16 @@ impl Controller {
         let subscribe_id = inner.next_id;
         let as_of = inner.last_write;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.pending.lock().expect("pending lock").subscribes.insert(subscribe_id, tx);
+        self.pending.lock().expect("pending lock").subscribes.insert(subscribe_id, (as_of, tx));
         inner.sink.send(Command::Subscribe { subscribe_id, plan, as_of });
         (subscribe_id, as_of, rx)
+    }
+
+    /// Active subscriptions and the times they started at.
+    pub fn subscriptions(&self) -> Vec<(u64, Timestamp)> {
+        let mut out: Vec<_> = self.pending.lock().expect("pending lock").subscribes.iter().map(|(id, (t, _))| (*id, *t)).collect();
+        out.sort();
+        out
     }
 
     pub fn unsubscribe(&self, subscribe_id: u64) {

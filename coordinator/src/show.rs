@@ -32,6 +32,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
 fn columns(show: &Show) -> Vec<&'static str> {
     match show {
         Show::Tables | Show::Views | Show::MaterializedViews => vec!["name"],
+        Show::Subscriptions => vec!["id", "as_of"],
         Show::Columns(_) => vec!["name", "nullable", "type"],
         Show::CreateTable(_) | Show::CreateView(_) | Show::CreateMaterializedView(_) => vec!["name", "create_sql"],
         Show::Variable(_) => vec![],
@@ -52,6 +53,7 @@ pub fn schema(coord: &Coordinator, show: &Show) -> Result<SchemaRef, AdapterErro
 pub fn show(coord: &Coordinator, show: &Show) -> Result<ExecuteResult, AdapterError> {
     let rows: Vec<Vec<String>> = match show {
         Show::Tables => names(coord, RelationKind::Table),
+        Show::Subscriptions => coord.controller().subscriptions().into_iter().map(|(id, t)| vec![id.to_string(), t.to_string()]).collect(),
         Show::Views => names(coord, RelationKind::View),
         Show::MaterializedViews => names(coord, RelationKind::MaterializedView),
         Show::Columns(name) => {

@@ -53,8 +53,10 @@ pub struct ComputeState {
     responses: ResponseSender,
     /// Every table input has been advanced to this time.
     upper: Time,
-    /// Reads are never earlier than this time; history before it is merged.
+    /// History before this time has been merged away.
     since: Time,
+    /// The latest write: no read will ever be earlier.
+    target_since: Time,
 }
 
 impl ComputeState {
@@ -68,6 +70,7 @@ impl ComputeState {
             responses,
             upper: 0,
             since: 0,
+            target_since: 0,
         }
     }
 
@@ -169,8 +172,19 @@ impl ComputeState {
             t.input.flush();
         }
         // Reads are issued at the latest write time or later.
-        self.since = self.since.max(time);
-        let frontier = Antichain::from_elem(self.since);
+        self.target_since = self.target_since.max(time);
+        self.compact();
+    }
+
+    /// Allow the arrangements to merge history up to the latest write, but
+    /// never past a peek that is still waiting to read.
+    fn compact(&mut self) {
+        let since = self.peeks.iter().map(|p| p.time).fold(self.target_since, Time::min);
+        if since <= self.since {
+            return;
+        }
+        self.since = since;
+        let frontier = Antichain::from_elem(since);
         for (ok, err) in self.traces.values_mut() {
             ok.set_logical_compaction(frontier.borrow());
             ok.set_physical_compaction(frontier.borrow());
@@ -274,6 +288,7 @@ impl ComputeState {
             false
         });
         self.peeks.extend(pending);
+        self.compact();
     }
 }
 

@@ -56,6 +56,8 @@ pub enum TransactionOp {
 #[derive(Debug, Clone)]
 pub enum Show {
     Tables,
+    /// Active subscriptions (ids and the time each started at).
+    Subscriptions,
     Views,
     MaterializedViews,
     Columns(String),
@@ -254,6 +256,7 @@ fn parse_show(sql: &str, ws: &[Word], kw: &[String]) -> Result<Statement, SqlErr
     };
     let show = match k.as_slice() {
         ["SHOW", "TABLES"] => Show::Tables,
+        ["SHOW", "SUBSCRIPTIONS"] => Show::Subscriptions,
         ["SHOW", "VIEWS"] => Show::Views,
         ["SHOW", "MATERIALIZED", "VIEWS"] => Show::MaterializedViews,
         ["SHOW", "COLUMNS", "FROM" | "IN", ..] => Show::Columns(last_name(sql, ws, 3)?),

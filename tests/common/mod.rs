@@ -3,9 +3,9 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
@@ -15,29 +15,32 @@ pub struct Server {
     pub port: u16,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 impl Server {
     pub fn start() -> Server {
         Server::with_workers(2)
     }
 
     pub fn with_workers(workers: usize) -> Server {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["start", "--pg-addr", &format!("127.0.0.1:{port}"), "--workers", &workers.to_string()])
+        // Port 0: the server picks a free port and prints it, so parallel
+        // tests never race for one.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["start", "--pg-addr", "127.0.0.1:0", "--workers", &workers.to_string()])
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn weir");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "weir did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("@127.0.0.1:").nth(1) {
+                    let port: u16 = rest.split('/').next().and_then(|p| p.parse().ok()).expect("port in ready line");
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let port = rx.recv_timeout(Duration::from_secs(60)).expect("weir did not report ready");
         Server { child, port }
     }
 
@@ -51,6 +54,16 @@ impl Server {
             let _ = connection.await;
         });
         client
+    }
+
+    /// Connect, returning the task that owns the socket: aborting it is a
+    /// client vanishing without a goodbye.
+    pub async fn connect_raw(&self) -> (Client, tokio::task::JoinHandle<()>) {
+        let (client, connection) = tokio_postgres::connect(&self.url(), NoTls).await.expect("connect");
+        let task = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        (client, task)
     }
 
     /// Whether the process is still running.
