@@ -45,6 +45,8 @@ pub enum ExecuteResult {
 /// A running subscription; dropping it stops the dataflow.
 pub struct Subscription {
     pub id: u64,
+    /// Stream as `COPY ... TO STDOUT` data rather than as rows.
+    pub copy_out: bool,
     pub as_of: u64,
     pub schema: SchemaRef,
     pub messages: tokio::sync::mpsc::UnboundedReceiver<SubscribeMessage>,
@@ -110,7 +112,7 @@ impl Coordinator {
         let sql = stmt.sql.as_str();
         let result = match &stmt.statement {
             Statement::Sql(ast) => self.execute_sql(ast, sql, params).await,
-            Statement::Subscribe(target) => self.subscribe(target).await,
+            Statement::Subscribe { target, copy_out } => self.subscribe(target, *copy_out).await,
             Statement::Show(show) => crate::show::show(self, show),
             Statement::Copy(copy) => self.copy_target(copy),
             Statement::Transaction(op) => Ok(match op {
@@ -566,7 +568,7 @@ impl Coordinator {
         self.insert_batch(&entry.name, batch).await
     }
 
-    async fn subscribe(&self, target: &SubscribeTarget) -> Result<ExecuteResult> {
+    async fn subscribe(&self, target: &SubscribeTarget, copy_out: bool) -> Result<ExecuteResult> {
         let plan = match target {
             SubscribeTarget::Name(name) => {
                 let e = self.catalog.get(name).ok_or_else(|| SqlError::UndefinedTable { name: name.clone(), position: None })?;
@@ -589,6 +591,7 @@ impl Coordinator {
         let (id, as_of, messages) = self.controller.subscribe(Arc::new(plan));
         Ok(ExecuteResult::Subscribe(Subscription {
             id,
+            copy_out,
             as_of,
             schema,
             messages,
@@ -662,10 +665,7 @@ impl Coordinator {
                 _ => Ok((vec![], None)),
             },
             Statement::Show(show) => Ok((vec![], Some(crate::show::schema(self, show)?))),
-            Statement::Subscribe(target) => match self.subscribe_schema(target).await {
-                Ok(s) => Ok((vec![], Some(s))),
-                Err(e) => Err(e),
-            },
+            Statement::Subscribe { target, copy_out: false } => Ok((vec![], Some(self.subscribe_schema(target).await?))),
             _ => Ok((vec![], None)),
         }
     }

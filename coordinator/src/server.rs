@@ -26,7 +26,7 @@ use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
-use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyOutResponse};
 use pgwire::messages::data::RowDescription;
 use pgwire::messages::startup::ParameterStatus;
 use weir_sql::statement::{ParsedStatement, parse};
@@ -141,8 +141,9 @@ impl Handler {
                 Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
             }
             ExecuteResult::Subscribe(sub) => {
+                let copy_out = sub.copy_out;
                 let rows = stream_subscription(client, sub, format, describe).await?;
-                Response::Execution(Tag::new("SUBSCRIBE").with_rows(rows))
+                Response::Execution(Tag::new(if copy_out { "COPY" } else { "SUBSCRIBE" }).with_rows(rows))
             }
         })
     }
@@ -157,7 +158,10 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     let f = Arc::new(fields(&sub.schema, format));
-    if describe {
+    if sub.copy_out {
+        let n = sub.schema.fields().len();
+        client.send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(0, n as i16, vec![0; n]))).await?;
+    } else if describe {
         client.send(PgWireBackendMessage::RowDescription(RowDescription::new(f.iter().map(Into::into).collect()))).await?;
     }
     // Each worker's progress: Some(t) = complete below t; None = finished.
@@ -206,9 +210,16 @@ where
         if now.num_rows() > 0 {
             let order = sort_to_indices(now.column(0), None, None).map_err(|e| AdapterError::Internal(e.to_string()))?;
             let now = take_record_batch(&now, &order).map_err(|e| AdapterError::Internal(e.to_string()))?;
-            for row in data_rows(&[now], f.clone()) {
-                client.feed(PgWireBackendMessage::DataRow(row?)).await?;
-                sent += 1;
+            if sub.copy_out {
+                for line in copy_lines(&now) {
+                    client.feed(PgWireBackendMessage::CopyData(CopyData::new(line.into()))).await?;
+                    sent += 1;
+                }
+            } else {
+                for row in data_rows(&[now], f.clone()) {
+                    client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+                    sent += 1;
+                }
             }
             client.flush().await?;
         }
@@ -216,7 +227,34 @@ where
             break;
         }
     }
+    if sub.copy_out {
+        client.send(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
+    }
     Ok(sent)
+}
+
+/// Rows in `COPY` text format: tab-separated, `\N` for NULL, escaped.
+fn copy_lines(batch: &RecordBatch) -> Vec<Vec<u8>> {
+    let options = arrow::util::display::FormatOptions::default();
+    let formatters: Vec<_> = batch
+        .columns()
+        .iter()
+        .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options).expect("every arrow type formats"))
+        .collect();
+    (0..batch.num_rows())
+        .map(|i| {
+            let fields: Vec<String> = batch
+                .columns()
+                .iter()
+                .zip(&formatters)
+                .map(|(col, fmt)| match crate::values::cell(col, i, fmt).text() {
+                    None => "\\N".to_string(),
+                    Some(t) => t.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r"),
+                })
+                .collect();
+            format!("{}\n", fields.join("\t")).into_bytes()
+        })
+        .collect()
 }
 
 #[async_trait]

@@ -29,8 +29,9 @@ pub struct ParsedStatement {
 pub enum Statement {
     /// Anything sqlparser parses: DDL, DML, queries, EXPLAIN.
     Sql(Box<ast::Statement>),
-    /// `SUBSCRIBE [TO] name` or `SUBSCRIBE [TO] (query)`.
-    Subscribe(SubscribeTarget),
+    /// `SUBSCRIBE [TO] name` or `SUBSCRIBE [TO] (query)`; `copy_out` when
+    /// wrapped in `COPY (...) TO STDOUT`, which psql streams as it arrives.
+    Subscribe { target: SubscribeTarget, copy_out: bool },
     Show(Show),
     Copy(CopyFrom),
     /// BEGIN, COMMIT, ROLLBACK and friends: each statement commits on its
@@ -150,7 +151,8 @@ pub fn parse_one(sql: &str) -> Result<Statement, SqlError> {
     let kw: Vec<String> = ws.iter().map(|w| w.value.to_ascii_uppercase()).collect();
     let first = kw.first().map(String::as_str).unwrap_or("");
     match first {
-        "SUBSCRIBE" => return parse_subscribe(sql),
+        "SUBSCRIBE" => return parse_subscribe(sql, false),
+        "COPY" if kw.iter().any(|k| k == "STDOUT") => return parse_copy_to(sql),
         "SHOW" => return parse_show(sql, &ws, &kw),
         "COPY" if kw.iter().any(|k| k == "STDIN") => return parse_copy(sql),
         "BEGIN" | "START" => return Ok(Statement::Transaction(TransactionOp::Begin)),
@@ -219,7 +221,21 @@ fn syntax(message: &str) -> SqlError {
     }
 }
 
-fn parse_subscribe(sql: &str) -> Result<Statement, SqlError> {
+/// `COPY (SUBSCRIBE ...) TO STDOUT`.
+fn parse_copy_to(sql: &str) -> Result<Statement, SqlError> {
+    let rest = sql.trim_start()["COPY".len()..].trim_start();
+    let inner = rest.strip_prefix('(').and_then(|r| {
+        let upper = r.to_ascii_uppercase();
+        let end = upper.rfind("TO STDOUT")?;
+        r[..end].trim_end().strip_suffix(')')
+    });
+    match inner {
+        Some(inner) if inner.trim_start().to_ascii_uppercase().starts_with("SUBSCRIBE") => parse_subscribe(inner, true),
+        _ => Err(SqlError::Unsupported("COPY ... TO STDOUT other than COPY (SUBSCRIBE ...) TO STDOUT".into())),
+    }
+}
+
+fn parse_subscribe(sql: &str, copy_out: bool) -> Result<Statement, SqlError> {
     let rest = sql.trim_start();
     let rest = rest["SUBSCRIBE".len()..].trim_start();
     let rest = if rest.len() >= 2 && rest[..2].eq_ignore_ascii_case("TO") && rest[2..].starts_with(|c: char| c.is_whitespace() || c == '(') {
@@ -237,11 +253,11 @@ fn parse_subscribe(sql: &str) -> Result<Statement, SqlError> {
                 inner[end + 1..].trim()
             )));
         }
-        return Ok(Statement::Subscribe(SubscribeTarget::Query(inner[..end].to_string())));
+        return Ok(Statement::Subscribe { target: SubscribeTarget::Query(inner[..end].to_string()), copy_out });
     }
     let ws = words(rest);
     match ws.as_slice() {
-        [name] => Ok(Statement::Subscribe(SubscribeTarget::Name(ident(name)))),
+        [name] => Ok(Statement::Subscribe { target: SubscribeTarget::Name(ident(name)), copy_out }),
         [] => Err(syntax("syntax error at end of input: SUBSCRIBE expects a name or a (query)")),
         _ => Err(SqlError::Unsupported(format!("SUBSCRIBE option \"{}\"", ws[1].value))),
     }
@@ -387,7 +403,9 @@ mod tests {
     fn splits_on_top_level_semicolons_only() {
         let stmts = parse("SELECT ';'; SUBSCRIBE TO t; SHOW TABLES").unwrap();
         assert_eq!(stmts.len(), 3);
-        assert!(matches!(stmts[1].statement, Statement::Subscribe(SubscribeTarget::Name(ref n)) if n == "t"));
+        assert!(matches!(stmts[1].statement, Statement::Subscribe { target: SubscribeTarget::Name(ref n), copy_out: false } if n == "t"));
+        let copy = parse_one("COPY (SUBSCRIBE (SELECT 1)) TO STDOUT").unwrap();
+        assert!(matches!(copy, Statement::Subscribe { target: SubscribeTarget::Query(ref q), copy_out: true } if q == "SELECT 1"));
         assert!(matches!(stmts[2].statement, Statement::Show(Show::Tables)));
         assert_eq!(stmts[1].offset, 11);
     }
