@@ -147,12 +147,33 @@ impl Coordinator {
                 self.drop(*object_type, *if_exists, names, *cascade).await
             }
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
-                let plan = self.bind_with_params(ast, sql, params).await?;
+                let ast = self.fill_insert_columns(ast);
+                let plan = self.bind_with_params(&ast, sql, params).await?;
                 self.write_dml(plan).await
             }
             ast::Statement::Explain { statement, .. } => self.explain(statement, sql).await,
             other => Err(unsupported(format!("statement \"{}\"", first_words(&other.to_string())))),
         }
+    }
+
+    /// `INSERT INTO t VALUES (...)` with fewer values than columns fills the
+    /// first columns, as in PostgreSQL: name them so DataFusion agrees.
+    fn fill_insert_columns(&self, stmt: &ast::Statement) -> ast::Statement {
+        let mut stmt = stmt.clone();
+        if let ast::Statement::Insert(insert) = &mut stmt {
+            if let (true, ast::TableObject::TableName(name), Some(source)) = (insert.columns.is_empty(), &insert.table, &insert.source) {
+                if let (ast::SetExpr::Values(values), Some(entry)) = (source.body.as_ref(), self.catalog.get(&object_name(name))) {
+                    let width = values.rows.iter().map(|r| r.len()).max().unwrap_or(0);
+                    if width < entry.columns.len() {
+                        insert.columns = entry.columns[..width]
+                            .iter()
+                            .map(|c| ast::ObjectName::from(vec![ast::Ident::with_quote('"', c.name.clone())]))
+                            .collect();
+                    }
+                }
+            }
+        }
+        stmt
     }
 
     /// Bind a statement and substitute parameter values.
@@ -638,7 +659,7 @@ impl Coordinator {
         match &stmt.statement {
             Statement::Sql(ast) => match ast.as_ref() {
                 ast::Statement::Query(_) | ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
-                    let plan = self.planner.bind(ast.as_ref().clone(), &stmt.sql).await?;
+                    let plan = self.planner.bind(self.fill_insert_columns(ast), &stmt.sql).await?;
                     let types = plan.get_parameter_types()?;
                     let mut params: Vec<(usize, Option<DataType>)> = types
                         .into_iter()

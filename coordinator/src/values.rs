@@ -13,7 +13,7 @@ use chrono::{DateTime, NaiveDate};
 use datafusion::common::ScalarValue;
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
-use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
+use pgwire::api::results::{DataRowEncoder, FieldInfo};
 use pgwire::error::PgWireResult;
 use pgwire::messages::data::DataRow;
 use pgwire::types::ToSqlText;
@@ -215,7 +215,8 @@ impl Cell {
             Cell::I16(v) => v.to_string(),
             Cell::I32(v) => v.to_string(),
             Cell::I64(v) => v.to_string(),
-            Cell::F32(v) => float_text(*v as f64).replace("e", "e"),
+            // Through the shortest decimal of the f32, so 0.1 prints as 0.1.
+            Cell::F32(v) => float_text(v.to_string().parse().unwrap_or(*v as f64)),
             Cell::F64(v) => float_text(*v),
             Cell::Numeric { unscaled, scale } => decimal_string(*unscaled, *scale),
             Cell::Text(s) => s.clone(),
@@ -409,15 +410,6 @@ fn numeric_from_binary(b: &[u8]) -> Option<String> {
     frac.truncate(dscale);
     let s = if dscale > 0 { format!("{int}.{frac}") } else { int };
     Some(if sign == 0x4000 { format!("-{s}") } else { s })
-}
-
-/// The field format, for results with no portal (simple query).
-pub fn text_format() -> Format {
-    Format::UnifiedText
-}
-
-pub fn _field_format_is_binary(f: FieldFormat) -> bool {
-    f == FieldFormat::Binary
 }
 
 #[cfg(test)]
