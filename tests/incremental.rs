@@ -25,11 +25,20 @@ async fn three_way_join_with_aggregates_tracks_every_change() {
     let server = Server::start();
     let c = server.connect().await;
     exec(&c, "CREATE TABLE customers (id int PRIMARY KEY, region text)").await;
-    exec(&c, "CREATE TABLE products (id int PRIMARY KEY, category text, price numeric(8,2))").await;
-    exec(&c, "CREATE TABLE orders (id int PRIMARY KEY, customer_id int, product_id int, qty int)").await;
+    exec(
+        &c,
+        "CREATE TABLE products (id int PRIMARY KEY, category text, price numeric(8,2))",
+    )
+    .await;
+    exec(
+        &c,
+        "CREATE TABLE orders (id int PRIMARY KEY, customer_id int, product_id int, qty int)",
+    )
+    .await;
     exec(&c, &format!("CREATE MATERIALIZED VIEW sales AS {JOIN_VIEW}")).await;
     exec(&c, "CREATE MATERIALIZED VIEW outer_view AS SELECT c.id, c.region, o.qty FROM customers c LEFT JOIN orders o ON c.id = o.customer_id").await;
-    const OUTER: &str = "SELECT c.id, c.region, o.qty FROM customers c LEFT JOIN orders o ON c.id = o.customer_id";
+    const OUTER: &str =
+        "SELECT c.id, c.region, o.qty FROM customers c LEFT JOIN orders o ON c.id = o.customer_id";
     assert!(rows(&c, "SELECT * FROM sales").await.is_empty());
 
     let steps = [
@@ -53,7 +62,11 @@ async fn three_way_join_with_aggregates_tracks_every_change() {
             // Spot-check one state by hand: east tools is 5 x 9.50 + 1 x 20.00.
             assert_eq!(
                 sorted(&c, "SELECT region, category, orders, units, revenue FROM sales").await,
-                vec!["east|tools|2|6|67.50", "east|toys|1|3|12.75", "north|toys|1|5|21.25"]
+                vec![
+                    "east|tools|2|6|67.50",
+                    "east|toys|1|3|12.75",
+                    "north|toys|1|5|21.25"
+                ]
             );
         }
     }
@@ -98,13 +111,22 @@ async fn sql_of_the_incremental_path_matches_batch() {
 }
 
 /// Collect SUBSCRIBE rows until `n` have arrived.
-async fn next_rows(stream: &mut (impl futures::Stream<Item = Result<SimpleQueryMessage, tokio_postgres::Error>> + Unpin), n: usize) -> Vec<Vec<String>> {
+async fn next_rows(
+    stream: &mut (impl futures::Stream<Item = Result<SimpleQueryMessage, tokio_postgres::Error>> + Unpin),
+    n: usize,
+) -> Vec<Vec<String>> {
     use futures::StreamExt;
     let mut out = Vec::new();
     while out.len() < n {
-        let msg = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.expect("subscription stalled");
+        let msg = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("subscription stalled");
         match msg.expect("stream ended").expect("subscription error") {
-            SimpleQueryMessage::Row(r) => out.push((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect()),
+            SimpleQueryMessage::Row(r) => out.push(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect(),
+            ),
             _ => {}
         }
     }
@@ -118,14 +140,21 @@ async fn subscribe_streams_snapshot_then_exact_changes() {
     let writer = server.connect().await;
     exec(&c, "CREATE TABLE t (k int, v int)").await;
     exec(&c, "INSERT INTO t VALUES (1, 10), (2, 20)").await;
-    exec(&c, "CREATE MATERIALIZED VIEW m AS SELECT k, sum(v) AS s FROM t GROUP BY k").await;
+    exec(
+        &c,
+        "CREATE MATERIALIZED VIEW m AS SELECT k, sum(v) AS s FROM t GROUP BY k",
+    )
+    .await;
     let stream = c.simple_query_raw("SUBSCRIBE TO m").await.unwrap();
     futures::pin_mut!(stream);
     // Snapshot: both groups at one timestamp with diff +1.
     let mut snapshot = next_rows(&mut stream, 2).await;
     assert_eq!(snapshot[0][0], snapshot[1][0], "snapshot rows share a timestamp");
     snapshot.sort();
-    assert_eq!(snapshot.iter().map(|r| r[1..].join("|")).collect::<Vec<_>>(), vec!["1|1|10", "1|2|20"]);
+    assert_eq!(
+        snapshot.iter().map(|r| r[1..].join("|")).collect::<Vec<_>>(),
+        vec!["1|1|10", "1|2|20"]
+    );
     let t0: i64 = snapshot[0][0].parse().unwrap();
     // An update of group 1: retraction and insertion at one later time.
     exec(&writer, "UPDATE t SET v = 15 WHERE k = 1").await;
@@ -133,12 +162,18 @@ async fn subscribe_streams_snapshot_then_exact_changes() {
     change.sort_by(|a, b| a[1].cmp(&b[1]));
     assert_eq!(change[0][0], change[1][0]);
     assert!(change[0][0].parse::<i64>().unwrap() > t0);
-    assert_eq!(change.iter().map(|r| r[1..].join("|")).collect::<Vec<_>>(), vec!["-1|1|10", "1|1|15"]);
+    assert_eq!(
+        change.iter().map(|r| r[1..].join("|")).collect::<Vec<_>>(),
+        vec!["-1|1|10", "1|1|15"]
+    );
     exec(&writer, "DELETE FROM t WHERE k = 2").await;
     assert_eq!(next_rows(&mut stream, 1).await[0][1..].join("|"), "-1|2|20");
     // A subscription to a query works the same way.
     let other = server.connect().await;
-    let q = other.simple_query_raw("SUBSCRIBE (SELECT v FROM t WHERE v > 12)").await.unwrap();
+    let q = other
+        .simple_query_raw("SUBSCRIBE (SELECT v FROM t WHERE v > 12)")
+        .await
+        .unwrap();
     futures::pin_mut!(q);
     assert_eq!(next_rows(&mut q, 1).await[0][1..].join("|"), "1|15");
 }
@@ -175,7 +210,10 @@ async fn subscription_dataflow_is_dropped_when_the_client_goes_away() {
     let stream = sub.simple_query_raw("SUBSCRIBE t").await.unwrap();
     futures::pin_mut!(stream);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    sub.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    sub.cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
     let mut code = None;
     while let Some(m) = futures::StreamExt::next(&mut stream).await {
         if let Err(e) = m {
@@ -196,7 +234,11 @@ async fn concurrent_writers_and_readers_lose_nothing_and_never_tear() {
     let server = Server::start();
     let setup = server.connect().await;
     exec(&setup, "CREATE TABLE acct (writer int, seq int, amount int)").await;
-    exec(&setup, "CREATE MATERIALIZED VIEW totals AS SELECT count(*) AS n, sum(amount) AS s FROM acct").await;
+    exec(
+        &setup,
+        "CREATE MATERIALIZED VIEW totals AS SELECT count(*) AS n, sum(amount) AS s FROM acct",
+    )
+    .await;
     const WRITES: i32 = 40;
     let mut tasks = Vec::new();
     for w in 0..8 {
@@ -205,7 +247,11 @@ async fn concurrent_writers_and_readers_lose_nothing_and_never_tear() {
             for seq in 0..WRITES {
                 // Each statement inserts a pair that sums to zero: a reader must
                 // never see one without the other.
-                exec(&client, &format!("INSERT INTO acct VALUES ({w}, {seq}, 5), ({w}, {seq}, -5)")).await;
+                exec(
+                    &client,
+                    &format!("INSERT INTO acct VALUES ({w}, {seq}, 5), ({w}, {seq}, -5)"),
+                )
+                .await;
             }
         }));
     }
@@ -235,6 +281,12 @@ async fn concurrent_writers_and_readers_lose_nothing_and_never_tear() {
         r.await.unwrap();
     }
     // Every acknowledged write is visible to the next read.
-    assert_eq!(sorted(&setup, "SELECT n, s FROM totals").await, vec![format!("{}|0", 8 * WRITES * 2)]);
-    assert_eq!(sorted(&setup, "SELECT count(DISTINCT writer * 1000 + seq) FROM acct").await, vec![(8 * WRITES).to_string()]);
+    assert_eq!(
+        sorted(&setup, "SELECT n, s FROM totals").await,
+        vec![format!("{}|0", 8 * WRITES * 2)]
+    );
+    assert_eq!(
+        sorted(&setup, "SELECT count(DISTINCT writer * 1000 + seq) FROM acct").await,
+        vec![(8 * WRITES).to_string()]
+    );
 }

@@ -15,7 +15,10 @@ async fn sigterm_stops_the_server_cleanly() {
 
 #[test]
 fn help_documents_every_flag() {
-    let out = Command::new(env!("CARGO_BIN_EXE_weir")).args(["start", "--help"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["start", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in ["--pg-addr", "--workers", "--log-format"] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
@@ -26,7 +29,10 @@ fn help_documents_every_flag() {
 fn a_taken_port_is_a_clear_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_weir")).args(["start", "--pg-addr", &addr.to_string()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["start", "--pg-addr", &addr.to_string()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {addr}")));
 }

@@ -8,19 +8,42 @@ use common::{Server, error, exec, rows, sorted};
 async fn create_insert_select_update_delete() {
     let server = Server::start();
     let c = server.connect().await;
-    exec(&c, "CREATE TABLE t (k bigint PRIMARY KEY, v text NOT NULL, n numeric(10,2))").await;
-    exec(&c, "INSERT INTO t VALUES (1, 'a', 1.50), (2, 'b', NULL), (3, 'c', 3.25)").await;
-    assert_eq!(sorted(&c, "SELECT * FROM t").await, vec!["1|a|1.50", "2|b|NULL", "3|c|3.25"]);
-    let n = c.execute("UPDATE t SET v = upper(v), n = n * 2 WHERE k >= 2", &[]).await.unwrap();
+    exec(
+        &c,
+        "CREATE TABLE t (k bigint PRIMARY KEY, v text NOT NULL, n numeric(10,2))",
+    )
+    .await;
+    exec(
+        &c,
+        "INSERT INTO t VALUES (1, 'a', 1.50), (2, 'b', NULL), (3, 'c', 3.25)",
+    )
+    .await;
+    assert_eq!(
+        sorted(&c, "SELECT * FROM t").await,
+        vec!["1|a|1.50", "2|b|NULL", "3|c|3.25"]
+    );
+    let n = c
+        .execute("UPDATE t SET v = upper(v), n = n * 2 WHERE k >= 2", &[])
+        .await
+        .unwrap();
     assert_eq!(n, 2);
-    assert_eq!(sorted(&c, "SELECT * FROM t").await, vec!["1|a|1.50", "2|B|NULL", "3|C|6.50"]);
+    assert_eq!(
+        sorted(&c, "SELECT * FROM t").await,
+        vec!["1|a|1.50", "2|B|NULL", "3|C|6.50"]
+    );
     let n = c.execute("DELETE FROM t WHERE k = 1", &[]).await.unwrap();
     assert_eq!(n, 1);
     exec(&c, "INSERT INTO t SELECT k + 10, v || '!', n FROM t").await;
-    assert_eq!(sorted(&c, "SELECT k, v FROM t").await, vec!["12|B!", "13|C!", "2|B", "3|C"]);
+    assert_eq!(
+        sorted(&c, "SELECT k, v FROM t").await,
+        vec!["12|B!", "13|C!", "2|B", "3|C"]
+    );
     // A primary key can be updated as long as it stays unique.
     exec(&c, "UPDATE t SET k = k + 100").await;
-    assert_eq!(sorted(&c, "SELECT k FROM t").await, vec!["102", "103", "112", "113"]);
+    assert_eq!(
+        sorted(&c, "SELECT k FROM t").await,
+        vec!["102", "103", "112", "113"]
+    );
 }
 
 #[tokio::test]
@@ -42,12 +65,33 @@ async fn every_column_type_round_trips_in_text_and_binary() {
     // Text format, through the simple protocol.
     let text = rows(&c, "SELECT * FROM ty").await;
     let expected = [
-        "t", "-2", "40000", "5000000000", "1.5", "2.25", "-1234.500", "héllo", "abc", "\\xdeadbeef", "2024-02-29",
-        "2024-01-02 03:04:05.25", "2024-01-02 03:04:05+00", "1 year 2 mons 3 days 04:05:06",
+        "t",
+        "-2",
+        "40000",
+        "5000000000",
+        "1.5",
+        "2.25",
+        "-1234.500",
+        "héllo",
+        "abc",
+        "\\xdeadbeef",
+        "2024-02-29",
+        "2024-01-02 03:04:05.25",
+        "2024-01-02 03:04:05+00",
+        "1 year 2 mons 3 days 04:05:06",
     ];
-    assert_eq!(text[0].iter().map(|v| v.clone().unwrap()).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        text[0].iter().map(|v| v.clone().unwrap()).collect::<Vec<_>>(),
+        expected
+    );
     // Binary format and type OIDs, through the extended protocol.
-    let row = c.query_one("SELECT b, s, i, l, r, d, t, vc, by, n::text, dt::text FROM ty", &[]).await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT b, s, i, l, r, d, t, vc, by, n::text, dt::text FROM ty",
+            &[],
+        )
+        .await
+        .unwrap();
     assert!(row.get::<_, bool>(0));
     assert_eq!(row.get::<_, i16>(1), -2);
     assert_eq!(row.get::<_, i32>(2), 40000);
@@ -69,12 +113,32 @@ async fn every_column_type_round_trips_in_text_and_binary() {
         .collect();
     assert_eq!(
         types,
-        ["bool", "int2", "int4", "int8", "float4", "float8", "numeric", "text", "text", "bytea", "date", "timestamp", "timestamptz", "interval"]
+        [
+            "bool",
+            "int2",
+            "int4",
+            "int8",
+            "float4",
+            "float8",
+            "numeric",
+            "text",
+            "text",
+            "bytea",
+            "date",
+            "timestamp",
+            "timestamptz",
+            "interval"
+        ]
     );
     // Parameters, bound in binary.
     exec(&c, "CREATE TABLE p (k bigint, s text, f double precision)").await;
-    c.execute("INSERT INTO p VALUES ($1, $2, $3)", &[&7i64, &"seven", &7.5f64]).await.unwrap();
-    let row = c.query_one("SELECT s, f FROM p WHERE k = $1", &[&7i64]).await.unwrap();
+    c.execute("INSERT INTO p VALUES ($1, $2, $3)", &[&7i64, &"seven", &7.5f64])
+        .await
+        .unwrap();
+    let row = c
+        .query_one("SELECT s, f FROM p WHERE k = $1", &[&7i64])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, String>(0), "seven");
     assert_eq!(row.get::<_, f64>(1), 7.5);
 }
@@ -87,21 +151,38 @@ async fn copy_from_stdin_text_and_csv() {
     exec(&c, "CREATE TABLE c (k bigint, s text, d date)").await;
     let sink = c.copy_in("COPY c FROM STDIN").await.unwrap();
     futures::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"1\tone\t2024-01-01\n2\t\\N\t\\N\n")).await.unwrap();
+    sink.send(bytes::Bytes::from_static(b"1\tone\t2024-01-01\n2\t\\N\t\\N\n"))
+        .await
+        .unwrap();
     assert_eq!(sink.finish().await.unwrap(), 2);
-    let sink = c.copy_in("COPY c (k, s) FROM STDIN WITH (FORMAT csv, HEADER true)").await.unwrap();
+    let sink = c
+        .copy_in("COPY c (k, s) FROM STDIN WITH (FORMAT csv, HEADER true)")
+        .await
+        .unwrap();
     futures::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"k,s\n3,\"x,y\"\n4,\n")).await.unwrap();
+    sink.send(bytes::Bytes::from_static(b"k,s\n3,\"x,y\"\n4,\n"))
+        .await
+        .unwrap();
     assert_eq!(sink.finish().await.unwrap(), 2);
-    assert_eq!(sorted(&c, "SELECT * FROM c").await, vec!["1|one|2024-01-01", "2|NULL|NULL", "3|x,y|NULL", "4|NULL|NULL"]);
+    assert_eq!(
+        sorted(&c, "SELECT * FROM c").await,
+        vec!["1|one|2024-01-01", "2|NULL|NULL", "3|x,y|NULL", "4|NULL|NULL"]
+    );
     // A bad value rejects the whole COPY with 22P02 and the session goes on.
     let sink = c.copy_in("COPY c FROM STDIN").await.unwrap();
     futures::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"5\tok\t2024-01-01\nnope\tx\t2024-01-01\n")).await.unwrap();
+    sink.send(bytes::Bytes::from_static(
+        b"5\tok\t2024-01-01\nnope\tx\t2024-01-01\n",
+    ))
+    .await
+    .unwrap();
     let err = sink.finish().await.unwrap_err();
     assert_eq!(err.as_db_error().unwrap().code().code(), "22P02");
     assert!(err.as_db_error().unwrap().message().contains("line 2"));
-    assert_eq!(rows(&c, "SELECT count(*) FROM c").await[0][0].as_deref(), Some("4"));
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM c").await[0][0].as_deref(),
+        Some("4")
+    );
 }
 
 #[tokio::test]
@@ -111,8 +192,16 @@ async fn views_materialized_views_and_drops() {
     exec(&c, "CREATE TABLE t (k int, v int)").await;
     exec(&c, "INSERT INTO t VALUES (1, 1), (1, 2), (2, 3)").await;
     exec(&c, "CREATE VIEW big AS SELECT k, v FROM t WHERE v > 1").await;
-    exec(&c, "CREATE MATERIALIZED VIEW per_k AS SELECT k, count(*) AS n, sum(v) AS total FROM big GROUP BY k").await;
-    exec(&c, "CREATE MATERIALIZED VIEW top AS SELECT k, total FROM per_k WHERE total > 2").await;
+    exec(
+        &c,
+        "CREATE MATERIALIZED VIEW per_k AS SELECT k, count(*) AS n, sum(v) AS total FROM big GROUP BY k",
+    )
+    .await;
+    exec(
+        &c,
+        "CREATE MATERIALIZED VIEW top AS SELECT k, total FROM per_k WHERE total > 2",
+    )
+    .await;
     exec(&c, "CREATE VIEW top_plus AS SELECT k, total + 1 AS t1 FROM top").await;
     assert_eq!(sorted(&c, "SELECT * FROM per_k").await, vec!["1|1|2", "2|1|3"]);
     assert_eq!(sorted(&c, "SELECT * FROM top_plus").await, vec!["2|4"]);
@@ -145,15 +234,32 @@ async fn show_and_explain() {
     let c = server.connect().await;
     exec(&c, "CREATE TABLE t (k bigint NOT NULL, v varchar(10))").await;
     exec(&c, "CREATE VIEW v AS SELECT k FROM t").await;
-    exec(&c, "CREATE MATERIALIZED VIEW m AS SELECT k, count(*) FROM t GROUP BY k").await;
+    exec(
+        &c,
+        "CREATE MATERIALIZED VIEW m AS SELECT k, count(*) FROM t GROUP BY k",
+    )
+    .await;
     assert_eq!(sorted(&c, "SHOW TABLES").await, vec!["t"]);
     assert_eq!(sorted(&c, "SHOW VIEWS").await, vec!["v"]);
     assert_eq!(sorted(&c, "SHOW MATERIALIZED VIEWS").await, vec!["m"]);
-    assert_eq!(sorted(&c, "SHOW COLUMNS FROM t").await, vec!["k|f|bigint", "v|t|character varying(10)"]);
-    assert_eq!(sorted(&c, "SHOW COLUMNS FROM m").await, vec!["count|t|bigint", "k|t|bigint"]);
+    assert_eq!(
+        sorted(&c, "SHOW COLUMNS FROM t").await,
+        vec!["k|f|bigint", "v|t|character varying(10)"]
+    );
+    assert_eq!(
+        sorted(&c, "SHOW COLUMNS FROM m").await,
+        vec!["count|t|bigint", "k|t|bigint"]
+    );
     let create = rows(&c, "SHOW CREATE MATERIALIZED VIEW m").await;
-    assert_eq!(create[0][1].as_deref(), Some("CREATE MATERIALIZED VIEW m AS SELECT k, count(*) FROM t GROUP BY k"));
-    let plan: Vec<String> = rows(&c, "EXPLAIN SELECT k, count(*) FROM t WHERE k > 1 GROUP BY k").await.into_iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(
+        create[0][1].as_deref(),
+        Some("CREATE MATERIALIZED VIEW m AS SELECT k, count(*) FROM t GROUP BY k")
+    );
+    let plan: Vec<String> = rows(&c, "EXPLAIN SELECT k, count(*) FROM t WHERE k > 1 GROUP BY k")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect();
     assert!(plan.iter().any(|l| l.contains("Reduce accumulable")), "{plan:?}");
     assert!(plan.iter().any(|l| l.contains("Get t")), "{plan:?}");
     assert_eq!(rows(&c, "SHOW server_version").await.len(), 1);
@@ -163,34 +269,70 @@ async fn show_and_explain() {
 async fn errors_have_sqlstates_and_positions_and_the_session_survives() {
     let server = Server::start();
     let c = server.connect().await;
-    exec(&c, "CREATE TABLE t (k int PRIMARY KEY, v text NOT NULL, s varchar(3))").await;
+    exec(
+        &c,
+        "CREATE TABLE t (k int PRIMARY KEY, v text NOT NULL, s varchar(3))",
+    )
+    .await;
     let (code, msg, pos) = error(&c, "SELECT * FROM t WHERE").await;
-    assert_eq!((code.as_str(), msg.as_str()), ("42601", "syntax error at end of input"));
+    assert_eq!(
+        (code.as_str(), msg.as_str()),
+        ("42601", "syntax error at end of input")
+    );
     assert!(pos.is_none() || pos == Some(22));
     let (code, msg, pos) = error(&c, "SELEC 1").await;
     assert_eq!((code.as_str(), pos), ("42601", Some(1)));
     assert_eq!(msg, "syntax error at or near \"SELEC\"");
     let (code, msg, pos) = error(&c, "SELECT * FROM missing").await;
-    assert_eq!((code.as_str(), msg.as_str(), pos), ("42P01", "relation \"missing\" does not exist", Some(15)));
+    assert_eq!(
+        (code.as_str(), msg.as_str(), pos),
+        ("42P01", "relation \"missing\" does not exist", Some(15))
+    );
     let (code, msg, pos) = error(&c, "SELECT nope FROM t").await;
-    assert_eq!((code.as_str(), msg.as_str(), pos), ("42703", "column \"nope\" does not exist", Some(8)));
+    assert_eq!(
+        (code.as_str(), msg.as_str(), pos),
+        ("42703", "column \"nope\" does not exist", Some(8))
+    );
     assert_eq!(error(&c, "SELECT k FROM t WHERE v + 1").await.0.as_str(), "42804");
     assert_eq!(error(&c, "SELECT nofunc(1)").await.0, "42883");
     exec(&c, "INSERT INTO t VALUES (1, 'a', 'x')").await;
     let (code, msg, _) = error(&c, "INSERT INTO t VALUES (1, 'b', 'y')").await;
-    assert_eq!((code.as_str(), msg.as_str()), ("23505", "duplicate key value violates unique constraint \"t_pkey\""));
+    assert_eq!(
+        (code.as_str(), msg.as_str()),
+        (
+            "23505",
+            "duplicate key value violates unique constraint \"t_pkey\""
+        )
+    );
     let (code, _, _) = error(&c, "INSERT INTO t VALUES (2, 'b', 'y'), (2, 'c', 'z')").await;
     assert_eq!(code, "23505");
     let (code, msg, _) = error(&c, "INSERT INTO t (k) VALUES (3)").await;
-    assert_eq!((code.as_str(), msg.as_str()), ("23502", "null value in column \"v\" of relation \"t\" violates not-null constraint"));
-    assert_eq!(error(&c, "INSERT INTO t VALUES (4, 'd', 'long')").await.0, "22001");
+    assert_eq!(
+        (code.as_str(), msg.as_str()),
+        (
+            "23502",
+            "null value in column \"v\" of relation \"t\" violates not-null constraint"
+        )
+    );
+    assert_eq!(
+        error(&c, "INSERT INTO t VALUES (4, 'd', 'long')").await.0,
+        "22001"
+    );
     assert_eq!(error(&c, "SELECT 1 / 0").await.0, "22012");
     assert_eq!(error(&c, "SELECT 'x'::int").await.0, "22P02");
     assert_eq!(error(&c, "CREATE TABLE t (x int)").await.0, "42P07");
-    let (code, msg, _) = error(&c, "CREATE MATERIALIZED VIEW w AS SELECT k, row_number() OVER (ORDER BY k) FROM t").await;
+    let (code, msg, _) = error(
+        &c,
+        "CREATE MATERIALIZED VIEW w AS SELECT k, row_number() OVER (ORDER BY k) FROM t",
+    )
+    .await;
     assert_eq!(code, "0A000");
     assert!(msg.contains("window functions"), "{msg}");
-    let (code, msg, _) = error(&c, "CREATE MATERIALIZED VIEW w AS SELECT k FROM t ORDER BY k LIMIT 1").await;
+    let (code, msg, _) = error(
+        &c,
+        "CREATE MATERIALIZED VIEW w AS SELECT k FROM t ORDER BY k LIMIT 1",
+    )
+    .await;
     assert_eq!(code, "0A000");
     assert!(msg.contains("LIMIT"), "{msg}");
     assert_eq!(error(&c, "CREATE TABLE x (a int[])").await.0, "0A000");
@@ -222,7 +364,11 @@ async fn an_erroring_row_poisons_only_its_view() {
 async fn transactions_and_settings_are_acknowledged() {
     let server = Server::start();
     let c = server.connect().await;
-    exec(&c, "BEGIN; CREATE TABLE t (k int); INSERT INTO t VALUES (1); COMMIT").await;
+    exec(
+        &c,
+        "BEGIN; CREATE TABLE t (k int); INSERT INTO t VALUES (1); COMMIT",
+    )
+    .await;
     exec(&c, "SET application_name = 'x'").await;
     assert_eq!(sorted(&c, "SELECT * FROM t").await, vec!["1"]);
 }

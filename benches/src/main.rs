@@ -23,7 +23,13 @@ impl Weir {
     fn start(workers: usize) -> Result<Weir> {
         let exe = weir_binary()?;
         let mut child = Command::new(&exe)
-            .args(["start", "--pg-addr", "127.0.0.1:0", "--workers", &workers.to_string()])
+            .args([
+                "start",
+                "--pg-addr",
+                "127.0.0.1:0",
+                "--workers",
+                &workers.to_string(),
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -31,7 +37,12 @@ impl Weir {
         let stdout = child.stdout.take().context("stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
-        let url = line.split("psql ").nth(1).context("ready line")?.trim().to_string();
+        let url = line
+            .split("psql ")
+            .nth(1)
+            .context("ready line")?
+            .trim()
+            .to_string();
         Ok(Weir { child, url })
     }
 
@@ -65,11 +76,16 @@ impl Drop for Weir {
 
 /// The release `weir` binary, built if needed.
 fn weir_binary() -> Result<PathBuf> {
-    let status = Command::new(env!("CARGO")).args(["build", "--release", "--bin", "weir"]).status()?;
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--bin", "weir"])
+        .status()?;
     if !status.success() {
         bail!("cargo build --release --bin weir failed");
     }
-    let dir = std::env::current_exe()?.parent().context("exe dir")?.to_path_buf();
+    let dir = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .to_path_buf();
     Ok(dir.join("weir"))
 }
 
@@ -86,11 +102,16 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
 async fn load(args: &[String]) -> Result<serde_json::Value> {
     let rows = arg(args, "--rows", 1_000_000);
     let batch = arg(args, "--batch", 10_000);
-    let workers = arg(args, "--workers", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let workers = arg(
+        args,
+        "--workers",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+    );
     let weir = Weir::start(workers)?;
     let c = weir.connect().await?;
     c.batch_execute("CREATE TABLE t (k bigint, v bigint)").await?;
-    c.batch_execute("CREATE MATERIALIZED VIEW m AS SELECT k % 1000 AS g, count(*), sum(v) FROM t GROUP BY 1").await?;
+    c.batch_execute("CREATE MATERIALIZED VIEW m AS SELECT k % 1000 AS g, count(*), sum(v) FROM t GROUP BY 1")
+        .await?;
     // Generate the data before the clock starts.
     let chunks: Vec<bytes::Bytes> = (0..rows)
         .step_by(batch)
@@ -154,7 +175,9 @@ fn main() -> Result<()> {
     println!("{text}");
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&dir)?;
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     std::fs::write(dir.join(format!("{which}-{stamp}.json")), text)?;
     Ok(())
 }

@@ -22,11 +22,21 @@ pub struct CopyFormat {
 
 impl CopyFormat {
     pub fn text() -> Self {
-        CopyFormat { csv: false, header: false, delimiter: '\t', null: "\\N".into() }
+        CopyFormat {
+            csv: false,
+            header: false,
+            delimiter: '\t',
+            null: "\\N".into(),
+        }
     }
 
     pub fn csv() -> Self {
-        CopyFormat { csv: true, header: false, delimiter: ',', null: String::new() }
+        CopyFormat {
+            csv: true,
+            header: false,
+            delimiter: ',',
+            null: String::new(),
+        }
     }
 }
 
@@ -37,7 +47,12 @@ pub enum CopyError {
     Malformed { line: usize, message: String },
     /// A value does not parse as its column's type.
     #[error("invalid input syntax for type {type_name}: \"{value}\" (line {line}, column {column})")]
-    InvalidValue { line: usize, column: String, type_name: String, value: String },
+    InvalidValue {
+        line: usize,
+        column: String,
+        type_name: String,
+        value: String,
+    },
 }
 
 /// Decode `data` into a batch of `schema`.
@@ -46,7 +61,11 @@ pub fn decode(data: &[u8], schema: &SchemaRef, format: &CopyFormat) -> Result<Re
     let n_cols = schema.fields().len();
     let mut columns: Vec<Vec<Option<String>>> = vec![Vec::new(); n_cols];
     let mut lines: Vec<usize> = Vec::new();
-    let records = if format.csv { split_csv(&text, format) } else { split_text(&text, format) };
+    let records = if format.csv {
+        split_csv(&text, format)
+    } else {
+        split_text(&text, format)
+    };
     for (index, (line, fields)) in records.into_iter().enumerate() {
         if index == 0 && format.header {
             continue;
@@ -56,7 +75,10 @@ pub fn decode(data: &[u8], schema: &SchemaRef, format: &CopyFormat) -> Result<Re
         }
         if fields.len() != n_cols {
             let message = if fields.len() < n_cols {
-                format!("missing data for column \"{}\"", schema.field(fields.len()).name())
+                format!(
+                    "missing data for column \"{}\"",
+                    schema.field(fields.len()).name()
+                )
             } else {
                 "extra data after last expected column".to_string()
             };
@@ -77,10 +99,18 @@ pub fn decode(data: &[u8], schema: &SchemaRef, format: &CopyFormat) -> Result<Re
         arrays,
         &arrow::array::RecordBatchOptions::new().with_row_count(Some(lines.len())),
     )
-    .map_err(|e| CopyError::Malformed { line: 0, message: e.to_string() })
+    .map_err(|e| CopyError::Malformed {
+        line: 0,
+        message: e.to_string(),
+    })
 }
 
-fn column(values: &[Option<String>], name: &str, ty: &DataType, lines: &[usize]) -> Result<ArrayRef, CopyError> {
+fn column(
+    values: &[Option<String>],
+    name: &str,
+    ty: &DataType,
+    lines: &[usize],
+) -> Result<ArrayRef, CopyError> {
     if matches!(ty, DataType::Binary) {
         let decoded: Vec<Option<Vec<u8>>> = values
             .iter()
@@ -97,12 +127,20 @@ fn column(values: &[Option<String>], name: &str, ty: &DataType, lines: &[usize])
             .collect::<Result<_, _>>()?;
         return Ok(Arc::new(BinaryArray::from_iter(decoded)));
     }
-    let strings: ArrayRef = Arc::new(StringArray::from_iter(values.iter().map(|v| v.as_deref().map(normalize_bool))));
+    let strings: ArrayRef = Arc::new(StringArray::from_iter(
+        values.iter().map(|v| v.as_deref().map(normalize_bool)),
+    ));
     if ty == &DataType::Utf8 {
         return Ok(strings);
     }
-    let safe = CastOptions { safe: true, ..Default::default() };
-    let cast = cast_with_options(&strings, ty, &safe).map_err(|e| CopyError::Malformed { line: lines.first().copied().unwrap_or(0), message: e.to_string() })?;
+    let safe = CastOptions {
+        safe: true,
+        ..Default::default()
+    };
+    let cast = cast_with_options(&strings, ty, &safe).map_err(|e| CopyError::Malformed {
+        line: lines.first().copied().unwrap_or(0),
+        message: e.to_string(),
+    })?;
     // A value that was present but became NULL did not parse.
     for i in 0..values.len() {
         if strings.is_valid(i) && cast.is_null(i) {
@@ -205,7 +243,11 @@ fn split_csv(text: &str, format: &CopyFormat) -> Vec<(usize, Vec<Option<String>>
     let mut any = false;
     let finish = |field: &mut String, quoted: &mut bool, fields: &mut Vec<Option<String>>| {
         let v = std::mem::take(field);
-        fields.push(if !*quoted && v == format.null { None } else { Some(v) });
+        fields.push(if !*quoted && v == format.null {
+            None
+        } else {
+            Some(v)
+        });
         *quoted = false;
     };
     while let Some(c) = chars.next() {
@@ -257,21 +299,30 @@ mod tests {
     use arrow::datatypes::{Field, Int64Type, Schema};
 
     fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true), Field::new("s", DataType::Utf8, true)]))
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]))
     }
 
     #[test]
     fn text_format_with_nulls_and_escapes() {
         let b = decode(b"1\ta\\tb\n2\t\\N\n", &schema(), &CopyFormat::text()).unwrap();
         assert_eq!(b.num_rows(), 2);
-        assert_eq!(b.column(0).as_primitive::<Int64Type>(), &Int64Array::from(vec![1, 2]));
+        assert_eq!(
+            b.column(0).as_primitive::<Int64Type>(),
+            &Int64Array::from(vec![1, 2])
+        );
         assert_eq!(b.column(1).as_string::<i32>().value(0), "a\tb");
         assert!(b.column(1).is_null(1));
     }
 
     #[test]
     fn csv_with_header_and_quotes() {
-        let f = CopyFormat { header: true, ..CopyFormat::csv() };
+        let f = CopyFormat {
+            header: true,
+            ..CopyFormat::csv()
+        };
         let b = decode(b"k,s\n1,\"x,\"\"y\"\"\"\n2,\n", &schema(), &f).unwrap();
         assert_eq!(b.column(1).as_string::<i32>().value(0), "x,\"y\"");
         assert!(b.column(1).is_null(1));

@@ -73,11 +73,20 @@ impl Catalog {
     }
 
     pub fn get(&self, name: &str) -> Option<Entry> {
-        self.state.read().expect("catalog lock").entries.get(name).cloned()
+        self.state
+            .read()
+            .expect("catalog lock")
+            .entries
+            .get(name)
+            .cloned()
     }
 
     pub fn insert(&self, entry: Entry) {
-        self.state.write().expect("catalog lock").entries.insert(entry.name.clone(), entry);
+        self.state
+            .write()
+            .expect("catalog lock")
+            .entries
+            .insert(entry.name.clone(), entry);
     }
 
     pub fn remove(&self, name: &str) -> Option<Entry> {
@@ -85,7 +94,13 @@ impl Catalog {
     }
 
     pub fn entries(&self) -> Vec<Entry> {
-        self.state.read().expect("catalog lock").entries.values().cloned().collect()
+        self.state
+            .read()
+            .expect("catalog lock")
+            .entries
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Names of the relations that read `name` directly.
@@ -131,7 +146,13 @@ impl CatalogReader for Catalog {
     }
 
     fn relation_names(&self) -> Vec<String> {
-        self.state.read().expect("catalog lock").entries.keys().cloned().collect()
+        self.state
+            .read()
+            .expect("catalog lock")
+            .entries
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
@@ -139,6 +160,9 @@ impl CatalogReader for Catalog {
 /// the coordinator on write, with PostgreSQL's error).
 pub fn nullable_schema(fields: impl IntoIterator<Item = (String, arrow::datatypes::DataType)>) -> SchemaRef {
     Arc::new(Schema::new(
-        fields.into_iter().map(|(n, t)| Field::new(n, t, true)).collect::<Vec<_>>(),
+        fields
+            .into_iter()
+            .map(|(n, t)| Field::new(n, t, true))
+            .collect::<Vec<_>>(),
     ))
 }

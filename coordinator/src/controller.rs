@@ -13,7 +13,9 @@ use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use tokio::sync::{mpsc, oneshot};
-use weir_protocol::{Command, CommandSink, Response, ResponseReceiver, SubscribeUpdate, TableUpdate, Timestamp};
+use weir_protocol::{
+    Command, CommandSink, Response, ResponseReceiver, SubscribeUpdate, TableUpdate, Timestamp,
+};
 use weir_sql::{GlobalId, Plan};
 
 use crate::error::AdapterError;
@@ -48,7 +50,10 @@ pub struct Controller {
 }
 
 fn now_ms() -> Timestamp {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Timestamp).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Timestamp)
+        .unwrap_or(0)
 }
 
 impl Controller {
@@ -57,7 +62,11 @@ impl Controller {
         let workers = sink.workers();
         let pending = Arc::new(Mutex::new(Pending::default()));
         let controller = Arc::new(Controller {
-            inner: Mutex::new(Inner { sink, last_write: 0, next_id: 0 }),
+            inner: Mutex::new(Inner {
+                sink,
+                last_write: 0,
+                next_id: 0,
+            }),
             pending: pending.clone(),
             workers,
         });
@@ -68,7 +77,9 @@ impl Controller {
                 let mut p = pending.lock().expect("pending lock");
                 match r {
                     Response::Peek { peek_id, result, .. } => {
-                        let Some(peek) = p.peeks.get_mut(&peek_id) else { continue };
+                        let Some(peek) = p.peeks.get_mut(&peek_id) else {
+                            continue;
+                        };
                         match result {
                             Ok(b) => peek.batches.push(b),
                             Err(e) => peek.error = peek.error.take().or(Some(e)),
@@ -85,7 +96,12 @@ impl Controller {
                             }
                         }
                     }
-                    Response::SubscribeBatch { subscribe_id, worker, upper, update } => {
+                    Response::SubscribeBatch {
+                        subscribe_id,
+                        worker,
+                        upper,
+                        update,
+                    } => {
                         if let Some((_, tx)) = p.subscribes.get(&subscribe_id) {
                             let _ = tx.send((worker, upper, update));
                         }
@@ -125,9 +141,18 @@ impl Controller {
                 let (tx, rx) = oneshot::channel();
                 self.pending.lock().expect("pending lock").peeks.insert(
                     peek_id,
-                    PendingPeek { remaining: self.workers, batches: Vec::new(), error: None, reply: Some(tx) },
+                    PendingPeek {
+                        remaining: self.workers,
+                        batches: Vec::new(),
+                        error: None,
+                        reply: Some(tx),
+                    },
                 );
-                inner.sink.send(Command::Peek { peek_id, target: *target, time });
+                inner.sink.send(Command::Peek {
+                    peek_id,
+                    target: *target,
+                    time,
+                });
                 receivers.push(rx);
             }
         }
@@ -137,7 +162,8 @@ impl Controller {
                 .await
                 .map_err(|_| AdapterError::Internal("worker went away".into()))?
                 .map_err(AdapterError::Evaluation)?;
-            let batch = concat_batches(schema, &batches).map_err(|e| AdapterError::Internal(e.to_string()))?;
+            let batch =
+                concat_batches(schema, &batches).map_err(|e| AdapterError::Internal(e.to_string()))?;
             out.push(batch);
         }
         Ok(out)
@@ -151,20 +177,39 @@ impl Controller {
         let subscribe_id = inner.next_id;
         let as_of = inner.last_write;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.pending.lock().expect("pending lock").subscribes.insert(subscribe_id, (as_of, tx));
-        inner.sink.send(Command::Subscribe { subscribe_id, plan, as_of });
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .subscribes
+            .insert(subscribe_id, (as_of, tx));
+        inner.sink.send(Command::Subscribe {
+            subscribe_id,
+            plan,
+            as_of,
+        });
         (subscribe_id, as_of, rx)
     }
 
     /// Active subscriptions and the times they started at.
     pub fn subscriptions(&self) -> Vec<(u64, Timestamp)> {
-        let mut out: Vec<_> = self.pending.lock().expect("pending lock").subscribes.iter().map(|(id, (t, _))| (*id, *t)).collect();
+        let mut out: Vec<_> = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .subscribes
+            .iter()
+            .map(|(id, (t, _))| (*id, *t))
+            .collect();
         out.sort();
         out
     }
 
     pub fn unsubscribe(&self, subscribe_id: u64) {
-        self.pending.lock().expect("pending lock").subscribes.remove(&subscribe_id);
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .subscribes
+            .remove(&subscribe_id);
         self.send(Command::DropSubscribe { subscribe_id });
     }
 }

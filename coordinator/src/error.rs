@@ -19,7 +19,11 @@ pub enum AdapterError {
     #[error("value too long for type character varying({0})")]
     StringTooLong(u64),
     #[error("cannot drop {kind} {name} because other objects depend on it")]
-    DependentObjects { kind: &'static str, name: String, dependents: Vec<String> },
+    DependentObjects {
+        kind: &'static str,
+        name: String,
+        dependents: Vec<String>,
+    },
     #[error("\"{name}\" is not a {expected}")]
     WrongObjectType { name: String, expected: &'static str },
     #[error("{0}")]

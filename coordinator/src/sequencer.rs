@@ -33,8 +33,13 @@ use crate::error::AdapterError;
 
 /// What a statement produced.
 pub enum ExecuteResult {
-    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
-    Command { tag: String },
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
+    Command {
+        tag: String,
+    },
     Subscribe(Subscription),
     CopyIn(CopyTarget),
     Begin,
@@ -93,14 +98,24 @@ fn object_name(name: &ast::ObjectName) -> String {
 }
 
 fn ident(i: &ast::Ident) -> String {
-    if i.quote_style.is_some() { i.value.clone() } else { i.value.to_ascii_lowercase() }
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_ascii_lowercase()
+    }
 }
 
 impl Coordinator {
     pub fn new(controller: Arc<Controller>) -> Self {
         let catalog = Arc::new(Catalog::default());
         let planner = Planner::new(catalog.clone());
-        Coordinator { catalog, planner, controller, ddl: Mutex::new(()), writes: Mutex::new(HashMap::new()) }
+        Coordinator {
+            catalog,
+            planner,
+            controller,
+            ddl: Mutex::new(()),
+            writes: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn controller(&self) -> &Arc<Controller> {
@@ -120,7 +135,9 @@ impl Coordinator {
                 weir_sql::statement::TransactionOp::Commit => ExecuteResult::Commit,
                 weir_sql::statement::TransactionOp::Rollback => ExecuteResult::Rollback,
             }),
-            Statement::SetVariable { tag } => Ok(ExecuteResult::Command { tag: (*tag).to_string() }),
+            Statement::SetVariable { tag } => Ok(ExecuteResult::Command {
+                tag: (*tag).to_string(),
+            }),
         };
         result.map_err(|e| match e {
             AdapterError::Sql(e) => AdapterError::Sql(e.offset(stmt.offset)),
@@ -128,7 +145,12 @@ impl Coordinator {
         })
     }
 
-    async fn execute_sql(&self, ast: &ast::Statement, sql: &str, params: &[ScalarValue]) -> Result<ExecuteResult> {
+    async fn execute_sql(
+        &self,
+        ast: &ast::Statement,
+        sql: &str,
+        params: &[ScalarValue],
+    ) -> Result<ExecuteResult> {
         match ast {
             ast::Statement::Query(q) => {
                 let plan = self.bind_with_params(ast, sql, params).await?;
@@ -143,16 +165,23 @@ impl Coordinator {
             }
             ast::Statement::CreateTable(ct) => self.create_table(ct, sql).await,
             ast::Statement::CreateView(cv) => self.create_view(cv, sql).await,
-            ast::Statement::Drop { object_type, if_exists, names, cascade, .. } => {
-                self.drop(*object_type, *if_exists, names, *cascade).await
-            }
+            ast::Statement::Drop {
+                object_type,
+                if_exists,
+                names,
+                cascade,
+                ..
+            } => self.drop(*object_type, *if_exists, names, *cascade).await,
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
                 let ast = self.fill_insert_columns(ast);
                 let plan = self.bind_with_params(&ast, sql, params).await?;
                 self.write_dml(plan).await
             }
             ast::Statement::Explain { statement, .. } => self.explain(statement, sql).await,
-            other => Err(unsupported(format!("statement \"{}\"", first_words(&other.to_string())))),
+            other => Err(unsupported(format!(
+                "statement \"{}\"",
+                first_words(&other.to_string())
+            ))),
         }
     }
 
@@ -161,8 +190,12 @@ impl Coordinator {
     fn fill_insert_columns(&self, stmt: &ast::Statement) -> ast::Statement {
         let mut stmt = stmt.clone();
         if let ast::Statement::Insert(insert) = &mut stmt {
-            if let (true, ast::TableObject::TableName(name), Some(source)) = (insert.columns.is_empty(), &insert.table, &insert.source) {
-                if let (ast::SetExpr::Values(values), Some(entry)) = (source.body.as_ref(), self.catalog.get(&object_name(name))) {
+            if let (true, ast::TableObject::TableName(name), Some(source)) =
+                (insert.columns.is_empty(), &insert.table, &insert.source)
+            {
+                if let (ast::SetExpr::Values(values), Some(entry)) =
+                    (source.body.as_ref(), self.catalog.get(&object_name(name)))
+                {
                     let width = values.rows.iter().map(|r| r.len()).max().unwrap_or(0);
                     if width < entry.columns.len() {
                         insert.columns = entry.columns[..width]
@@ -177,12 +210,18 @@ impl Coordinator {
     }
 
     /// Bind a statement and substitute parameter values.
-    pub async fn bind_with_params(&self, ast: &ast::Statement, sql: &str, params: &[ScalarValue]) -> Result<LogicalPlan> {
+    pub async fn bind_with_params(
+        &self,
+        ast: &ast::Statement,
+        sql: &str,
+        params: &[ScalarValue],
+    ) -> Result<LogicalPlan> {
         let plan = self.planner.bind(ast.clone(), sql).await?;
         if params.is_empty() {
             return Ok(plan);
         }
-        plan.with_param_values(ParamValues::from(params.to_vec())).map_err(AdapterError::from)
+        plan.with_param_values(ParamValues::from(params.to_vec()))
+            .map_err(AdapterError::from)
     }
 
     /// Run a bound plan once over a consistent snapshot of what it reads.
@@ -200,14 +239,22 @@ impl Coordinator {
         })?;
         let mut targets = Vec::new();
         for n in &names {
-            let e = self.catalog.get(n).ok_or_else(|| SqlError::UndefinedTable { name: n.clone(), position: None })?;
+            let e = self.catalog.get(n).ok_or_else(|| SqlError::UndefinedTable {
+                name: n.clone(),
+                position: None,
+            })?;
             targets.push((e.id, e.schema.clone()));
         }
         let snapshots = self.controller.peek(&targets).await?;
         let tables: HashMap<String, Arc<MemTable>> = names
             .iter()
             .zip(targets.iter().zip(snapshots))
-            .map(|(n, ((_, schema), batch))| Ok((n.clone(), Arc::new(MemTable::try_new(schema.clone(), vec![vec![batch]])?))))
+            .map(|(n, ((_, schema), batch))| {
+                Ok((
+                    n.clone(),
+                    Arc::new(MemTable::try_new(schema.clone(), vec![vec![batch]])?),
+                ))
+            })
             .collect::<Result<_>>()?;
         let plan = plan
             .transform_up_with_subqueries(|node| match node {
@@ -215,7 +262,10 @@ impl Coordinator {
                     let name = relation_name(&scan.table_name).map(str::to_string);
                     match name.and_then(|n| tables.get(&n).cloned()) {
                         Some(t) => {
-                            let scan = TableScan { source: provider_as_source(t), ..scan };
+                            let scan = TableScan {
+                                source: provider_as_source(t),
+                                ..scan
+                            };
                             Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
                         }
                         None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
@@ -236,7 +286,9 @@ impl Coordinator {
         let name = object_name(&ct.name);
         if self.catalog.get(&name).is_some() {
             if ct.if_not_exists {
-                return Ok(ExecuteResult::Command { tag: "CREATE TABLE".into() });
+                return Ok(ExecuteResult::Command {
+                    tag: "CREATE TABLE".into(),
+                });
             }
             return Err(SqlError::DuplicateRelation(name).into());
         }
@@ -268,7 +320,12 @@ impl Coordinator {
                 }
             }
             types.push((cname.clone(), ty.data_type.clone()));
-            columns.push(ColumnDef { name: cname, sql_type: ty.sql_name, nullable, max_length: ty.max_length });
+            columns.push(ColumnDef {
+                name: cname,
+                sql_type: ty.sql_name,
+                nullable,
+                max_length: ty.max_length,
+            });
         }
         for constraint in &ct.constraints {
             match constraint {
@@ -279,10 +336,15 @@ impl Coordinator {
                     for ic in &pk.columns {
                         let cname = match &ic.column.expr {
                             ast::Expr::Identifier(id) => ident(id),
-                            other => return Err(unsupported(format!("primary key expression {other}"))),
+                            other => {
+                                return Err(unsupported(format!("primary key expression {other}")));
+                            }
                         };
                         let idx = columns.iter().position(|c| c.name == cname).ok_or_else(|| {
-                            AdapterError::UndefinedColumn { table: name.clone(), column: cname.clone() }
+                            AdapterError::UndefinedColumn {
+                                table: name.clone(),
+                                column: cname.clone(),
+                            }
                         })?;
                         columns[idx].nullable = false;
                         primary_key.push(idx);
@@ -293,7 +355,11 @@ impl Coordinator {
         }
         let schema = nullable_schema(types);
         let id = self.catalog.allocate_id();
-        self.controller.send(weir_protocol::Command::CreateTable { id, name: name.clone(), schema: schema.clone() });
+        self.controller.send(weir_protocol::Command::CreateTable {
+            id,
+            name: name.clone(),
+            schema: schema.clone(),
+        });
         if !primary_key.is_empty() {
             self.writes.lock().await.insert(id, HashSet::new());
         }
@@ -309,13 +375,19 @@ impl Coordinator {
             plan: None,
             depends_on: Vec::new(),
         });
-        Ok(ExecuteResult::Command { tag: "CREATE TABLE".into() })
+        Ok(ExecuteResult::Command {
+            tag: "CREATE TABLE".into(),
+        })
     }
 
     async fn create_view(&self, cv: &ast::CreateView, sql: &str) -> Result<ExecuteResult> {
         let _ddl = self.ddl.lock().await;
         let name = object_name(&cv.name);
-        let tag = if cv.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE VIEW" };
+        let tag = if cv.materialized {
+            "CREATE MATERIALIZED VIEW"
+        } else {
+            "CREATE VIEW"
+        };
         if let Some(existing) = self.catalog.get(&name) {
             if cv.if_not_exists {
                 return Ok(ExecuteResult::Command { tag: tag.into() });
@@ -327,7 +399,12 @@ impl Coordinator {
                 return Err(AdapterError::DependentObjects {
                     kind: existing.kind_name(),
                     name: name.clone(),
-                    dependents: self.catalog.dependents(&name).into_iter().map(|d| format!("{} {}", d.kind_name(), d.name)).collect(),
+                    dependents: self
+                        .catalog
+                        .dependents(&name)
+                        .into_iter()
+                        .map(|d| format!("{} {}", d.kind_name(), d.name))
+                        .collect(),
                 });
             }
         }
@@ -354,13 +431,28 @@ impl Coordinator {
         }
         if !cv.materialized {
             // A view is inlined by name, so its plan must carry its column names.
-            let exprs: Vec<_> = plan.schema().columns().into_iter().zip(&names).map(|(c, n)| col(c).alias(n)).collect();
+            let exprs: Vec<_> = plan
+                .schema()
+                .columns()
+                .into_iter()
+                .zip(&names)
+                .map(|(c, n)| col(c).alias(n))
+                .collect();
             plan = LogicalPlanBuilder::from(plan).project(exprs)?.build()?;
         }
-        let fields: Vec<(String, DataType)> = names.into_iter().zip(plan.schema().fields()).map(|(n, f)| (n, f.data_type().clone())).collect();
+        let fields: Vec<(String, DataType)> = names
+            .into_iter()
+            .zip(plan.schema().fields())
+            .map(|(n, f)| (n, f.data_type().clone()))
+            .collect();
         let columns = fields
             .iter()
-            .map(|(n, t)| ColumnDef { name: n.clone(), sql_type: weir_sql::types::sql_type_name(t), nullable: true, max_length: None })
+            .map(|(n, t)| ColumnDef {
+                name: n.clone(),
+                sql_type: weir_sql::types::sql_type_name(t),
+                nullable: true,
+                max_length: None,
+            })
             .collect();
         let schema = nullable_schema(fields);
         let id = self.catalog.allocate_id();
@@ -377,7 +469,11 @@ impl Coordinator {
             }
         }
         if let Some(p) = &dataflow {
-            self.controller.send(weir_protocol::Command::CreateDataflow { id, name: name.clone(), plan: p.clone() });
+            self.controller.send(weir_protocol::Command::CreateDataflow {
+                id,
+                name: name.clone(),
+                plan: p.clone(),
+            });
         }
         self.catalog.insert(Entry {
             id,
@@ -394,7 +490,13 @@ impl Coordinator {
         Ok(ExecuteResult::Command { tag: tag.into() })
     }
 
-    async fn drop(&self, object_type: ObjectType, if_exists: bool, names: &[ast::ObjectName], cascade: bool) -> Result<ExecuteResult> {
+    async fn drop(
+        &self,
+        object_type: ObjectType,
+        if_exists: bool,
+        names: &[ast::ObjectName],
+        cascade: bool,
+    ) -> Result<ExecuteResult> {
         let _ddl = self.ddl.lock().await;
         let (kind, tag) = match object_type {
             ObjectType::Table => (RelationKind::Table, "DROP TABLE"),
@@ -411,14 +513,20 @@ impl Coordinator {
                 return Err(SqlError::UndefinedTable { name, position: None }.into());
             };
             if entry.kind != kind {
-                return Err(AdapterError::WrongObjectType { name, expected: kind_name(kind) });
+                return Err(AdapterError::WrongObjectType {
+                    name,
+                    expected: kind_name(kind),
+                });
             }
             let dependents = self.catalog.dependents_closure(&name);
             if !dependents.is_empty() && !cascade {
                 return Err(AdapterError::DependentObjects {
                     kind: kind_name(kind),
                     name,
-                    dependents: dependents.iter().map(|d| format!("{} {}", d.kind_name(), d.name)).collect(),
+                    dependents: dependents
+                        .iter()
+                        .map(|d| format!("{} {}", d.kind_name(), d.name))
+                        .collect(),
                 });
             }
             for e in dependents.into_iter().chain(std::iter::once(entry)) {
@@ -433,13 +541,25 @@ impl Coordinator {
     }
 
     async fn write_dml(&self, plan: LogicalPlan) -> Result<ExecuteResult> {
-        let LogicalPlan::Dml(DmlStatement { table_name, op, input, .. }) = plan else {
+        let LogicalPlan::Dml(DmlStatement {
+            table_name,
+            op,
+            input,
+            ..
+        }) = plan
+        else {
             return Err(AdapterError::Internal("expected a DML plan".into()));
         };
         let name = relation_name(&table_name).unwrap_or_default().to_string();
-        let entry = self.catalog.get(&name).ok_or_else(|| SqlError::UndefinedTable { name: name.clone(), position: None })?;
+        let entry = self.catalog.get(&name).ok_or_else(|| SqlError::UndefinedTable {
+            name: name.clone(),
+            position: None,
+        })?;
         if entry.kind != RelationKind::Table {
-            return Err(AdapterError::WrongObjectType { name, expected: "table" });
+            return Err(AdapterError::WrongObjectType {
+                name,
+                expected: "table",
+            });
         }
         let mut writes = self.writes.lock().await;
         let (tag, inserted, deleted) = match op {
@@ -467,9 +587,15 @@ impl Coordinator {
         if let Some(b) = &inserted {
             validate(&entry, b)?;
         }
-        let count = inserted.as_ref().or(deleted.as_ref()).map(|b| b.num_rows()).unwrap_or(0);
+        let count = inserted
+            .as_ref()
+            .or(deleted.as_ref())
+            .map(|b| b.num_rows())
+            .unwrap_or(0);
         self.apply_write(&entry, &mut writes, inserted, deleted)?;
-        Ok(ExecuteResult::Command { tag: format!("{tag} {count}").replace("INSERT 0 ", "INSERT 0 ") })
+        Ok(ExecuteResult::Command {
+            tag: format!("{tag} {count}").replace("INSERT 0 ", "INSERT 0 "),
+        })
     }
 
     /// Check keys, then apply `inserted` and `deleted` at one timestamp.
@@ -508,10 +634,18 @@ impl Coordinator {
         }
         let mut updates = Vec::new();
         if let Some(b) = deleted.filter(|b| b.num_rows() > 0) {
-            updates.push(TableUpdate { table: entry.id, batch: b, diff: -1 });
+            updates.push(TableUpdate {
+                table: entry.id,
+                batch: b,
+                diff: -1,
+            });
         }
         if let Some(b) = inserted.filter(|b| b.num_rows() > 0) {
-            updates.push(TableUpdate { table: entry.id, batch: b, diff: 1 });
+            updates.push(TableUpdate {
+                table: entry.id,
+                batch: b,
+                diff: 1,
+            });
         }
         if !updates.is_empty() {
             self.controller.write(updates);
@@ -523,22 +657,38 @@ impl Coordinator {
     async fn run_as_table(&self, entry: &Entry, plan: LogicalPlan) -> Result<RecordBatch> {
         let (_, batches) = self.run(plan).await?;
         let columns: Vec<ArrayRef> = if batches.is_empty() {
-            entry.schema.fields().iter().map(|f| arrow::array::new_null_array(f.data_type(), 0)).collect()
+            entry
+                .schema
+                .fields()
+                .iter()
+                .map(|f| arrow::array::new_null_array(f.data_type(), 0))
+                .collect()
         } else {
-            let b = concat_batches(&batches[0].schema(), &batches).map_err(|e| AdapterError::Internal(e.to_string()))?;
+            let b = concat_batches(&batches[0].schema(), &batches)
+                .map_err(|e| AdapterError::Internal(e.to_string()))?;
             b.columns().to_vec()
         };
         let columns = columns
             .into_iter()
             .zip(entry.schema.fields())
-            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { arrow::compute::cast(&c, f.data_type()).map_err(|e| AdapterError::Evaluation(e.to_string())) })
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    arrow::compute::cast(&c, f.data_type())
+                        .map_err(|e| AdapterError::Evaluation(e.to_string()))
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         RecordBatch::try_new(entry.schema.clone(), columns).map_err(|e| AdapterError::Internal(e.to_string()))
     }
 
     /// Insert a decoded batch (COPY).
     pub async fn insert_batch(&self, table: &str, batch: RecordBatch) -> Result<usize> {
-        let entry = self.catalog.get(table).ok_or_else(|| SqlError::UndefinedTable { name: table.into(), position: None })?;
+        let entry = self.catalog.get(table).ok_or_else(|| SqlError::UndefinedTable {
+            name: table.into(),
+            position: None,
+        })?;
         validate(&entry, &batch)?;
         let n = batch.num_rows();
         let mut writes = self.writes.lock().await;
@@ -547,19 +697,39 @@ impl Coordinator {
     }
 
     fn copy_target(&self, copy: &CopyFrom) -> Result<ExecuteResult> {
-        let entry = self.catalog.get(&copy.table).ok_or_else(|| SqlError::UndefinedTable { name: copy.table.clone(), position: None })?;
+        let entry = self
+            .catalog
+            .get(&copy.table)
+            .ok_or_else(|| SqlError::UndefinedTable {
+                name: copy.table.clone(),
+                position: None,
+            })?;
         if entry.kind != RelationKind::Table {
-            return Err(AdapterError::WrongObjectType { name: copy.table.clone(), expected: "table" });
+            return Err(AdapterError::WrongObjectType {
+                name: copy.table.clone(),
+                expected: "table",
+            });
         }
         let columns = if copy.columns.is_empty() {
             (0..entry.columns.len()).collect()
         } else {
             copy.columns
                 .iter()
-                .map(|c| entry.columns.iter().position(|x| &x.name == c).ok_or_else(|| AdapterError::UndefinedColumn { table: entry.name.clone(), column: c.clone() }))
+                .map(|c| {
+                    entry.columns.iter().position(|x| &x.name == c).ok_or_else(|| {
+                        AdapterError::UndefinedColumn {
+                            table: entry.name.clone(),
+                            column: c.clone(),
+                        }
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?
         };
-        let mut format = if copy.csv { CopyFormat::csv() } else { CopyFormat::text() };
+        let mut format = if copy.csv {
+            CopyFormat::csv()
+        } else {
+            CopyFormat::text()
+        };
         format.header = copy.header;
         if let Some(d) = copy.delimiter {
             format.delimiter = d;
@@ -567,15 +737,33 @@ impl Coordinator {
         if let Some(n) = &copy.null {
             format.null = n.clone();
         }
-        Ok(ExecuteResult::CopyIn(CopyTarget { table: entry.name, columns, format }))
+        Ok(ExecuteResult::CopyIn(CopyTarget {
+            table: entry.name,
+            columns,
+            format,
+        }))
     }
 
     /// Decode and apply the data of a finished COPY.
     pub async fn finish_copy(&self, target: &CopyTarget, data: &[u8]) -> Result<usize> {
-        let entry = self.catalog.get(&target.table).ok_or_else(|| SqlError::UndefinedTable { name: target.table.clone(), position: None })?;
-        let sub = Arc::new(Schema::new(target.columns.iter().map(|i| entry.schema.field(*i).clone()).collect::<Vec<_>>()));
+        let entry = self
+            .catalog
+            .get(&target.table)
+            .ok_or_else(|| SqlError::UndefinedTable {
+                name: target.table.clone(),
+                position: None,
+            })?;
+        let sub = Arc::new(Schema::new(
+            target
+                .columns
+                .iter()
+                .map(|i| entry.schema.field(*i).clone())
+                .collect::<Vec<_>>(),
+        ));
         let decoded = decode(data, &sub, &target.format).map_err(|e| match e {
-            weir_connectors::copy::CopyError::InvalidValue { .. } => AdapterError::InvalidTextRepresentation(e.to_string()),
+            weir_connectors::copy::CopyError::InvalidValue { .. } => {
+                AdapterError::InvalidTextRepresentation(e.to_string())
+            }
             e => AdapterError::BadCopyFile(e.to_string()),
         })?;
         let n = decoded.num_rows();
@@ -585,14 +773,18 @@ impl Coordinator {
                 None => arrow::array::new_null_array(entry.schema.field(i).data_type(), n),
             })
             .collect();
-        let batch = RecordBatch::try_new(entry.schema.clone(), columns).map_err(|e| AdapterError::Internal(e.to_string()))?;
+        let batch = RecordBatch::try_new(entry.schema.clone(), columns)
+            .map_err(|e| AdapterError::Internal(e.to_string()))?;
         self.insert_batch(&entry.name, batch).await
     }
 
     async fn subscribe(&self, target: &SubscribeTarget, copy_out: bool) -> Result<ExecuteResult> {
         let plan = match target {
             SubscribeTarget::Name(name) => {
-                let e = self.catalog.get(name).ok_or_else(|| SqlError::UndefinedTable { name: name.clone(), position: None })?;
+                let e = self.catalog.get(name).ok_or_else(|| SqlError::UndefinedTable {
+                    name: name.clone(),
+                    position: None,
+                })?;
                 match e.kind {
                     RelationKind::View => {
                         let sql = format!("SELECT * FROM {name}");
@@ -600,14 +792,28 @@ impl Coordinator {
                     }
                     _ => {
                         let schema = Arc::new(DFSchema::try_from_qualified_schema(name.as_str(), &e.schema)?);
-                        Plan { node: PlanNode::Get { id: e.id, name: name.clone() }, schema }
+                        Plan {
+                            node: PlanNode::Get {
+                                id: e.id,
+                                name: name.clone(),
+                            },
+                            schema,
+                        }
                     }
                 }
             }
             SubscribeTarget::Query(sql) => self.plan_dataflow(sql).await?,
         };
-        let mut fields = vec![Field::new("weir_timestamp", DataType::Int64, false), Field::new("weir_diff", DataType::Int64, false)];
-        fields.extend(plan.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
+        let mut fields = vec![
+            Field::new("weir_timestamp", DataType::Int64, false),
+            Field::new("weir_diff", DataType::Int64, false),
+        ];
+        fields.extend(
+            plan.schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
+        );
         let schema = Arc::new(Schema::new(fields));
         let (id, as_of, messages) = self.controller.subscribe(Arc::new(plan));
         Ok(ExecuteResult::Subscribe(Subscription {
@@ -625,7 +831,11 @@ impl Coordinator {
     async fn plan_dataflow(&self, sql: &str) -> Result<Plan> {
         let stmts = weir_sql::statement::parse(sql)?;
         let [stmt] = stmts.as_slice() else {
-            return Err(SqlError::Syntax { message: "expected one query".into(), position: None }.into());
+            return Err(SqlError::Syntax {
+                message: "expected one query".into(),
+                position: None,
+            }
+            .into());
         };
         let Statement::Sql(ast) = &stmt.statement else {
             return Err(unsupported("this statement inside SUBSCRIBE"));
@@ -642,24 +852,46 @@ impl Coordinator {
         let query = match statement {
             ast::Statement::Query(q) => ast::Statement::Query(q.clone()),
             ast::Statement::CreateView(cv) => ast::Statement::Query(cv.query.clone()),
-            other => return Err(unsupported(format!("EXPLAIN {}", first_words(&other.to_string())))),
+            other => {
+                return Err(unsupported(format!(
+                    "EXPLAIN {}",
+                    first_words(&other.to_string())
+                )));
+            }
         };
         let plan = self.planner.bind(query, sql).await?;
         let plan = self.planner.optimize(&plan, sql)?;
         let lowered = weir_sql::lower::lower(&plan, self.catalog.as_ref())?;
         let text = lowered.to_string();
-        let schema = Arc::new(Schema::new(vec![Field::new("Dataflow Plan", DataType::Utf8, false)]));
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "Dataflow Plan",
+            DataType::Utf8,
+            false,
+        )]));
         let lines: Vec<&str> = text.lines().collect();
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(lines))]).map_err(|e| AdapterError::Internal(e.to_string()))?;
-        Ok(ExecuteResult::Rows { schema, batches: vec![batch] })
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(lines))])
+            .map_err(|e| AdapterError::Internal(e.to_string()))?;
+        Ok(ExecuteResult::Rows {
+            schema,
+            batches: vec![batch],
+        })
     }
 
     /// The parameter types and result schema of a statement, for Describe.
-    pub async fn describe(&self, stmt: &ParsedStatement) -> Result<(Vec<Option<DataType>>, Option<SchemaRef>)> {
+    pub async fn describe(
+        &self,
+        stmt: &ParsedStatement,
+    ) -> Result<(Vec<Option<DataType>>, Option<SchemaRef>)> {
         match &stmt.statement {
             Statement::Sql(ast) => match ast.as_ref() {
-                ast::Statement::Query(_) | ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
-                    let plan = self.planner.bind(self.fill_insert_columns(ast), &stmt.sql).await?;
+                ast::Statement::Query(_)
+                | ast::Statement::Insert(_)
+                | ast::Statement::Update(_)
+                | ast::Statement::Delete(_) => {
+                    let plan = self
+                        .planner
+                        .bind(self.fill_insert_columns(ast), &stmt.sql)
+                        .await?;
                     let types = plan.get_parameter_types()?;
                     let mut params: Vec<(usize, Option<DataType>)> = types
                         .into_iter()
@@ -680,23 +912,42 @@ impl Coordinator {
                     };
                     Ok((out, schema))
                 }
-                ast::Statement::Explain { .. } => {
-                    Ok((vec![], Some(Arc::new(Schema::new(vec![Field::new("Dataflow Plan", DataType::Utf8, false)])))))
-                }
+                ast::Statement::Explain { .. } => Ok((
+                    vec![],
+                    Some(Arc::new(Schema::new(vec![Field::new(
+                        "Dataflow Plan",
+                        DataType::Utf8,
+                        false,
+                    )]))),
+                )),
                 _ => Ok((vec![], None)),
             },
             Statement::Show(show) => Ok((vec![], Some(crate::show::schema(self, show)?))),
-            Statement::Subscribe { target, copy_out: false } => Ok((vec![], Some(self.subscribe_schema(target).await?))),
+            Statement::Subscribe {
+                target,
+                copy_out: false,
+            } => Ok((vec![], Some(self.subscribe_schema(target).await?))),
             _ => Ok((vec![], None)),
         }
     }
 
     async fn subscribe_schema(&self, target: &SubscribeTarget) -> Result<SchemaRef> {
         let base: SchemaRef = match target {
-            SubscribeTarget::Name(n) => self.catalog.get(n).ok_or_else(|| SqlError::UndefinedTable { name: n.clone(), position: None })?.schema,
+            SubscribeTarget::Name(n) => {
+                self.catalog
+                    .get(n)
+                    .ok_or_else(|| SqlError::UndefinedTable {
+                        name: n.clone(),
+                        position: None,
+                    })?
+                    .schema
+            }
             SubscribeTarget::Query(sql) => Arc::new(self.plan_dataflow(sql).await?.schema.as_arrow().clone()),
         };
-        let mut fields = vec![Field::new("weir_timestamp", DataType::Int64, false), Field::new("weir_diff", DataType::Int64, false)];
+        let mut fields = vec![
+            Field::new("weir_timestamp", DataType::Int64, false),
+            Field::new("weir_diff", DataType::Int64, false),
+        ];
         fields.extend(base.fields().iter().map(|f| f.as_ref().clone()));
         Ok(Arc::new(Schema::new(fields)))
     }
@@ -712,7 +963,12 @@ fn pg_names(query: &ast::Query, schema: &Schema) -> Vec<String> {
 
 fn renamed(schema: &Schema, names: &[String]) -> SchemaRef {
     Arc::new(Schema::new(
-        schema.fields().iter().zip(names).map(|(f, n)| f.as_ref().clone().with_name(n)).collect::<Vec<_>>(),
+        schema
+            .fields()
+            .iter()
+            .zip(names)
+            .map(|(f, n)| f.as_ref().clone().with_name(n))
+            .collect::<Vec<_>>(),
     ))
 }
 
@@ -725,7 +981,10 @@ fn validate(entry: &Entry, batch: &RecordBatch) -> Result<()> {
     for (i, c) in entry.columns.iter().enumerate() {
         let array = batch.column(i);
         if !c.nullable && array.null_count() > 0 {
-            return Err(AdapterError::NotNullViolation { table: entry.name.clone(), column: c.name.clone() });
+            return Err(AdapterError::NotNullViolation {
+                table: entry.name.clone(),
+                column: c.name.clone(),
+            });
         }
         if let (Some(max), DataType::Utf8) = (c.max_length, array.data_type()) {
             for v in array.as_string::<i32>().iter().flatten() {
@@ -740,16 +999,30 @@ fn validate(entry: &Entry, batch: &RecordBatch) -> Result<()> {
 
 /// The encoded primary keys of each row of `batch`.
 fn key_rows(entry: &Entry, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-    let fields = entry.primary_key.iter().map(|i| SortField::new(entry.schema.field(*i).data_type().clone())).collect();
+    let fields = entry
+        .primary_key
+        .iter()
+        .map(|i| SortField::new(entry.schema.field(*i).data_type().clone()))
+        .collect();
     let converter = RowConverter::new(fields).map_err(|e| AdapterError::Internal(e.to_string()))?;
-    let cols: Vec<ArrayRef> = entry.primary_key.iter().map(|i| batch.column(*i).clone()).collect();
-    let rows = converter.convert_columns(&cols).map_err(|e| AdapterError::Internal(e.to_string()))?;
+    let cols: Vec<ArrayRef> = entry
+        .primary_key
+        .iter()
+        .map(|i| batch.column(*i).clone())
+        .collect();
+    let rows = converter
+        .convert_columns(&cols)
+        .map_err(|e| AdapterError::Internal(e.to_string()))?;
     Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
 }
 
 /// `Key (a, b)=(1, x) already exists.`
 fn key_detail(entry: &Entry, batch: &RecordBatch, row: usize) -> String {
-    let names: Vec<&str> = entry.primary_key.iter().map(|i| entry.columns[*i].name.as_str()).collect();
+    let names: Vec<&str> = entry
+        .primary_key
+        .iter()
+        .map(|i| entry.columns[*i].name.as_str())
+        .collect();
     let options = FormatOptions::default();
     let values: Vec<String> = entry
         .primary_key
@@ -760,5 +1033,9 @@ fn key_detail(entry: &Entry, batch: &RecordBatch, row: usize) -> String {
                 .unwrap_or_default()
         })
         .collect();
-    format!("Key ({})=({}) already exists.", names.join(", "), values.join(", "))
+    format!(
+        "Key ({})=({}) already exists.",
+        names.join(", "),
+        values.join(", ")
+    )
 }

@@ -54,7 +54,12 @@ pub struct WeirQueryParser {
 impl QueryParser for WeirQueryParser {
     type Statement = Prepared;
 
-    async fn parse_sql<C>(&self, _client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -76,17 +81,31 @@ impl QueryParser for WeirQueryParser {
         let param_types = (0..n)
             .map(|i| match types.get(i).cloned().flatten() {
                 Some(t) if t != Type::UNKNOWN => t,
-                _ => targets.get(i).cloned().flatten().map(|t| pg_type(&t)).unwrap_or(Type::TEXT),
+                _ => targets
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .map(|t| pg_type(&t))
+                    .unwrap_or(Type::TEXT),
             })
             .collect();
-        Ok(Some(Prepared { stmt, targets, param_types, schema }))
+        Ok(Some(Prepared {
+            stmt,
+            targets,
+            param_types,
+            schema,
+        }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
         Ok(stmt.param_types.clone())
     }
 
-    fn get_result_schema(&self, stmt: &Prepared, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         Ok(match &stmt.schema {
             Some(s) => fields(s, column_format.unwrap_or(&Format::UnifiedText)),
             None => vec![],
@@ -118,7 +137,13 @@ impl Handler {
     }
 
     /// Turn an execution result into a wire response.
-    async fn respond<C>(&self, client: &mut C, result: ExecuteResult, format: &Format, describe: bool) -> PgWireResult<Response>
+    async fn respond<C>(
+        &self,
+        client: &mut C,
+        result: ExecuteResult,
+        format: &Format,
+        describe: bool,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -151,7 +176,12 @@ impl Handler {
 
 /// Send a subscription's rows as they become final, until the client goes
 /// away, cancels, or the subscription ends. Returns the rows sent.
-async fn stream_subscription<C>(client: &mut C, mut sub: Subscription, format: &Format, describe: bool) -> PgWireResult<usize>
+async fn stream_subscription<C>(
+    client: &mut C,
+    mut sub: Subscription,
+    format: &Format,
+    describe: bool,
+) -> PgWireResult<usize>
 where
     C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
     C::Error: Debug,
@@ -160,9 +190,19 @@ where
     let f = Arc::new(fields(&sub.schema, format));
     if sub.copy_out {
         let n = sub.schema.fields().len();
-        client.send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(0, n as i16, vec![0; n]))).await?;
+        client
+            .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
+                0,
+                n as i16,
+                vec![0; n],
+            )))
+            .await?;
     } else if describe {
-        client.send(PgWireBackendMessage::RowDescription(RowDescription::new(f.iter().map(Into::into).collect()))).await?;
+        client
+            .send(PgWireBackendMessage::RowDescription(RowDescription::new(
+                f.iter().map(Into::into).collect(),
+            )))
+            .await?;
     }
     // Each worker's progress: Some(t) = complete below t; None = finished.
     let mut uppers: Vec<Option<u64>> = vec![Some(0); sub.workers];
@@ -178,15 +218,22 @@ where
                 continue;
             }
         };
-        let Some((worker, upper, update)) = message else { break };
+        let Some((worker, upper, update)) = message else {
+            break;
+        };
         let update = update.map_err(AdapterError::Evaluation)?;
         if update.batch.num_rows() > 0 {
             let mut columns: Vec<ArrayRef> = vec![
-                Arc::new(Int64Array::from(update.times.iter().map(|t| *t as i64).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(
+                    update.times.iter().map(|t| *t as i64).collect::<Vec<_>>(),
+                )),
                 Arc::new(Int64Array::from(update.diffs.clone())),
             ];
             columns.extend(update.batch.columns().iter().cloned());
-            buffer.push(RecordBatch::try_new(sub.schema.clone(), columns).map_err(|e| AdapterError::Internal(e.to_string()))?);
+            buffer.push(
+                RecordBatch::try_new(sub.schema.clone(), columns)
+                    .map_err(|e| AdapterError::Internal(e.to_string()))?,
+            );
         }
         if let Some(u) = uppers.get_mut(worker) {
             *u = upper;
@@ -200,19 +247,32 @@ where
             continue;
         }
         let all = concat_batches(&sub.schema, &buffer).map_err(|e| AdapterError::Internal(e.to_string()))?;
-        let times = all.column(0).as_any().downcast_ref::<Int64Array>().expect("time column").clone();
-        let ready: Vec<bool> = times.iter().map(|t| frontier.is_none_or(|f| (t.unwrap_or(0) as u64) < f)).collect();
+        let times = all
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("time column")
+            .clone();
+        let ready: Vec<bool> = times
+            .iter()
+            .map(|t| frontier.is_none_or(|f| (t.unwrap_or(0) as u64) < f))
+            .collect();
         let ready_mask = arrow::array::BooleanArray::from(ready.clone());
         let keep_mask = arrow::array::BooleanArray::from(ready.iter().map(|r| !r).collect::<Vec<_>>());
-        let now = arrow::compute::filter_record_batch(&all, &ready_mask).map_err(|e| AdapterError::Internal(e.to_string()))?;
-        let later = arrow::compute::filter_record_batch(&all, &keep_mask).map_err(|e| AdapterError::Internal(e.to_string()))?;
+        let now = arrow::compute::filter_record_batch(&all, &ready_mask)
+            .map_err(|e| AdapterError::Internal(e.to_string()))?;
+        let later = arrow::compute::filter_record_batch(&all, &keep_mask)
+            .map_err(|e| AdapterError::Internal(e.to_string()))?;
         buffer = vec![later];
         if now.num_rows() > 0 {
-            let order = sort_to_indices(now.column(0), None, None).map_err(|e| AdapterError::Internal(e.to_string()))?;
+            let order = sort_to_indices(now.column(0), None, None)
+                .map_err(|e| AdapterError::Internal(e.to_string()))?;
             let now = take_record_batch(&now, &order).map_err(|e| AdapterError::Internal(e.to_string()))?;
             if sub.copy_out {
                 for line in copy_lines(&now) {
-                    client.feed(PgWireBackendMessage::CopyData(CopyData::new(line.into()))).await?;
+                    client
+                        .feed(PgWireBackendMessage::CopyData(CopyData::new(line.into())))
+                        .await?;
                     sent += 1;
                 }
             } else {
@@ -228,7 +288,9 @@ where
         }
     }
     if sub.copy_out {
-        client.send(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
+        client
+            .send(PgWireBackendMessage::CopyDone(CopyDone::new()))
+            .await?;
     }
     Ok(sent)
 }
@@ -239,7 +301,10 @@ fn copy_lines(batch: &RecordBatch) -> Vec<Vec<u8>> {
     let formatters: Vec<_> = batch
         .columns()
         .iter()
-        .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options).expect("every arrow type formats"))
+        .map(|c| {
+            arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options)
+                .expect("every arrow type formats")
+        })
         .collect();
     (0..batch.num_rows())
         .map(|i| {
@@ -249,7 +314,11 @@ fn copy_lines(batch: &RecordBatch) -> Vec<Vec<u8>> {
                 .zip(&formatters)
                 .map(|(col, fmt)| match crate::values::cell(col, i, fmt).text() {
                     None => "\\N".to_string(),
-                    Some(t) => t.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r"),
+                    Some(t) => t
+                        .replace('\\', "\\\\")
+                        .replace('\t', "\\t")
+                        .replace('\n', "\\n")
+                        .replace('\r', "\\r"),
                 })
                 .collect();
             format!("{}\n", fields.join("\t")).into_bytes()
@@ -268,7 +337,11 @@ impl SimpleQueryHandler for Handler {
     {
         let stmts = match parse(query) {
             Ok(s) => s,
-            Err(e) => return Ok(vec![Response::Error(Box::new(AdapterError::from(e).into_error_info()))]),
+            Err(e) => {
+                return Ok(vec![Response::Error(Box::new(
+                    AdapterError::from(e).into_error_info(),
+                ))]);
+            }
         };
         let mut out = Vec::with_capacity(stmts.len());
         for stmt in &stmts {
@@ -299,7 +372,12 @@ impl ExtendedQueryHandler for Handler {
         self.parser.clone()
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -311,10 +389,16 @@ impl ExtendedQueryHandler for Handler {
         for (i, value) in portal.parameters.iter().enumerate() {
             let ty = prepared.param_types.get(i).cloned().unwrap_or(Type::TEXT);
             let target = prepared.targets.get(i).cloned().flatten();
-            params.push(parameter(value.as_deref(), portal.parameter_format.is_binary(i), &ty, target.as_ref())?);
+            params.push(parameter(
+                value.as_deref(),
+                portal.parameter_format.is_binary(i),
+                &ty,
+                target.as_ref(),
+            )?);
         }
         let result = self.coord.execute(&prepared.stmt, &params).await?;
-        self.respond(client, result, &portal.result_column_format, false).await
+        self.respond(client, result, &portal.result_column_format, false)
+            .await
     }
 }
 
@@ -345,7 +429,11 @@ impl CopyHandler for Handler {
             return Err(AdapterError::Internal("no COPY in progress".into()).into());
         };
         let n = self.coord.finish_copy(&target, &data).await?;
-        client.send(PgWireBackendMessage::CommandComplete(Tag::new("COPY").with_rows(n).into())).await?;
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new("COPY").with_rows(n).into(),
+            ))
+            .await?;
         Ok(())
     }
 

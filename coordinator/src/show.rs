@@ -34,7 +34,9 @@ fn columns(show: &Show) -> Vec<&'static str> {
         Show::Tables | Show::Views | Show::MaterializedViews => vec!["name"],
         Show::Subscriptions => vec!["id", "as_of"],
         Show::Columns(_) => vec!["name", "nullable", "type"],
-        Show::CreateTable(_) | Show::CreateView(_) | Show::CreateMaterializedView(_) => vec!["name", "create_sql"],
+        Show::CreateTable(_) | Show::CreateView(_) | Show::CreateMaterializedView(_) => {
+            vec!["name", "create_sql"]
+        }
         Show::Variable(_) => vec![],
     }
 }
@@ -47,20 +49,39 @@ pub fn schema(coord: &Coordinator, show: &Show) -> Result<SchemaRef, AdapterErro
             columns(show).into_iter().map(String::from).collect()
         }
     };
-    Ok(Arc::new(Schema::new(names.into_iter().map(|n| Field::new(n, DataType::Utf8, true)).collect::<Vec<_>>())))
+    Ok(Arc::new(Schema::new(
+        names
+            .into_iter()
+            .map(|n| Field::new(n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    )))
 }
 
 pub fn show(coord: &Coordinator, show: &Show) -> Result<ExecuteResult, AdapterError> {
     let rows: Vec<Vec<String>> = match show {
         Show::Tables => names(coord, RelationKind::Table),
-        Show::Subscriptions => coord.controller().subscriptions().into_iter().map(|(id, t)| vec![id.to_string(), t.to_string()]).collect(),
+        Show::Subscriptions => coord
+            .controller()
+            .subscriptions()
+            .into_iter()
+            .map(|(id, t)| vec![id.to_string(), t.to_string()])
+            .collect(),
         Show::Views => names(coord, RelationKind::View),
         Show::MaterializedViews => names(coord, RelationKind::MaterializedView),
         Show::Columns(name) => {
-            let e = coord.catalog.get(name).ok_or_else(|| SqlError::UndefinedTable { name: name.clone(), position: None })?;
+            let e = coord.catalog.get(name).ok_or_else(|| SqlError::UndefinedTable {
+                name: name.clone(),
+                position: None,
+            })?;
             e.columns
                 .iter()
-                .map(|c| vec![c.name.clone(), if c.nullable { "t" } else { "f" }.into(), c.sql_type.clone()])
+                .map(|c| {
+                    vec![
+                        c.name.clone(),
+                        if c.nullable { "t" } else { "f" }.into(),
+                        c.sql_type.clone(),
+                    ]
+                })
                 .collect()
         }
         Show::CreateTable(name) | Show::CreateView(name) | Show::CreateMaterializedView(name) => {
@@ -69,9 +90,15 @@ pub fn show(coord: &Coordinator, show: &Show) -> Result<ExecuteResult, AdapterEr
                 Show::CreateView(_) => RelationKind::View,
                 _ => RelationKind::MaterializedView,
             };
-            let e = coord.catalog.get(name).ok_or_else(|| SqlError::UndefinedTable { name: name.clone(), position: None })?;
+            let e = coord.catalog.get(name).ok_or_else(|| SqlError::UndefinedTable {
+                name: name.clone(),
+                position: None,
+            })?;
             if e.kind != expected {
-                return Err(AdapterError::WrongObjectType { name: name.clone(), expected: crate::catalog::kind_name(expected) });
+                return Err(AdapterError::WrongObjectType {
+                    name: name.clone(),
+                    expected: crate::catalog::kind_name(expected),
+                });
             }
             vec![vec![e.name.clone(), e.create_sql.clone()]]
         }
@@ -80,18 +107,36 @@ pub fn show(coord: &Coordinator, show: &Show) -> Result<ExecuteResult, AdapterEr
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(v))
                 .map(|(_, val)| val.to_string())
-                .ok_or_else(|| AdapterError::Sql(SqlError::Plan(format!("unrecognized configuration parameter \"{v}\""))))?;
+                .ok_or_else(|| {
+                    AdapterError::Sql(SqlError::Plan(format!(
+                        "unrecognized configuration parameter \"{v}\""
+                    )))
+                })?;
             vec![vec![value]]
         }
     };
     let schema = schema(coord, show)?;
     let arrays: Vec<ArrayRef> = (0..schema.fields().len())
-        .map(|c| Arc::new(StringArray::from(rows.iter().map(|r| r[c].clone()).collect::<Vec<_>>())) as ArrayRef)
+        .map(|c| {
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r[c].clone()).collect::<Vec<_>>(),
+            )) as ArrayRef
+        })
         .collect();
-    let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| AdapterError::Internal(e.to_string()))?;
-    Ok(ExecuteResult::Rows { schema, batches: vec![batch] })
+    let batch =
+        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| AdapterError::Internal(e.to_string()))?;
+    Ok(ExecuteResult::Rows {
+        schema,
+        batches: vec![batch],
+    })
 }
 
 fn names(coord: &Coordinator, kind: RelationKind) -> Vec<Vec<String>> {
-    coord.catalog.entries().into_iter().filter(|e| e.kind == kind).map(|e| vec![e.name]).collect()
+    coord
+        .catalog
+        .entries()
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| vec![e.name])
+        .collect()
 }

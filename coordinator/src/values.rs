@@ -32,7 +32,9 @@ pub fn pg_type(dt: &DataType) -> Type {
         DataType::UInt64 | DataType::Decimal128(..) | DataType::Decimal256(..) => Type::NUMERIC,
         DataType::Float16 | DataType::Float32 => Type::FLOAT4,
         DataType::Float64 => Type::FLOAT8,
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => Type::BYTEA,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+            Type::BYTEA
+        }
         DataType::Date32 | DataType::Date64 => Type::DATE,
         DataType::Timestamp(_, None) => Type::TIMESTAMP,
         DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
@@ -48,7 +50,15 @@ pub fn fields(schema: &Schema, format: &Format) -> Vec<FieldInfo> {
         .fields()
         .iter()
         .enumerate()
-        .map(|(i, f)| FieldInfo::new(f.name().clone(), None, None, pg_type(f.data_type()), format.format_for(i)))
+        .map(|(i, f)| {
+            FieldInfo::new(
+                f.name().clone(),
+                None,
+                None,
+                pg_type(f.data_type()),
+                format.format_for(i),
+            )
+        })
         .collect()
 }
 
@@ -62,7 +72,10 @@ pub enum Cell {
     I64(i64),
     F32(f32),
     F64(f64),
-    Numeric { unscaled: i128, scale: i8 },
+    Numeric {
+        unscaled: i128,
+        scale: i8,
+    },
     Text(String),
     Bytes(Vec<u8>),
     /// Days since 1970-01-01.
@@ -71,7 +84,11 @@ pub enum Cell {
     Timestamp(i64),
     TimestampTz(i64),
     Time(i64),
-    Interval { months: i32, days: i32, micros: i64 },
+    Interval {
+        months: i32,
+        days: i32,
+        micros: i64,
+    },
 }
 
 const PG_EPOCH_DAYS: i32 = 10_957; // 2000-01-01 - 1970-01-01
@@ -92,10 +109,16 @@ pub fn cell(array: &ArrayRef, i: usize, fallback: &ArrayFormatter<'_>) -> Cell {
         DataType::UInt16 => Cell::I32(array.as_primitive::<UInt16Type>().value(i) as i32),
         DataType::Int64 => Cell::I64(array.as_primitive::<Int64Type>().value(i)),
         DataType::UInt32 => Cell::I64(array.as_primitive::<UInt32Type>().value(i) as i64),
-        DataType::UInt64 => Cell::Numeric { unscaled: array.as_primitive::<UInt64Type>().value(i) as i128, scale: 0 },
+        DataType::UInt64 => Cell::Numeric {
+            unscaled: array.as_primitive::<UInt64Type>().value(i) as i128,
+            scale: 0,
+        },
         DataType::Float32 => Cell::F32(array.as_primitive::<Float32Type>().value(i)),
         DataType::Float64 => Cell::F64(array.as_primitive::<Float64Type>().value(i)),
-        DataType::Decimal128(_, s) => Cell::Numeric { unscaled: array.as_primitive::<Decimal128Type>().value(i), scale: *s },
+        DataType::Decimal128(_, s) => Cell::Numeric {
+            unscaled: array.as_primitive::<Decimal128Type>().value(i),
+            scale: *s,
+        },
         DataType::Utf8 => Cell::Text(array.as_string::<i32>().value(i).to_string()),
         DataType::LargeUtf8 => Cell::Text(array.as_string::<i64>().value(i).to_string()),
         DataType::Utf8View => Cell::Text(array.as_string_view().value(i).to_string()),
@@ -108,23 +131,44 @@ pub fn cell(array: &ArrayRef, i: usize, fallback: &ArrayFormatter<'_>) -> Cell {
                 TimeUnit::Second => array.as_primitive::<TimestampSecondType>().value(i) * 1_000_000,
                 TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().value(i) * 1_000,
                 TimeUnit::Microsecond => array.as_primitive::<TimestampMicrosecondType>().value(i),
-                TimeUnit::Nanosecond => array.as_primitive::<TimestampNanosecondType>().value(i).div_euclid(1_000),
+                TimeUnit::Nanosecond => array
+                    .as_primitive::<TimestampNanosecondType>()
+                    .value(i)
+                    .div_euclid(1_000),
             };
-            if tz.is_some() { Cell::TimestampTz(v) } else { Cell::Timestamp(v) }
+            if tz.is_some() {
+                Cell::TimestampTz(v)
+            } else {
+                Cell::Timestamp(v)
+            }
         }
-        DataType::Time64(TimeUnit::Microsecond) => Cell::Time(array.as_primitive::<Time64MicrosecondType>().value(i)),
-        DataType::Time64(TimeUnit::Nanosecond) => Cell::Time(array.as_primitive::<Time64NanosecondType>().value(i) / 1000),
+        DataType::Time64(TimeUnit::Microsecond) => {
+            Cell::Time(array.as_primitive::<Time64MicrosecondType>().value(i))
+        }
+        DataType::Time64(TimeUnit::Nanosecond) => {
+            Cell::Time(array.as_primitive::<Time64NanosecondType>().value(i) / 1000)
+        }
         DataType::Interval(IntervalUnit::MonthDayNano) => {
             let v = array.as_primitive::<IntervalMonthDayNanoType>().value(i);
-            Cell::Interval { months: v.months, days: v.days, micros: v.nanoseconds / 1000 }
+            Cell::Interval {
+                months: v.months,
+                days: v.days,
+                micros: v.nanoseconds / 1000,
+            }
         }
         DataType::Interval(IntervalUnit::DayTime) => {
             let v = array.as_primitive::<IntervalDayTimeType>().value(i);
-            Cell::Interval { months: 0, days: v.days, micros: v.milliseconds as i64 * 1000 }
+            Cell::Interval {
+                months: 0,
+                days: v.days,
+                micros: v.milliseconds as i64 * 1000,
+            }
         }
-        DataType::Interval(IntervalUnit::YearMonth) => {
-            Cell::Interval { months: array.as_primitive::<IntervalYearMonthType>().value(i), days: 0, micros: 0 }
-        }
+        DataType::Interval(IntervalUnit::YearMonth) => Cell::Interval {
+            months: array.as_primitive::<IntervalYearMonthType>().value(i),
+            days: 0,
+            micros: 0,
+        },
         _ => Cell::Text(fallback.value(i).to_string()),
     }
 }
@@ -147,7 +191,11 @@ fn float_text(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+        if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        }
     } else if v != 0.0 && (v.abs() >= 1e16 || v.abs() < 1e-4) {
         // PostgreSQL switches to exponent notation for large and tiny values.
         let s = format!("{v:e}");
@@ -252,7 +300,12 @@ fn numeric_binary(unscaled: i128, scale: i8, out: &mut BytesMut) {
     let int = format!("{}{int}", "0".repeat(int_pad));
     let frac_pad = (4 - frac.len() % 4) % 4;
     let frac = format!("{frac}{}", "0".repeat(frac_pad));
-    let group = |s: &str| -> Vec<i16> { s.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap_or("0").parse().unwrap_or(0)).collect() };
+    let group = |s: &str| -> Vec<i16> {
+        s.as_bytes()
+            .chunks(4)
+            .map(|c| std::str::from_utf8(c).unwrap_or("0").parse().unwrap_or(0))
+            .collect()
+    };
     let mut groups = group(&int);
     let mut weight = groups.len() as i16 - 1;
     groups.extend(group(&frac));
@@ -308,7 +361,12 @@ impl ToSql for Cell {
 }
 
 impl ToSqlText for Cell {
-    fn to_sql_text(&self, _ty: &Type, out: &mut BytesMut, _options: &FormatOptions) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+    fn to_sql_text(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+        _options: &FormatOptions,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
         match self.text() {
             None => Ok(IsNull::Yes),
             Some(s) => {
@@ -345,37 +403,62 @@ pub fn data_rows(batches: &[RecordBatch], fields: Arc<Vec<FieldInfo>>) -> Vec<Pg
 
 /// Decode bound parameter `value` of PostgreSQL type `ty` into a scalar of
 /// the type the planner inferred (`target`, when known).
-pub fn parameter(value: Option<&[u8]>, binary: bool, ty: &Type, target: Option<&DataType>) -> Result<ScalarValue, AdapterError> {
-    let bad = |what: &str| AdapterError::InvalidTextRepresentation(format!("invalid binary value for parameter of type {what}"));
+pub fn parameter(
+    value: Option<&[u8]>,
+    binary: bool,
+    ty: &Type,
+    target: Option<&DataType>,
+) -> Result<ScalarValue, AdapterError> {
+    let bad = |what: &str| {
+        AdapterError::InvalidTextRepresentation(format!("invalid binary value for parameter of type {what}"))
+    };
     let scalar = match value {
         None => ScalarValue::Null,
         Some(bytes) if !binary => ScalarValue::Utf8(Some(String::from_utf8_lossy(bytes).into_owned())),
         Some(b) => {
-            let arr = |n: usize| -> Result<&[u8], AdapterError> { if b.len() == n { Ok(b) } else { Err(bad(ty.name())) } };
+            let arr = |n: usize| -> Result<&[u8], AdapterError> {
+                if b.len() == n { Ok(b) } else { Err(bad(ty.name())) }
+            };
             match *ty {
                 Type::BOOL => ScalarValue::Boolean(Some(arr(1)?[0] != 0)),
                 Type::INT2 => ScalarValue::Int16(Some(i16::from_be_bytes(arr(2)?.try_into().expect("len")))),
                 Type::INT4 => ScalarValue::Int32(Some(i32::from_be_bytes(arr(4)?.try_into().expect("len")))),
                 Type::INT8 => ScalarValue::Int64(Some(i64::from_be_bytes(arr(8)?.try_into().expect("len")))),
-                Type::FLOAT4 => ScalarValue::Float32(Some(f32::from_be_bytes(arr(4)?.try_into().expect("len")))),
-                Type::FLOAT8 => ScalarValue::Float64(Some(f64::from_be_bytes(arr(8)?.try_into().expect("len")))),
+                Type::FLOAT4 => {
+                    ScalarValue::Float32(Some(f32::from_be_bytes(arr(4)?.try_into().expect("len"))))
+                }
+                Type::FLOAT8 => {
+                    ScalarValue::Float64(Some(f64::from_be_bytes(arr(8)?.try_into().expect("len"))))
+                }
                 Type::BYTEA => ScalarValue::Binary(Some(b.to_vec())),
-                Type::DATE => ScalarValue::Date32(Some(i32::from_be_bytes(arr(4)?.try_into().expect("len")) + PG_EPOCH_DAYS)),
-                Type::TIMESTAMP => ScalarValue::TimestampMicrosecond(Some(i64::from_be_bytes(arr(8)?.try_into().expect("len")) + PG_EPOCH_MICROS), None),
+                Type::DATE => ScalarValue::Date32(Some(
+                    i32::from_be_bytes(arr(4)?.try_into().expect("len")) + PG_EPOCH_DAYS,
+                )),
+                Type::TIMESTAMP => ScalarValue::TimestampMicrosecond(
+                    Some(i64::from_be_bytes(arr(8)?.try_into().expect("len")) + PG_EPOCH_MICROS),
+                    None,
+                ),
                 Type::TIMESTAMPTZ => ScalarValue::TimestampMicrosecond(
                     Some(i64::from_be_bytes(arr(8)?.try_into().expect("len")) + PG_EPOCH_MICROS),
                     Some(weir_sql::types::UTC.into()),
                 ),
-                Type::NUMERIC => ScalarValue::Utf8(Some(numeric_from_binary(b).ok_or_else(|| bad("numeric"))?)),
+                Type::NUMERIC => {
+                    ScalarValue::Utf8(Some(numeric_from_binary(b).ok_or_else(|| bad("numeric"))?))
+                }
                 _ => ScalarValue::Utf8(Some(String::from_utf8_lossy(b).into_owned())),
             }
         }
     };
     match target {
-        Some(t) if &scalar.data_type() != t && !scalar.is_null() => scalar
-            .cast_to(t)
-            .map_err(|_| AdapterError::InvalidTextRepresentation(format!("invalid input syntax for type {}: \"{scalar}\"", weir_sql::types::sql_type_name(t)))),
-        Some(t) if scalar.is_null() => ScalarValue::try_from(t).map_err(|e| AdapterError::Internal(e.to_string())),
+        Some(t) if &scalar.data_type() != t && !scalar.is_null() => scalar.cast_to(t).map_err(|_| {
+            AdapterError::InvalidTextRepresentation(format!(
+                "invalid input syntax for type {}: \"{scalar}\"",
+                weir_sql::types::sql_type_name(t)
+            ))
+        }),
+        Some(t) if scalar.is_null() => {
+            ScalarValue::try_from(t).map_err(|e| AdapterError::Internal(e.to_string()))
+        }
         _ => Ok(scalar),
     }
 }
@@ -391,11 +474,17 @@ fn numeric_from_binary(b: &[u8]) -> Option<String> {
     if sign == 0xC000 {
         return Some("NaN".into());
     }
-    let digits: Vec<i32> = (0..n).map(|i| i16::from_be_bytes([b[8 + 2 * i], b[9 + 2 * i]]) as i32).collect();
+    let digits: Vec<i32> = (0..n)
+        .map(|i| i16::from_be_bytes([b[8 + 2 * i], b[9 + 2 * i]]) as i32)
+        .collect();
     let mut int = String::new();
     for w in 0..=weight.max(-1) {
         let d = digits.get(w as usize).copied().unwrap_or(0);
-        if int.is_empty() { int.push_str(&d.to_string()) } else { int.push_str(&format!("{d:04}")) }
+        if int.is_empty() {
+            int.push_str(&d.to_string())
+        } else {
+            int.push_str(&format!("{d:04}"))
+        }
     }
     if int.is_empty() {
         int.push('0');
@@ -403,7 +492,11 @@ fn numeric_from_binary(b: &[u8]) -> Option<String> {
     let mut frac = String::new();
     let mut w = weight + 1;
     while frac.len() < dscale {
-        let d = if w < 0 { 0 } else { digits.get(w as usize).copied().unwrap_or(0) };
+        let d = if w < 0 {
+            0
+        } else {
+            digits.get(w as usize).copied().unwrap_or(0)
+        };
         frac.push_str(&format!("{d:04}"));
         w += 1;
     }
@@ -418,7 +511,13 @@ mod tests {
 
     #[test]
     fn numeric_round_trips_through_binary() {
-        for (u, s, text) in [(12345i128, 2i8, "123.45"), (-5, 3, "-0.005"), (0, 0, "0"), (100000000, 0, "100000000"), (1, 0, "1")] {
+        for (u, s, text) in [
+            (12345i128, 2i8, "123.45"),
+            (-5, 3, "-0.005"),
+            (0, 0, "0"),
+            (100000000, 0, "100000000"),
+            (1, 0, "1"),
+        ] {
             assert_eq!(decimal_string(u, s), text);
             let mut b = BytesMut::new();
             numeric_binary(u, s, &mut b);
@@ -428,7 +527,10 @@ mod tests {
 
     #[test]
     fn intervals_print_like_postgres() {
-        assert_eq!(interval_text(14, 3, 3_600_000_000 * 4 + 5_000_000), "1 year 2 mons 3 days 04:00:05");
+        assert_eq!(
+            interval_text(14, 3, 3_600_000_000 * 4 + 5_000_000),
+            "1 year 2 mons 3 days 04:00:05"
+        );
         assert_eq!(interval_text(0, 0, 0), "00:00:00");
         assert_eq!(interval_text(0, 1, 0), "1 day");
     }

@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use differential_dataflow::input::InputSession;
-use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
-use differential_dataflow::trace::cursor::{Cursor, cursor_list};
 use differential_dataflow::trace::TraceReader;
+use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::progress::Antichain;
@@ -96,7 +96,13 @@ impl ComputeState {
                 input.advance_to(self.upper);
                 input.flush();
                 self.traces.insert(id, (trace, None));
-                self.arrangements.insert(id, Arrangement { dataflow, codec: RowCodec::new(codec.schema().clone()).expect("schema encodes") });
+                self.arrangements.insert(
+                    id,
+                    Arrangement {
+                        dataflow,
+                        codec: RowCodec::new(codec.schema().clone()).expect("schema encodes"),
+                    },
+                );
                 self.tables.insert(id, Table { input, codec });
             }
             Command::CreateDataflow { id, name, plan } => {
@@ -109,21 +115,26 @@ impl ComputeState {
                 };
                 let dataflow = worker.next_dataflow_index();
                 let traces = &mut self.traces;
-                let (ok, err) = worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
-                    let (ok, err) = match render(&plan, scope, &mut Imports { traces }) {
-                        Ok(pair) => pair,
-                        Err(e) => {
-                            let msg = e.to_string();
-                            let errs = if scope.index() == 0 { vec![(msg, 0, 1)] } else { vec![] };
-                            use differential_dataflow::AsCollection;
-                            use timely::dataflow::operators::ToStream;
-                            (crate::render::empty(scope), errs.to_stream(scope).as_collection())
-                        }
-                    };
-                    let ok = ok.arrange_by_self_named(&format!("Arrange {name}")).trace;
-                    let err = err.arrange_by_self_named(&format!("Arrange {name} errors")).trace;
-                    (ok, err)
-                });
+                let (ok, err) =
+                    worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
+                        let (ok, err) = match render(&plan, scope, &mut Imports { traces }) {
+                            Ok(pair) => pair,
+                            Err(e) => {
+                                let msg = e.to_string();
+                                let errs = if scope.index() == 0 {
+                                    vec![(msg, 0, 1)]
+                                } else {
+                                    vec![]
+                                };
+                                use differential_dataflow::AsCollection;
+                                use timely::dataflow::operators::ToStream;
+                                (crate::render::empty(scope), errs.to_stream(scope).as_collection())
+                            }
+                        };
+                        let ok = ok.arrange_by_self_named(&format!("Arrange {name}")).trace;
+                        let err = err.arrange_by_self_named(&format!("Arrange {name} errors")).trace;
+                        (ok, err)
+                    });
                 self.traces.insert(id, (ok, Some(err)));
                 self.arrangements.insert(id, Arrangement { dataflow, codec });
             }
@@ -135,8 +146,20 @@ impl ComputeState {
                 }
             }
             Command::Write { time, updates } => self.write(worker, time, updates),
-            Command::Peek { peek_id, target, time } => self.peeks.push(PendingPeek { peek_id, target, time }),
-            Command::Subscribe { subscribe_id, plan, as_of } => self.subscribe(worker, subscribe_id, &plan, as_of),
+            Command::Peek {
+                peek_id,
+                target,
+                time,
+            } => self.peeks.push(PendingPeek {
+                peek_id,
+                target,
+                time,
+            }),
+            Command::Subscribe {
+                subscribe_id,
+                plan,
+                as_of,
+            } => self.subscribe(worker, subscribe_id, &plan, as_of),
             Command::DropSubscribe { subscribe_id } => {
                 if let Some(dataflow) = self.subscribes.remove(&subscribe_id) {
                     worker.drop_dataflow(dataflow);
@@ -150,7 +173,9 @@ impl ComputeState {
     fn write(&mut self, worker: &Worker, time: Time, updates: Vec<TableUpdate>) {
         let (index, peers) = (worker.index(), worker.peers());
         for TableUpdate { table, batch, diff } in updates {
-            let Some(t) = self.tables.get_mut(&table) else { continue };
+            let Some(t) = self.tables.get_mut(&table) else {
+                continue;
+            };
             // Each worker encodes its own slice of the batch.
             let n = batch.num_rows();
             let (lo, hi) = (n * index / peers, n * (index + 1) / peers);
@@ -179,7 +204,11 @@ impl ComputeState {
     /// Allow the arrangements to merge history up to the latest write, but
     /// never past a peek that is still waiting to read.
     fn compact(&mut self) {
-        let since = self.peeks.iter().map(|p| p.time).fold(self.target_since, Time::min);
+        let since = self
+            .peeks
+            .iter()
+            .map(|p| p.time)
+            .fold(self.target_since, Time::min);
         if since <= self.since {
             return;
         }
@@ -203,7 +232,12 @@ impl ComputeState {
         worker.dataflow_named::<Time, _, _>(&format!("subscribe {subscribe_id}"), |scope| {
             let worker_index = scope.index();
             let fail = |e: String| {
-                let _ = responses.send(Response::SubscribeBatch { subscribe_id, worker: worker_index, upper: None, update: Err(e) });
+                let _ = responses.send(Response::SubscribeBatch {
+                    subscribe_id,
+                    worker: worker_index,
+                    upper: None,
+                    update: Err(e),
+                });
             };
             let (ok, err) = match render(plan, scope, &mut Imports { traces }) {
                 Ok(pair) => pair,
@@ -216,40 +250,62 @@ impl ComputeState {
             let updates = ok
                 .map(Ok::<Row, String>)
                 .concat(err.map(Err))
-                .consolidate_named::<_, KeySpine<_, _, _>, _>("ConsolidateSubscribe", KeyBatcher::new, |k, &()| k.clone());
+                .consolidate_named::<_, KeySpine<_, _, _>, _>(
+                    "ConsolidateSubscribe",
+                    KeyBatcher::new,
+                    |k, &()| k.clone(),
+                );
             let mut buffer: Vec<(Result<Row, String>, Time, Diff)> = Vec::new();
             let mut reported: Option<Time> = Some(0);
-            updates.inner.sink(Pipeline, &format!("Subscribe {subscribe_id}"), move |(input, frontier)| {
-                input.for_each(|_cap, data| buffer.append(data));
-                let upper = frontier.frontier().iter().min().copied();
-                if upper == reported {
-                    return;
-                }
-                reported = upper;
-                let (mut ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut buffer)
-                    .into_iter()
-                    .partition(|(_, t, _)| upper.is_none_or(|u| *t < u));
-                buffer = keep;
-                for (_, t, _) in ready.iter_mut() {
-                    *t = (*t).max(as_of);
-                }
-                differential_dataflow::consolidation::consolidate_updates(&mut ready);
-                ready.sort_by_key(|(_, t, _)| *t);
-                if let Some((Err(e), _, _)) = ready.iter().find(|(r, _, d)| r.is_err() && *d > 0) {
-                    let _ = responses.send(Response::SubscribeBatch { subscribe_id, worker: worker_index, upper: None, update: Err(e.clone()) });
-                    return;
-                }
-                let rows: Vec<&(Result<Row, String>, Time, Diff)> = ready.iter().filter(|(r, _, _)| r.is_ok()).collect();
-                let update = codec
-                    .decode(rows.iter().map(|(r, _, _)| r.as_ref().map(|r| r.as_slice()).unwrap_or(&[])))
-                    .map(|batch| SubscribeUpdate {
-                        batch,
-                        times: rows.iter().map(|(_, t, _)| *t).collect(),
-                        diffs: rows.iter().map(|(_, _, d)| *d as i64).collect(),
-                    })
-                    .map_err(|e| e.to_string());
-                let _ = responses.send(Response::SubscribeBatch { subscribe_id, worker: worker_index, upper, update });
-            });
+            updates.inner.sink(
+                Pipeline,
+                &format!("Subscribe {subscribe_id}"),
+                move |(input, frontier)| {
+                    input.for_each(|_cap, data| buffer.append(data));
+                    let upper = frontier.frontier().iter().min().copied();
+                    if upper == reported {
+                        return;
+                    }
+                    reported = upper;
+                    let (mut ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut buffer)
+                        .into_iter()
+                        .partition(|(_, t, _)| upper.is_none_or(|u| *t < u));
+                    buffer = keep;
+                    for (_, t, _) in ready.iter_mut() {
+                        *t = (*t).max(as_of);
+                    }
+                    differential_dataflow::consolidation::consolidate_updates(&mut ready);
+                    ready.sort_by_key(|(_, t, _)| *t);
+                    if let Some((Err(e), _, _)) = ready.iter().find(|(r, _, d)| r.is_err() && *d > 0) {
+                        let _ = responses.send(Response::SubscribeBatch {
+                            subscribe_id,
+                            worker: worker_index,
+                            upper: None,
+                            update: Err(e.clone()),
+                        });
+                        return;
+                    }
+                    let rows: Vec<&(Result<Row, String>, Time, Diff)> =
+                        ready.iter().filter(|(r, _, _)| r.is_ok()).collect();
+                    let update = codec
+                        .decode(
+                            rows.iter()
+                                .map(|(r, _, _)| r.as_ref().map(|r| r.as_slice()).unwrap_or(&[])),
+                        )
+                        .map(|batch| SubscribeUpdate {
+                            batch,
+                            times: rows.iter().map(|(_, t, _)| *t).collect(),
+                            diffs: rows.iter().map(|(_, _, d)| *d as i64).collect(),
+                        })
+                        .map_err(|e| e.to_string());
+                    let _ = responses.send(Response::SubscribeBatch {
+                        subscribe_id,
+                        worker: worker_index,
+                        upper,
+                        update,
+                    });
+                },
+            );
         });
         self.subscribes.insert(subscribe_id, dataflow);
     }
@@ -278,13 +334,21 @@ impl ComputeState {
                     return true;
                 }
                 if let Some(message) = read_errors(err, peek.time) {
-                    let _ = self.responses.send(Response::Peek { peek_id: peek.peek_id, worker: index, result: Err(message) });
+                    let _ = self.responses.send(Response::Peek {
+                        peek_id: peek.peek_id,
+                        worker: index,
+                        result: Err(message),
+                    });
                     return false;
                 }
             }
             let codec = &self.arrangements[&peek.target].codec;
             let result = read_rows(ok, peek.time, codec);
-            let _ = self.responses.send(Response::Peek { peek_id: peek.peek_id, worker: index, result });
+            let _ = self.responses.send(Response::Peek {
+                peek_id: peek.peek_id,
+                worker: index,
+                result,
+            });
             false
         });
         self.peeks.extend(pending);
@@ -294,7 +358,9 @@ impl ComputeState {
 
 /// The first error a relation holds at `time`, if any.
 fn read_errors(trace: &mut ErrTrace, time: Time) -> Option<String> {
-    let batches = trace.batches_through(Antichain::new().borrow()).unwrap_or_default();
+    let batches = trace
+        .batches_through(Antichain::new().borrow())
+        .unwrap_or_default();
     let (mut cursor, storage) = cursor_list(batches);
     while cursor.key_valid(&storage) {
         let mut count: Diff = 0;
@@ -313,7 +379,9 @@ fn read_errors(trace: &mut ErrTrace, time: Time) -> Option<String> {
 
 /// This worker's rows of a relation at `time`, as a batch.
 fn read_rows(trace: &mut RowTrace, time: Time, codec: &RowCodec) -> Result<RecordBatch, String> {
-    let batches = trace.batches_through(Antichain::new().borrow()).unwrap_or_default();
+    let batches = trace
+        .batches_through(Antichain::new().borrow())
+        .unwrap_or_default();
     let (mut cursor, storage) = cursor_list(batches);
     let mut rows: Vec<Row> = Vec::new();
     let mut counts: Vec<u32> = Vec::new();
@@ -336,10 +404,11 @@ fn read_rows(trace: &mut RowTrace, time: Time, codec: &RowCodec) -> Result<Recor
         }
         cursor.step_key(&storage);
     }
-    let batch = codec.decode(rows.iter().map(|r| r.as_slice())).map_err(|e| e.to_string())?;
+    let batch = codec
+        .decode(rows.iter().map(|r| r.as_slice()))
+        .map_err(|e| e.to_string())?;
     if counts.len() == rows.len() {
         return Ok(batch);
     }
     take_record_batch(&batch, &UInt32Array::from(counts)).map_err(|e| e.to_string())
 }
-

@@ -45,15 +45,14 @@ pub struct Evaluated {
 }
 
 impl RowEval {
-    pub fn new(
-        schema: &DFSchema,
-        filters: &[Expr],
-        outputs: &[&[Expr]],
-    ) -> Result<Self, EngineError> {
+    pub fn new(schema: &DFSchema, filters: &[Expr], outputs: &[&[Expr]]) -> Result<Self, EngineError> {
         Ok(RowEval {
             input: RowCodec::new(Arc::new(schema.as_arrow().clone()))?,
             filters: compile(filters, schema)?,
-            outputs: outputs.iter().map(|o| compile(o, schema)).collect::<Result<_, _>>()?,
+            outputs: outputs
+                .iter()
+                .map(|o| compile(o, schema))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -62,7 +61,11 @@ impl RowEval {
         let n = batch.num_rows();
         let mut mask: Option<BooleanArray> = None;
         for f in &self.filters {
-            let v = f.evaluate(batch).map_err(|e| clean(&e))?.into_array(n).map_err(|e| clean(&e))?;
+            let v = f
+                .evaluate(batch)
+                .map_err(|e| clean(&e))?
+                .into_array(n)
+                .map_err(|e| clean(&e))?;
             let v = v
                 .as_any()
                 .downcast_ref::<BooleanArray>()
@@ -81,7 +84,8 @@ impl RowEval {
                 if kept.len() == n {
                     (batch.clone(), kept)
                 } else {
-                    let m = BooleanArray::from((0..n).map(|i| m.is_valid(i) && m.value(i)).collect::<Vec<_>>());
+                    let m =
+                        BooleanArray::from((0..n).map(|i| m.is_valid(i) && m.value(i)).collect::<Vec<_>>());
                     (filter_record_batch(batch, &m).map_err(|e| e.to_string())?, kept)
                 }
             }
@@ -93,7 +97,11 @@ impl RowEval {
             .map(|group| {
                 group
                     .iter()
-                    .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(rows)).map_err(|e| clean(&e)))
+                    .map(|e| {
+                        e.evaluate(&batch)
+                            .and_then(|v| v.into_array(rows))
+                            .map_err(|e| clean(&e))
+                    })
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -102,10 +110,19 @@ impl RowEval {
 
     /// Evaluate over encoded rows. On an error, falls back to one row at a
     /// time and reports `(row index, error)` for each failing row.
-    pub fn eval_rows(&self, rows: &[&[u8]]) -> (Option<Evaluated>, Vec<(usize, Evaluated)>, Vec<(usize, String)>) {
+    pub fn eval_rows(
+        &self,
+        rows: &[&[u8]],
+    ) -> (Option<Evaluated>, Vec<(usize, Evaluated)>, Vec<(usize, String)>) {
         let batch = match self.input.decode(rows.iter().copied()) {
             Ok(b) => b,
-            Err(e) => return (None, vec![], (0..rows.len()).map(|i| (i, e.to_string())).collect()),
+            Err(e) => {
+                return (
+                    None,
+                    vec![],
+                    (0..rows.len()).map(|i| (i, e.to_string())).collect(),
+                );
+            }
         };
         match self.eval_batch(&batch) {
             Ok(ev) => (Some(ev), vec![], vec![]),
@@ -137,7 +154,9 @@ pub fn clean(e: &datafusion::error::DataFusionError) -> String {
 
 /// Encode the `group`-th output of an evaluation, one row per kept input.
 pub fn encode_group(codec: &RowCodec, ev: &Evaluated, group: usize) -> Result<Vec<Row>, String> {
-    codec.encode(&ev.outputs[group], ev.kept.len()).map_err(|e| e.to_string())
+    codec
+        .encode(&ev.outputs[group], ev.kept.len())
+        .map_err(|e| e.to_string())
 }
 
 /// Whether any of `arrays` is NULL at `i`.

@@ -169,7 +169,10 @@ fn zero_acc(t: &DataType) -> Acc {
 
 fn value_acc(arr: &ArrayRef, i: usize, d: i64) -> Result<Acc, String> {
     use arrow::datatypes::*;
-    let int = |v: i128| Acc::Int { sum: v * d as i128, count: d };
+    let int = |v: i128| Acc::Int {
+        sum: v * d as i128,
+        count: d,
+    };
     Ok(match arr.data_type() {
         DataType::Int8 => int(arr.as_primitive::<Int8Type>().value(i) as i128),
         DataType::Int16 => int(arr.as_primitive::<Int16Type>().value(i) as i128),
@@ -180,8 +183,14 @@ fn value_acc(arr: &ArrayRef, i: usize, d: i64) -> Result<Acc, String> {
         DataType::UInt32 => int(arr.as_primitive::<UInt32Type>().value(i) as i128),
         DataType::UInt64 => int(arr.as_primitive::<UInt64Type>().value(i) as i128),
         DataType::Decimal128(..) => int(arr.as_primitive::<Decimal128Type>().value(i)),
-        DataType::Float32 => Acc::Float { sum: arr.as_primitive::<Float32Type>().value(i) as f64 * d as f64, count: d },
-        DataType::Float64 => Acc::Float { sum: arr.as_primitive::<Float64Type>().value(i) * d as f64, count: d },
+        DataType::Float32 => Acc::Float {
+            sum: arr.as_primitive::<Float32Type>().value(i) as f64 * d as f64,
+            count: d,
+        },
+        DataType::Float64 => Acc::Float {
+            sum: arr.as_primitive::<Float64Type>().value(i) * d as f64,
+            count: d,
+        },
         DataType::Null => Acc::Int { sum: 0, count: 0 },
         other => return Err(format!("cannot sum values of type {other}")),
     })
@@ -189,7 +198,11 @@ fn value_acc(arr: &ArrayRef, i: usize, d: i64) -> Result<Acc, String> {
 
 /// Fold a whole group (for reduces with `min`/`max`): the accumulable state
 /// and the min/max values, from `args` columns with per-row counts.
-pub fn fold_group(aggs: &[AggregateExpr], args: &RecordBatch, counts: &[Diff]) -> Result<(Accums, Vec<ScalarValue>), String> {
+pub fn fold_group(
+    aggs: &[AggregateExpr],
+    args: &RecordBatch,
+    counts: &[Diff],
+) -> Result<(Accums, Vec<ScalarValue>), String> {
     let acc = Accumulator::new(aggs);
     let mut total = Accums::default();
     for (i, c) in counts.iter().enumerate() {
@@ -227,7 +240,11 @@ pub fn fold_group(aggs: &[AggregateExpr], args: &RecordBatch, counts: &[Diff]) -
 
 /// Turn a group's state into one array per aggregate (length 1), of the
 /// types DataFusion gives them. `extremes` holds min/max values in order.
-pub fn finalize(aggs: &[AggregateExpr], accums: &Accums, extremes: &[ScalarValue]) -> Result<Vec<ArrayRef>, String> {
+pub fn finalize(
+    aggs: &[AggregateExpr],
+    accums: &Accums,
+    extremes: &[ScalarValue],
+) -> Result<Vec<ArrayRef>, String> {
     let mut out = Vec::with_capacity(aggs.len());
     let mut accs = accums.accs.iter();
     let mut extremes = extremes.iter();
@@ -256,12 +273,16 @@ fn accumulated(agg: &AggregateExpr, acc: &Acc) -> Result<ArrayRef, String> {
     use arrow::array::{Decimal128Array, Float64Array, Int64Array};
     let null = || new_null_array(&agg.output_type, 1);
     Ok(match (agg.func, acc) {
-        (AggregateFunc::CountStar | AggregateFunc::Count, Acc::Count(c)) => Arc::new(Int64Array::from(vec![*c])),
+        (AggregateFunc::CountStar | AggregateFunc::Count, Acc::Count(c)) => {
+            Arc::new(Int64Array::from(vec![*c]))
+        }
         (_, Acc::Int { count: 0, .. } | Acc::Float { count: 0, .. }) => null(),
         (AggregateFunc::Sum, Acc::Int { sum, .. }) => match &agg.output_type {
-            DataType::Decimal128(p, s) => {
-                Arc::new(Decimal128Array::from(vec![*sum]).with_precision_and_scale(*p, *s).map_err(|e| e.to_string())?)
-            }
+            DataType::Decimal128(p, s) => Arc::new(
+                Decimal128Array::from(vec![*sum])
+                    .with_precision_and_scale(*p, *s)
+                    .map_err(|e| e.to_string())?,
+            ),
             DataType::UInt64 => {
                 let v = u64::try_from(*sum).map_err(|_| "bigint out of range".to_string())?;
                 Arc::new(arrow::array::UInt64Array::from(vec![v]))
@@ -272,20 +293,28 @@ fn accumulated(agg: &AggregateExpr, acc: &Acc) -> Result<ArrayRef, String> {
             }
         },
         (AggregateFunc::Sum, Acc::Float { sum, .. }) => Arc::new(Float64Array::from(vec![*sum])),
-        (AggregateFunc::Avg, Acc::Float { sum, count }) => Arc::new(Float64Array::from(vec![sum / *count as f64])),
-        (AggregateFunc::Avg, Acc::Int { sum, count }) => match (&agg.input_type, &agg.output_type) {
-            (DataType::Decimal128(_, in_scale), DataType::Decimal128(p, out_scale)) => {
-                // DataFusion: rescale the sum to the result scale, then divide
-                // (truncating) by the count.
-                let shift = 10i128.pow((*out_scale - *in_scale).max(0) as u32);
-                let v = sum
-                    .checked_mul(shift)
-                    .ok_or_else(|| "numeric field overflow".to_string())?
-                    / *count as i128;
-                Arc::new(Decimal128Array::from(vec![v]).with_precision_and_scale(*p, *out_scale).map_err(|e| e.to_string())?)
+        (AggregateFunc::Avg, Acc::Float { sum, count }) => {
+            Arc::new(Float64Array::from(vec![sum / *count as f64]))
+        }
+        (AggregateFunc::Avg, Acc::Int { sum, count }) => {
+            match (&agg.input_type, &agg.output_type) {
+                (DataType::Decimal128(_, in_scale), DataType::Decimal128(p, out_scale)) => {
+                    // DataFusion: rescale the sum to the result scale, then divide
+                    // (truncating) by the count.
+                    let shift = 10i128.pow((*out_scale - *in_scale).max(0) as u32);
+                    let v = sum
+                        .checked_mul(shift)
+                        .ok_or_else(|| "numeric field overflow".to_string())?
+                        / *count as i128;
+                    Arc::new(
+                        Decimal128Array::from(vec![v])
+                            .with_precision_and_scale(*p, *out_scale)
+                            .map_err(|e| e.to_string())?,
+                    )
+                }
+                _ => Arc::new(Float64Array::from(vec![*sum as f64 / *count as f64])),
             }
-            _ => Arc::new(Float64Array::from(vec![*sum as f64 / *count as f64])),
-        },
+        }
         (func, acc) => return Err(format!("aggregate {func:?} cannot finalize {acc:?}")),
     })
 }
@@ -299,4 +328,3 @@ pub fn aggregate_schema(aggs: &[AggregateExpr]) -> Arc<Schema> {
             .collect::<Vec<_>>(),
     ))
 }
-

@@ -25,7 +25,7 @@ use timely::dataflow::{Scope, Stream};
 use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 
 use crate::eval::{Evaluated, RowEval, any_null, encode_group};
-use crate::reduce::{Accumulator, Accums, aggregate_schema, finalize, fold_group};
+use crate::reduce::{Accums, Accumulator, aggregate_schema, finalize, fold_group};
 use crate::row::{Row, RowCodec};
 use crate::{Diff, EngineError, Time};
 
@@ -40,49 +40,95 @@ pub struct Imports<'a> {
 }
 
 /// Render `plan` in `scope`.
-pub fn render<'s>(plan: &Plan, scope: Scope<'s, Time>, imports: &mut Imports<'_>) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
+pub fn render<'s>(
+    plan: &Plan,
+    scope: Scope<'s, Time>,
+    imports: &mut Imports<'_>,
+) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let worker = scope.index();
     match &plan.node {
         PlanNode::Get { id, name } => {
-            let (ok, err) = imports.traces.get_mut(id).ok_or(EngineError::UnknownRelation(*id))?;
+            let (ok, err) = imports
+                .traces
+                .get_mut(id)
+                .ok_or(EngineError::UnknownRelation(*id))?;
             let ok = ok
                 .import_named(scope, &format!("Import {name}"))
                 .as_collection(|k, _| k.clone());
             let err = match err {
-                Some(e) => e.import_named(scope, &format!("Import {name} errors")).as_collection(|k, _| k.clone()),
+                Some(e) => e
+                    .import_named(scope, &format!("Import {name} errors"))
+                    .as_collection(|k, _| k.clone()),
                 None => empty(scope),
             };
             Ok((ok, err))
         }
         PlanNode::Constant { batch } => {
             let codec = RowCodec::new(arrow_schema(&plan.schema))?;
-            let rows = if worker == 0 { codec.encode(batch.columns(), batch.num_rows())? } else { vec![] };
-            let ok = rows.into_iter().map(|r| (r, 0, 1)).to_stream(scope).as_collection();
+            let rows = if worker == 0 {
+                codec.encode(batch.columns(), batch.num_rows())?
+            } else {
+                vec![]
+            };
+            let ok = rows
+                .into_iter()
+                .map(|r| (r, 0, 1))
+                .to_stream(scope)
+                .as_collection();
             Ok((ok, empty(scope)))
         }
-        PlanNode::MapFilterProject { input, filters, projection } => {
+        PlanNode::MapFilterProject {
+            input,
+            filters,
+            projection,
+        } => {
             let (ok, err) = render(input, scope, imports)?;
             let eval = RowEval::new(&input.schema, filters, &[projection])?;
             let out = RowCodec::new(arrow_schema(&plan.schema))?;
-            let (ok, err2) = batch_map(ok, "MapFilterProject", move |data: &[(Row, Time, Diff)], oks, errs| {
-                let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-                for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| match encode_group(&out, ev, 0) {
-                    Ok(encoded) => {
-                        for (i, row) in indices.iter().zip(encoded) {
-                            oks.push((row, data[*i].1, data[*i].2));
+            let (ok, err2) = batch_map(
+                ok,
+                "MapFilterProject",
+                move |data: &[(Row, Time, Diff)], oks, errs| {
+                    let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
+                    for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
+                        match encode_group(&out, ev, 0) {
+                            Ok(encoded) => {
+                                for (i, row) in indices.iter().zip(encoded) {
+                                    oks.push((row, data[*i].1, data[*i].2));
+                                }
+                            }
+                            Err(e) => indices
+                                .iter()
+                                .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
                         }
-                    }
-                    Err(e) => indices.iter().for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
-                });
-            });
+                    });
+                },
+            );
             Ok((ok.as_collection(), err.concat(err2)))
         }
-        PlanNode::Join { left, right, left_keys, right_keys, residual, kind } => {
-            render_join(plan, left, right, left_keys, right_keys, residual.as_ref(), *kind, scope, imports)
-        }
-        PlanNode::Reduce { input, group_keys, aggregates } => {
-            render_reduce(plan, input, group_keys, aggregates, scope, imports)
-        }
+        PlanNode::Join {
+            left,
+            right,
+            left_keys,
+            right_keys,
+            residual,
+            kind,
+        } => render_join(
+            plan,
+            left,
+            right,
+            left_keys,
+            right_keys,
+            residual.as_ref(),
+            *kind,
+            scope,
+            imports,
+        ),
+        PlanNode::Reduce {
+            input,
+            group_keys,
+            aggregates,
+        } => render_reduce(plan, input, group_keys, aggregates, scope, imports),
         PlanNode::Distinct { input } => {
             let (ok, err) = render(input, scope, imports)?;
             Ok((ok.distinct_core::<Diff>(), err))
@@ -116,32 +162,38 @@ type ErrRow = (String, Time, Diff);
 
 /// Apply `logic` to each batch of updates. `logic` pushes output updates
 /// and errors (message, time, diff).
-fn batch_map<'s, D, O, L>(input: VecCollection<'s, Time, D, Diff>, name: &str, mut logic: L) -> (Stream<'s, Time, Vec<O>>, Errs<'s>)
+fn batch_map<'s, D, O, L>(
+    input: VecCollection<'s, Time, D, Diff>,
+    name: &str,
+    mut logic: L,
+) -> (Stream<'s, Time, Vec<O>>, Errs<'s>)
 where
     D: Clone + 'static,
     O: Clone + 'static,
     L: FnMut(&[(D, Time, Diff)], &mut Vec<O>, &mut Vec<ErrRow>) + 'static,
 {
-    let mixed = input.inner.unary::<timely::container::CapacityContainerBuilder<Vec<Result<O, ErrRow>>>, _, _, _>(
-        Pipeline,
-        name,
-        |_cap, _info| {
-            let mut oks = Vec::new();
-            let mut errs = Vec::new();
-            move |input, output| {
-                input.for_each(|cap, data| {
-                    logic(&data[..], &mut oks, &mut errs);
-                    let mut session = output.session(&cap);
-                    for o in oks.drain(..) {
-                        session.give(Ok(o));
-                    }
-                    for e in errs.drain(..) {
-                        session.give(Err(e));
-                    }
-                });
-            }
-        },
-    );
+    let mixed = input
+        .inner
+        .unary::<timely::container::CapacityContainerBuilder<Vec<Result<O, ErrRow>>>, _, _, _>(
+            Pipeline,
+            name,
+            |_cap, _info| {
+                let mut oks = Vec::new();
+                let mut errs = Vec::new();
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        logic(&data[..], &mut oks, &mut errs);
+                        let mut session = output.session(&cap);
+                        for o in oks.drain(..) {
+                            session.give(Ok(o));
+                        }
+                        for e in errs.drain(..) {
+                            session.give(Err(e));
+                        }
+                    });
+                }
+            },
+        );
     let (ok, err): (Stream<'s, Time, Vec<O>>, Stream<'s, Time, Vec<ErrRow>>) = mixed.ok_err(|r| r);
     (ok, err.as_collection())
 }
@@ -170,28 +222,38 @@ fn for_each_evaluated<D>(
 }
 
 /// Key each row by `keys`, dropping rows with a NULL key (they never match).
-fn keyed<'s>(ok: Coll<'s>, schema: &DFSchema, keys: &[Expr], name: &str) -> Result<(VecCollection<'s, Time, (Row, Row), Diff>, Errs<'s>), EngineError> {
+fn keyed<'s>(
+    ok: Coll<'s>,
+    schema: &DFSchema,
+    keys: &[Expr],
+    name: &str,
+) -> Result<(VecCollection<'s, Time, (Row, Row), Diff>, Errs<'s>), EngineError> {
     let eval = RowEval::new(schema, &[], &[keys])?;
     let key_codec = RowCodec::new(Arc::new(Schema::new(
         keys.iter()
             .enumerate()
             .map(|(i, k)| {
-                let t = datafusion::logical_expr::ExprSchemable::get_type(k, schema).map_err(|e| EngineError::Expression(e.to_string()))?;
+                let t = datafusion::logical_expr::ExprSchemable::get_type(k, schema)
+                    .map_err(|e| EngineError::Expression(e.to_string()))?;
                 Ok(arrow::datatypes::Field::new(format!("k{i}"), t, true))
             })
             .collect::<Result<Vec<_>, EngineError>>()?,
     )))?;
     let (s, e) = batch_map(ok, name, move |data: &[(Row, Time, Diff)], oks, errs| {
         let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-        for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| match encode_group(&key_codec, ev, 0) {
-            Ok(encoded) => {
-                for (pos, (i, key)) in indices.iter().zip(encoded).enumerate() {
-                    if !any_null(&ev.outputs[0], pos) {
-                        oks.push(((key, data[*i].0.clone()), data[*i].1, data[*i].2));
+        for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
+            match encode_group(&key_codec, ev, 0) {
+                Ok(encoded) => {
+                    for (pos, (i, key)) in indices.iter().zip(encoded).enumerate() {
+                        if !any_null(&ev.outputs[0], pos) {
+                            oks.push(((key, data[*i].0.clone()), data[*i].1, data[*i].2));
+                        }
                     }
                 }
+                Err(e) => indices
+                    .iter()
+                    .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
             }
-            Err(e) => indices.iter().for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
         });
     });
     Ok((s.as_collection(), e))
@@ -219,15 +281,22 @@ fn render_join<'s>(
         None => pairs,
         Some(expr) => {
             let eval = RowEval::new(&plan.schema, &[expr.clone()], &[])?;
-            let (s, e) = batch_map(pairs, "JoinResidual", move |data: &[((Row, Row), Time, Diff)], oks, errs| {
-                let joined: Vec<Row> = data.iter().map(|((l, r), _, _)| [l.as_slice(), r.as_slice()].concat()).collect();
-                let rows: Vec<&[u8]> = joined.iter().map(|r| r.as_slice()).collect();
-                for_each_evaluated(&eval, &rows, errs, data, |indices, _ev, _errs| {
-                    for i in indices {
-                        oks.push(data[*i].clone());
-                    }
-                });
-            });
+            let (s, e) = batch_map(
+                pairs,
+                "JoinResidual",
+                move |data: &[((Row, Row), Time, Diff)], oks, errs| {
+                    let joined: Vec<Row> = data
+                        .iter()
+                        .map(|((l, r), _, _)| [l.as_slice(), r.as_slice()].concat())
+                        .collect();
+                    let rows: Vec<&[u8]> = joined.iter().map(|r| r.as_slice()).collect();
+                    for_each_evaluated(&eval, &rows, errs, data, |indices, _ev, _errs| {
+                        for i in indices {
+                            oks.push(data[*i].clone());
+                        }
+                    });
+                },
+            );
             errs = errs.concat(e);
             s.as_collection()
         }
@@ -236,13 +305,17 @@ fn render_join<'s>(
     if matches!(kind, JoinKind::LeftOuter | JoinKind::FullOuter) {
         let pad = RowCodec::new(arrow_schema(&right.schema))?.null_row()?;
         let hits = matched.clone().map(|(l, _)| l).distinct_core::<Diff>();
-        let unmatched = lok.clone().concat(lok.map(|l| (l, ())).semijoin(hits).map(|(l, ())| l).negate());
+        let unmatched = lok
+            .clone()
+            .concat(lok.map(|l| (l, ())).semijoin(hits).map(|(l, ())| l).negate());
         out = out.concat(unmatched.map(move |l| [l, pad.clone()].concat()));
     }
     if matches!(kind, JoinKind::RightOuter | JoinKind::FullOuter) {
         let pad = RowCodec::new(arrow_schema(&left.schema))?.null_row()?;
         let hits = matched.map(|(_, r)| r).distinct_core::<Diff>();
-        let unmatched = rok.clone().concat(rok.map(|r| (r, ())).semijoin(hits).map(|(r, ())| r).negate());
+        let unmatched = rok
+            .clone()
+            .concat(rok.map(|r| (r, ())).semijoin(hits).map(|(r, ())| r).negate());
         out = out.concat(unmatched.map(move |r| [pad.clone(), r].concat()));
     }
     Ok((out, errs))
@@ -257,7 +330,10 @@ fn render_reduce<'s>(
     imports: &mut Imports<'_>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let (ok, err) = render(input, scope, imports)?;
-    let args: Vec<Expr> = aggregates.iter().map(|a| a.arg.clone().unwrap_or_else(|| lit(true))).collect();
+    let args: Vec<Expr> = aggregates
+        .iter()
+        .map(|a| a.arg.clone().unwrap_or_else(|| lit(true)))
+        .collect();
     let eval = RowEval::new(&input.schema, &[], &[group_keys, &args])?;
     let n_keys = group_keys.len();
     let key_schema = Arc::new(Schema::new(plan.schema.as_arrow().fields()[..n_keys].to_vec()));
@@ -268,80 +344,111 @@ fn render_reduce<'s>(
 
     let (results, errs): (VecCollection<'s, Time, Result<Row, String>, Diff>, Errs<'s>) = if accumulable {
         let acc = Accumulator::new(aggregates);
-        let (contributions, e) = batch_map(ok, "ReduceAccumulate", move |data: &[(Row, Time, Diff)], oks, errs| {
-            let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-            for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| match encode_group(&key_codec, ev, 0) {
-                Ok(keys) => {
-                    for (pos, (i, key)) in indices.iter().zip(keys).enumerate() {
-                        match acc.contribution(&ev.outputs[1], pos, data[*i].2) {
-                            Ok(c) => oks.push((key, data[*i].1, c)),
-                            Err(e) => errs.push((e, data[*i].1, data[*i].2)),
+        let (contributions, e) = batch_map(
+            ok,
+            "ReduceAccumulate",
+            move |data: &[(Row, Time, Diff)], oks, errs| {
+                let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
+                for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
+                    match encode_group(&key_codec, ev, 0) {
+                        Ok(keys) => {
+                            for (pos, (i, key)) in indices.iter().zip(keys).enumerate() {
+                                match acc.contribution(&ev.outputs[1], pos, data[*i].2) {
+                                    Ok(c) => oks.push((key, data[*i].1, c)),
+                                    Err(e) => errs.push((e, data[*i].1, data[*i].2)),
+                                }
+                            }
                         }
+                        Err(e) => indices
+                            .iter()
+                            .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
                     }
-                }
-                Err(e) => indices.iter().for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
-            });
-        });
+                });
+            },
+        );
         let totals: VecCollection<'s, Time, Row, Accums> = contributions.as_collection();
         let aggs = aggs.clone();
         let agg_codec = agg_codec.clone();
-        let results = totals.count_total().flat_map(move |(key, accums): (Row, Accums)| {
-            if accums.rows <= 0 {
-                return None;
-            }
-            Some(finalize(&aggs, &accums, &[]).and_then(|cols| {
-                let agg_row = agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0);
-                Ok([key, agg_row].concat())
-            }))
-        });
+        let results = totals
+            .count_total()
+            .flat_map(move |(key, accums): (Row, Accums)| {
+                if accums.rows <= 0 {
+                    return None;
+                }
+                Some(finalize(&aggs, &accums, &[]).and_then(|cols| {
+                    let agg_row = agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0);
+                    Ok([key, agg_row].concat())
+                }))
+            });
         (results, e)
     } else {
         let arg_schema = Arc::new(Schema::new(
             aggregates
                 .iter()
                 .enumerate()
-                .map(|(i, a)| arrow::datatypes::Field::new(format!("a{i}"), if a.arg.is_some() { a.input_type.clone() } else { arrow::datatypes::DataType::Boolean }, true))
+                .map(|(i, a)| {
+                    arrow::datatypes::Field::new(
+                        format!("a{i}"),
+                        if a.arg.is_some() {
+                            a.input_type.clone()
+                        } else {
+                            arrow::datatypes::DataType::Boolean
+                        },
+                        true,
+                    )
+                })
                 .collect::<Vec<_>>(),
         ));
         let arg_codec = Arc::new(RowCodec::new(arg_schema)?);
         let arg_codec2 = arg_codec.clone();
-        let (pairs, e) = batch_map(ok, "ReduceKeyValues", move |data: &[(Row, Time, Diff)], oks, errs| {
-            let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-            for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
-                match (encode_group(&key_codec, ev, 0), encode_group(&arg_codec, ev, 1)) {
-                    (Ok(keys), Ok(vals)) => {
-                        for ((i, k), v) in indices.iter().zip(keys).zip(vals) {
-                            oks.push(((k, v), data[*i].1, data[*i].2));
+        let (pairs, e) = batch_map(
+            ok,
+            "ReduceKeyValues",
+            move |data: &[(Row, Time, Diff)], oks, errs| {
+                let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
+                for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
+                    match (encode_group(&key_codec, ev, 0), encode_group(&arg_codec, ev, 1)) {
+                        (Ok(keys), Ok(vals)) => {
+                            for ((i, k), v) in indices.iter().zip(keys).zip(vals) {
+                                oks.push(((k, v), data[*i].1, data[*i].2));
+                            }
                         }
+                        (Err(e), _) | (_, Err(e)) => indices
+                            .iter()
+                            .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
                     }
-                    (Err(e), _) | (_, Err(e)) => indices.iter().for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
-                }
-            });
-        });
+                });
+            },
+        );
         let aggs = aggs.clone();
         let agg_codec = agg_codec.clone();
         let pairs: VecCollection<'s, Time, (Row, Row), Diff> = pairs.as_collection();
         let results = pairs
-            .reduce_named("ReduceHierarchical", move |_key, input: &[(&Row, Diff)], output: &mut Vec<(Result<Row, String>, Diff)>| {
-                let res = arg_codec2
-                    .decode(input.iter().map(|(r, _)| r.as_slice()))
-                    .map_err(|e| e.to_string())
-                    .and_then(|batch| {
-                        let counts: Vec<Diff> = input.iter().map(|(_, c)| *c).collect();
-                        let (accums, extremes) = fold_group(&aggs, &batch, &counts)?;
-                        let cols = finalize(&aggs, &accums, &extremes)?;
-                        Ok(agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0))
-                    });
-                output.push((res, 1));
-            })
+            .reduce_named(
+                "ReduceHierarchical",
+                move |_key, input: &[(&Row, Diff)], output: &mut Vec<(Result<Row, String>, Diff)>| {
+                    let res = arg_codec2
+                        .decode(input.iter().map(|(r, _)| r.as_slice()))
+                        .map_err(|e| e.to_string())
+                        .and_then(|batch| {
+                            let counts: Vec<Diff> = input.iter().map(|(_, c)| *c).collect();
+                            let (accums, extremes) = fold_group(&aggs, &batch, &counts)?;
+                            let cols = finalize(&aggs, &accums, &extremes)?;
+                            Ok(agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0))
+                        });
+                    output.push((res, 1));
+                },
+            )
             .map(|(key, res)| res.map(|agg_row| [key, agg_row].concat()));
         (results, e)
     };
-    let (rows, eval_errs): (Stream<'s, Time, Vec<(Row, Time, Diff)>>, Stream<'s, Time, Vec<ErrRow>>) =
-        results.inner.ok_err(|(r, t, d)| match r {
-            Ok(r) => Ok((r, t, d)),
-            Err(e) => Err((e, t, d)),
-        });
+    let (rows, eval_errs): (
+        Stream<'s, Time, Vec<(Row, Time, Diff)>>,
+        Stream<'s, Time, Vec<ErrRow>>,
+    ) = results.inner.ok_err(|(r, t, d)| match r {
+        Ok(r) => Ok((r, t, d)),
+        Err(e) => Err((e, t, d)),
+    });
     let mut rows = rows.as_collection();
     if n_keys == 0 {
         // A global aggregate has one row even over empty input.
@@ -354,10 +461,15 @@ fn render_reduce<'s>(
         let cols: Vec<ArrayRef> = finalize(aggregates, &zero, &extremes).map_err(EngineError::Encoding)?;
         let default = agg_codec.encode(&cols, 1)?.remove(0);
         let d2 = default.clone();
-        let defaults = if scope.index() == 0 { vec![(default, 0, 1)] } else { vec![] };
+        let defaults = if scope.index() == 0 {
+            vec![(default, 0, 1)]
+        } else {
+            vec![]
+        };
         let present = rows.clone().map(move |_| d2.clone()).negate();
-        rows = rows.concat(defaults.to_stream(scope).as_collection()).concat(present);
+        rows = rows
+            .concat(defaults.to_stream(scope).as_collection())
+            .concat(present);
     }
     Ok((rows, err.concat(errs).concat(eval_errs.as_collection())))
 }
-

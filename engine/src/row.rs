@@ -63,7 +63,10 @@ impl RowCodec {
     }
 
     /// Decode rows into a batch of this schema.
-    pub fn decode<'a>(&self, rows: impl ExactSizeIterator<Item = &'a [u8]>) -> Result<RecordBatch, EngineError> {
+    pub fn decode<'a>(
+        &self,
+        rows: impl ExactSizeIterator<Item = &'a [u8]>,
+    ) -> Result<RecordBatch, EngineError> {
         let n = rows.len();
         let options = RecordBatchOptions::new().with_row_count(Some(n));
         if self.schema.fields().is_empty() {
@@ -111,9 +114,17 @@ mod tests {
             Field::new("b", DataType::Utf8, true),
         ]))
         .unwrap();
-        let l = left.encode(&[Arc::new(Int64Array::from(vec![Some(7), None]))], 2).unwrap();
-        let r = right.encode(&[Arc::new(StringArray::from(vec![Some("x"), None]))], 2).unwrap();
-        let joined: Vec<Row> = l.iter().zip(&r).map(|(a, b)| [a.as_slice(), b.as_slice()].concat()).collect();
+        let l = left
+            .encode(&[Arc::new(Int64Array::from(vec![Some(7), None]))], 2)
+            .unwrap();
+        let r = right
+            .encode(&[Arc::new(StringArray::from(vec![Some("x"), None]))], 2)
+            .unwrap();
+        let joined: Vec<Row> = l
+            .iter()
+            .zip(&r)
+            .map(|(a, b)| [a.as_slice(), b.as_slice()].concat())
+            .collect();
         let batch = both.decode(joined.iter().map(|r| r.as_slice())).unwrap();
         let a = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         let b = batch.column(1).as_any().downcast_ref::<StringArray>().unwrap();

@@ -21,21 +21,40 @@ pub type Timestamp = u64;
 #[derive(Debug, Clone)]
 pub enum Command {
     /// Create the input collection of a table, readable at `upper` onwards.
-    CreateTable { id: GlobalId, name: String, schema: SchemaRef },
+    CreateTable {
+        id: GlobalId,
+        name: String,
+        schema: SchemaRef,
+    },
     /// Build a dataflow computing `plan`, arranged under `id` so that peeks,
     /// subscriptions and later dataflows can read it.
-    CreateDataflow { id: GlobalId, name: String, plan: Arc<Plan> },
+    CreateDataflow {
+        id: GlobalId,
+        name: String,
+        plan: Arc<Plan>,
+    },
     /// Drop a table's input or a dataflow, and the arrangements it owns.
     Drop { id: GlobalId },
     /// Apply updates to tables at `time`, atomically; afterwards every input
     /// is closed up to `time + 1`. Reads are never issued earlier than the
     /// latest write, so workers also compact history up to `time`.
-    Write { time: Timestamp, updates: Vec<TableUpdate> },
+    Write {
+        time: Timestamp,
+        updates: Vec<TableUpdate>,
+    },
     /// Read the contents of `target` as of `time`, once every worker's copy
     /// is complete through it.
-    Peek { peek_id: u64, target: GlobalId, time: Timestamp },
+    Peek {
+        peek_id: u64,
+        target: GlobalId,
+        time: Timestamp,
+    },
     /// Stream the contents of `plan` at `as_of` and then every change.
-    Subscribe { subscribe_id: u64, plan: Arc<Plan>, as_of: Timestamp },
+    Subscribe {
+        subscribe_id: u64,
+        plan: Arc<Plan>,
+        as_of: Timestamp,
+    },
     /// Stop a subscription and drop its dataflow.
     DropSubscribe { subscribe_id: u64 },
     /// Stop every worker.
@@ -55,7 +74,11 @@ pub struct TableUpdate {
 pub enum Response {
     /// One worker's share of a peek: rows with positive multiplicity
     /// expanded, or the error the relation holds at that time.
-    Peek { peek_id: u64, worker: usize, result: Result<RecordBatch, String> },
+    Peek {
+        peek_id: u64,
+        worker: usize,
+        result: Result<RecordBatch, String>,
+    },
     /// One worker's changes for a subscription at times before `upper`.
     /// `times` and `diffs` are parallel to the rows of `batch`.
     SubscribeBatch {

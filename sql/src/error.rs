@@ -15,10 +15,7 @@ pub enum SqlError {
         position: Option<usize>,
     },
     #[error("relation \"{name}\" does not exist")]
-    UndefinedTable {
-        name: String,
-        position: Option<usize>,
-    },
+    UndefinedTable { name: String, position: Option<usize> },
     #[error("{message}")]
     UndefinedColumn {
         message: String,
@@ -129,8 +126,7 @@ impl SqlError {
             let position = position.or_else(|| find_ident(sql, &name));
             return SqlError::UndefinedTable { name, position };
         }
-        if lower.contains("no field named") || lower.contains("column") && lower.contains("not found")
-        {
+        if lower.contains("no field named") || lower.contains("column") && lower.contains("not found") {
             let column = match lower.find("field named ") {
                 Some(i) => message[i + "field named ".len()..]
                     .split(['\n', ' '])
@@ -177,12 +173,10 @@ impl SqlError {
         match &e {
             DataFusionError::NotImplemented(_) => SqlError::Unsupported(message),
             DataFusionError::SQL(..) => SqlError::Syntax { message, position },
-            DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => {
-                SqlError::Evaluation {
-                    code: EvalErrorCode::classify(&message),
-                    message,
-                }
-            }
+            DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => SqlError::Evaluation {
+                code: EvalErrorCode::classify(&message),
+                message,
+            },
             _ => {
                 let code = EvalErrorCode::classify(&message);
                 if code != EvalErrorCode::Other {

@@ -25,11 +25,14 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
     let schema = plan.schema().clone();
     let node = match plan {
         LogicalPlan::TableScan(scan) => {
-            let name = relation_name(&scan.table_name)
-                .ok_or_else(|| SqlError::UndefinedTable { name: scan.table_name.to_string(), position: None })?;
-            let desc = catalog
-                .relation(name)
-                .ok_or_else(|| SqlError::UndefinedTable { name: name.to_string(), position: None })?;
+            let name = relation_name(&scan.table_name).ok_or_else(|| SqlError::UndefinedTable {
+                name: scan.table_name.to_string(),
+                position: None,
+            })?;
+            let desc = catalog.relation(name).ok_or_else(|| SqlError::UndefinedTable {
+                name: name.to_string(),
+                position: None,
+            })?;
             if desc.kind == RelationKind::View {
                 return Err(SqlError::Plan(format!("view {name} was not inlined")));
             }
@@ -38,7 +41,10 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
                     .map_err(|e| SqlError::Plan(e.to_string()))?,
             );
             let get = Plan {
-                node: PlanNode::Get { id: desc.id, name: desc.name.clone() },
+                node: PlanNode::Get {
+                    id: desc.id,
+                    name: desc.name.clone(),
+                },
                 schema: full.clone(),
             };
             if scan.fetch.is_some() {
@@ -80,10 +86,14 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
                 JoinType::Right => JoinKind::RightOuter,
                 JoinType::Full => JoinKind::FullOuter,
                 JoinType::LeftSemi | JoinType::RightSemi => {
-                    return Err(SqlError::Unsupported("semi joins (IN / EXISTS subqueries)".into()));
+                    return Err(SqlError::Unsupported(
+                        "semi joins (IN / EXISTS subqueries)".into(),
+                    ));
                 }
                 JoinType::LeftAnti | JoinType::RightAnti => {
-                    return Err(SqlError::Unsupported("anti joins (NOT IN / NOT EXISTS subqueries)".into()));
+                    return Err(SqlError::Unsupported(
+                        "anti joins (NOT IN / NOT EXISTS subqueries)".into(),
+                    ));
                 }
                 JoinType::LeftMark | JoinType::RightMark => {
                     return Err(SqlError::Unsupported("subqueries in this position".into()));
@@ -118,9 +128,7 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
                 .aggr_expr
                 .iter()
                 .enumerate()
-                .map(|(i, e)| {
-                    aggregate(e, input_schema, schema.field(n_keys + i).data_type().clone())
-                })
+                .map(|(i, e)| aggregate(e, input_schema, schema.field(n_keys + i).data_type().clone()))
                 .collect::<Result<Vec<_>, _>>()?;
             PlanNode::Reduce {
                 input: Box::new(lower(&a.input, catalog)?),
@@ -135,7 +143,11 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
             return Err(SqlError::Unsupported("DISTINCT ON".into()));
         }
         LogicalPlan::Union(u) => PlanNode::Union {
-            inputs: u.inputs.iter().map(|i| lower(i, catalog)).collect::<Result<_, _>>()?,
+            inputs: u
+                .inputs
+                .iter()
+                .map(|i| lower(i, catalog))
+                .collect::<Result<_, _>>()?,
         },
         LogicalPlan::Values(v) => PlanNode::Constant {
             batch: values_batch(&v.values, &v.schema)?,
@@ -143,30 +155,49 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
         LogicalPlan::EmptyRelation(e) => {
             let rows = usize::from(e.produce_one_row);
             let arrow: Arc<Schema> = Arc::new(e.schema.as_arrow().clone());
-            let columns: Vec<ArrayRef> = arrow.fields().iter().map(|f| new_null_array(f.data_type(), rows)).collect();
+            let columns: Vec<ArrayRef> = arrow
+                .fields()
+                .iter()
+                .map(|f| new_null_array(f.data_type(), rows))
+                .collect();
             PlanNode::Constant {
-                batch: RecordBatch::try_new_with_options(arrow, columns, &RecordBatchOptions::new().with_row_count(Some(rows)))
-                    .map_err(|e| SqlError::Plan(e.to_string()))?,
+                batch: RecordBatch::try_new_with_options(
+                    arrow,
+                    columns,
+                    &RecordBatchOptions::new().with_row_count(Some(rows)),
+                )
+                .map_err(|e| SqlError::Plan(e.to_string()))?,
             }
         }
         LogicalPlan::Sort(s) => {
             if s.fetch.is_some() {
-                return Err(SqlError::Unsupported("ORDER BY ... LIMIT in a materialized view".into()));
+                return Err(SqlError::Unsupported(
+                    "ORDER BY ... LIMIT in a materialized view".into(),
+                ));
             }
             // A view is a set: ordering only matters when a reader asks for it.
             return lower(&s.input, catalog);
         }
         LogicalPlan::Limit(_) => {
-            return Err(SqlError::Unsupported("LIMIT / OFFSET in a materialized view".into()));
+            return Err(SqlError::Unsupported(
+                "LIMIT / OFFSET in a materialized view".into(),
+            ));
         }
         LogicalPlan::Window(_) => return Err(SqlError::Unsupported("window functions".into())),
-        LogicalPlan::RecursiveQuery(_) => return Err(SqlError::Unsupported("WITH RECURSIVE".into())),
+        LogicalPlan::RecursiveQuery(_) => {
+            return Err(SqlError::Unsupported("WITH RECURSIVE".into()));
+        }
         LogicalPlan::Unnest(_) => return Err(SqlError::Unsupported("UNNEST".into())),
         LogicalPlan::Repartition(r) => return lower(&r.input, catalog),
         other => {
             return Err(SqlError::Unsupported(format!(
                 "{} in a materialized view",
-                other.display().to_string().split(':').next().unwrap_or("this plan node")
+                other
+                    .display()
+                    .to_string()
+                    .split(':')
+                    .next()
+                    .unwrap_or("this plan node")
             )));
         }
     };
@@ -178,9 +209,11 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
 fn fuse(input: Plan, filters: Vec<Expr>, projection: Option<Vec<Expr>>, schema: DFSchemaRef) -> Plan {
     let projection_or_identity = |s: &DFSchemaRef| projection.clone().unwrap_or_else(|| identity(s));
     match input.node {
-        PlanNode::MapFilterProject { input: inner, filters: mut fs, projection: proj }
-            if proj == identity(&inner.schema) =>
-        {
+        PlanNode::MapFilterProject {
+            input: inner,
+            filters: mut fs,
+            projection: proj,
+        } if proj == identity(&inner.schema) => {
             // Expressions bound to the identity MFP's output bind equally to
             // its input when the columns are the same.
             let same_names = inner.schema.fields().len() == input.schema.fields().len()
@@ -188,16 +221,47 @@ fn fuse(input: Plan, filters: Vec<Expr>, projection: Option<Vec<Expr>>, schema: 
             if same_names {
                 fs.extend(filters);
                 let projection = projection_or_identity(&inner.schema);
-                return Plan { node: PlanNode::MapFilterProject { input: inner, filters: fs, projection }, schema };
+                return Plan {
+                    node: PlanNode::MapFilterProject {
+                        input: inner,
+                        filters: fs,
+                        projection,
+                    },
+                    schema,
+                };
             }
-            let input = Plan { node: PlanNode::MapFilterProject { input: inner, filters: fs, projection: proj }, schema: input.schema };
+            let input = Plan {
+                node: PlanNode::MapFilterProject {
+                    input: inner,
+                    filters: fs,
+                    projection: proj,
+                },
+                schema: input.schema,
+            };
             let projection = projection_or_identity(&input.schema);
-            Plan { node: PlanNode::MapFilterProject { input: Box::new(input), filters, projection }, schema }
+            Plan {
+                node: PlanNode::MapFilterProject {
+                    input: Box::new(input),
+                    filters,
+                    projection,
+                },
+                schema,
+            }
         }
         node => {
-            let input = Plan { node, schema: input.schema };
+            let input = Plan {
+                node,
+                schema: input.schema,
+            };
             let projection = projection_or_identity(&input.schema);
-            Plan { node: PlanNode::MapFilterProject { input: Box::new(input), filters, projection }, schema }
+            Plan {
+                node: PlanNode::MapFilterProject {
+                    input: Box::new(input),
+                    filters,
+                    projection,
+                },
+                schema,
+            }
         }
     }
 }
@@ -217,7 +281,9 @@ fn check_exprs(exprs: &[Expr]) -> Result<(), SqlError> {
         let mut found = None;
         e.apply(|e| {
             found = match e {
-                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => Some("subqueries in this position"),
+                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => {
+                    Some("subqueries in this position")
+                }
                 Expr::OuterReferenceColumn(..) => Some("correlated subqueries in this position"),
                 Expr::WindowFunction(_) => Some("window functions"),
                 Expr::AggregateFunction(_) => Some("aggregates in this position"),
@@ -226,14 +292,20 @@ fn check_exprs(exprs: &[Expr]) -> Result<(), SqlError> {
                 Expr::Unnest(_) => Some("UNNEST"),
                 _ => None,
             };
-            Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+            Ok(if found.is_some() {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
         })
         .map_err(|e| SqlError::Plan(e.to_string()))?;
         if let Some(what) = found {
             return Err(SqlError::Unsupported(what.into()));
         }
         if e.is_volatile() {
-            return Err(SqlError::Unsupported(format!("volatile function in a materialized view ({e})")));
+            return Err(SqlError::Unsupported(format!(
+                "volatile function in a materialized view ({e})"
+            )));
         }
     }
     Ok(())
@@ -263,7 +335,9 @@ fn aggregate(e: &Expr, input_schema: &DFSchemaRef, output_type: DataType) -> Res
             check_exprs(std::slice::from_ref(a))?;
             Some(a.clone())
         }
-        _ => return Err(SqlError::Unsupported(format!("{name} with several arguments"))),
+        _ => {
+            return Err(SqlError::Unsupported(format!("{name} with several arguments")));
+        }
     };
     let func = match (name.as_str(), &arg) {
         ("count", None) => AggregateFunc::CountStar,
@@ -273,20 +347,31 @@ fn aggregate(e: &Expr, input_schema: &DFSchemaRef, output_type: DataType) -> Res
         ("avg" | "mean", Some(_)) => AggregateFunc::Avg,
         ("min", Some(_)) => AggregateFunc::Min,
         ("max", Some(_)) => AggregateFunc::Max,
-        _ => return Err(SqlError::Unsupported(format!("aggregate function {name} in a materialized view"))),
+        _ => {
+            return Err(SqlError::Unsupported(format!(
+                "aggregate function {name} in a materialized view"
+            )));
+        }
     };
     let (arg, input_type) = match func {
         AggregateFunc::CountStar => (None, DataType::Null),
         _ => {
             let a = arg.expect("checked above");
-            let t = a.get_type(input_schema.as_ref()).map_err(|e| SqlError::Plan(e.to_string()))?;
+            let t = a
+                .get_type(input_schema.as_ref())
+                .map_err(|e| SqlError::Plan(e.to_string()))?;
             (Some(a), t)
         }
     };
     if matches!(func, AggregateFunc::Sum | AggregateFunc::Avg) && !accumulable_type(&input_type) {
         return Err(SqlError::Unsupported(format!("{name} over {input_type}")));
     }
-    Ok(AggregateExpr { func, arg, input_type, output_type })
+    Ok(AggregateExpr {
+        func,
+        arg,
+        input_type,
+        output_type,
+    })
 }
 
 /// Types whose sums the engine keeps exactly (or as f64 for floats).
@@ -299,8 +384,12 @@ pub fn values_batch(values: &[Vec<Expr>], schema: &DFSchemaRef) -> Result<Record
     let arrow: Arc<Schema> = Arc::new(schema.as_arrow().clone());
     let empty = DFSchema::empty();
     let props = ExecutionProps::new();
-    let one = RecordBatch::try_new_with_options(Arc::new(Schema::empty()), vec![], &RecordBatchOptions::new().with_row_count(Some(1)))
-        .map_err(|e| SqlError::Plan(e.to_string()))?;
+    let one = RecordBatch::try_new_with_options(
+        Arc::new(Schema::empty()),
+        vec![],
+        &RecordBatchOptions::new().with_row_count(Some(1)),
+    )
+    .map_err(|e| SqlError::Plan(e.to_string()))?;
     let mut columns = Vec::with_capacity(arrow.fields().len());
     for (c, field) in arrow.fields().iter().enumerate() {
         let mut scalars = Vec::with_capacity(values.len());
@@ -309,8 +398,11 @@ pub fn values_batch(values: &[Vec<Expr>], schema: &DFSchemaRef) -> Result<Record
             let value = match expr {
                 Expr::Literal(v, _) => v.clone(),
                 _ => {
-                    let phys = create_physical_expr(expr, &empty, &props, &Default::default()).map_err(|e| SqlError::from_datafusion(e, ""))?;
-                    let v = phys.evaluate(&one).map_err(|e| SqlError::from_datafusion(e, ""))?;
+                    let phys = create_physical_expr(expr, &empty, &props, &Default::default())
+                        .map_err(|e| SqlError::from_datafusion(e, ""))?;
+                    let v = phys
+                        .evaluate(&one)
+                        .map_err(|e| SqlError::from_datafusion(e, ""))?;
                     match v {
                         datafusion::logical_expr::ColumnarValue::Scalar(s) => s,
                         datafusion::logical_expr::ColumnarValue::Array(a) => {
@@ -329,6 +421,10 @@ pub fn values_batch(values: &[Vec<Expr>], schema: &DFSchemaRef) -> Result<Record
         };
         columns.push(array);
     }
-    RecordBatch::try_new_with_options(arrow, columns, &RecordBatchOptions::new().with_row_count(Some(values.len())))
-        .map_err(|e| SqlError::Plan(e.to_string()))
+    RecordBatch::try_new_with_options(
+        arrow,
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(values.len())),
+    )
+    .map_err(|e| SqlError::Plan(e.to_string()))
 }

@@ -32,7 +32,11 @@ pub fn output_names(query: &Query) -> Option<Vec<String>> {
 }
 
 fn ident(v: &str, quoted: bool) -> String {
-    if quoted { v.to_string() } else { v.to_ascii_lowercase() }
+    if quoted {
+        v.to_string()
+    } else {
+        v.to_ascii_lowercase()
+    }
 }
 
 fn expr_name(e: &Expr) -> String {
@@ -61,7 +65,9 @@ fn expr_name(e: &Expr) -> String {
         Expr::Position { .. } => "position".into(),
         Expr::Ceil { .. } => "ceil".into(),
         Expr::Floor { .. } => "floor".into(),
-        Expr::Subquery(q) => output_names(q).and_then(|n| n.into_iter().next()).unwrap_or_else(|| "?column?".into()),
+        Expr::Subquery(q) => output_names(q)
+            .and_then(|n| n.into_iter().next())
+            .unwrap_or_else(|| "?column?".into()),
         _ => "?column?".into(),
     }
 }

@@ -157,13 +157,7 @@ impl Plan {
 
     fn fmt_indent(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
         let pad = "  ".repeat(depth);
-        let list = |exprs: &[Expr]| {
-            exprs
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let list = |exprs: &[Expr]| exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
         match &self.node {
             PlanNode::Get { id, name } => writeln!(f, "{pad}Get {name} (u{id})"),
             PlanNode::Constant { batch } => {

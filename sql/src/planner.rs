@@ -79,9 +79,10 @@ impl Planner {
             .with_config(config)
             .with_default_features()
             .build();
-        state
-            .catalog_list()
-            .register_catalog(CATALOG.into(), Arc::new(WeirCatalog(Arc::new(WeirSchema(catalog)))));
+        state.catalog_list().register_catalog(
+            CATALOG.into(),
+            Arc::new(WeirCatalog(Arc::new(WeirSchema(catalog)))),
+        );
         Planner { state }
     }
 
@@ -138,20 +139,34 @@ fn bytea_literals(plan: LogicalPlan) -> DfResult<LogicalPlan> {
     plan.transform_up_with_subqueries(|node| {
         node.map_expressions(|e| {
             e.transform_up(|e| match e {
-                Expr::Cast(Cast { expr, field }) if field.data_type() == &DataType::Binary => match expr.as_ref() {
-                    Expr::Literal(ScalarValue::Utf8(Some(s)), _) => match decode_bytea(s) {
-                        Some(bytes) => Ok(Transformed::yes(Expr::Literal(ScalarValue::Binary(Some(bytes)), None))),
-                        None => Err(DataFusionError::Execution(format!("invalid input syntax for type bytea: \"{s}\""))),
-                    },
-                    _ => Ok(Transformed::no(Expr::Cast(Cast { expr, field }))),
-                },
-                Expr::Cast(Cast { expr, field }) if matches!(field.data_type(), DataType::Interval(_)) => match expr.as_ref() {
-                    Expr::Literal(ScalarValue::Utf8(Some(s)), _) => match crate::types::parse_interval(s) {
-                        Some(v) => Ok(Transformed::yes(Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), None))),
-                        None => Ok(Transformed::no(Expr::Cast(Cast { expr, field }))),
-                    },
-                    _ => Ok(Transformed::no(Expr::Cast(Cast { expr, field }))),
-                },
+                Expr::Cast(Cast { expr, field }) if field.data_type() == &DataType::Binary => {
+                    match expr.as_ref() {
+                        Expr::Literal(ScalarValue::Utf8(Some(s)), _) => match decode_bytea(s) {
+                            Some(bytes) => Ok(Transformed::yes(Expr::Literal(
+                                ScalarValue::Binary(Some(bytes)),
+                                None,
+                            ))),
+                            None => Err(DataFusionError::Execution(format!(
+                                "invalid input syntax for type bytea: \"{s}\""
+                            ))),
+                        },
+                        _ => Ok(Transformed::no(Expr::Cast(Cast { expr, field }))),
+                    }
+                }
+                Expr::Cast(Cast { expr, field }) if matches!(field.data_type(), DataType::Interval(_)) => {
+                    match expr.as_ref() {
+                        Expr::Literal(ScalarValue::Utf8(Some(s)), _) => {
+                            match crate::types::parse_interval(s) {
+                                Some(v) => Ok(Transformed::yes(Expr::Literal(
+                                    ScalarValue::IntervalMonthDayNano(Some(v)),
+                                    None,
+                                ))),
+                                None => Ok(Transformed::no(Expr::Cast(Cast { expr, field }))),
+                            }
+                        }
+                        _ => Ok(Transformed::no(Expr::Cast(Cast { expr, field }))),
+                    }
+                }
                 e => Ok(Transformed::no(e)),
             })
         })
@@ -162,7 +177,10 @@ fn bytea_literals(plan: LogicalPlan) -> DfResult<LogicalPlan> {
 /// PostgreSQL's bytea input: `\x` followed by hex digits, or raw text.
 pub fn decode_bytea(s: &str) -> Option<Vec<u8>> {
     match s.strip_prefix("\\x") {
-        Some(hex) if hex.len() % 2 == 0 => (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect(),
+        Some(hex) if hex.len() % 2 == 0 => (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+            .collect(),
         Some(_) => None,
         None => Some(s.as_bytes().to_vec()),
     }
@@ -248,4 +266,3 @@ pub fn relation_name(reference: &TableReference) -> Option<&str> {
         _ => None,
     }
 }
-

@@ -31,14 +31,19 @@ pub enum Statement {
     Sql(Box<ast::Statement>),
     /// `SUBSCRIBE [TO] name` or `SUBSCRIBE [TO] (query)`; `copy_out` when
     /// wrapped in `COPY (...) TO STDOUT`, which psql streams as it arrives.
-    Subscribe { target: SubscribeTarget, copy_out: bool },
+    Subscribe {
+        target: SubscribeTarget,
+        copy_out: bool,
+    },
     Show(Show),
     Copy(CopyFrom),
     /// BEGIN, COMMIT, ROLLBACK and friends: each statement commits on its
     /// own, so these only acknowledge.
     Transaction(TransactionOp),
     /// `SET`, `RESET`, `DISCARD`: accepted and acknowledged.
-    SetVariable { tag: &'static str },
+    SetVariable {
+        tag: &'static str,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -194,12 +199,25 @@ pub fn parser_error(e: ParserError, sql: &str) -> SqlError {
         }
         None => (text, None),
     };
-    let near = position
-        .and_then(|p| sql.chars().skip(p - 1).collect::<String>().split_whitespace().next().map(str::to_string));
+    let near = position.and_then(|p| {
+        sql.chars()
+            .skip(p - 1)
+            .collect::<String>()
+            .split_whitespace()
+            .next()
+            .map(str::to_string)
+    });
     let message = match near {
         Some(tok) if !message.contains("found: EOF") => {
-            let tok: String = tok.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<String>();
-            let tok = if tok.is_empty() { near_symbol(sql, position) } else { tok };
+            let tok: String = tok
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect::<String>();
+            let tok = if tok.is_empty() {
+                near_symbol(sql, position)
+            } else {
+                tok
+            };
             format!("syntax error at or near \"{tok}\"")
         }
         _ => "syntax error at end of input".to_string(),
@@ -230,15 +248,22 @@ fn parse_copy_to(sql: &str) -> Result<Statement, SqlError> {
         r[..end].trim_end().strip_suffix(')')
     });
     match inner {
-        Some(inner) if inner.trim_start().to_ascii_uppercase().starts_with("SUBSCRIBE") => parse_subscribe(inner, true),
-        _ => Err(SqlError::Unsupported("COPY ... TO STDOUT other than COPY (SUBSCRIBE ...) TO STDOUT".into())),
+        Some(inner) if inner.trim_start().to_ascii_uppercase().starts_with("SUBSCRIBE") => {
+            parse_subscribe(inner, true)
+        }
+        _ => Err(SqlError::Unsupported(
+            "COPY ... TO STDOUT other than COPY (SUBSCRIBE ...) TO STDOUT".into(),
+        )),
     }
 }
 
 fn parse_subscribe(sql: &str, copy_out: bool) -> Result<Statement, SqlError> {
     let rest = sql.trim_start();
     let rest = rest["SUBSCRIBE".len()..].trim_start();
-    let rest = if rest.len() >= 2 && rest[..2].eq_ignore_ascii_case("TO") && rest[2..].starts_with(|c: char| c.is_whitespace() || c == '(') {
+    let rest = if rest.len() >= 2
+        && rest[..2].eq_ignore_ascii_case("TO")
+        && rest[2..].starts_with(|c: char| c.is_whitespace() || c == '(')
+    {
         rest[2..].trim_start()
     } else {
         rest
@@ -253,13 +278,24 @@ fn parse_subscribe(sql: &str, copy_out: bool) -> Result<Statement, SqlError> {
                 inner[end + 1..].trim()
             )));
         }
-        return Ok(Statement::Subscribe { target: SubscribeTarget::Query(inner[..end].to_string()), copy_out });
+        return Ok(Statement::Subscribe {
+            target: SubscribeTarget::Query(inner[..end].to_string()),
+            copy_out,
+        });
     }
     let ws = words(rest);
     match ws.as_slice() {
-        [name] => Ok(Statement::Subscribe { target: SubscribeTarget::Name(ident(name)), copy_out }),
-        [] => Err(syntax("syntax error at end of input: SUBSCRIBE expects a name or a (query)")),
-        _ => Err(SqlError::Unsupported(format!("SUBSCRIBE option \"{}\"", ws[1].value))),
+        [name] => Ok(Statement::Subscribe {
+            target: SubscribeTarget::Name(ident(name)),
+            copy_out,
+        }),
+        [] => Err(syntax(
+            "syntax error at end of input: SUBSCRIBE expects a name or a (query)",
+        )),
+        _ => Err(SqlError::Unsupported(format!(
+            "SUBSCRIBE option \"{}\"",
+            ws[1].value
+        ))),
     }
 }
 
@@ -283,7 +319,9 @@ fn parse_show(sql: &str, ws: &[Word], kw: &[String]) -> Result<Statement, SqlErr
         }
         ["SHOW", _] => Show::Variable(name_at(1)?),
         ["SHOW", "TRANSACTION", "ISOLATION", "LEVEL"] => Show::Variable("transaction_isolation".into()),
-        _ => return Err(SqlError::Unsupported(format!("statement \"{}\"", sql.trim()))),
+        _ => {
+            return Err(SqlError::Unsupported(format!("statement \"{}\"", sql.trim())));
+        }
     };
     Ok(Statement::Show(show))
 }
@@ -309,10 +347,14 @@ fn parse_copy(sql: &str) -> Result<Statement, SqlError> {
         Some(Token::Word(w)) => Some(w.clone()),
         _ => None,
     };
-    let mut table = word(tokens.get(i)).map(|w| ident(&w)).ok_or_else(|| syntax("syntax error: COPY expects a table name"))?;
+    let mut table = word(tokens.get(i))
+        .map(|w| ident(&w))
+        .ok_or_else(|| syntax("syntax error: COPY expects a table name"))?;
     i += 1;
     while tokens.get(i) == Some(&Token::Period) {
-        table = word(tokens.get(i + 1)).map(|w| ident(&w)).ok_or_else(|| syntax("syntax error in COPY table name"))?;
+        table = word(tokens.get(i + 1))
+            .map(|w| ident(&w))
+            .ok_or_else(|| syntax("syntax error in COPY table name"))?;
         i += 2;
     }
     let mut columns = Vec::new();
@@ -331,11 +373,21 @@ fn parse_copy(sql: &str) -> Result<Statement, SqlError> {
         i += 1;
     }
     let upper = |t: Option<&Token>| word(t).map(|w| w.value.to_ascii_uppercase());
-    if upper(tokens.get(i)).as_deref() != Some("FROM") || upper(tokens.get(i + 1)).as_deref() != Some("STDIN") {
-        return Err(SqlError::Unsupported("COPY other than COPY ... FROM STDIN".into()));
+    if upper(tokens.get(i)).as_deref() != Some("FROM") || upper(tokens.get(i + 1)).as_deref() != Some("STDIN")
+    {
+        return Err(SqlError::Unsupported(
+            "COPY other than COPY ... FROM STDIN".into(),
+        ));
     }
     i += 2;
-    let mut copy = CopyFrom { table, columns, csv: false, header: false, delimiter: None, null: None };
+    let mut copy = CopyFrom {
+        table,
+        columns,
+        csv: false,
+        header: false,
+        delimiter: None,
+        null: None,
+    };
     // Options: either `WITH (FORMAT csv, HEADER true, ...)` or the legacy
     // `[WITH] CSV HEADER DELIMITER 'x' NULL 'y'` form.
     let rest: Vec<Token> = tokens[i..]
@@ -354,16 +406,25 @@ fn parse_copy(sql: &str) -> Result<Statement, SqlError> {
     while j < rest.len() {
         let key = match &rest[j] {
             Token::Word(w) => w.value.to_ascii_uppercase(),
-            other => return Err(syntax(&format!("syntax error at or near \"{other}\" in COPY options"))),
+            other => {
+                return Err(syntax(&format!(
+                    "syntax error at or near \"{other}\" in COPY options"
+                )));
+            }
         };
         match key.as_str() {
             "WITH" | "BINARY" if key == "WITH" => j += 1,
-            "CSV" => { copy.csv = true; j += 1; }
+            "CSV" => {
+                copy.csv = true;
+                j += 1;
+            }
             "FORMAT" => {
                 match string_at(j + 1).map(|s| s.to_ascii_lowercase()).as_deref() {
                     Some("csv") => copy.csv = true,
                     Some("text") => copy.csv = false,
-                    Some(other) => return Err(SqlError::Unsupported(format!("COPY format \"{other}\""))),
+                    Some(other) => {
+                        return Err(SqlError::Unsupported(format!("COPY format \"{other}\"")));
+                    }
                     None => return Err(syntax("syntax error: FORMAT expects a value")),
                 }
                 j += 2;
@@ -372,7 +433,10 @@ fn parse_copy(sql: &str) -> Result<Statement, SqlError> {
                 copy.header = true;
                 match string_at(j + 1).map(|s| s.to_ascii_lowercase()).as_deref() {
                     Some("true" | "on" | "1") => j += 2,
-                    Some("false" | "off" | "0") => { copy.header = false; j += 2 }
+                    Some("false" | "off" | "0") => {
+                        copy.header = false;
+                        j += 2
+                    }
                     _ => j += 1,
                 }
             }
@@ -381,15 +445,25 @@ fn parse_copy(sql: &str) -> Result<Statement, SqlError> {
                 let mut cs = d.chars();
                 match (cs.next(), cs.next()) {
                     (Some(c), None) => copy.delimiter = Some(c),
-                    _ => return Err(SqlError::Plan("COPY delimiter must be a single one-byte character".into())),
+                    _ => {
+                        return Err(SqlError::Plan(
+                            "COPY delimiter must be a single one-byte character".into(),
+                        ));
+                    }
                 }
                 j += 2;
             }
             "NULL" => {
-                copy.null = Some(string_at(j + 1).ok_or_else(|| syntax("syntax error: NULL expects a string"))?);
+                copy.null =
+                    Some(string_at(j + 1).ok_or_else(|| syntax("syntax error: NULL expects a string"))?);
                 j += 2;
             }
-            other => return Err(SqlError::Unsupported(format!("COPY option \"{}\"", other.to_ascii_lowercase()))),
+            other => {
+                return Err(SqlError::Unsupported(format!(
+                    "COPY option \"{}\"",
+                    other.to_ascii_lowercase()
+                )));
+            }
         }
     }
     Ok(Statement::Copy(copy))
@@ -403,9 +477,13 @@ mod tests {
     fn splits_on_top_level_semicolons_only() {
         let stmts = parse("SELECT ';'; SUBSCRIBE TO t; SHOW TABLES").unwrap();
         assert_eq!(stmts.len(), 3);
-        assert!(matches!(stmts[1].statement, Statement::Subscribe { target: SubscribeTarget::Name(ref n), copy_out: false } if n == "t"));
+        assert!(
+            matches!(stmts[1].statement, Statement::Subscribe { target: SubscribeTarget::Name(ref n), copy_out: false } if n == "t")
+        );
         let copy = parse_one("COPY (SUBSCRIBE (SELECT 1)) TO STDOUT").unwrap();
-        assert!(matches!(copy, Statement::Subscribe { target: SubscribeTarget::Query(ref q), copy_out: true } if q == "SELECT 1"));
+        assert!(
+            matches!(copy, Statement::Subscribe { target: SubscribeTarget::Query(ref q), copy_out: true } if q == "SELECT 1")
+        );
         assert!(matches!(stmts[2].statement, Statement::Show(Show::Tables)));
         assert_eq!(stmts[1].offset, 11);
     }

@@ -35,13 +35,9 @@ pub fn column_type(ty: &ast::DataType) -> Result<ColumnType, SqlError> {
         D::Int(_) | D::Integer(_) | D::Int4(_) => plain(DataType::Int32, "integer"),
         D::BigInt(_) | D::Int8(_) => plain(DataType::Int64, "bigint"),
         D::Real | D::Float4 => plain(DataType::Float32, "real"),
-        D::DoublePrecision | D::Float8 | D::Double(_) => {
-            plain(DataType::Float64, "double precision")
-        }
+        D::DoublePrecision | D::Float8 | D::Double(_) => plain(DataType::Float64, "double precision"),
         D::Float(info) => match info {
-            ExactNumberInfo::Precision(p) | ExactNumberInfo::PrecisionAndScale(p, _)
-                if *p <= 24 =>
-            {
+            ExactNumberInfo::Precision(p) | ExactNumberInfo::PrecisionAndScale(p, _) if *p <= 24 => {
                 plain(DataType::Float32, "real")
             }
             _ => plain(DataType::Float64, "double precision"),
@@ -99,10 +95,7 @@ pub fn column_type(ty: &ast::DataType) -> Result<ColumnType, SqlError> {
                 "timestamp with time zone",
             ),
         },
-        D::Interval { .. } => plain(
-            DataType::Interval(IntervalUnit::MonthDayNano),
-            "interval",
-        ),
+        D::Interval { .. } => plain(DataType::Interval(IntervalUnit::MonthDayNano), "interval"),
         D::Custom(name, _) => {
             let n = name.to_string().to_ascii_lowercase();
             match n.as_str() {

@@ -24,7 +24,13 @@ impl Server {
         // Port 0: the server picks a free port and prints it, so parallel
         // tests never race for one.
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["start", "--pg-addr", "127.0.0.1:0", "--workers", &workers.to_string()])
+            .args([
+                "start",
+                "--pg-addr",
+                "127.0.0.1:0",
+                "--workers",
+                &workers.to_string(),
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -35,12 +41,18 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("@127.0.0.1:").nth(1) {
-                    let port: u16 = rest.split('/').next().and_then(|p| p.parse().ok()).expect("port in ready line");
+                    let port: u16 = rest
+                        .split('/')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .expect("port in ready line");
                     let _ = tx.send(port);
                 }
             }
         });
-        let port = rx.recv_timeout(Duration::from_secs(60)).expect("weir did not report ready");
+        let port = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("weir did not report ready");
         Server { child, port }
     }
 
@@ -49,7 +61,9 @@ impl Server {
     }
 
     pub async fn connect(&self) -> Client {
-        let (client, connection) = tokio_postgres::connect(&self.url(), NoTls).await.expect("connect");
+        let (client, connection) = tokio_postgres::connect(&self.url(), NoTls)
+            .await
+            .expect("connect");
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -59,7 +73,9 @@ impl Server {
     /// Connect, returning the task that owns the socket: aborting it is a
     /// client vanishing without a goodbye.
     pub async fn connect_raw(&self) -> (Client, tokio::task::JoinHandle<()>) {
-        let (client, connection) = tokio_postgres::connect(&self.url(), NoTls).await.expect("connect");
+        let (client, connection) = tokio_postgres::connect(&self.url(), NoTls)
+            .await
+            .expect("connect");
         let task = tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -68,13 +84,18 @@ impl Server {
 
     /// Send SIGTERM and wait for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "weir did not stop on SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "weir did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -97,7 +118,14 @@ pub async fn rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
     client
         .simple_query(sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string())))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{sql}: {}",
+                e.as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or(e.to_string())
+            )
+        })
         .into_iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
@@ -111,7 +139,12 @@ pub async fn sorted(client: &Client, sql: &str) -> Vec<String> {
     let mut out: Vec<String> = rows(client, sql)
         .await
         .into_iter()
-        .map(|r| r.into_iter().map(|c| c.unwrap_or_else(|| "NULL".into())).collect::<Vec<_>>().join("|"))
+        .map(|r| {
+            r.into_iter()
+                .map(|c| c.unwrap_or_else(|| "NULL".into()))
+                .collect::<Vec<_>>()
+                .join("|")
+        })
         .collect();
     out.sort();
     out
@@ -119,8 +152,14 @@ pub async fn sorted(client: &Client, sql: &str) -> Vec<String> {
 
 /// Run `sql`, which must fail, and return (SQLSTATE, message, position).
 pub async fn error(client: &Client, sql: &str) -> (String, String, Option<u32>) {
-    let err = client.simple_query(sql).await.err().unwrap_or_else(|| panic!("expected {sql} to fail"));
-    let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: not a database error: {err}"));
+    let err = client
+        .simple_query(sql)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("expected {sql} to fail"));
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{sql}: not a database error: {err}"));
     let position = match db.position() {
         Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p),
         _ => None,
@@ -129,5 +168,12 @@ pub async fn error(client: &Client, sql: &str) -> (String, String, Option<u32>) 
 }
 
 pub async fn exec(client: &Client, sql: &str) {
-    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string())));
+    client.batch_execute(sql).await.unwrap_or_else(|e| {
+        panic!(
+            "{sql}: {}",
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or(e.to_string())
+        )
+    });
 }

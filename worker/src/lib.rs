@@ -60,7 +60,10 @@ pub fn spawn(workers: usize, responses: ResponseSender) -> Result<Cluster, Strin
     info!(workers, "timely cluster started");
     Ok(Cluster {
         senders,
-        threads: threads.into_iter().map(|t| t.expect("every worker reported")).collect(),
+        threads: threads
+            .into_iter()
+            .map(|t| t.expect("every worker reported"))
+            .collect(),
         guards: Some(guards),
     })
 }
