@@ -121,13 +121,12 @@ async fn next_rows(
         let msg = tokio::time::timeout(Duration::from_secs(20), stream.next())
             .await
             .expect("subscription stalled");
-        match msg.expect("stream ended").expect("subscription error") {
-            SimpleQueryMessage::Row(r) => out.push(
+        if let SimpleQueryMessage::Row(r) = msg.expect("stream ended").expect("subscription error") {
+            out.push(
                 (0..r.len())
                     .map(|i| r.get(i).unwrap_or("NULL").to_string())
                     .collect(),
-            ),
-            _ => {}
+            );
         }
     }
     out

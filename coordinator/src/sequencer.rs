@@ -189,21 +189,18 @@ impl Coordinator {
     /// first columns, as in PostgreSQL: name them so DataFusion agrees.
     fn fill_insert_columns(&self, stmt: &ast::Statement) -> ast::Statement {
         let mut stmt = stmt.clone();
-        if let ast::Statement::Insert(insert) = &mut stmt {
-            if let (true, ast::TableObject::TableName(name), Some(source)) =
+        if let ast::Statement::Insert(insert) = &mut stmt
+            && let (true, ast::TableObject::TableName(name), Some(source)) =
                 (insert.columns.is_empty(), &insert.table, &insert.source)
-            {
-                if let (ast::SetExpr::Values(values), Some(entry)) =
-                    (source.body.as_ref(), self.catalog.get(&object_name(name)))
-                {
-                    let width = values.rows.iter().map(|r| r.len()).max().unwrap_or(0);
-                    if width < entry.columns.len() {
-                        insert.columns = entry.columns[..width]
-                            .iter()
-                            .map(|c| ast::ObjectName::from(vec![ast::Ident::with_quote('"', c.name.clone())]))
-                            .collect();
-                    }
-                }
+            && let (ast::SetExpr::Values(values), Some(entry)) =
+                (source.body.as_ref(), self.catalog.get(&object_name(name)))
+        {
+            let width = values.rows.iter().map(|r| r.len()).max().unwrap_or(0);
+            if width < entry.columns.len() {
+                insert.columns = entry.columns[..width]
+                    .iter()
+                    .map(|c| ast::ObjectName::from(vec![ast::Ident::with_quote('"', c.name.clone())]))
+                    .collect();
             }
         }
         stmt
@@ -228,12 +225,11 @@ impl Coordinator {
     pub async fn run(&self, plan: LogicalPlan) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let mut names: Vec<String> = Vec::new();
         plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node {
-                if let Some(n) = relation_name(&scan.table_name) {
-                    if !names.iter().any(|x| x == n) {
-                        names.push(n.to_string());
-                    }
-                }
+            if let LogicalPlan::TableScan(scan) = node
+                && let Some(n) = relation_name(&scan.table_name)
+                && !names.iter().any(|x| x == n)
+            {
+                names.push(n.to_string());
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
@@ -463,10 +459,10 @@ impl Coordinator {
         } else {
             (RelationKind::View, Some(plan), None)
         };
-        if let Some(old) = self.catalog.remove(&name) {
-            if old.kind != RelationKind::View {
-                self.controller.send(weir_protocol::Command::Drop { id: old.id });
-            }
+        if let Some(old) = self.catalog.remove(&name)
+            && old.kind != RelationKind::View
+        {
+            self.controller.send(weir_protocol::Command::Drop { id: old.id });
         }
         if let Some(p) = &dataflow {
             self.controller.send(weir_protocol::Command::CreateDataflow {

@@ -30,6 +30,11 @@ pub fn compile(exprs: &[Expr], schema: &DFSchema) -> Result<Vec<Arc<dyn Physical
         .collect()
 }
 
+/// The outcome of [`RowEval::eval_rows`]: the whole batch's evaluation when
+/// no row failed; otherwise each passing row's own evaluation, and the
+/// failing rows with their errors.
+pub type RowResults = (Option<Evaluated>, Vec<(usize, Evaluated)>, Vec<(usize, String)>);
+
 /// Filters then groups of output expressions over rows of one schema.
 pub struct RowEval {
     pub input: RowCodec,
@@ -110,10 +115,7 @@ impl RowEval {
 
     /// Evaluate over encoded rows. On an error, falls back to one row at a
     /// time and reports `(row index, error)` for each failing row.
-    pub fn eval_rows(
-        &self,
-        rows: &[&[u8]],
-    ) -> (Option<Evaluated>, Vec<(usize, Evaluated)>, Vec<(usize, String)>) {
+    pub fn eval_rows(&self, rows: &[&[u8]]) -> RowResults {
         let batch = match self.input.decode(rows.iter().copied()) {
             Ok(b) => b,
             Err(e) => {

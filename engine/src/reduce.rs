@@ -94,10 +94,10 @@ impl Semigroup for Accums {
         // a group with no rows contributes nothing.
         if self.rows == 0 {
             for a in &mut self.accs {
-                if let Acc::Float { sum, count } = a {
-                    if *count == 0 {
-                        *sum = 0.0;
-                    }
+                if let Acc::Float { sum, count } = a
+                    && *count == 0
+                {
+                    *sum = 0.0;
                 }
             }
         }

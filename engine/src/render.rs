@@ -33,6 +33,10 @@ pub type Coll<'s> = VecCollection<'s, Time, Row, Diff>;
 pub type Errs<'s> = VecCollection<'s, Time, String, Diff>;
 pub type RowTrace = TraceAgent<KeySpine<Row, Time, Diff>>;
 pub type ErrTrace = TraceAgent<KeySpine<String, Time, Diff>>;
+/// Rows keyed by an encoded key.
+pub type Keyed<'s> = VecCollection<'s, Time, (Row, Row), Diff>;
+type RowStream<'s> = Stream<'s, Time, Vec<(Row, Time, Diff)>>;
+type ErrStream<'s> = Stream<'s, Time, Vec<ErrRow>>;
 
 /// The arrangements a dataflow may import, by relation id.
 pub struct Imports<'a> {
@@ -194,7 +198,7 @@ where
                 }
             },
         );
-    let (ok, err): (Stream<'s, Time, Vec<O>>, Stream<'s, Time, Vec<ErrRow>>) = mixed.ok_err(|r| r);
+    let (ok, err): (Stream<'s, Time, Vec<O>>, ErrStream<'s>) = mixed.ok_err(|r| r);
     (ok, err.as_collection())
 }
 
@@ -227,7 +231,7 @@ fn keyed<'s>(
     schema: &DFSchema,
     keys: &[Expr],
     name: &str,
-) -> Result<(VecCollection<'s, Time, (Row, Row), Diff>, Errs<'s>), EngineError> {
+) -> Result<(Keyed<'s>, Errs<'s>), EngineError> {
     let eval = RowEval::new(schema, &[], &[keys])?;
     let key_codec = RowCodec::new(Arc::new(Schema::new(
         keys.iter()
@@ -280,7 +284,7 @@ fn render_join<'s>(
     let matched = match residual {
         None => pairs,
         Some(expr) => {
-            let eval = RowEval::new(&plan.schema, &[expr.clone()], &[])?;
+            let eval = RowEval::new(&plan.schema, std::slice::from_ref(expr), &[])?;
             let (s, e) = batch_map(
                 pairs,
                 "JoinResidual",
@@ -442,10 +446,7 @@ fn render_reduce<'s>(
             .map(|(key, res)| res.map(|agg_row| [key, agg_row].concat()));
         (results, e)
     };
-    let (rows, eval_errs): (
-        Stream<'s, Time, Vec<(Row, Time, Diff)>>,
-        Stream<'s, Time, Vec<ErrRow>>,
-    ) = results.inner.ok_err(|(r, t, d)| match r {
+    let (rows, eval_errs): (RowStream<'s>, ErrStream<'s>) = results.inner.ok_err(|(r, t, d)| match r {
         Ok(r) => Ok((r, t, d)),
         Err(e) => Err((e, t, d)),
     });

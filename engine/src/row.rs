@@ -102,7 +102,7 @@ pub fn codec(schema: &arrow::datatypes::Schema) -> Result<RowCodec, EngineError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::{Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
 
     #[test]

@@ -131,10 +131,10 @@ impl Plan {
     pub fn depends_on(&self) -> Vec<GlobalId> {
         let mut out = Vec::new();
         self.visit(&mut |p| {
-            if let PlanNode::Get { id, .. } = &p.node {
-                if !out.contains(id) {
-                    out.push(*id);
-                }
+            if let PlanNode::Get { id, .. } = &p.node
+                && !out.contains(id)
+            {
+                out.push(*id);
             }
         });
         out
