@@ -414,7 +414,7 @@ pub fn parameter(
     };
     let scalar = match value {
         None => ScalarValue::Null,
-        Some(bytes) if !binary => ScalarValue::Utf8(Some(String::from_utf8_lossy(bytes).into_owned())),
+        Some(bytes) if !binary => ScalarValue::Utf8(Some(pg_text_input(&String::from_utf8_lossy(bytes), target))),
         Some(b) => {
             let arr = |n: usize| -> Result<&[u8], AdapterError> {
                 if b.len() == n { Ok(b) } else { Err(bad(ty.name())) }
@@ -460,6 +460,27 @@ pub fn parameter(
             ScalarValue::try_from(t).map_err(|e| AdapterError::Internal(e.to_string()))
         }
         _ => Ok(scalar),
+    }
+}
+
+/// Normalize PostgreSQL text input that Arrow's parsers read differently:
+/// a date may carry a time zone (`2026-11-21 +00`, as JDBC sends it) and an
+/// offset may lack minutes (`+00`).
+fn pg_text_input(text: &str, target: Option<&DataType>) -> String {
+    match target {
+        Some(DataType::Date32) => text.split_whitespace().next().unwrap_or(text).to_string(),
+        Some(DataType::Timestamp(..)) => {
+            let t = text.trim();
+            let bytes = t.as_bytes();
+            let n = bytes.len();
+            let short_offset = n > 3
+                && (bytes[n - 3] == b'+' || bytes[n - 3] == b'-')
+                && bytes[n - 2].is_ascii_digit()
+                && bytes[n - 1].is_ascii_digit()
+                && t[..n - 3].contains(':');
+            if short_offset { format!("{t}:00") } else { t.to_string() }
+        }
+        _ => text.to_string(),
     }
 }
 

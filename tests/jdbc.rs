@@ -1,0 +1,22 @@
+//! A Java application's view: the PostgreSQL JDBC driver against the real
+//! server (prepared statements, typed results, SQLSTATEs, autocommit off).
+
+mod common;
+
+use std::process::Command;
+
+const JAR: &str = "/usr/share/java/postgresql.jar";
+
+#[test]
+fn jdbc_works() {
+    assert!(std::path::Path::new(JAR).exists(), "{JAR} missing: scripts/test installs libpostgresql-jdbc-java");
+    let server = common::Server::start();
+    let url = format!("jdbc:postgresql://127.0.0.1:{}/weir", server.port);
+    let out = Command::new("java")
+        .args(["-cp", JAR, concat!(env!("CARGO_MANIFEST_DIR"), "/tests/java/JdbcSmoke.java"), &url])
+        .output()
+        .expect("java runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "ok");
+}
