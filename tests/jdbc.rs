@@ -9,14 +9,26 @@ const JAR: &str = "/usr/share/java/postgresql.jar";
 
 #[test]
 fn jdbc_works() {
-    assert!(std::path::Path::new(JAR).exists(), "{JAR} missing: scripts/test installs libpostgresql-jdbc-java");
+    assert!(
+        std::path::Path::new(JAR).exists(),
+        "{JAR} missing: scripts/test installs libpostgresql-jdbc-java"
+    );
     let server = common::Server::start();
     let url = format!("jdbc:postgresql://127.0.0.1:{}/weir", server.port);
     let out = Command::new("java")
-        .args(["-cp", JAR, concat!(env!("CARGO_MANIFEST_DIR"), "/tests/java/JdbcSmoke.java"), &url])
+        .args([
+            "-cp",
+            JAR,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/java/JdbcSmoke.java"),
+            &url,
+        ])
         .output()
         .expect("java runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout.trim(), "ok");
 }

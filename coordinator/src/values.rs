@@ -414,7 +414,9 @@ pub fn parameter(
     };
     let scalar = match value {
         None => ScalarValue::Null,
-        Some(bytes) if !binary => ScalarValue::Utf8(Some(pg_text_input(&String::from_utf8_lossy(bytes), target))),
+        Some(bytes) if !binary => {
+            ScalarValue::Utf8(Some(pg_text_input(&String::from_utf8_lossy(bytes), target)))
+        }
         Some(b) => {
             let arr = |n: usize| -> Result<&[u8], AdapterError> {
                 if b.len() == n { Ok(b) } else { Err(bad(ty.name())) }
@@ -478,7 +480,11 @@ fn pg_text_input(text: &str, target: Option<&DataType>) -> String {
                 && bytes[n - 2].is_ascii_digit()
                 && bytes[n - 1].is_ascii_digit()
                 && t[..n - 3].contains(':');
-            if short_offset { format!("{t}:00") } else { t.to_string() }
+            if short_offset {
+                format!("{t}:00")
+            } else {
+                t.to_string()
+            }
         }
         _ => text.to_string(),
     }

@@ -8,17 +8,23 @@
 //! gives the same aggregates.
 
 use std::cmp::Ordering;
+use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_null_array};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::ScalarValue;
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, new_null_array};
+use arrow::compute::{SortOptions, cast, filter_record_batch, take_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::{Expr, ExprSchemable, lit};
+use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
+use datafusion::physical_expr::expressions::{Column, Literal};
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use differential_dataflow::difference::{IsZero, Monoid, Semigroup};
 use serde::{Deserialize, Serialize};
 use weir_sql::{AggregateExpr, AggregateFunc};
 
-use crate::Diff;
+use crate::eval::clean;
+use crate::{Diff, EngineError};
 
 /// One accumulable aggregate's running state.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -196,46 +202,231 @@ fn value_acc(arr: &ArrayRef, i: usize, d: i64) -> Result<Acc, String> {
     })
 }
 
-/// Fold a whole group (for reduces with `min`/`max`): the accumulable state
-/// and the min/max values, from `args` columns with per-row counts.
-pub fn fold_group(
-    aggs: &[AggregateExpr],
-    args: &RecordBatch,
-    counts: &[Diff],
-) -> Result<(Accums, Vec<ScalarValue>), String> {
-    let acc = Accumulator::new(aggs);
-    let mut total = Accums::default();
-    for (i, c) in counts.iter().enumerate() {
-        total.plus_equals(&acc.contribution(args.columns(), i, *c)?);
+/// Where one aggregate's inputs sit in an argument row.
+#[derive(Debug, Clone)]
+struct AggColumns {
+    /// Each argument: a column of the argument row, or a literal (some
+    /// accumulators, like `string_agg`'s delimiter, insist on literals).
+    args: Vec<Result<usize, ScalarValue>>,
+    filter: Option<usize>,
+    order: Range<usize>,
+}
+
+impl AggColumns {
+    /// The first argument that is a column, as an array of `args`' rows
+    /// (all NULL when every argument is a literal).
+    fn first_column(&self, args: &RecordBatch) -> ArrayRef {
+        match self.args.iter().find_map(|a| a.as_ref().ok().copied()) {
+            Some(i) => args.column(i).clone(),
+            None => new_null_array(&DataType::Null, args.num_rows()),
+        }
     }
-    let mut extremes = Vec::new();
-    for (j, agg) in aggs.iter().enumerate() {
-        let col = args.column(j);
-        if !matches!(agg.func, AggregateFunc::Min | AggregateFunc::Max) {
+}
+
+/// Folds whole groups, for reduces with non-accumulable aggregates
+/// (`min`/`max`, and general aggregates run through DataFusion's own
+/// accumulators).
+pub struct GroupFolder {
+    aggs: Vec<AggregateExpr>,
+    layout: Vec<AggColumns>,
+    generals: Vec<Option<AggregateFunctionExpr>>,
+    /// The schema of the argument rows the group's values are encoded as.
+    pub arg_schema: SchemaRef,
+}
+
+impl GroupFolder {
+    /// The expressions (bound to `input`) whose values make up one argument
+    /// row, and the folder that reads such rows.
+    pub fn new(aggs: &[AggregateExpr], input: &DFSchema) -> Result<(Vec<Expr>, Self), EngineError> {
+        let mut exprs: Vec<Expr> = Vec::new();
+        let mut layout = Vec::new();
+        for agg in aggs {
+            let start = exprs.len();
+            match &agg.general {
+                None => {
+                    exprs.push(agg.arg.clone().unwrap_or_else(|| lit(true)));
+                    layout.push(AggColumns {
+                        args: vec![Ok(start)],
+                        filter: None,
+                        order: 0..0,
+                    });
+                }
+                Some(g) => {
+                    let args = g
+                        .args
+                        .iter()
+                        .map(|a| match a {
+                            Expr::Literal(v, _) => Err(v.clone()),
+                            a => {
+                                exprs.push(a.clone());
+                                Ok(exprs.len() - 1)
+                            }
+                        })
+                        .collect();
+                    let filter = g.filter.as_ref().map(|f| {
+                        exprs.push(f.clone());
+                        exprs.len() - 1
+                    });
+                    let order_start = exprs.len();
+                    exprs.extend(g.order_by.iter().map(|s| s.expr.clone()));
+                    layout.push(AggColumns {
+                        args,
+                        filter,
+                        order: order_start..exprs.len(),
+                    });
+                }
+            }
+        }
+        let fields = exprs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let t = e
+                    .get_type(input)
+                    .map_err(|e| EngineError::Expression(e.to_string()))?;
+                Ok(Field::new(format!("a{i}"), t, true))
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let arg_schema: SchemaRef = Arc::new(Schema::new(fields));
+        let column = |i: usize| -> Arc<dyn PhysicalExpr> { Arc::new(Column::new(&format!("a{i}"), i)) };
+        let generals = aggs
+            .iter()
+            .zip(&layout)
+            .map(|(agg, cols)| {
+                let Some(g) = &agg.general else { return Ok(None) };
+                let order = g
+                    .order_by
+                    .iter()
+                    .zip(cols.order.clone())
+                    .map(|(s, i)| PhysicalSortExpr {
+                        expr: column(i),
+                        options: SortOptions {
+                            descending: !s.asc,
+                            nulls_first: s.nulls_first,
+                        },
+                    })
+                    .collect();
+                let args = cols
+                    .args
+                    .iter()
+                    .map(|a| match a {
+                        Ok(i) => column(*i),
+                        Err(v) => Arc::new(Literal::new(v.clone())) as Arc<dyn PhysicalExpr>,
+                    })
+                    .collect();
+                AggregateExprBuilder::new(g.udaf.clone(), args)
+                    .schema(arg_schema.clone())
+                    .alias(g.udaf.name())
+                    .with_distinct(g.distinct)
+                    .with_ignore_nulls(g.ignore_nulls)
+                    .order_by(order)
+                    .build()
+                    .map(Some)
+                    .map_err(|e| EngineError::Expression(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        Ok((
+            exprs,
+            GroupFolder {
+                aggs: aggs.to_vec(),
+                layout,
+                generals,
+                arg_schema,
+            },
+        ))
+    }
+
+    /// A group's accumulable state and, in order, the value of each
+    /// non-accumulable aggregate, from its argument rows with counts.
+    pub fn fold(&self, args: &RecordBatch, counts: &[Diff]) -> Result<(Accums, Vec<ScalarValue>), String> {
+        let primary: Vec<ArrayRef> = self.layout.iter().map(|c| c.first_column(args)).collect();
+        let acc = Accumulator::new(&self.aggs);
+        let mut total = acc.zero();
+        for (i, c) in counts.iter().enumerate() {
+            total.plus_equals(&acc.contribution(&primary, i, *c)?);
+        }
+        let mut values = Vec::new();
+        let mut expanded: Option<RecordBatch> = None;
+        for ((agg, cols), general) in self.aggs.iter().zip(&self.layout).zip(&self.generals) {
+            match agg.func {
+                AggregateFunc::Min | AggregateFunc::Max => {
+                    values.push(extreme(agg, &cols.first_column(args))?);
+                }
+                AggregateFunc::General => {
+                    let expr = general
+                        .as_ref()
+                        .ok_or("general aggregate without an accumulator")?;
+                    // DataFusion's accumulators see one row per occurrence.
+                    let rows = match &expanded {
+                        Some(b) => b.clone(),
+                        None => {
+                            let idx: Vec<u32> = counts
+                                .iter()
+                                .enumerate()
+                                .flat_map(|(i, c)| std::iter::repeat_n(i as u32, (*c).max(0) as usize))
+                                .collect();
+                            let b = take_record_batch(args, &UInt32Array::from(idx))
+                                .map_err(|e| e.to_string())?;
+                            expanded = Some(b.clone());
+                            b
+                        }
+                    };
+                    let rows = match cols.filter {
+                        Some(f) => {
+                            let mask = rows.column(f).as_boolean().clone();
+                            let mask = arrow::array::BooleanArray::from(
+                                (0..mask.len())
+                                    .map(|i| mask.is_valid(i) && mask.value(i))
+                                    .collect::<Vec<_>>(),
+                            );
+                            filter_record_batch(&rows, &mask).map_err(|e| e.to_string())?
+                        }
+                        None => rows,
+                    };
+                    let mut inputs: Vec<ArrayRef> = cols
+                        .args
+                        .iter()
+                        .map(|a| match a {
+                            Ok(i) => Ok(rows.column(*i).clone()),
+                            Err(v) => v.to_array_of_size(rows.num_rows()).map_err(|e| e.to_string()),
+                        })
+                        .collect::<Result<_, String>>()?;
+                    inputs.extend(cols.order.clone().map(|i| rows.column(i).clone()));
+                    let mut accumulator = expr.create_accumulator().map_err(|e| clean(&e))?;
+                    accumulator.update_batch(&inputs).map_err(|e| clean(&e))?;
+                    values.push(accumulator.evaluate().map_err(|e| clean(&e))?);
+                }
+                _ => {}
+            }
+        }
+        Ok((total, values))
+    }
+}
+
+/// The smallest or largest non-NULL value of `col` (NULL if none).
+fn extreme(agg: &AggregateExpr, col: &ArrayRef) -> Result<ScalarValue, String> {
+    let mut best: Option<ScalarValue> = None;
+    for i in 0..col.len() {
+        if col.is_null(i) {
             continue;
         }
-        // Rows arrive in any order; scan for the extreme non-null value.
-        let mut best: Option<ScalarValue> = None;
-        for i in 0..col.len() {
-            if col.is_null(i) {
-                continue;
+        let s = ScalarValue::try_from_array(col, i).map_err(|e| e.to_string())?;
+        best = Some(match best {
+            None => s,
+            Some(b) => {
+                let keep_new = match s.partial_cmp(&b) {
+                    Some(Ordering::Less) => agg.func == AggregateFunc::Min,
+                    Some(Ordering::Greater) => agg.func == AggregateFunc::Max,
+                    _ => false,
+                };
+                if keep_new { s } else { b }
             }
-            let s = ScalarValue::try_from_array(col, i).map_err(|e| e.to_string())?;
-            best = Some(match best {
-                None => s,
-                Some(b) => {
-                    let keep_new = match s.partial_cmp(&b) {
-                        Some(Ordering::Less) => agg.func == AggregateFunc::Min,
-                        Some(Ordering::Greater) => agg.func == AggregateFunc::Max,
-                        _ => false,
-                    };
-                    if keep_new { s } else { b }
-                }
-            });
-        }
-        extremes.push(best.unwrap_or(ScalarValue::try_from(&agg.output_type).map_err(|e| e.to_string())?));
+        });
     }
-    Ok((total, extremes))
+    match best {
+        Some(b) => Ok(b),
+        None => ScalarValue::try_from(&agg.output_type).map_err(|e| e.to_string()),
+    }
 }
 
 /// Turn a group's state into one array per aggregate (length 1), of the
@@ -250,8 +441,8 @@ pub fn finalize(
     let mut extremes = extremes.iter();
     for agg in aggs {
         let array: ArrayRef = match agg.func {
-            AggregateFunc::Min | AggregateFunc::Max => {
-                let v = extremes.next().ok_or("missing min/max state")?;
+            AggregateFunc::Min | AggregateFunc::Max | AggregateFunc::General => {
+                let v = extremes.next().ok_or("missing aggregate value")?;
                 v.to_array().map_err(|e| e.to_string())?
             }
             _ => {

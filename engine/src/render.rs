@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::ArrayRef;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::Schema;
-use datafusion::common::{DFSchema, ScalarValue};
-use datafusion::logical_expr::{Expr, lit};
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::Expr;
 use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
 use differential_dataflow::operators::CountTotal;
@@ -25,7 +25,7 @@ use timely::dataflow::{Scope, Stream};
 use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 
 use crate::eval::{Evaluated, RowEval, any_null, encode_group};
-use crate::reduce::{Accums, Accumulator, aggregate_schema, finalize, fold_group};
+use crate::reduce::{Accums, Accumulator, GroupFolder, aggregate_schema, finalize};
 use crate::row::{Row, RowCodec};
 use crate::{Diff, EngineError, Time};
 
@@ -117,17 +117,17 @@ pub fn render<'s>(
             right_keys,
             residual,
             kind,
-        } => render_join(
-            plan,
-            left,
-            right,
-            left_keys,
-            right_keys,
-            residual.as_ref(),
-            *kind,
-            scope,
-            imports,
-        ),
+            nulls_equal,
+        } => {
+            let spec = JoinSpec {
+                left_keys,
+                right_keys,
+                residual: residual.as_ref(),
+                kind: *kind,
+                nulls_equal: *nulls_equal,
+            };
+            render_join(left, right, &spec, scope, imports)
+        }
         PlanNode::Reduce {
             input,
             group_keys,
@@ -225,11 +225,13 @@ fn for_each_evaluated<D>(
     }
 }
 
-/// Key each row by `keys`, dropping rows with a NULL key (they never match).
+/// Key each row by `keys`. Rows with a NULL key are dropped unless
+/// `nulls_equal` (a NULL key never matches in an ordinary join).
 fn keyed<'s>(
     ok: Coll<'s>,
     schema: &DFSchema,
     keys: &[Expr],
+    nulls_equal: bool,
     name: &str,
 ) -> Result<(Keyed<'s>, Errs<'s>), EngineError> {
     let eval = RowEval::new(schema, &[], &[keys])?;
@@ -249,7 +251,7 @@ fn keyed<'s>(
             match encode_group(&key_codec, ev, 0) {
                 Ok(encoded) => {
                     for (pos, (i, key)) in indices.iter().zip(encoded).enumerate() {
-                        if !any_null(&ev.outputs[0], pos) {
+                        if nulls_equal || !any_null(&ev.outputs[0], pos) {
                             oks.push(((key, data[*i].0.clone()), data[*i].1, data[*i].2));
                         }
                     }
@@ -263,28 +265,59 @@ fn keyed<'s>(
     Ok((s.as_collection(), e))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The parameters of a join node.
+struct JoinSpec<'a> {
+    left_keys: &'a [Expr],
+    right_keys: &'a [Expr],
+    residual: Option<&'a Expr>,
+    kind: JoinKind,
+    nulls_equal: bool,
+}
+
+/// `rows` minus those of `rows` that appear in `hits` (multiplicities of
+/// `rows` kept); or with `keep`, only those that appear.
+fn semijoin_rows<'s>(rows: Coll<'s>, hits: Coll<'s>, keep: bool) -> Coll<'s> {
+    let matched = rows.clone().map(|r| (r, ())).semijoin(hits).map(|(r, ())| r);
+    if keep {
+        matched
+    } else {
+        rows.concat(matched.negate())
+    }
+}
+
 fn render_join<'s>(
-    plan: &Plan,
     left: &Plan,
     right: &Plan,
-    left_keys: &[Expr],
-    right_keys: &[Expr],
-    residual: Option<&Expr>,
-    kind: JoinKind,
+    spec: &JoinSpec<'_>,
     scope: Scope<'s, Time>,
     imports: &mut Imports<'_>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let (lok, lerr) = render(left, scope, imports)?;
     let (rok, rerr) = render(right, scope, imports)?;
-    let (lk, lkerr) = keyed(lok.clone(), &left.schema, left_keys, "JoinKeyLeft")?;
-    let (rk, rkerr) = keyed(rok.clone(), &right.schema, right_keys, "JoinKeyRight")?;
+    let (lk, lkerr) = keyed(
+        lok.clone(),
+        &left.schema,
+        spec.left_keys,
+        spec.nulls_equal,
+        "JoinKeyLeft",
+    )?;
+    let (rk, rkerr) = keyed(
+        rok.clone(),
+        &right.schema,
+        spec.right_keys,
+        spec.nulls_equal,
+        "JoinKeyRight",
+    )?;
     let pairs = lk.join(rk).map(|(_k, (l, r))| (l, r));
     let mut errs = lerr.concat(rerr).concat(lkerr).concat(rkerr);
-    let matched = match residual {
+    let matched = match spec.residual {
         None => pairs,
         Some(expr) => {
-            let eval = RowEval::new(&plan.schema, std::slice::from_ref(expr), &[])?;
+            let joined = left
+                .schema
+                .join(&right.schema)
+                .map_err(|e| EngineError::Expression(e.to_string()))?;
+            let eval = RowEval::new(&joined, std::slice::from_ref(expr), &[])?;
             let (s, e) = batch_map(
                 pairs,
                 "JoinResidual",
@@ -305,24 +338,89 @@ fn render_join<'s>(
             s.as_collection()
         }
     };
-    let mut out = matched.clone().map(|(l, r)| [l, r].concat());
-    if matches!(kind, JoinKind::LeftOuter | JoinKind::FullOuter) {
-        let pad = RowCodec::new(arrow_schema(&right.schema))?.null_row()?;
-        let hits = matched.clone().map(|(l, _)| l).distinct_core::<Diff>();
-        let unmatched = lok
-            .clone()
-            .concat(lok.map(|l| (l, ())).semijoin(hits).map(|(l, ())| l).negate());
-        out = out.concat(unmatched.map(move |l| [l, pad.clone()].concat()));
-    }
-    if matches!(kind, JoinKind::RightOuter | JoinKind::FullOuter) {
-        let pad = RowCodec::new(arrow_schema(&left.schema))?.null_row()?;
-        let hits = matched.map(|(_, r)| r).distinct_core::<Diff>();
-        let unmatched = rok
-            .clone()
-            .concat(rok.map(|r| (r, ())).semijoin(hits).map(|(r, ())| r).negate());
-        out = out.concat(unmatched.map(move |r| [pad.clone(), r].concat()));
-    }
+    let left_hits = || matched.clone().map(|(l, _)| l).distinct_core::<Diff>();
+    let right_hits = || matched.clone().map(|(_, r)| r).distinct_core::<Diff>();
+    let out = match spec.kind {
+        JoinKind::LeftSemi => semijoin_rows(lok, left_hits(), true),
+        JoinKind::LeftAnti => semijoin_rows(lok, left_hits(), false),
+        JoinKind::RightSemi => semijoin_rows(rok, right_hits(), true),
+        JoinKind::RightAnti => semijoin_rows(rok, right_hits(), false),
+        JoinKind::LeftAntiNullAware => {
+            // `x NOT IN (S)`: true when S is empty; otherwise NULL (so the
+            // row goes) when x is NULL or S holds a NULL; otherwise whether x
+            // is missing from S.
+            let nonnull_left = lk_rows(&lok, &left.schema, spec.left_keys)?;
+            let anti = semijoin_rows(nonnull_left, left_hits(), false);
+            let right_nulls = null_key_rows(&rok, &right.schema, spec.right_keys)?
+                .map(|_| ())
+                .distinct_core::<Diff>();
+            let blocked = anti
+                .clone()
+                .map(|r| ((), r))
+                .semijoin(right_nulls)
+                .map(|((), r)| r);
+            let right_nonempty = rok.map(|_| ()).distinct_core::<Diff>();
+            let null_left = null_key_rows(&lok, &left.schema, spec.left_keys)?;
+            let null_blocked = null_left
+                .clone()
+                .map(|r| ((), r))
+                .semijoin(right_nonempty)
+                .map(|((), r)| r);
+            anti.concat(blocked.negate())
+                .concat(null_left)
+                .concat(null_blocked.negate())
+        }
+        JoinKind::Inner | JoinKind::LeftOuter | JoinKind::RightOuter | JoinKind::FullOuter => {
+            let mut out = matched.clone().map(|(l, r)| [l, r].concat());
+            if matches!(spec.kind, JoinKind::LeftOuter | JoinKind::FullOuter) {
+                let pad = RowCodec::new(arrow_schema(&right.schema))?.null_row()?;
+                let unmatched = semijoin_rows(lok, left_hits(), false);
+                out = out.concat(unmatched.map(move |l| [l, pad.clone()].concat()));
+            }
+            if matches!(spec.kind, JoinKind::RightOuter | JoinKind::FullOuter) {
+                let pad = RowCodec::new(arrow_schema(&left.schema))?.null_row()?;
+                let unmatched = semijoin_rows(rok, right_hits(), false);
+                out = out.concat(unmatched.map(move |r| [pad.clone(), r].concat()));
+            }
+            out
+        }
+    };
     Ok((out, errs))
+}
+
+/// The rows of `rows` whose `keys` are all non-NULL.
+fn lk_rows<'s>(rows: &Coll<'s>, schema: &DFSchema, keys: &[Expr]) -> Result<Coll<'s>, EngineError> {
+    null_filtered(rows, schema, keys, false)
+}
+
+/// The rows of `rows` with a NULL in one of `keys`.
+fn null_key_rows<'s>(rows: &Coll<'s>, schema: &DFSchema, keys: &[Expr]) -> Result<Coll<'s>, EngineError> {
+    null_filtered(rows, schema, keys, true)
+}
+
+fn null_filtered<'s>(
+    rows: &Coll<'s>,
+    schema: &DFSchema,
+    keys: &[Expr],
+    want_null: bool,
+) -> Result<Coll<'s>, EngineError> {
+    let eval = RowEval::new(schema, &[], &[keys])?;
+    let (s, _errs) = batch_map(
+        rows.clone(),
+        "JoinNullKeys",
+        move |data: &[(Row, Time, Diff)], oks, errs| {
+            let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
+            for_each_evaluated(&eval, &rows, errs, data, |indices, ev, _errs| {
+                for (pos, i) in indices.iter().enumerate() {
+                    if any_null(&ev.outputs[0], pos) == want_null {
+                        oks.push(data[*i].clone());
+                    }
+                }
+            });
+        },
+    );
+    // Key errors are already reported by the keyed side of the join.
+    Ok(s.as_collection())
 }
 
 fn render_reduce<'s>(
@@ -334,10 +432,10 @@ fn render_reduce<'s>(
     imports: &mut Imports<'_>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let (ok, err) = render(input, scope, imports)?;
-    let args: Vec<Expr> = aggregates
-        .iter()
-        .map(|a| a.arg.clone().unwrap_or_else(|| lit(true)))
-        .collect();
+    // Each input row becomes its group key and an argument row holding the
+    // inputs of every aggregate.
+    let (args, folder) = GroupFolder::new(aggregates, &input.schema)?;
+    let folder = Arc::new(folder);
     let eval = RowEval::new(&input.schema, &[], &[group_keys, &args])?;
     let n_keys = group_keys.len();
     let key_schema = Arc::new(Schema::new(plan.schema.as_arrow().fields()[..n_keys].to_vec()));
@@ -386,24 +484,7 @@ fn render_reduce<'s>(
             });
         (results, e)
     } else {
-        let arg_schema = Arc::new(Schema::new(
-            aggregates
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    arrow::datatypes::Field::new(
-                        format!("a{i}"),
-                        if a.arg.is_some() {
-                            a.input_type.clone()
-                        } else {
-                            arrow::datatypes::DataType::Boolean
-                        },
-                        true,
-                    )
-                })
-                .collect::<Vec<_>>(),
-        ));
-        let arg_codec = Arc::new(RowCodec::new(arg_schema)?);
+        let arg_codec = Arc::new(RowCodec::new(folder.arg_schema.clone())?);
         let arg_codec2 = arg_codec.clone();
         let (pairs, e) = batch_map(
             ok,
@@ -426,6 +507,7 @@ fn render_reduce<'s>(
         );
         let aggs = aggs.clone();
         let agg_codec = agg_codec.clone();
+        let folder = folder.clone();
         let pairs: VecCollection<'s, Time, (Row, Row), Diff> = pairs.as_collection();
         let results = pairs
             .reduce_named(
@@ -436,7 +518,7 @@ fn render_reduce<'s>(
                         .map_err(|e| e.to_string())
                         .and_then(|batch| {
                             let counts: Vec<Diff> = input.iter().map(|(_, c)| *c).collect();
-                            let (accums, extremes) = fold_group(&aggs, &batch, &counts)?;
+                            let (accums, extremes) = folder.fold(&batch, &counts)?;
                             let cols = finalize(&aggs, &accums, &extremes)?;
                             Ok(agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0))
                         });
@@ -453,13 +535,9 @@ fn render_reduce<'s>(
     let mut rows = rows.as_collection();
     if n_keys == 0 {
         // A global aggregate has one row even over empty input.
-        let zero = Accumulator::new(aggregates).zero();
-        let extremes: Vec<ScalarValue> = aggregates
-            .iter()
-            .filter(|a| !a.func.is_accumulable())
-            .map(|a| ScalarValue::try_from(&a.output_type).unwrap_or(ScalarValue::Null))
-            .collect();
-        let cols: Vec<ArrayRef> = finalize(aggregates, &zero, &extremes).map_err(EngineError::Encoding)?;
+        let empty = RecordBatch::new_empty(folder.arg_schema.clone());
+        let (zero, values) = folder.fold(&empty, &[]).map_err(EngineError::Encoding)?;
+        let cols: Vec<ArrayRef> = finalize(aggregates, &zero, &values).map_err(EngineError::Encoding)?;
         let default = agg_codec.encode(&cols, 1)?.remove(0);
         let d2 = default.clone();
         let defaults = if scope.index() == 0 {

@@ -17,7 +17,7 @@ use datafusion::logical_expr::{Distinct, Expr, ExprSchemable, JoinType, LogicalP
 use datafusion::physical_expr::create_physical_expr;
 
 use crate::error::SqlError;
-use crate::plan::{AggregateExpr, AggregateFunc, JoinKind, Plan, PlanNode};
+use crate::plan::{AggregateExpr, AggregateFunc, GeneralAggregate, JoinKind, Plan, PlanNode};
 use crate::planner::{CatalogReader, RelationKind, relation_name};
 
 /// Lower an optimized logical plan into the dataflow IR.
@@ -85,23 +85,20 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
                 JoinType::Left => JoinKind::LeftOuter,
                 JoinType::Right => JoinKind::RightOuter,
                 JoinType::Full => JoinKind::FullOuter,
-                JoinType::LeftSemi | JoinType::RightSemi => {
-                    return Err(SqlError::Unsupported(
-                        "semi joins (IN / EXISTS subqueries)".into(),
-                    ));
+                JoinType::LeftSemi => JoinKind::LeftSemi,
+                JoinType::RightSemi => JoinKind::RightSemi,
+                JoinType::LeftAnti if j.null_aware => {
+                    if j.filter.is_some() {
+                        return Err(SqlError::Unsupported("correlated NOT IN subqueries".into()));
+                    }
+                    JoinKind::LeftAntiNullAware
                 }
-                JoinType::LeftAnti | JoinType::RightAnti => {
-                    return Err(SqlError::Unsupported(
-                        "anti joins (NOT IN / NOT EXISTS subqueries)".into(),
-                    ));
-                }
+                JoinType::LeftAnti => JoinKind::LeftAnti,
+                JoinType::RightAnti => JoinKind::RightAnti,
                 JoinType::LeftMark | JoinType::RightMark => {
                     return Err(SqlError::Unsupported("subqueries in this position".into()));
                 }
             };
-            if j.null_equality == datafusion::common::NullEquality::NullEqualsNull {
-                return Err(SqlError::Unsupported("joins where NULL equals NULL".into()));
-            }
             let (left_keys, right_keys): (Vec<Expr>, Vec<Expr>) = j.on.iter().cloned().unzip();
             check_exprs(&left_keys)?;
             check_exprs(&right_keys)?;
@@ -115,6 +112,7 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
                 right_keys,
                 residual: j.filter.clone(),
                 kind,
+                nulls_equal: j.null_equality == datafusion::common::NullEquality::NullEqualsNull,
             }
         }
         LogicalPlan::Aggregate(a) => {
@@ -320,14 +318,36 @@ fn aggregate(e: &Expr, input_schema: &DFSchemaRef, output_type: DataType) -> Res
         return Err(SqlError::Unsupported(format!("aggregate expression {e}")));
     };
     let name = func.name().to_ascii_lowercase();
-    if params.distinct {
-        return Err(SqlError::Unsupported(format!("{name}(DISTINCT ...)")));
-    }
-    if params.filter.is_some() {
-        return Err(SqlError::Unsupported("aggregate FILTER (WHERE ...)".into()));
-    }
-    if !params.order_by.is_empty() && !matches!(name.as_str(), "min" | "max" | "count" | "sum" | "avg") {
-        return Err(SqlError::Unsupported("ordered aggregates".into()));
+    let builtin = matches!(name.as_str(), "count" | "sum" | "avg" | "mean" | "min" | "max");
+    let sum_like = matches!(name.as_str(), "sum" | "avg" | "mean");
+    let simple_arg = params.args.len() <= 1
+        && params.args.first().is_none_or(|a| {
+            !sum_like
+                || a.get_type(input_schema.as_ref())
+                    .is_ok_and(|t| accumulable_type(&t))
+        });
+    if !builtin || params.distinct || params.filter.is_some() || !params.order_by.is_empty() || !simple_arg {
+        check_exprs(&params.args)?;
+        if let Some(f) = &params.filter {
+            check_exprs(std::slice::from_ref(f))?;
+        }
+        let order: Vec<Expr> = params.order_by.iter().map(|s| s.expr.clone()).collect();
+        check_exprs(&order)?;
+        return Ok(AggregateExpr {
+            func: AggregateFunc::General,
+            arg: None,
+            input_type: DataType::Null,
+            output_type,
+            general: Some(GeneralAggregate {
+                udaf: func.clone(),
+                args: params.args.clone(),
+                distinct: params.distinct,
+                filter: params.filter.as_deref().cloned(),
+                order_by: params.order_by.clone(),
+                ignore_nulls: params.null_treatment
+                    == Some(datafusion::logical_expr::expr::NullTreatment::IgnoreNulls),
+            }),
+        });
     }
     let arg = match params.args.as_slice() {
         [] => None,
@@ -371,6 +391,7 @@ fn aggregate(e: &Expr, input_schema: &DFSchemaRef, output_type: DataType) -> Res
         arg,
         input_type,
         output_type,
+        general: None,
     })
 }
 

@@ -42,7 +42,8 @@ pub enum PlanNode {
         projection: Vec<Expr>,
     },
     /// Equi-join on `left_keys = right_keys`, then `residual` over the
-    /// concatenated row. Output rows are the left columns then the right.
+    /// concatenated row. Output rows are the left columns then the right
+    /// (for semi and anti joins: only the kept side's columns).
     Join {
         left: Box<Plan>,
         right: Box<Plan>,
@@ -50,6 +51,9 @@ pub enum PlanNode {
         right_keys: Vec<Expr>,
         residual: Option<Expr>,
         kind: JoinKind,
+        /// NULL keys match each other (set operations); otherwise a NULL
+        /// key never matches.
+        nulls_equal: bool,
     },
     /// Group by `group_keys` and compute `aggregates`. Output rows are the
     /// keys followed by one column per aggregate.
@@ -71,6 +75,15 @@ pub enum JoinKind {
     LeftOuter,
     RightOuter,
     FullOuter,
+    /// Left rows with at least one match (`IN`, `EXISTS`, `INTERSECT`).
+    LeftSemi,
+    /// Left rows with no match (`NOT EXISTS`, `EXCEPT`).
+    LeftAnti,
+    /// `NOT IN`: as `LeftAnti`, but nothing survives if the right side has a
+    /// NULL key, and left rows with a NULL key never survive.
+    LeftAntiNullAware,
+    RightSemi,
+    RightAnti,
 }
 
 /// Aggregate functions, split by how they are maintained.
@@ -88,13 +101,19 @@ pub enum AggregateFunc {
     Min,
     /// `max(x)`: kept by re-reading the group.
     Max,
+    /// Any other aggregate, or one with `DISTINCT`, `FILTER` or `ORDER BY`:
+    /// DataFusion's accumulator over the group.
+    General,
 }
 
 impl AggregateFunc {
     /// Whether the aggregate can be maintained in O(1) per update by
     /// accumulating it in the difference of the collection.
     pub fn is_accumulable(self) -> bool {
-        !matches!(self, AggregateFunc::Min | AggregateFunc::Max)
+        !matches!(
+            self,
+            AggregateFunc::Min | AggregateFunc::Max | AggregateFunc::General
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -104,6 +123,7 @@ impl AggregateFunc {
             AggregateFunc::Avg => "avg",
             AggregateFunc::Min => "min",
             AggregateFunc::Max => "max",
+            AggregateFunc::General => "general",
         }
     }
 }
@@ -113,12 +133,28 @@ impl AggregateFunc {
 pub struct AggregateExpr {
     pub func: AggregateFunc,
     /// The argument, bound against the reduce's input schema (`None` for
-    /// `count(*)`).
+    /// `count(*)` and general aggregates).
     pub arg: Option<Expr>,
     /// The argument's type after DataFusion's coercion.
     pub input_type: DataType,
     /// The type DataFusion gives the aggregate's result.
     pub output_type: DataType,
+    /// For [`AggregateFunc::General`]: the DataFusion aggregate to run.
+    pub general: Option<GeneralAggregate>,
+}
+
+/// An aggregate the engine evaluates with DataFusion's own accumulator over
+/// the whole group (`string_agg`, `count(DISTINCT x)`, `FILTER`, ...), so it
+/// means exactly what DataFusion's batch engine says it means.
+#[derive(Debug, Clone)]
+pub struct GeneralAggregate {
+    pub udaf: std::sync::Arc<datafusion::logical_expr::AggregateUDF>,
+    /// Arguments, bound against the reduce's input schema.
+    pub args: Vec<Expr>,
+    pub distinct: bool,
+    pub filter: Option<Expr>,
+    pub order_by: Vec<datafusion::logical_expr::SortExpr>,
+    pub ignore_nulls: bool,
 }
 
 impl Plan {
@@ -182,8 +218,12 @@ impl Plan {
                 right_keys,
                 residual,
                 kind,
+                nulls_equal,
             } => {
                 write!(f, "{pad}Join {kind:?}")?;
+                if *nulls_equal {
+                    write!(f, " nulls_equal")?;
+                }
                 let on: Vec<String> = left_keys
                     .iter()
                     .zip(right_keys)
@@ -204,9 +244,19 @@ impl Plan {
             } => {
                 let aggs: Vec<String> = aggregates
                     .iter()
-                    .map(|a| match &a.arg {
-                        Some(e) => format!("{}({e})", a.func.name()),
-                        None => "count(*)".to_string(),
+                    .map(|a| match (&a.arg, &a.general) {
+                        (_, Some(g)) => {
+                            let args: Vec<String> = g.args.iter().map(|e| e.to_string()).collect();
+                            let distinct = if g.distinct { "DISTINCT " } else { "" };
+                            let filter = g
+                                .filter
+                                .as_ref()
+                                .map(|f| format!(" FILTER ({f})"))
+                                .unwrap_or_default();
+                            format!("{}({distinct}{}){filter}", g.udaf.name(), args.join(", "))
+                        }
+                        (Some(e), None) => format!("{}({e})", a.func.name()),
+                        (None, None) => "count(*)".to_string(),
                     })
                     .collect();
                 let kind = if aggregates.iter().all(|a| a.func.is_accumulable()) {

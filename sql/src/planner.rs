@@ -75,10 +75,18 @@ impl Planner {
         options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
         options.sql_parser.collect_spans = true;
         options.sql_parser.enable_ident_normalization = true;
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
             .build();
+        // PostgreSQL spells sample variance `variance`.
+        let variance = datafusion::functions_aggregate::variance::var_samp_udaf()
+            .as_ref()
+            .clone();
+        let _ = datafusion::execution::FunctionRegistry::register_udaf(
+            &mut state,
+            Arc::new(variance.with_aliases(["variance"])),
+        );
         state.catalog_list().register_catalog(
             CATALOG.into(),
             Arc::new(WeirCatalog(Arc::new(WeirSchema(catalog)))),
