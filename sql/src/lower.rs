@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Schema};
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, DFSchemaRef, ScalarValue};
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::expr::AggregateFunction;
@@ -202,66 +202,75 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
     Ok(Plan { node, schema })
 }
 
-/// Put a filter and/or projection on top of `input`, fusing with an MFP
-/// below when that MFP's projection is the identity.
+/// Put a filter and/or projection on top of `input`. When `input` is itself
+/// a MapFilterProject, the two fuse into one: the new expressions are
+/// rewritten in terms of its input, so rows are decoded and encoded once.
 fn fuse(input: Plan, filters: Vec<Expr>, projection: Option<Vec<Expr>>, schema: DFSchemaRef) -> Plan {
-    let projection_or_identity = |s: &DFSchemaRef| projection.clone().unwrap_or_else(|| identity(s));
-    match input.node {
-        PlanNode::MapFilterProject {
-            input: inner,
-            filters: mut fs,
-            projection: proj,
-        } if proj == identity(&inner.schema) => {
-            // Expressions bound to the identity MFP's output bind equally to
-            // its input when the columns are the same.
-            let same_names = inner.schema.fields().len() == input.schema.fields().len()
-                && inner.schema.iter().zip(input.schema.iter()).all(|(a, b)| a == b);
-            if same_names {
-                fs.extend(filters);
-                let projection = projection_or_identity(&inner.schema);
-                return Plan {
-                    node: PlanNode::MapFilterProject {
-                        input: inner,
-                        filters: fs,
-                        projection,
-                    },
-                    schema,
-                };
-            }
-            let input = Plan {
+    let projection = projection.unwrap_or_else(|| identity(&input.schema));
+    // A projection that only renames the columns, in order, costs nothing.
+    let renames_only = filters.is_empty()
+        && projection.len() == input.schema.fields().len()
+        && projection
+            .iter()
+            .zip(identity(&input.schema))
+            .all(|(p, c)| p.clone().unalias() == c);
+    if renames_only {
+        return Plan {
+            node: input.node,
+            schema,
+        };
+    }
+    if let PlanNode::MapFilterProject {
+        input: inner,
+        filters: below,
+        projection: proj,
+    } = &input.node
+    {
+        let sub = |e: &Expr| substitute(e, &input.schema, proj);
+        let fused_filters = filters.iter().map(sub).collect::<Option<Vec<_>>>();
+        let fused_projection = projection.iter().map(sub).collect::<Option<Vec<_>>>();
+        if let (Some(f), Some(p)) = (fused_filters, fused_projection) {
+            let mut all = below.clone();
+            all.extend(f);
+            return Plan {
                 node: PlanNode::MapFilterProject {
-                    input: inner,
-                    filters: fs,
-                    projection: proj,
-                },
-                schema: input.schema,
-            };
-            let projection = projection_or_identity(&input.schema);
-            Plan {
-                node: PlanNode::MapFilterProject {
-                    input: Box::new(input),
-                    filters,
-                    projection,
+                    input: inner.clone(),
+                    filters: all,
+                    projection: p,
                 },
                 schema,
-            }
-        }
-        node => {
-            let input = Plan {
-                node,
-                schema: input.schema,
             };
-            let projection = projection_or_identity(&input.schema);
-            Plan {
-                node: PlanNode::MapFilterProject {
-                    input: Box::new(input),
-                    filters,
-                    projection,
-                },
-                schema,
-            }
         }
     }
+    Plan {
+        node: PlanNode::MapFilterProject {
+            input: Box::new(input),
+            filters,
+            projection,
+        },
+        schema,
+    }
+}
+
+/// Rewrite `e`, bound to the output of a projection (`schema`), in terms of
+/// the projection's input. `None` if a column cannot be resolved.
+fn substitute(e: &Expr, schema: &DFSchema, projection: &[Expr]) -> Option<Expr> {
+    let mut ok = true;
+    let out = e
+        .clone()
+        .transform(|x| match &x {
+            Expr::Column(c) => match schema.index_of_column(c) {
+                Ok(i) => Ok(Transformed::yes(projection[i].clone().unalias())),
+                Err(_) => {
+                    ok = false;
+                    Ok(Transformed::no(x))
+                }
+            },
+            _ => Ok(Transformed::no(x)),
+        })
+        .ok()?
+        .data;
+    ok.then_some(out)
 }
 
 fn column(schema: &DFSchema, i: usize) -> Expr {
