@@ -133,6 +133,16 @@ pub fn render<'s>(
             group_keys,
             aggregates,
         } => render_reduce(plan, input, group_keys, aggregates, scope, imports),
+        PlanNode::TopK {
+            input,
+            order,
+            limit,
+            offset,
+        } => {
+            let (ok, err) = render(input, scope, imports)?;
+            let (ok, err2) = render_topk(ok, &input.schema, order, *limit, *offset)?;
+            Ok((ok, err.concat(err2)))
+        }
         PlanNode::Distinct { input } => {
             let (ok, err) = render(input, scope, imports)?;
             Ok((ok.distinct_core::<Diff>(), err))
@@ -421,6 +431,106 @@ fn null_filtered<'s>(
     );
     // Key errors are already reported by the keyed side of the join.
     Ok(s.as_collection())
+}
+
+/// Emit, in `input`'s order (rows sorted ascending), the occurrences after
+/// the first `skip`, at most `limit` of them.
+fn take_sorted<V: Clone>(
+    input: &[(&V, Diff)],
+    skip: usize,
+    limit: Option<usize>,
+    output: &mut Vec<(V, Diff)>,
+) {
+    let mut skipped = 0;
+    let mut taken = 0;
+    for (v, count) in input {
+        let mut count = (*count).max(0) as usize;
+        let s = (skip - skipped).min(count);
+        skipped += s;
+        count -= s;
+        if let Some(l) = limit {
+            count = count.min(l - taken);
+        }
+        if count > 0 {
+            output.push(((*v).clone(), count as Diff));
+            taken += count;
+        }
+        if limit.is_some_and(|l| taken >= l) {
+            break;
+        }
+    }
+}
+
+/// `ORDER BY ... LIMIT`: rows keyed by their encoded sort key, then a top-k
+/// in 256 hash buckets, then a top-k of the buckets' winners, so a change
+/// re-reads one bucket and the winners rather than the whole input.
+fn render_topk<'s>(
+    ok: Coll<'s>,
+    schema: &DFSchema,
+    order: &[datafusion::logical_expr::SortExpr],
+    limit: Option<usize>,
+    offset: usize,
+) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
+    let exprs: Vec<Expr> = order.iter().map(|s| s.expr.clone()).collect();
+    let eval = RowEval::new(schema, &[], &[&exprs])?;
+    let fields = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let t = datafusion::logical_expr::ExprSchemable::get_type(e, schema)
+                .map_err(|e| EngineError::Expression(e.to_string()))?;
+            Ok(arrow::datatypes::Field::new(format!("o{i}"), t, true))
+        })
+        .collect::<Result<Vec<_>, EngineError>>()?;
+    let options = order
+        .iter()
+        .map(|s| arrow::compute::SortOptions {
+            descending: !s.asc,
+            nulls_first: s.nulls_first,
+        })
+        .collect();
+    let key_codec = RowCodec::with_options(Arc::new(Schema::new(fields)), options)?;
+    let (keyed, errs) = batch_map(
+        ok,
+        "TopKSortKeys",
+        move |data: &[(Row, Time, Diff)], oks, errs| {
+            let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
+            for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
+                match encode_group(&key_codec, ev, 0) {
+                    Ok(keys) => {
+                        for (i, k) in indices.iter().zip(keys) {
+                            oks.push(((k, data[*i].0.clone()), data[*i].1, data[*i].2));
+                        }
+                    }
+                    Err(e) => indices
+                        .iter()
+                        .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
+                }
+            });
+        },
+    );
+    let keyed: Keyed<'s> = keyed.as_collection();
+    let keep = limit.map(|l| l + offset);
+    let top = keyed
+        .map(|(sort_key, row)| {
+            use differential_dataflow::Hashable;
+            (row.hashed() % 256, (sort_key, row))
+        })
+        .reduce_named(
+            "TopKBuckets",
+            move |_bucket, input: &[(&(Row, Row), Diff)], output: &mut Vec<((Row, Row), Diff)>| {
+                take_sorted(input, 0, keep, output)
+            },
+        )
+        .map(|(_bucket, v)| ((), v))
+        .reduce_named(
+            "TopK",
+            move |_unit, input: &[(&(Row, Row), Diff)], output: &mut Vec<((Row, Row), Diff)>| {
+                take_sorted(input, offset, limit, output)
+            },
+        )
+        .map(|((), (_sort_key, row))| row);
+    Ok((top, errs))
 }
 
 fn render_reduce<'s>(

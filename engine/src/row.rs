@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
-use arrow::compute::cast;
+use arrow::compute::{SortOptions, cast};
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 
@@ -25,10 +25,18 @@ pub struct RowCodec {
 
 impl RowCodec {
     pub fn new(schema: SchemaRef) -> Result<Self, EngineError> {
+        let options = vec![SortOptions::default(); schema.fields().len()];
+        Self::with_options(schema, options)
+    }
+
+    /// A codec whose byte order is the given per-column sort order (for
+    /// `ORDER BY ... DESC NULLS LAST` and friends).
+    pub fn with_options(schema: SchemaRef, options: Vec<SortOptions>) -> Result<Self, EngineError> {
         let fields = schema
             .fields()
             .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
+            .zip(options)
+            .map(|(f, o)| SortField::new_with_options(f.data_type().clone(), o))
             .collect();
         let converter = RowConverter::new(fields).map_err(|e| EngineError::Encoding(e.to_string()))?;
         Ok(RowCodec { schema, converter })

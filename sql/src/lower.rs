@@ -47,20 +47,39 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
                 },
                 schema: full.clone(),
             };
-            if scan.fetch.is_some() {
-                return Err(SqlError::Unsupported("LIMIT in a materialized view".into()));
-            }
             let projection = match &scan.projection {
                 Some(indices) => indices.iter().map(|i| column(&full, *i)).collect(),
                 None => identity(&full),
             };
-            if scan.filters.is_empty() && scan.projection.is_none() {
-                return Ok(get);
-            }
-            PlanNode::MapFilterProject {
-                input: Box::new(get),
-                filters: scan.filters.clone(),
-                projection,
+            let scanned = if scan.filters.is_empty() && scan.projection.is_none() {
+                get
+            } else {
+                let node = PlanNode::MapFilterProject {
+                    input: Box::new(get),
+                    filters: scan.filters.clone(),
+                    projection,
+                };
+                Plan {
+                    node,
+                    schema: schema.clone(),
+                }
+            };
+            match scan.fetch {
+                None => return Ok(scanned),
+                // LIMIT without ORDER BY, pushed into the scan: any rows will
+                // do, so take the first in whole-row order.
+                Some(limit) => {
+                    let order = identity(&schema)
+                        .into_iter()
+                        .map(|e| e.sort(true, false))
+                        .collect();
+                    PlanNode::TopK {
+                        input: Box::new(scanned),
+                        order,
+                        limit: Some(limit),
+                        offset: 0,
+                    }
+                }
             }
         }
         LogicalPlan::Projection(p) => {
@@ -168,18 +187,62 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
             }
         }
         LogicalPlan::Sort(s) => {
-            if s.fetch.is_some() {
-                return Err(SqlError::Unsupported(
-                    "ORDER BY ... LIMIT in a materialized view".into(),
-                ));
+            let Some(fetch) = s.fetch else {
+                // A view is a set: ordering only matters when a reader asks for it.
+                return lower(&s.input, catalog);
+            };
+            let order: Vec<Expr> = s.expr.iter().map(|e| e.expr.clone()).collect();
+            check_exprs(&order)?;
+            PlanNode::TopK {
+                input: Box::new(lower(&s.input, catalog)?),
+                order: s.expr.clone(),
+                limit: Some(fetch),
+                offset: 0,
             }
-            // A view is a set: ordering only matters when a reader asks for it.
-            return lower(&s.input, catalog);
         }
-        LogicalPlan::Limit(_) => {
-            return Err(SqlError::Unsupported(
-                "LIMIT / OFFSET in a materialized view".into(),
-            ));
+        LogicalPlan::Limit(l) => {
+            use datafusion::logical_expr::{FetchType, SkipType};
+            let unsupported = || SqlError::Unsupported("LIMIT / OFFSET that are not constants".into());
+            let skip = match l.get_skip_type().map_err(|e| SqlError::Plan(e.to_string()))? {
+                SkipType::Literal(n) => n,
+                SkipType::UnsupportedExpr => return Err(unsupported()),
+            };
+            let fetch = match l.get_fetch_type().map_err(|e| SqlError::Plan(e.to_string()))? {
+                FetchType::Literal(n) => n,
+                FetchType::UnsupportedExpr => return Err(unsupported()),
+            };
+            let input = lower(&l.input, catalog)?;
+            match input.node {
+                // The optimizer pushes `skip + fetch` into the sort below.
+                PlanNode::TopK {
+                    input,
+                    order,
+                    offset: 0,
+                    ..
+                } => PlanNode::TopK {
+                    input,
+                    order,
+                    limit: fetch,
+                    offset: skip,
+                },
+                node => {
+                    // LIMIT without ORDER BY: order by the whole row.
+                    let input = Plan {
+                        node,
+                        schema: input.schema,
+                    };
+                    let order = identity(&input.schema)
+                        .into_iter()
+                        .map(|e| e.sort(true, false))
+                        .collect();
+                    PlanNode::TopK {
+                        input: Box::new(input),
+                        order,
+                        limit: fetch,
+                        offset: skip,
+                    }
+                }
+            }
         }
         LogicalPlan::Window(_) => return Err(SqlError::Unsupported("window functions".into())),
         LogicalPlan::RecursiveQuery(_) => {

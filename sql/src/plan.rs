@@ -64,6 +64,16 @@ pub enum PlanNode {
     },
     /// Remove duplicate rows.
     Distinct { input: Box<Plan> },
+    /// The first `limit` rows (after skipping `offset`) in `order`,
+    /// maintained incrementally (`ORDER BY ... LIMIT` in a view). Ties are
+    /// broken by the whole row, so the answer is deterministic.
+    TopK {
+        input: Box<Plan>,
+        /// Sort expressions bound against `input.schema`.
+        order: Vec<datafusion::logical_expr::SortExpr>,
+        limit: Option<usize>,
+        offset: usize,
+    },
     /// Bag union (`UNION ALL`).
     Union { inputs: Vec<Plan> },
 }
@@ -182,7 +192,8 @@ impl Plan {
             PlanNode::Get { .. } | PlanNode::Constant { .. } => {}
             PlanNode::MapFilterProject { input, .. }
             | PlanNode::Reduce { input, .. }
-            | PlanNode::Distinct { input } => input.visit(f),
+            | PlanNode::Distinct { input }
+            | PlanNode::TopK { input, .. } => input.visit(f),
             PlanNode::Join { left, right, .. } => {
                 left.visit(f);
                 right.visit(f);
@@ -274,6 +285,23 @@ impl Plan {
             }
             PlanNode::Distinct { input } => {
                 writeln!(f, "{pad}Distinct")?;
+                input.fmt_indent(f, depth + 1)
+            }
+            PlanNode::TopK {
+                input,
+                order,
+                limit,
+                offset,
+            } => {
+                let order: Vec<String> = order.iter().map(|s| s.to_string()).collect();
+                write!(f, "{pad}TopK order=[{}]", order.join(", "))?;
+                if let Some(l) = limit {
+                    write!(f, " limit={l}")?;
+                }
+                if *offset > 0 {
+                    write!(f, " offset={offset}")?;
+                }
+                writeln!(f)?;
                 input.fmt_indent(f, depth + 1)
             }
             PlanNode::Union { inputs } => {
