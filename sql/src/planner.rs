@@ -75,6 +75,10 @@ impl Planner {
         options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
         options.sql_parser.collect_spans = true;
         options.sql_parser.enable_ident_normalization = true;
+        // Rewrite every scalar subquery into a join, so that views can
+        // maintain them (DataFusion would otherwise run uncorrelated ones
+        // separately at execution time).
+        options.optimizer.enable_physical_uncorrelated_scalar_subquery = false;
         let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
