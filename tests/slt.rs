@@ -1,0 +1,177 @@
+//! SQL logic tests: `tests/slt/*.slt` run against the real server over
+//! pgwire with the `sqllogictest` crate, each file on a fresh server.
+//! `REWRITE=1` rewrites the expected output in place.
+//!
+//! The third-party SQLite corpus in `../shared/conformance/sqlite` (or
+//! `$WEIR_CONFORMANCE`) runs with
+//! `cargo test --test slt -- --ignored --nocapture conformance`; it reports
+//! how many records pass per file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use sqllogictest::{DBOutput, DefaultColumnType, Record, Runner};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// One connection to Weir, as the logic-test runner's database.
+struct Weir {
+    client: Client,
+}
+
+#[derive(Debug)]
+struct DbError(String);
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DbError {}
+
+fn db_error(e: tokio_postgres::Error) -> DbError {
+    DbError(match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    })
+}
+
+/// Render one value the way the logic tests record it.
+fn render(value: Option<&str>, ty: &Type) -> String {
+    match value {
+        None => "NULL".into(),
+        Some("") => "(empty)".into(),
+        Some(v) if *ty == Type::FLOAT4 || *ty == Type::FLOAT8 || *ty == Type::NUMERIC => {
+            match v.parse::<f64>() {
+                Ok(f) if *ty != Type::NUMERIC || v.contains('.') => format!("{f:.3}"),
+                _ => v.to_string(),
+            }
+        }
+        Some(v) => v.to_string(),
+    }
+}
+
+#[async_trait]
+impl sqllogictest::AsyncDB for Weir {
+    type Error = DbError;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DbError> {
+        let stmt = self.client.prepare(sql).await.map_err(db_error)?;
+        if stmt.columns().is_empty() {
+            let n = self.client.execute(&stmt, &[]).await.map_err(db_error)?;
+            return Ok(DBOutput::StatementComplete(n));
+        }
+        let types: Vec<Type> = stmt.columns().iter().map(|c| c.type_().clone()).collect();
+        let mut rows = Vec::new();
+        for message in self.client.simple_query(sql).await.map_err(db_error)? {
+            if let SimpleQueryMessage::Row(r) = message {
+                rows.push((0..r.len()).map(|i| render(r.get(i), &types[i])).collect());
+            }
+        }
+        let column_types = types
+            .iter()
+            .map(|t| match *t {
+                Type::INT2 | Type::INT4 | Type::INT8 => DefaultColumnType::Integer,
+                Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC => DefaultColumnType::FloatingPoint,
+                Type::TEXT | Type::VARCHAR => DefaultColumnType::Text,
+                _ => DefaultColumnType::Any,
+            })
+            .collect();
+        Ok(DBOutput::Rows { types: column_types, rows })
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "postgresql"
+    }
+}
+
+fn runner(server: &common::Server) -> Runner<Weir, impl sqllogictest::MakeConnection<Conn = Weir>> {
+    let url = server.url();
+    let mut runner = Runner::new(move || {
+        let url = url.clone();
+        async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.map_err(db_error)?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(Weir { client })
+        }
+    });
+    runner.add_label("postgresql");
+    runner.add_label("weir");
+    runner
+}
+
+fn slt_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "slt" || x == "test")).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn slt_files_pass() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
+    let files = slt_files(&dir);
+    assert!(!files.is_empty(), "no .slt files in {}", dir.display());
+    for file in files {
+        let server = common::Server::start();
+        let mut runner = runner(&server);
+        if std::env::var("REWRITE").is_ok() {
+            runner
+                .update_test_file(&file, " ", sqllogictest::default_validator, sqllogictest::default_normalizer, sqllogictest::default_column_validator)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        } else if let Err(e) = runner.run_file_async(&file).await {
+            panic!("{}", e.display(false));
+        }
+    }
+}
+
+/// The SQLite corpus, one-shot: every record of every file, counting
+/// passes instead of stopping at the first failure.
+#[tokio::test]
+#[ignore = "third-party corpus; run explicitly (see the module docs)"]
+async fn conformance() {
+    let dir = std::env::var("WEIR_CONFORMANCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/sqlite"));
+    let mut files = slt_files(&dir);
+    files.extend(slt_files(&dir.join("evidence")));
+    assert!(!files.is_empty(), "no corpus at {}", dir.display());
+    let (mut total_pass, mut total) = (0, 0);
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let script = format!("hash-threshold 8\ncontrol resultmode valuewise\n{text}");
+        let records: Vec<Record<DefaultColumnType>> = sqllogictest::parse(&script).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let server = common::Server::start();
+        let mut runner = runner(&server);
+        let (mut pass, mut count, mut shown) = (0, 0, 0);
+        for record in records {
+            let counted = matches!(record, Record::Query { .. } | Record::Statement { .. });
+            let result = runner.run_async(record).await;
+            if counted {
+                count += 1;
+                match result {
+                    Ok(_) => pass += 1,
+                    Err(e) if shown < 3 => {
+                        shown += 1;
+                        eprintln!("{}: {}", file.display(), e.display(false));
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        println!("{}: {pass}/{count} records pass", file.file_name().unwrap().to_string_lossy());
+        total_pass += pass;
+        total += count;
+    }
+    println!("conformance: {total_pass}/{total} records pass");
+}
