@@ -18,7 +18,6 @@ async fn plans_match_golden_file() {
     for case in golden.split("\n\n").filter(|c| !c.trim().is_empty()) {
         let (head, expected) = case
             .split_once("----\n")
-            .map(|(h, e)| (h, e))
             .unwrap_or((case.trim_end_matches("----"), ""));
         let query: String = head
             .lines()

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 const JAR: &str = "/usr/share/java/postgresql.jar";
 
 #[test]
@@ -15,20 +13,6 @@ fn jdbc_works() {
     );
     let server = common::Server::start();
     let url = format!("jdbc:postgresql://127.0.0.1:{}/weir", server.port);
-    let out = Command::new("java")
-        .args([
-            "-cp",
-            JAR,
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/java/JdbcSmoke.java"),
-            &url,
-        ])
-        .output()
-        .expect("java runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(stdout.trim(), "ok");
+    let program = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/java/JdbcSmoke.java");
+    common::run_client("java", &["-cp", JAR, program, &url]);
 }

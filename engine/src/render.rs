@@ -89,24 +89,12 @@ pub fn render<'s>(
             let (ok, err) = render(input, scope, imports)?;
             let eval = RowEval::new(&input.schema, filters, &[projection])?;
             let out = RowCodec::new(arrow_schema(&plan.schema))?;
-            let (ok, err2) = batch_map(
+            let (ok, err2) = map_encoded(
                 ok,
                 "MapFilterProject",
-                move |data: &[(Row, Time, Diff)], oks, errs| {
-                    let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-                    for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
-                        match encode_group(&out, ev, 0) {
-                            Ok(encoded) => {
-                                for (i, row) in indices.iter().zip(encoded) {
-                                    oks.push((row, data[*i].1, data[*i].2));
-                                }
-                            }
-                            Err(e) => indices
-                                .iter()
-                                .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
-                        }
-                    });
-                },
+                eval,
+                out,
+                |(_, t, d), _, row, _, oks, _| oks.push((row, *t, *d)),
             );
             Ok((ok.as_collection(), err.concat(err2)))
         }
@@ -235,6 +223,37 @@ fn for_each_evaluated<D>(
     }
 }
 
+/// Evaluate `eval` over each batch of rows and encode its first output group
+/// with `codec`. `emit` sees each row that passed the filters: its update,
+/// its position in the evaluation, its encoded output and the evaluation.
+fn map_encoded<'s, O, F>(
+    input: Coll<'s>,
+    name: &str,
+    eval: RowEval,
+    codec: RowCodec,
+    mut emit: F,
+) -> (Stream<'s, Time, Vec<O>>, Errs<'s>)
+where
+    O: Clone + 'static,
+    F: FnMut(&(Row, Time, Diff), usize, Row, &Evaluated, &mut Vec<O>, &mut Vec<ErrRow>) + 'static,
+{
+    batch_map(input, name, move |data: &[(Row, Time, Diff)], oks, errs| {
+        let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
+        for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
+            match encode_group(&codec, ev, 0) {
+                Ok(encoded) => {
+                    for (pos, (i, row)) in indices.iter().zip(encoded).enumerate() {
+                        emit(&data[*i], pos, row, ev, oks, errs);
+                    }
+                }
+                Err(e) => indices
+                    .iter()
+                    .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
+            }
+        });
+    })
+}
+
 /// Key each row by `keys`. Rows with a NULL key are dropped unless
 /// `nulls_equal` (a NULL key never matches in an ordinary join).
 fn keyed<'s>(
@@ -255,23 +274,17 @@ fn keyed<'s>(
             })
             .collect::<Result<Vec<_>, EngineError>>()?,
     )))?;
-    let (s, e) = batch_map(ok, name, move |data: &[(Row, Time, Diff)], oks, errs| {
-        let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-        for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
-            match encode_group(&key_codec, ev, 0) {
-                Ok(encoded) => {
-                    for (pos, (i, key)) in indices.iter().zip(encoded).enumerate() {
-                        if nulls_equal || !any_null(&ev.outputs[0], pos) {
-                            oks.push(((key, data[*i].0.clone()), data[*i].1, data[*i].2));
-                        }
-                    }
-                }
-                Err(e) => indices
-                    .iter()
-                    .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
+    let (s, e) = map_encoded(
+        ok,
+        name,
+        eval,
+        key_codec,
+        move |(r, t, d), pos, key, ev, oks, _| {
+            if nulls_equal || !any_null(&ev.outputs[0], pos) {
+                oks.push(((key, r.clone()), *t, *d));
             }
-        });
-    });
+        },
+    );
     Ok((s.as_collection(), e))
 }
 
@@ -490,24 +503,12 @@ fn render_topk<'s>(
         })
         .collect();
     let key_codec = RowCodec::with_options(Arc::new(Schema::new(fields)), options)?;
-    let (keyed, errs) = batch_map(
+    let (keyed, errs) = map_encoded(
         ok,
         "TopKSortKeys",
-        move |data: &[(Row, Time, Diff)], oks, errs| {
-            let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-            for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
-                match encode_group(&key_codec, ev, 0) {
-                    Ok(keys) => {
-                        for (i, k) in indices.iter().zip(keys) {
-                            oks.push(((k, data[*i].0.clone()), data[*i].1, data[*i].2));
-                        }
-                    }
-                    Err(e) => indices
-                        .iter()
-                        .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
-                }
-            });
-        },
+        eval,
+        key_codec,
+        |(r, t, d), _, key, _, oks, _| oks.push(((key, r.clone()), *t, *d)),
     );
     let keyed: Keyed<'s> = keyed.as_collection();
     let keep = limit.map(|l| l + offset);
@@ -556,26 +557,14 @@ fn render_reduce<'s>(
 
     let (results, errs): (VecCollection<'s, Time, Result<Row, String>, Diff>, Errs<'s>) = if accumulable {
         let acc = Accumulator::new(aggregates);
-        let (contributions, e) = batch_map(
+        let (contributions, e) = map_encoded(
             ok,
             "ReduceAccumulate",
-            move |data: &[(Row, Time, Diff)], oks, errs| {
-                let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-                for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
-                    match encode_group(&key_codec, ev, 0) {
-                        Ok(keys) => {
-                            for (pos, (i, key)) in indices.iter().zip(keys).enumerate() {
-                                match acc.contribution(&ev.outputs[1], pos, data[*i].2) {
-                                    Ok(c) => oks.push((key, data[*i].1, c)),
-                                    Err(e) => errs.push((e, data[*i].1, data[*i].2)),
-                                }
-                            }
-                        }
-                        Err(e) => indices
-                            .iter()
-                            .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
-                    }
-                });
+            eval,
+            key_codec,
+            move |(_, t, d), pos, key, ev, oks, errs| match acc.contribution(&ev.outputs[1], pos, *d) {
+                Ok(c) => oks.push((key, *t, c)),
+                Err(e) => errs.push((e, *t, *d)),
             },
         );
         let totals: VecCollection<'s, Time, Row, Accums> = contributions.as_collection();

@@ -170,6 +170,11 @@ impl SqlError {
         {
             return SqlError::DatatypeMismatch { message, position };
         }
+        if lower.contains("does not support logical expression scalarsubquery") {
+            return SqlError::Unsupported(
+                "correlated scalar subqueries whose correlation is not an equality".into(),
+            );
+        }
         match &e {
             DataFusionError::NotImplemented(_) => SqlError::Unsupported(message),
             DataFusionError::SQL(..) => SqlError::Syntax { message, position },

@@ -55,7 +55,12 @@ pub trait CatalogReader: Send + Sync + std::fmt::Debug {
 /// Plans statements against a catalog.
 #[derive(Clone)]
 pub struct Planner {
+    /// Binds statements and runs one-shot queries.
     state: SessionState,
+    /// Optimizes plans for dataflows: the same, except that every scalar
+    /// subquery becomes a join (DataFusion's batch executor runs
+    /// uncorrelated ones separately, which a dataflow cannot).
+    dataflow_state: SessionState,
 }
 
 impl std::fmt::Debug for Planner {
@@ -75,10 +80,6 @@ impl Planner {
         options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
         options.sql_parser.collect_spans = true;
         options.sql_parser.enable_ident_normalization = true;
-        // Rewrite every scalar subquery into a join, so that views can
-        // maintain them (DataFusion would otherwise run uncorrelated ones
-        // separately at execution time).
-        options.optimizer.enable_physical_uncorrelated_scalar_subquery = false;
         let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
@@ -95,7 +96,18 @@ impl Planner {
             CATALOG.into(),
             Arc::new(WeirCatalog(Arc::new(WeirSchema(catalog)))),
         );
-        Planner { state }
+        let mut dataflow_config = state.config().clone();
+        dataflow_config
+            .options_mut()
+            .optimizer
+            .enable_physical_uncorrelated_scalar_subquery = false;
+        let dataflow_state = SessionStateBuilder::new_from_existing(state.clone())
+            .with_config(dataflow_config)
+            .build();
+        Planner {
+            state,
+            dataflow_state,
+        }
     }
 
     /// The DataFusion session state, for executing one-shot queries.
@@ -120,9 +132,10 @@ impl Planner {
         self.optimize(&plan, sql)
     }
 
-    /// Run DataFusion's analyzer (type coercion) and optimizer over a plan.
+    /// Run DataFusion's analyzer (type coercion) and optimizer over a plan
+    /// that will become a dataflow.
     pub fn optimize(&self, plan: &LogicalPlan, sql: &str) -> Result<LogicalPlan, SqlError> {
-        self.state
+        self.dataflow_state
             .optimize(plan)
             .map_err(|e| SqlError::from_datafusion(e, sql))
     }

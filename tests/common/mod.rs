@@ -23,7 +23,9 @@ impl Server {
     pub fn with_workers(workers: usize) -> Server {
         // Port 0: the server picks a free port and prints it, so parallel
         // tests never race for one.
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        // WEIR_BIN runs another build (say, release for the conformance corpus).
+        let bin = std::env::var("WEIR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weir").to_string());
+        let mut child = Command::new(bin)
             .args([
                 "start",
                 "--pg-addr",
@@ -111,6 +113,21 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Run a client program that prints `ok` when it is satisfied.
+pub fn run_client(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "ok");
 }
 
 /// Run `sql` with the simple protocol and return its rows as text.
