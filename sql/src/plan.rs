@@ -168,40 +168,6 @@ pub struct GeneralAggregate {
 }
 
 impl Plan {
-    /// The arity of the rows this node produces.
-    pub fn arity(&self) -> usize {
-        self.schema.fields().len()
-    }
-
-    /// Ids of every relation the plan reads.
-    pub fn depends_on(&self) -> Vec<GlobalId> {
-        let mut out = Vec::new();
-        self.visit(&mut |p| {
-            if let PlanNode::Get { id, .. } = &p.node
-                && !out.contains(id)
-            {
-                out.push(*id);
-            }
-        });
-        out
-    }
-
-    fn visit(&self, f: &mut impl FnMut(&Plan)) {
-        f(self);
-        match &self.node {
-            PlanNode::Get { .. } | PlanNode::Constant { .. } => {}
-            PlanNode::MapFilterProject { input, .. }
-            | PlanNode::Reduce { input, .. }
-            | PlanNode::Distinct { input }
-            | PlanNode::TopK { input, .. } => input.visit(f),
-            PlanNode::Join { left, right, .. } => {
-                left.visit(f);
-                right.visit(f);
-            }
-            PlanNode::Union { inputs } => inputs.iter().for_each(|i| i.visit(f)),
-        }
-    }
-
     fn fmt_indent(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
         let pad = "  ".repeat(depth);
         let list = |exprs: &[Expr]| exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");

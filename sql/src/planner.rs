@@ -126,12 +126,6 @@ impl Planner {
         bytea_literals(plan).map_err(|e| SqlError::from_datafusion(e, sql))
     }
 
-    /// Bind a query and return its optimized plan.
-    pub async fn plan_query(&self, query: ast::Query, sql: &str) -> Result<LogicalPlan, SqlError> {
-        let plan = self.bind(ast::Statement::Query(Box::new(query)), sql).await?;
-        self.optimize(&plan, sql)
-    }
-
     /// Run DataFusion's analyzer (type coercion) and optimizer over a plan
     /// that will become a dataflow.
     pub fn optimize(&self, plan: &LogicalPlan, sql: &str) -> Result<LogicalPlan, SqlError> {

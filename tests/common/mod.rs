@@ -101,11 +101,6 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-
-    /// Whether the process is still running.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
 }
 
 impl Drop for Server {
