@@ -35,6 +35,7 @@ const VIEWS: &[&str] = &[
     "SELECT k, x FROM a ORDER BY x DESC, k LIMIT 3",
     "SELECT x, (SELECT max(y) FROM b) AS my FROM a",
     "SELECT a1.k, a2.x FROM a a1 JOIN a a2 ON a1.k = a2.x",
+    "SELECT k, (SELECT count(*) FROM b WHERE b.y < a.x) AS n FROM a",
 ];
 
 #[derive(Debug, Clone)]

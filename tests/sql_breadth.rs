@@ -27,6 +27,13 @@ const VIEWS: &[&str] = &[
     "SELECT min(s) AS mn, max(s) AS mx, count(DISTINCT s) AS ds, sum(DISTINCT x) AS sx FROM a",
     "SELECT k, CASE WHEN x > 1 THEN 'big' ELSE coalesce(s, 'none') END AS c, nullif(x, 1) AS nx FROM a",
     "SELECT k FROM a WHERE s LIKE 'p%' OR s ILIKE 'Q' OR s ~ '^z'",
+    "SELECT k, x FROM a ORDER BY x DESC, k LIMIT 3",
+    "SELECT k, x FROM a ORDER BY x NULLS FIRST, k LIMIT 2 OFFSET 1",
+    "SELECT k, count(*) AS n FROM a GROUP BY k ORDER BY n DESC, k LIMIT 2",
+    "SELECT s FROM a ORDER BY s OFFSET 2",
+    "SELECT k, (SELECT count(*) FROM a AS y WHERE y.x < a.x) AS below FROM a",
+    "SELECT k, (SELECT max(b.y) FROM b WHERE b.k <> a.k) AS other FROM a",
+    "SELECT k FROM a WHERE x > (SELECT avg(y.x) FROM a AS y WHERE y.k < a.k)",
 ];
 
 #[tokio::test]

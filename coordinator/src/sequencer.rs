@@ -223,6 +223,11 @@ impl Coordinator {
 
     /// Run a bound plan once over a consistent snapshot of what it reads.
     pub async fn run(&self, plan: LogicalPlan) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let plan = match &plan {
+            // DML input plans are shaped for their table; leave them be.
+            LogicalPlan::Dml(_) => plan,
+            _ => self.planner.optimize_oneshot(&plan, "")?,
+        };
         let mut names: Vec<String> = Vec::new();
         plan.apply_with_subqueries(|node| {
             if let LogicalPlan::TableScan(scan) = node

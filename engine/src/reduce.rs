@@ -96,17 +96,6 @@ impl Semigroup for Accums {
                 _ => unreachable!("aggregate states of one reduce have one shape"),
             }
         }
-        // Float sums can drift to tiny non-zero values when a group empties;
-        // a group with no rows contributes nothing.
-        if self.rows == 0 {
-            for a in &mut self.accs {
-                if let Acc::Float { sum, count } = a
-                    && *count == 0
-                {
-                    *sum = 0.0;
-                }
-            }
-        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`CatalogReader`]; the engine consumes the [`plan::Plan`] IR this crate
 //! produces and must not re-plan SQL itself.
 
+pub mod decorrelate;
 pub mod error;
 pub mod lower;
 pub mod names;

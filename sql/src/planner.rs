@@ -127,11 +127,22 @@ impl Planner {
     }
 
     /// Run DataFusion's analyzer (type coercion) and optimizer over a plan
-    /// that will become a dataflow.
+    /// that will become a dataflow, decorrelating what DataFusion leaves.
     pub fn optimize(&self, plan: &LogicalPlan, sql: &str) -> Result<LogicalPlan, SqlError> {
-        self.dataflow_state
-            .optimize(plan)
-            .map_err(|e| SqlError::from_datafusion(e, sql))
+        Self::optimize_with(&self.dataflow_state, plan, sql)
+    }
+
+    /// Optimize a plan that DataFusion's executor will run once.
+    pub fn optimize_oneshot(&self, plan: &LogicalPlan, sql: &str) -> Result<LogicalPlan, SqlError> {
+        Self::optimize_with(&self.state, plan, sql)
+    }
+
+    fn optimize_with(state: &SessionState, plan: &LogicalPlan, sql: &str) -> Result<LogicalPlan, SqlError> {
+        let err = |e| SqlError::from_datafusion(e, sql);
+        // Before DataFusion's optimizer, which prunes the outer columns a
+        // subquery reads from its input.
+        let decorrelated = crate::decorrelate::decorrelate(plan.clone()).map_err(err)?;
+        state.optimize(&decorrelated).map_err(err)
     }
 
     /// The names of relations a statement refers to directly (views are not
