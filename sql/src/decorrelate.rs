@@ -15,7 +15,9 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, NullEquality, Result};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
-use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Subquery, col, lit};
+use datafusion::logical_expr::{
+    Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Projection, Subquery, col, lit,
+};
 
 /// Rewrite every recognizable correlated scalar subquery in `plan`.
 pub fn decorrelate(plan: LogicalPlan) -> Result<LogicalPlan> {
@@ -63,7 +65,13 @@ fn rewrite_node(node: LogicalPlan, counter: &mut usize) -> Result<Transformed<Lo
             .project(original_columns)?
             .build()?
     } else {
-        LogicalPlanBuilder::from(input).project(exprs)?.build()?
+        // Keep the projection's output schema (names included) exactly, so
+        // the nodes above still resolve their columns.
+        LogicalPlan::Projection(Projection::try_new_with_schema(
+            exprs,
+            Arc::new(input),
+            node.schema().clone(),
+        )?)
     };
     Ok(Transformed::yes(rebuilt))
 }
