@@ -15,8 +15,7 @@ const JOIN_VIEW: &str = "SELECT c.region, p.category, count(*) AS orders, sum(o.
 
 /// The view must equal DataFusion's one-shot answer to the same SQL.
 async fn check(c: &tokio_postgres::Client, view: &str, sql: &str) {
-    let incremental = sorted(c, &format!("SELECT * FROM {view}")).await;
-    let batch = sorted(c, sql).await;
+    let (incremental, batch) = common::view_and_batch(c, view, sql).await;
     assert_eq!(incremental, batch, "{view} differs from its batch answer");
 }
 

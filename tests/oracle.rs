@@ -112,8 +112,7 @@ async fn check(server: &common::Server, ops: &[Op]) -> Result<(), String> {
         common::exec(&c, &sql).await;
         script.push(sql);
         for (i, v) in VIEWS.iter().enumerate() {
-            let incremental = common::sorted(&c, &format!("SELECT * FROM v{i}")).await;
-            let batch = common::sorted(&c, v).await;
+            let (incremental, batch) = common::view_and_batch(&c, &format!("v{i}"), v).await;
             if incremental != batch {
                 return Err(format!(
                     "view `{v}` differs from its batch answer\n  view:  {incremental:?}\n  batch: {batch:?}\nscript:\n{};\nCREATE MATERIALIZED VIEW v AS {v};",

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Server, exec, sorted};
+use common::{Server, exec};
 
 const VIEWS: &[&str] = &[
     "SELECT * FROM a WHERE k IN (SELECT k FROM b)",
@@ -59,8 +59,7 @@ async fn subqueries_set_operations_and_aggregates_match_batch() {
     for step in steps {
         exec(&c, step).await;
         for (i, v) in VIEWS.iter().enumerate() {
-            let incremental = sorted(&c, &format!("SELECT * FROM v{i}")).await;
-            let batch = sorted(&c, v).await;
+            let (incremental, batch) = common::view_and_batch(&c, &format!("v{i}"), v).await;
             assert_eq!(
                 incremental, batch,
                 "after `{step}`, view `{v}` differs from its batch answer"

@@ -122,6 +122,17 @@ impl Coordinator {
         &self.controller
     }
 
+    /// The catalog entry named `name`, or 42P01.
+    pub(crate) fn entry(&self, name: &str) -> Result<Entry> {
+        self.catalog.get(name).ok_or_else(|| {
+            SqlError::UndefinedTable {
+                name: name.to_string(),
+                position: None,
+            }
+            .into()
+        })
+    }
+
     /// Execute one statement with bound parameter values.
     pub async fn execute(&self, stmt: &ParsedStatement, params: &[ScalarValue]) -> Result<ExecuteResult> {
         let sql = stmt.sql.as_str();
@@ -240,10 +251,7 @@ impl Coordinator {
         })?;
         let mut targets = Vec::new();
         for n in &names {
-            let e = self.catalog.get(n).ok_or_else(|| SqlError::UndefinedTable {
-                name: n.clone(),
-                position: None,
-            })?;
+            let e = self.entry(n)?;
             targets.push((e.id, e.schema.clone()));
         }
         let snapshots = self.controller.peek(&targets).await?;
@@ -552,10 +560,7 @@ impl Coordinator {
             return Err(AdapterError::Internal("expected a DML plan".into()));
         };
         let name = relation_name(&table_name).unwrap_or_default().to_string();
-        let entry = self.catalog.get(&name).ok_or_else(|| SqlError::UndefinedTable {
-            name: name.clone(),
-            position: None,
-        })?;
+        let entry = self.entry(&name)?;
         if entry.kind != RelationKind::Table {
             return Err(AdapterError::WrongObjectType {
                 name,
@@ -686,10 +691,7 @@ impl Coordinator {
 
     /// Insert a decoded batch (COPY).
     pub async fn insert_batch(&self, table: &str, batch: RecordBatch) -> Result<usize> {
-        let entry = self.catalog.get(table).ok_or_else(|| SqlError::UndefinedTable {
-            name: table.into(),
-            position: None,
-        })?;
+        let entry = self.entry(table)?;
         validate(&entry, &batch)?;
         let n = batch.num_rows();
         let mut writes = self.writes.lock().await;
@@ -698,13 +700,7 @@ impl Coordinator {
     }
 
     fn copy_target(&self, copy: &CopyFrom) -> Result<ExecuteResult> {
-        let entry = self
-            .catalog
-            .get(&copy.table)
-            .ok_or_else(|| SqlError::UndefinedTable {
-                name: copy.table.clone(),
-                position: None,
-            })?;
+        let entry = self.entry(&copy.table)?;
         if entry.kind != RelationKind::Table {
             return Err(AdapterError::WrongObjectType {
                 name: copy.table.clone(),
@@ -747,13 +743,7 @@ impl Coordinator {
 
     /// Decode and apply the data of a finished COPY.
     pub async fn finish_copy(&self, target: &CopyTarget, data: &[u8]) -> Result<usize> {
-        let entry = self
-            .catalog
-            .get(&target.table)
-            .ok_or_else(|| SqlError::UndefinedTable {
-                name: target.table.clone(),
-                position: None,
-            })?;
+        let entry = self.entry(&target.table)?;
         let sub = Arc::new(Schema::new(
             target
                 .columns
@@ -782,10 +772,7 @@ impl Coordinator {
     async fn subscribe(&self, target: &SubscribeTarget, copy_out: bool) -> Result<ExecuteResult> {
         let plan = match target {
             SubscribeTarget::Name(name) => {
-                let e = self.catalog.get(name).ok_or_else(|| SqlError::UndefinedTable {
-                    name: name.clone(),
-                    position: None,
-                })?;
+                let e = self.entry(name)?;
                 match e.kind {
                     RelationKind::View => {
                         let sql = format!("SELECT * FROM {name}");
@@ -934,15 +921,7 @@ impl Coordinator {
 
     async fn subscribe_schema(&self, target: &SubscribeTarget) -> Result<SchemaRef> {
         let base: SchemaRef = match target {
-            SubscribeTarget::Name(n) => {
-                self.catalog
-                    .get(n)
-                    .ok_or_else(|| SqlError::UndefinedTable {
-                        name: n.clone(),
-                        position: None,
-                    })?
-                    .schema
-            }
+            SubscribeTarget::Name(n) => self.entry(n)?.schema,
             SubscribeTarget::Query(sql) => Arc::new(self.plan_dataflow(sql).await?.schema.as_arrow().clone()),
         };
         let mut fields = vec![

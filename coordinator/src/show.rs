@@ -69,10 +69,7 @@ pub fn show(coord: &Coordinator, show: &Show) -> Result<ExecuteResult, AdapterEr
         Show::Views => names(coord, RelationKind::View),
         Show::MaterializedViews => names(coord, RelationKind::MaterializedView),
         Show::Columns(name) => {
-            let e = coord.catalog.get(name).ok_or_else(|| SqlError::UndefinedTable {
-                name: name.clone(),
-                position: None,
-            })?;
+            let e = coord.entry(name)?;
             e.columns
                 .iter()
                 .map(|c| {
@@ -90,10 +87,7 @@ pub fn show(coord: &Coordinator, show: &Show) -> Result<ExecuteResult, AdapterEr
                 Show::CreateView(_) => RelationKind::View,
                 _ => RelationKind::MaterializedView,
             };
-            let e = coord.catalog.get(name).ok_or_else(|| SqlError::UndefinedTable {
-                name: name.clone(),
-                position: None,
-            })?;
+            let e = coord.entry(name)?;
             if e.kind != expected {
                 return Err(AdapterError::WrongObjectType {
                     name: name.clone(),

@@ -162,6 +162,15 @@ pub async fn sorted(client: &Client, sql: &str) -> Vec<String> {
     out
 }
 
+/// A materialized view's rows and DataFusion's one-shot answer to the SQL
+/// that defines it, both sorted: they must be equal.
+pub async fn view_and_batch(client: &Client, view: &str, sql: &str) -> (Vec<String>, Vec<String>) {
+    (
+        sorted(client, &format!("SELECT * FROM {view}")).await,
+        sorted(client, sql).await,
+    )
+}
+
 /// Run `sql`, which must fail, and return (SQLSTATE, message, position).
 pub async fn error(client: &Client, sql: &str) -> (String, String, Option<u32>) {
     let err = client
