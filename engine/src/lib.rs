@@ -15,6 +15,7 @@ pub mod eval;
 pub mod reduce;
 pub mod render;
 pub mod row;
+pub mod window;
 
 pub use compute::ComputeState;
 

@@ -27,6 +27,7 @@ use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 use crate::eval::{Evaluated, RowEval, any_null, encode_group};
 use crate::reduce::{Accums, Accumulator, GroupFolder, aggregate_schema, finalize};
 use crate::row::{Row, RowCodec};
+use crate::window::PartitionEval;
 use crate::{Diff, EngineError, Time};
 
 pub type Coll<'s> = VecCollection<'s, Time, Row, Diff>;
@@ -134,6 +135,38 @@ pub fn render<'s>(
         PlanNode::Distinct { input } => {
             let (ok, err) = render(input, scope, imports)?;
             Ok((ok.distinct_core::<Diff>(), err))
+        }
+        PlanNode::Window {
+            input,
+            partition_by,
+            functions,
+        } => {
+            let (ok, err) = render(input, scope, imports)?;
+            let n_in = input.schema.fields().len();
+            let fields = plan.schema.as_arrow().fields()[n_in..]
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            let eval = PartitionEval::new(&input.schema, functions, fields)?;
+            let (keyed, kerr) = keyed(ok, &input.schema, partition_by, true, "WindowPartition")?;
+            let results = keyed.reduce_named(
+                "Window",
+                move |_key, rows: &[(&Row, Diff)], output: &mut Vec<(Result<Row, String>, Diff)>| match eval
+                    .evaluate(rows)
+                {
+                    Ok(out) => output.extend(out.into_iter().map(|(r, d)| (Ok(r), d))),
+                    Err(e) => output.push((Err(e), 1)),
+                },
+            );
+            let (rows, eval_errs): (RowStream<'s>, ErrStream<'s>) =
+                results.inner.ok_err(|((_key, r), t, d)| match r {
+                    Ok(r) => Ok((r, t, d)),
+                    Err(e) => Err((e, t, d)),
+                });
+            Ok((
+                rows.as_collection(),
+                err.concat(kerr).concat(eval_errs.as_collection()),
+            ))
         }
         PlanNode::Union { inputs } => {
             let mut oks = Vec::new();

@@ -22,8 +22,10 @@ use datafusion::logical_expr::{
 /// Rewrite every recognizable correlated scalar subquery in `plan`.
 pub fn decorrelate(plan: LogicalPlan) -> Result<LogicalPlan> {
     let mut counter = 0;
-    plan.transform_up(|node| rewrite_node(node, &mut counter))
-        .map(|t| t.data)
+    plan.transform_up(|node| {
+        rewrite_node(node, &mut counter)?.transform_data(|n| crate::lateral::rewrite(n, &mut counter))
+    })
+    .map(|t| t.data)
 }
 
 fn rewrite_node(node: LogicalPlan, counter: &mut usize) -> Result<Transformed<LogicalPlan>> {

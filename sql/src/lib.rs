@@ -9,6 +9,7 @@
 
 pub mod decorrelate;
 pub mod error;
+pub mod lateral;
 pub mod lower;
 pub mod names;
 pub mod plan;

@@ -244,12 +244,66 @@ pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, Sq
                 }
             }
         }
-        LogicalPlan::Window(_) => return Err(SqlError::Unsupported("window functions".into())),
+        LogicalPlan::Window(w) => {
+            let mut partition_by: Option<&Vec<Expr>> = None;
+            for e in &w.window_expr {
+                let inner = match e {
+                    Expr::Alias(a) => a.expr.as_ref(),
+                    e => e,
+                };
+                let Expr::WindowFunction(wf) = inner else {
+                    return Err(SqlError::Unsupported(format!("window expression {e}")));
+                };
+                let p = &wf.params;
+                if p.filter.is_some() || p.distinct {
+                    return Err(SqlError::Unsupported(format!(
+                        "FILTER or DISTINCT in window function {}",
+                        wf.fun
+                    )));
+                }
+                // The engine compiles the same expression; refuse now what it would refuse.
+                datafusion::physical_planner::create_window_expr(
+                    e,
+                    w.input.schema(),
+                    &ExecutionProps::new(),
+                    &Default::default(),
+                )
+                .map_err(|err| SqlError::Unsupported(format!("window function {}: {err}", wf.fun)))?;
+                check_exprs(&p.args)?;
+                check_exprs(&p.partition_by)?;
+                let order: Vec<Expr> = p.order_by.iter().map(|s| s.expr.clone()).collect();
+                check_exprs(&order)?;
+                if let Some(f) = &p.filter {
+                    check_exprs(std::slice::from_ref(f))?;
+                }
+                match partition_by {
+                    None => partition_by = Some(&p.partition_by),
+                    Some(q) if q != &p.partition_by => {
+                        return Err(SqlError::Unsupported(
+                            "window functions with different PARTITION BY in one window node".into(),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            PlanNode::Window {
+                input: Box::new(lower(&w.input, catalog)?),
+                partition_by: partition_by.cloned().unwrap_or_default(),
+                functions: w.window_expr.clone(),
+            }
+        }
         LogicalPlan::RecursiveQuery(_) => {
             return Err(SqlError::Unsupported("WITH RECURSIVE".into()));
         }
         LogicalPlan::Unnest(_) => return Err(SqlError::Unsupported("UNNEST".into())),
         LogicalPlan::Repartition(r) => return lower(&r.input, catalog),
+        LogicalPlan::Subquery(_) => {
+            return Err(SqlError::Unsupported(
+                "this correlated subquery (LATERAL subqueries are supported when they aggregate, \
+                 or when they are correlated by equalities only)"
+                    .into(),
+            ));
+        }
         other => {
             return Err(SqlError::Unsupported(format!(
                 "{} in a materialized view",

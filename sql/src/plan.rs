@@ -76,6 +76,17 @@ pub enum PlanNode {
     },
     /// Bag union (`UNION ALL`).
     Union { inputs: Vec<Plan> },
+    /// Window functions over the partitions of `partition_by`: output rows
+    /// are the input row followed by one column per function. A change
+    /// recomputes the partitions it touches.
+    Window {
+        input: Box<Plan>,
+        /// Bound against `input.schema`; shared by every function.
+        partition_by: Vec<Expr>,
+        /// `Expr::WindowFunction`s (possibly aliased), each with its own
+        /// `ORDER BY` and frame, bound against `input.schema`.
+        functions: Vec<Expr>,
+    },
 }
 
 /// Kinds of equi-join the engine renders.
@@ -273,6 +284,23 @@ impl Plan {
             PlanNode::Union { inputs } => {
                 writeln!(f, "{pad}Union")?;
                 inputs.iter().try_for_each(|i| i.fmt_indent(f, depth + 1))
+            }
+            PlanNode::Window {
+                input,
+                partition_by,
+                functions,
+            } => {
+                let funcs: Vec<String> = functions
+                    .iter()
+                    .map(|e| e.clone().unalias().to_string())
+                    .collect();
+                writeln!(
+                    f,
+                    "{pad}Window partition_by=[{}] functions=[{}]",
+                    list(partition_by),
+                    funcs.join(", ")
+                )?;
+                input.fmt_indent(f, depth + 1)
             }
         }
     }

@@ -41,14 +41,24 @@ pub fn spawn(workers: usize, responses: ResponseSender) -> Result<Cluster, Strin
         let _ = thread_tx.send((index, std::thread::current()));
         let mut state = ComputeState::new(responses.clone());
         'run: loop {
+            let mut commanded = false;
             while let Ok(command) = commands.try_recv() {
+                commanded = true;
                 if !state.handle(worker, command) {
                     break 'run;
                 }
             }
-            // Parked workers are woken by `Cluster::send` and by timely's
-            // own activations; the timeout only bounds a missed wake-up.
-            worker.step_or_park(Some(Duration::from_millis(50)));
+            // A command may have made work (a write) or asked for an answer
+            // that is already there (a peek): step without parking then.
+            // Otherwise park: workers are woken by `Cluster::send` and by
+            // timely's own activations; the timeout only bounds a missed
+            // wake-up.
+            let park = if commanded {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(50)
+            };
+            worker.step_or_park(Some(park));
             state.poll(worker);
         }
     })?;
