@@ -57,6 +57,7 @@ impl AdapterError {
                 SqlError::InvalidTableDefinition(_) => "42P16",
                 SqlError::UndefinedType(_) => "42704",
                 SqlError::Unsupported(_) => "0A000",
+                SqlError::InvalidRecursion(_) => "42P19",
                 SqlError::Evaluation { code, .. } => eval_code(*code),
                 SqlError::Plan(_) => "42000",
             },
@@ -114,6 +115,7 @@ fn eval_code(code: EvalErrorCode) -> &'static str {
         EvalErrorCode::DivisionByZero => "22012",
         EvalErrorCode::InvalidTextRepresentation => "22P02",
         EvalErrorCode::NumericOutOfRange => "22003",
+        EvalErrorCode::CardinalityViolation => "21000",
         EvalErrorCode::Other => "XX000",
     }
 }

@@ -239,11 +239,20 @@ impl Coordinator {
             LogicalPlan::Dml(_) => plan,
             _ => self.planner.optimize_oneshot(&plan, "")?,
         };
+        // Scans of a WITH RECURSIVE name read DataFusion's work table.
+        let mut recursive: Vec<String> = Vec::new();
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::RecursiveQuery(r) = node {
+                recursive.push(r.name.clone());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
         let mut names: Vec<String> = Vec::new();
         plan.apply_with_subqueries(|node| {
             if let LogicalPlan::TableScan(scan) = node
                 && let Some(n) = relation_name(&scan.table_name)
                 && !names.iter().any(|x| x == n)
+                && !recursive.iter().any(|x| x == n)
             {
                 names.push(n.to_string());
             }

@@ -30,14 +30,19 @@ use crate::row::{Row, RowCodec};
 use crate::window::PartitionEval;
 use crate::{Diff, EngineError, Time};
 
-pub type Coll<'s> = VecCollection<'s, Time, Row, Diff>;
-pub type Errs<'s> = VecCollection<'s, Time, String, Diff>;
+pub type Coll<'s, T = Time> = VecCollection<'s, T, Row, Diff>;
+pub type Errs<'s, T = Time> = VecCollection<'s, T, String, Diff>;
 pub type RowTrace = TraceAgent<KeySpine<Row, Time, Diff>>;
 pub type ErrTrace = TraceAgent<KeySpine<String, Time, Diff>>;
 /// Rows keyed by an encoded key.
-pub type Keyed<'s> = VecCollection<'s, Time, (Row, Row), Diff>;
-type RowStream<'s> = Stream<'s, Time, Vec<(Row, Time, Diff)>>;
-type ErrStream<'s> = Stream<'s, Time, Vec<ErrRow>>;
+pub type Keyed<'s, T = Time> = VecCollection<'s, T, (Row, Row), Diff>;
+type RowStream<'s, T = Time> = Stream<'s, T, Vec<(Row, T, Diff)>>;
+type ErrStream<'s, T = Time> = Stream<'s, T, Vec<ErrRow<T>>>;
+
+/// The timestamps a plan can be rendered at: Weir time, and Weir time
+/// paired with an iteration counter inside `WITH RECURSIVE`.
+pub trait RenderTime: timely::progress::Timestamp + differential_dataflow::lattice::Lattice {}
+impl<T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice> RenderTime for T {}
 
 /// The arrangements a dataflow may import, by relation id.
 pub struct Imports<'a> {
@@ -88,16 +93,8 @@ pub fn render<'s>(
             projection,
         } => {
             let (ok, err) = render(input, scope, imports)?;
-            let eval = RowEval::new(&input.schema, filters, &[projection])?;
-            let out = RowCodec::new(arrow_schema(&plan.schema))?;
-            let (ok, err2) = map_encoded(
-                ok,
-                "MapFilterProject",
-                eval,
-                out,
-                |(_, t, d), _, row, _, oks, _| oks.push((row, *t, *d)),
-            );
-            Ok((ok.as_collection(), err.concat(err2)))
+            let (ok, err2) = map_filter_project(ok, &input.schema, filters, projection, &plan.schema)?;
+            Ok((ok, err.concat(err2)))
         }
         PlanNode::Join {
             left,
@@ -136,6 +133,15 @@ pub fn render<'s>(
             let (ok, err) = render(input, scope, imports)?;
             Ok((ok.distinct_core::<Diff>(), err))
         }
+        PlanNode::Recursive {
+            name,
+            base,
+            step,
+            distinct,
+        } => crate::recursive::render_recursive(name, base, step, *distinct, scope, imports),
+        PlanNode::RecursiveRef { name } => Err(EngineError::Expression(format!(
+            "recursive reference to {name} outside its WITH RECURSIVE"
+        ))),
         PlanNode::Window {
             input,
             partition_by,
@@ -185,31 +191,53 @@ pub fn render<'s>(
 }
 
 /// An empty collection.
-pub fn empty<'s, D: Clone + 'static>(scope: Scope<'s, Time>) -> VecCollection<'s, Time, D, Diff> {
-    Vec::<(D, Time, Diff)>::new().to_stream(scope).as_collection()
+pub fn empty<'s, T: RenderTime, D: Clone + 'static>(scope: Scope<'s, T>) -> VecCollection<'s, T, D, Diff> {
+    Vec::<(D, T, Diff)>::new().to_stream(scope).as_collection()
+}
+
+/// Keep the rows of `ok` (of `input` schema) that pass `filters`, and
+/// compute `projection` over them into rows of `output` schema.
+pub(crate) fn map_filter_project<'s, T: RenderTime>(
+    ok: Coll<'s, T>,
+    input: &DFSchema,
+    filters: &[Expr],
+    projection: &[Expr],
+    output: &DFSchema,
+) -> Result<(Coll<'s, T>, Errs<'s, T>), EngineError> {
+    let eval = RowEval::new(input, filters, &[projection])?;
+    let out = RowCodec::new(arrow_schema(output))?;
+    let (ok, err) = map_encoded(
+        ok,
+        "MapFilterProject",
+        eval,
+        out,
+        |(_, t, d), _, row, _, oks, _| oks.push((row, t.clone(), *d)),
+    );
+    Ok((ok.as_collection(), err))
 }
 
 pub fn arrow_schema(schema: &DFSchema) -> Arc<Schema> {
     Arc::new(schema.as_arrow().clone())
 }
 
-type ErrRow = (String, Time, Diff);
+type ErrRow<T = Time> = (String, T, Diff);
 
 /// Apply `logic` to each batch of updates. `logic` pushes output updates
 /// and errors (message, time, diff).
-fn batch_map<'s, D, O, L>(
-    input: VecCollection<'s, Time, D, Diff>,
+fn batch_map<'s, T, D, O, L>(
+    input: VecCollection<'s, T, D, Diff>,
     name: &str,
     mut logic: L,
-) -> (Stream<'s, Time, Vec<O>>, Errs<'s>)
+) -> (Stream<'s, T, Vec<O>>, Errs<'s, T>)
 where
+    T: RenderTime,
     D: Clone + 'static,
     O: Clone + 'static,
-    L: FnMut(&[(D, Time, Diff)], &mut Vec<O>, &mut Vec<ErrRow>) + 'static,
+    L: FnMut(&[(D, T, Diff)], &mut Vec<O>, &mut Vec<ErrRow<T>>) + 'static,
 {
     let mixed = input
         .inner
-        .unary::<timely::container::CapacityContainerBuilder<Vec<Result<O, ErrRow>>>, _, _, _>(
+        .unary::<timely::container::CapacityContainerBuilder<Vec<Result<O, ErrRow<T>>>>, _, _, _>(
             Pipeline,
             name,
             |_cap, _info| {
@@ -229,19 +257,19 @@ where
                 }
             },
         );
-    let (ok, err): (Stream<'s, Time, Vec<O>>, ErrStream<'s>) = mixed.ok_err(|r| r);
+    let (ok, err): (Stream<'s, T, Vec<O>>, ErrStream<'s, T>) = mixed.ok_err(|r| r);
     (ok, err.as_collection())
 }
 
 /// Evaluate `rows`, calling `on_ok` with the absolute input indices of the
 /// rows that passed the filters and their evaluation, and recording an error
 /// for each row that failed.
-fn for_each_evaluated<D>(
+fn for_each_evaluated<D, T: Clone>(
     eval: &RowEval,
     rows: &[&[u8]],
-    errs: &mut Vec<ErrRow>,
-    data: &[(D, Time, Diff)],
-    mut on_ok: impl FnMut(&[usize], &Evaluated, &mut Vec<ErrRow>),
+    errs: &mut Vec<ErrRow<T>>,
+    data: &[(D, T, Diff)],
+    mut on_ok: impl FnMut(&[usize], &Evaluated, &mut Vec<ErrRow<T>>),
 ) {
     let (full, partial, failed) = eval.eval_rows(rows);
     if let Some(ev) = full {
@@ -252,25 +280,26 @@ fn for_each_evaluated<D>(
         on_ok(&indices, &ev, errs);
     }
     for (i, e) in failed {
-        errs.push((e, data[i].1, data[i].2));
+        errs.push((e, data[i].1.clone(), data[i].2));
     }
 }
 
 /// Evaluate `eval` over each batch of rows and encode its first output group
 /// with `codec`. `emit` sees each row that passed the filters: its update,
 /// its position in the evaluation, its encoded output and the evaluation.
-fn map_encoded<'s, O, F>(
-    input: Coll<'s>,
+fn map_encoded<'s, T, O, F>(
+    input: Coll<'s, T>,
     name: &str,
     eval: RowEval,
     codec: RowCodec,
     mut emit: F,
-) -> (Stream<'s, Time, Vec<O>>, Errs<'s>)
+) -> (Stream<'s, T, Vec<O>>, Errs<'s, T>)
 where
+    T: RenderTime,
     O: Clone + 'static,
-    F: FnMut(&(Row, Time, Diff), usize, Row, &Evaluated, &mut Vec<O>, &mut Vec<ErrRow>) + 'static,
+    F: FnMut(&(Row, T, Diff), usize, Row, &Evaluated, &mut Vec<O>, &mut Vec<ErrRow<T>>) + 'static,
 {
-    batch_map(input, name, move |data: &[(Row, Time, Diff)], oks, errs| {
+    batch_map(input, name, move |data: &[(Row, T, Diff)], oks, errs| {
         let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
         for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
             match encode_group(&codec, ev, 0) {
@@ -281,7 +310,7 @@ where
                 }
                 Err(e) => indices
                     .iter()
-                    .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
+                    .for_each(|i| errs.push((e.clone(), data[*i].1.clone(), data[*i].2))),
             }
         });
     })
@@ -289,13 +318,13 @@ where
 
 /// Key each row by `keys`. Rows with a NULL key are dropped unless
 /// `nulls_equal` (a NULL key never matches in an ordinary join).
-fn keyed<'s>(
-    ok: Coll<'s>,
+fn keyed<'s, T: RenderTime>(
+    ok: Coll<'s, T>,
     schema: &DFSchema,
     keys: &[Expr],
     nulls_equal: bool,
     name: &str,
-) -> Result<(Keyed<'s>, Errs<'s>), EngineError> {
+) -> Result<(Keyed<'s, T>, Errs<'s, T>), EngineError> {
     let eval = RowEval::new(schema, &[], &[keys])?;
     let key_codec = RowCodec::new(Arc::new(Schema::new(
         keys.iter()
@@ -314,7 +343,7 @@ fn keyed<'s>(
         key_codec,
         move |(r, t, d), pos, key, ev, oks, _| {
             if nulls_equal || !any_null(&ev.outputs[0], pos) {
-                oks.push(((key, r.clone()), *t, *d));
+                oks.push(((key, r.clone()), t.clone(), *d));
             }
         },
     );
@@ -322,17 +351,17 @@ fn keyed<'s>(
 }
 
 /// The parameters of a join node.
-struct JoinSpec<'a> {
-    left_keys: &'a [Expr],
-    right_keys: &'a [Expr],
-    residual: Option<&'a Expr>,
-    kind: JoinKind,
-    nulls_equal: bool,
+pub(crate) struct JoinSpec<'a> {
+    pub left_keys: &'a [Expr],
+    pub right_keys: &'a [Expr],
+    pub residual: Option<&'a Expr>,
+    pub kind: JoinKind,
+    pub nulls_equal: bool,
 }
 
 /// `rows` minus those of `rows` that appear in `hits` (multiplicities of
 /// `rows` kept); or with `keep`, only those that appear.
-fn semijoin_rows<'s>(rows: Coll<'s>, hits: Coll<'s>, keep: bool) -> Coll<'s> {
+fn semijoin_rows<'s, T: RenderTime>(rows: Coll<'s, T>, hits: Coll<'s, T>, keep: bool) -> Coll<'s, T> {
     let matched = rows.clone().map(|r| (r, ())).semijoin(hits).map(|(r, ())| r);
     if keep {
         matched
@@ -348,18 +377,23 @@ fn render_join<'s>(
     scope: Scope<'s, Time>,
     imports: &mut Imports<'_>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
-    let (lok, lerr) = render(left, scope, imports)?;
-    let (rok, rerr) = render(right, scope, imports)?;
-    let (lk, lkerr) = keyed(
-        lok.clone(),
-        &left.schema,
-        spec.left_keys,
-        spec.nulls_equal,
-        "JoinKeyLeft",
-    )?;
+    let l = render(left, scope, imports)?;
+    let r = render(right, scope, imports)?;
+    join_collections(l, r, &left.schema, &right.schema, spec)
+}
+
+/// Join two rendered inputs whose rows have `left` and `right` schemas.
+pub(crate) fn join_collections<'s, T: RenderTime>(
+    (lok, lerr): (Coll<'s, T>, Errs<'s, T>),
+    (rok, rerr): (Coll<'s, T>, Errs<'s, T>),
+    left: &DFSchema,
+    right: &DFSchema,
+    spec: &JoinSpec<'_>,
+) -> Result<(Coll<'s, T>, Errs<'s, T>), EngineError> {
+    let (lk, lkerr) = keyed(lok.clone(), left, spec.left_keys, spec.nulls_equal, "JoinKeyLeft")?;
     let (rk, rkerr) = keyed(
         rok.clone(),
-        &right.schema,
+        right,
         spec.right_keys,
         spec.nulls_equal,
         "JoinKeyRight",
@@ -370,14 +404,13 @@ fn render_join<'s>(
         None => pairs,
         Some(expr) => {
             let joined = left
-                .schema
-                .join(&right.schema)
+                .join(right)
                 .map_err(|e| EngineError::Expression(e.to_string()))?;
             let eval = RowEval::new(&joined, std::slice::from_ref(expr), &[])?;
             let (s, e) = batch_map(
                 pairs,
                 "JoinResidual",
-                move |data: &[((Row, Row), Time, Diff)], oks, errs| {
+                move |data: &[((Row, Row), T, Diff)], oks, errs| {
                     let joined: Vec<Row> = data
                         .iter()
                         .map(|((l, r), _, _)| [l.as_slice(), r.as_slice()].concat())
@@ -405,9 +438,9 @@ fn render_join<'s>(
             // `x NOT IN (S)`: true when S is empty; otherwise NULL (so the
             // row goes) when x is NULL or S holds a NULL; otherwise whether x
             // is missing from S.
-            let nonnull_left = lk_rows(&lok, &left.schema, spec.left_keys)?;
+            let nonnull_left = lk_rows(&lok, left, spec.left_keys)?;
             let anti = semijoin_rows(nonnull_left, left_hits(), false);
-            let right_nulls = null_key_rows(&rok, &right.schema, spec.right_keys)?
+            let right_nulls = null_key_rows(&rok, right, spec.right_keys)?
                 .map(|_| ())
                 .distinct_core::<Diff>();
             let blocked = anti
@@ -416,7 +449,7 @@ fn render_join<'s>(
                 .semijoin(right_nulls)
                 .map(|((), r)| r);
             let right_nonempty = rok.map(|_| ()).distinct_core::<Diff>();
-            let null_left = null_key_rows(&lok, &left.schema, spec.left_keys)?;
+            let null_left = null_key_rows(&lok, left, spec.left_keys)?;
             let null_blocked = null_left
                 .clone()
                 .map(|r| ((), r))
@@ -429,12 +462,12 @@ fn render_join<'s>(
         JoinKind::Inner | JoinKind::LeftOuter | JoinKind::RightOuter | JoinKind::FullOuter => {
             let mut out = matched.clone().map(|(l, r)| [l, r].concat());
             if matches!(spec.kind, JoinKind::LeftOuter | JoinKind::FullOuter) {
-                let pad = RowCodec::new(arrow_schema(&right.schema))?.null_row()?;
+                let pad = RowCodec::new(arrow_schema(right))?.null_row()?;
                 let unmatched = semijoin_rows(lok, left_hits(), false);
                 out = out.concat(unmatched.map(move |l| [l, pad.clone()].concat()));
             }
             if matches!(spec.kind, JoinKind::RightOuter | JoinKind::FullOuter) {
-                let pad = RowCodec::new(arrow_schema(&left.schema))?.null_row()?;
+                let pad = RowCodec::new(arrow_schema(left))?.null_row()?;
                 let unmatched = semijoin_rows(rok, right_hits(), false);
                 out = out.concat(unmatched.map(move |r| [pad.clone(), r].concat()));
             }
@@ -445,26 +478,34 @@ fn render_join<'s>(
 }
 
 /// The rows of `rows` whose `keys` are all non-NULL.
-fn lk_rows<'s>(rows: &Coll<'s>, schema: &DFSchema, keys: &[Expr]) -> Result<Coll<'s>, EngineError> {
+fn lk_rows<'s, T: RenderTime>(
+    rows: &Coll<'s, T>,
+    schema: &DFSchema,
+    keys: &[Expr],
+) -> Result<Coll<'s, T>, EngineError> {
     null_filtered(rows, schema, keys, false)
 }
 
 /// The rows of `rows` with a NULL in one of `keys`.
-fn null_key_rows<'s>(rows: &Coll<'s>, schema: &DFSchema, keys: &[Expr]) -> Result<Coll<'s>, EngineError> {
+fn null_key_rows<'s, T: RenderTime>(
+    rows: &Coll<'s, T>,
+    schema: &DFSchema,
+    keys: &[Expr],
+) -> Result<Coll<'s, T>, EngineError> {
     null_filtered(rows, schema, keys, true)
 }
 
-fn null_filtered<'s>(
-    rows: &Coll<'s>,
+fn null_filtered<'s, T: RenderTime>(
+    rows: &Coll<'s, T>,
     schema: &DFSchema,
     keys: &[Expr],
     want_null: bool,
-) -> Result<Coll<'s>, EngineError> {
+) -> Result<Coll<'s, T>, EngineError> {
     let eval = RowEval::new(schema, &[], &[keys])?;
     let (s, _errs) = batch_map(
         rows.clone(),
         "JoinNullKeys",
-        move |data: &[(Row, Time, Diff)], oks, errs| {
+        move |data: &[(Row, T, Diff)], oks, errs| {
             let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
             for_each_evaluated(&eval, &rows, errs, data, |indices, ev, _errs| {
                 for (pos, i) in indices.iter().enumerate() {

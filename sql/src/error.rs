@@ -42,6 +42,9 @@ pub enum SqlError {
     /// A construct Weir does not support yet; the string names it.
     #[error("{0} not supported")]
     Unsupported(String),
+    /// A `WITH RECURSIVE` whose recursive term uses what SQL forbids there.
+    #[error("{0} are not allowed in a recursive query's recursive term")]
+    InvalidRecursion(String),
     /// A plan-time evaluation error (e.g. a constant division by zero).
     #[error("{message}")]
     Evaluation { code: EvalErrorCode, message: String },
@@ -56,6 +59,8 @@ pub enum EvalErrorCode {
     DivisionByZero,
     InvalidTextRepresentation,
     NumericOutOfRange,
+    /// A scalar subquery returned several rows.
+    CardinalityViolation,
     Other,
 }
 
@@ -65,6 +70,8 @@ impl EvalErrorCode {
         let m = message.to_ascii_lowercase();
         if m.contains("divide by zero") || m.contains("division by zero") {
             Self::DivisionByZero
+        } else if m.contains(crate::single_row::MORE_THAN_ONE_ROW) {
+            Self::CardinalityViolation
         } else if m.contains("overflow") || m.contains("out of range") {
             Self::NumericOutOfRange
         } else if m.contains("cannot cast")

@@ -69,7 +69,7 @@ pub fn rewrite(node: LogicalPlan, counter: &mut usize) -> Result<Transformed<Log
     if let Some(fetch) = topk.fetch {
         keep = keep.and(col(&rank).lt_eq(lit((topk.skip + fetch) as u64)));
     }
-    let mut kept: Vec<Expr> = sub_columns(&sub.subquery);
+    let mut kept: Vec<Expr> = topk.output.clone().unwrap_or_else(|| sub_columns(&sub.subquery));
     kept.extend((0..topk.inner_keys.len()).map(|i| col(key(i))));
     let ranked = inner
         .project(projection)?
@@ -110,27 +110,46 @@ struct TopK {
     order: Vec<SortExpr>,
     skip: usize,
     fetch: Option<usize>,
+    /// A projection above the sort (when the order reads columns the
+    /// subquery does not output).
+    output: Option<Vec<Expr>>,
 }
 
 impl TopK {
+    /// `[Limit] [Projection] Sort [Projection] Filter`, with a limit on the
+    /// sort or above it.
     fn recognize(plan: &LogicalPlan) -> Option<TopK> {
-        let (sort, skip, fetch) = match plan {
-            LogicalPlan::Sort(s @ Sort { fetch: Some(f), .. }) => (s, 0, Some(*f)),
-            LogicalPlan::Limit(l @ Limit { input, .. }) => {
-                let LogicalPlan::Sort(s) = input.as_ref() else {
-                    return None;
-                };
-                use datafusion::logical_expr::{FetchType, SkipType};
-                let SkipType::Literal(skip) = l.get_skip_type().ok()? else {
-                    return None;
-                };
-                let fetch = match l.get_fetch_type().ok()? {
-                    FetchType::Literal(f) => f,
-                    FetchType::UnsupportedExpr => return None,
-                };
-                (s, skip, fetch)
+        use datafusion::logical_expr::{FetchType, SkipType};
+        let mut plan = plan;
+        let mut limit = None;
+        if let LogicalPlan::Limit(l @ Limit { input, .. }) = plan {
+            let SkipType::Literal(skip) = l.get_skip_type().ok()? else {
+                return None;
+            };
+            let fetch = match l.get_fetch_type().ok()? {
+                FetchType::Literal(f) => f,
+                FetchType::UnsupportedExpr => return None,
+            };
+            limit = Some((skip, fetch));
+            plan = input.as_ref();
+        }
+        let mut output = None;
+        if let LogicalPlan::Projection(p) = plan
+            && matches!(p.input.as_ref(), LogicalPlan::Sort(_))
+        {
+            if p.expr.iter().any(has_outer) {
+                return None;
             }
-            _ => return None,
+            output = Some(p.expr.clone());
+            plan = p.input.as_ref();
+        }
+        let LogicalPlan::Sort(sort @ Sort { .. }) = plan else {
+            return None;
+        };
+        let (skip, fetch) = match (limit, sort.fetch) {
+            (Some(l), _) => l,
+            (None, Some(f)) => (0, Some(f)),
+            (None, None) => return None,
         };
         if sort.expr.iter().any(|s| has_outer(&s.expr)) {
             return None;
@@ -186,6 +205,7 @@ impl TopK {
             order: sort.expr.clone(),
             skip,
             fetch,
+            output,
         })
     }
 }

@@ -14,6 +14,8 @@ pub mod lower;
 pub mod names;
 pub mod plan;
 pub mod planner;
+pub mod set_ops;
+pub mod single_row;
 pub mod statement;
 pub mod types;
 

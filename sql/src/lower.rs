@@ -22,301 +22,394 @@ use crate::planner::{CatalogReader, RelationKind, relation_name};
 
 /// Lower an optimized logical plan into the dataflow IR.
 pub fn lower(plan: &LogicalPlan, catalog: &dyn CatalogReader) -> Result<Plan, SqlError> {
-    let schema = plan.schema().clone();
-    let node = match plan {
-        LogicalPlan::TableScan(scan) => {
-            let name = relation_name(&scan.table_name).ok_or_else(|| SqlError::UndefinedTable {
-                name: scan.table_name.to_string(),
-                position: None,
-            })?;
-            let desc = catalog.relation(name).ok_or_else(|| SqlError::UndefinedTable {
-                name: name.to_string(),
-                position: None,
-            })?;
-            if desc.kind == RelationKind::View {
-                return Err(SqlError::Plan(format!("view {name} was not inlined")));
-            }
-            let full = Arc::new(
-                DFSchema::try_from_qualified_schema(scan.table_name.clone(), &desc.schema)
-                    .map_err(|e| SqlError::Plan(e.to_string()))?,
-            );
-            let get = Plan {
-                node: PlanNode::Get {
-                    id: desc.id,
-                    name: desc.name.clone(),
-                },
-                schema: full.clone(),
-            };
-            let projection = match &scan.projection {
-                Some(indices) => indices.iter().map(|i| column(&full, *i)).collect(),
-                None => identity(&full),
-            };
-            let scanned = if scan.filters.is_empty() && scan.projection.is_none() {
-                get
-            } else {
-                let node = PlanNode::MapFilterProject {
-                    input: Box::new(get),
-                    filters: scan.filters.clone(),
-                    projection,
-                };
-                Plan {
-                    node,
-                    schema: schema.clone(),
-                }
-            };
-            match scan.fetch {
-                None => return Ok(scanned),
-                // LIMIT without ORDER BY, pushed into the scan: any rows will
-                // do, so take the first in whole-row order.
-                Some(limit) => {
-                    let order = identity(&schema)
-                        .into_iter()
-                        .map(|e| e.sort(true, false))
-                        .collect();
-                    PlanNode::TopK {
-                        input: Box::new(scanned),
-                        order,
-                        limit: Some(limit),
-                        offset: 0,
-                    }
-                }
-            }
-        }
-        LogicalPlan::Projection(p) => {
-            check_exprs(&p.expr)?;
-            let input = lower(&p.input, catalog)?;
-            return Ok(fuse(input, Vec::new(), Some(p.expr.clone()), schema));
-        }
-        LogicalPlan::Filter(f) => {
-            check_exprs(std::slice::from_ref(&f.predicate))?;
-            let input = lower(&f.input, catalog)?;
-            let filters = split_conjunction(&f.predicate).into_iter().cloned().collect();
-            return Ok(fuse(input, filters, None, schema));
-        }
-        LogicalPlan::SubqueryAlias(a) => {
-            let mut input = lower(&a.input, catalog)?;
-            input.schema = schema;
-            return Ok(input);
-        }
-        LogicalPlan::Join(j) => {
-            let kind = match j.join_type {
-                JoinType::Inner => JoinKind::Inner,
-                JoinType::Left => JoinKind::LeftOuter,
-                JoinType::Right => JoinKind::RightOuter,
-                JoinType::Full => JoinKind::FullOuter,
-                JoinType::LeftSemi => JoinKind::LeftSemi,
-                JoinType::RightSemi => JoinKind::RightSemi,
-                JoinType::LeftAnti if j.null_aware => {
-                    if j.filter.is_some() {
-                        return Err(SqlError::Unsupported("correlated NOT IN subqueries".into()));
-                    }
-                    JoinKind::LeftAntiNullAware
-                }
-                JoinType::LeftAnti => JoinKind::LeftAnti,
-                JoinType::RightAnti => JoinKind::RightAnti,
-                JoinType::LeftMark | JoinType::RightMark => {
-                    return Err(SqlError::Unsupported("subqueries in this position".into()));
-                }
-            };
-            let (left_keys, right_keys): (Vec<Expr>, Vec<Expr>) = j.on.iter().cloned().unzip();
-            check_exprs(&left_keys)?;
-            check_exprs(&right_keys)?;
-            if let Some(f) = &j.filter {
-                check_exprs(std::slice::from_ref(f))?;
-            }
-            PlanNode::Join {
-                left: Box::new(lower(&j.left, catalog)?),
-                right: Box::new(lower(&j.right, catalog)?),
-                left_keys,
-                right_keys,
-                residual: j.filter.clone(),
-                kind,
-                nulls_equal: j.null_equality == datafusion::common::NullEquality::NullEqualsNull,
-            }
-        }
-        LogicalPlan::Aggregate(a) => {
-            check_exprs(&a.group_expr)?;
-            if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
-                return Err(SqlError::Unsupported("GROUPING SETS, CUBE and ROLLUP".into()));
-            }
-            let input_schema = a.input.schema();
-            let n_keys = a.group_expr.len();
-            let aggregates = a
-                .aggr_expr
-                .iter()
-                .enumerate()
-                .map(|(i, e)| aggregate(e, input_schema, schema.field(n_keys + i).data_type().clone()))
-                .collect::<Result<Vec<_>, _>>()?;
-            PlanNode::Reduce {
-                input: Box::new(lower(&a.input, catalog)?),
-                group_keys: a.group_expr.clone(),
-                aggregates,
-            }
-        }
-        LogicalPlan::Distinct(Distinct::All(input)) => PlanNode::Distinct {
-            input: Box::new(lower(input, catalog)?),
-        },
-        LogicalPlan::Distinct(Distinct::On(_)) => {
-            return Err(SqlError::Unsupported("DISTINCT ON".into()));
-        }
-        LogicalPlan::Union(u) => PlanNode::Union {
-            inputs: u
-                .inputs
-                .iter()
-                .map(|i| lower(i, catalog))
-                .collect::<Result<_, _>>()?,
-        },
-        LogicalPlan::Values(v) => PlanNode::Constant {
-            batch: values_batch(&v.values, &v.schema)?,
-        },
-        LogicalPlan::EmptyRelation(e) => {
-            let rows = usize::from(e.produce_one_row);
-            let arrow: Arc<Schema> = Arc::new(e.schema.as_arrow().clone());
-            let columns: Vec<ArrayRef> = arrow
-                .fields()
-                .iter()
-                .map(|f| new_null_array(f.data_type(), rows))
-                .collect();
-            PlanNode::Constant {
-                batch: RecordBatch::try_new_with_options(
-                    arrow,
-                    columns,
-                    &RecordBatchOptions::new().with_row_count(Some(rows)),
-                )
-                .map_err(|e| SqlError::Plan(e.to_string()))?,
-            }
-        }
-        LogicalPlan::Sort(s) => {
-            let Some(fetch) = s.fetch else {
-                // A view is a set: ordering only matters when a reader asks for it.
-                return lower(&s.input, catalog);
-            };
-            let order: Vec<Expr> = s.expr.iter().map(|e| e.expr.clone()).collect();
-            check_exprs(&order)?;
-            PlanNode::TopK {
-                input: Box::new(lower(&s.input, catalog)?),
-                order: s.expr.clone(),
-                limit: Some(fetch),
-                offset: 0,
-            }
-        }
-        LogicalPlan::Limit(l) => {
-            use datafusion::logical_expr::{FetchType, SkipType};
-            let unsupported = || SqlError::Unsupported("LIMIT / OFFSET that are not constants".into());
-            let skip = match l.get_skip_type().map_err(|e| SqlError::Plan(e.to_string()))? {
-                SkipType::Literal(n) => n,
-                SkipType::UnsupportedExpr => return Err(unsupported()),
-            };
-            let fetch = match l.get_fetch_type().map_err(|e| SqlError::Plan(e.to_string()))? {
-                FetchType::Literal(n) => n,
-                FetchType::UnsupportedExpr => return Err(unsupported()),
-            };
-            let input = lower(&l.input, catalog)?;
-            match input.node {
-                // The optimizer pushes `skip + fetch` into the sort below.
-                PlanNode::TopK {
-                    input,
-                    order,
-                    offset: 0,
-                    ..
-                } => PlanNode::TopK {
-                    input,
-                    order,
-                    limit: fetch,
-                    offset: skip,
-                },
-                node => {
-                    // LIMIT without ORDER BY: order by the whole row.
-                    let input = Plan {
-                        node,
-                        schema: input.schema,
+    Lowering {
+        catalog,
+        recursive: Vec::new(),
+    }
+    .lower(plan)
+}
+
+/// The state of one lowering: the catalog, and the `WITH RECURSIVE` names
+/// in scope (a scan of one of them reads the fixpoint being computed).
+struct Lowering<'a> {
+    catalog: &'a dyn CatalogReader,
+    recursive: Vec<String>,
+}
+
+impl Lowering<'_> {
+    fn lower(&mut self, plan: &LogicalPlan) -> Result<Plan, SqlError> {
+        let schema = plan.schema().clone();
+        let node = match plan {
+            LogicalPlan::TableScan(scan) => {
+                let name = relation_name(&scan.table_name).ok_or_else(|| SqlError::UndefinedTable {
+                    name: scan.table_name.to_string(),
+                    position: None,
+                })?;
+                let (node, arrow_schema) = if self.recursive.iter().any(|r| r == name) {
+                    let node = PlanNode::RecursiveRef {
+                        name: name.to_string(),
                     };
-                    let order = identity(&input.schema)
-                        .into_iter()
-                        .map(|e| e.sort(true, false))
-                        .collect();
+                    (node, scan.source.schema())
+                } else {
+                    let desc = self
+                        .catalog
+                        .relation(name)
+                        .ok_or_else(|| SqlError::UndefinedTable {
+                            name: name.to_string(),
+                            position: None,
+                        })?;
+                    if desc.kind == RelationKind::View {
+                        return Err(SqlError::Plan(format!("view {name} was not inlined")));
+                    }
+                    let node = PlanNode::Get {
+                        id: desc.id,
+                        name: desc.name.clone(),
+                    };
+                    (node, desc.schema.clone())
+                };
+                let full = Arc::new(
+                    DFSchema::try_from_qualified_schema(scan.table_name.clone(), &arrow_schema)
+                        .map_err(|e| SqlError::Plan(e.to_string()))?,
+                );
+                let get = Plan {
+                    node,
+                    schema: full.clone(),
+                };
+                let projection = match &scan.projection {
+                    Some(indices) => indices.iter().map(|i| column(&full, *i)).collect(),
+                    None => identity(&full),
+                };
+                let scanned = if scan.filters.is_empty() && scan.projection.is_none() {
+                    get
+                } else {
+                    let node = PlanNode::MapFilterProject {
+                        input: Box::new(get),
+                        filters: scan.filters.clone(),
+                        projection,
+                    };
+                    Plan {
+                        node,
+                        schema: schema.clone(),
+                    }
+                };
+                match scan.fetch {
+                    None => return Ok(scanned),
+                    // LIMIT without ORDER BY, pushed into the scan: any rows will
+                    // do, so take the first in whole-row order.
+                    Some(limit) => {
+                        let order = identity(&schema)
+                            .into_iter()
+                            .map(|e| e.sort(true, false))
+                            .collect();
+                        PlanNode::TopK {
+                            input: Box::new(scanned),
+                            order,
+                            limit: Some(limit),
+                            offset: 0,
+                        }
+                    }
+                }
+            }
+            LogicalPlan::Projection(p) => {
+                check_exprs(&p.expr)?;
+                let input = self.lower(&p.input)?;
+                return Ok(fuse(input, Vec::new(), Some(p.expr.clone()), schema));
+            }
+            LogicalPlan::Filter(f) => {
+                check_exprs(std::slice::from_ref(&f.predicate))?;
+                let input = self.lower(&f.input)?;
+                let filters = split_conjunction(&f.predicate).into_iter().cloned().collect();
+                return Ok(fuse(input, filters, None, schema));
+            }
+            LogicalPlan::SubqueryAlias(a) => {
+                let mut input = self.lower(&a.input)?;
+                input.schema = schema;
+                return Ok(input);
+            }
+            LogicalPlan::Join(j) => {
+                let kind = match j.join_type {
+                    JoinType::Inner => JoinKind::Inner,
+                    JoinType::Left => JoinKind::LeftOuter,
+                    JoinType::Right => JoinKind::RightOuter,
+                    JoinType::Full => JoinKind::FullOuter,
+                    JoinType::LeftSemi => JoinKind::LeftSemi,
+                    JoinType::RightSemi => JoinKind::RightSemi,
+                    JoinType::LeftAnti if j.null_aware => {
+                        if j.filter.is_some() {
+                            return Err(SqlError::Unsupported("correlated NOT IN subqueries".into()));
+                        }
+                        JoinKind::LeftAntiNullAware
+                    }
+                    JoinType::LeftAnti => JoinKind::LeftAnti,
+                    JoinType::RightAnti => JoinKind::RightAnti,
+                    JoinType::LeftMark | JoinType::RightMark => {
+                        return Err(SqlError::Unsupported("subqueries in this position".into()));
+                    }
+                };
+                let (left_keys, right_keys): (Vec<Expr>, Vec<Expr>) = j.on.iter().cloned().unzip();
+                check_exprs(&left_keys)?;
+                check_exprs(&right_keys)?;
+                if let Some(f) = &j.filter {
+                    check_exprs(std::slice::from_ref(f))?;
+                }
+                PlanNode::Join {
+                    left: Box::new(self.lower(&j.left)?),
+                    right: Box::new(self.lower(&j.right)?),
+                    left_keys,
+                    right_keys,
+                    residual: j.filter.clone(),
+                    kind,
+                    nulls_equal: j.null_equality == datafusion::common::NullEquality::NullEqualsNull,
+                }
+            }
+            LogicalPlan::Aggregate(a) => {
+                check_exprs(&a.group_expr)?;
+                if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+                    return Err(SqlError::Unsupported("GROUPING SETS, CUBE and ROLLUP".into()));
+                }
+                let input_schema = a.input.schema();
+                let n_keys = a.group_expr.len();
+                let aggregates = a
+                    .aggr_expr
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| aggregate(e, input_schema, schema.field(n_keys + i).data_type().clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                PlanNode::Reduce {
+                    input: Box::new(self.lower(&a.input)?),
+                    group_keys: a.group_expr.clone(),
+                    aggregates,
+                }
+            }
+            LogicalPlan::Distinct(Distinct::All(input)) => PlanNode::Distinct {
+                input: Box::new(self.lower(input)?),
+            },
+            LogicalPlan::Distinct(Distinct::On(_)) => {
+                return Err(SqlError::Unsupported("DISTINCT ON".into()));
+            }
+            LogicalPlan::Union(u) => PlanNode::Union {
+                inputs: u.inputs.iter().map(|i| self.lower(i)).collect::<Result<_, _>>()?,
+            },
+            LogicalPlan::Values(v) => PlanNode::Constant {
+                batch: values_batch(&v.values, &v.schema)?,
+            },
+            LogicalPlan::EmptyRelation(e) => {
+                let rows = usize::from(e.produce_one_row);
+                let arrow: Arc<Schema> = Arc::new(e.schema.as_arrow().clone());
+                let columns: Vec<ArrayRef> = arrow
+                    .fields()
+                    .iter()
+                    .map(|f| new_null_array(f.data_type(), rows))
+                    .collect();
+                PlanNode::Constant {
+                    batch: RecordBatch::try_new_with_options(
+                        arrow,
+                        columns,
+                        &RecordBatchOptions::new().with_row_count(Some(rows)),
+                    )
+                    .map_err(|e| SqlError::Plan(e.to_string()))?,
+                }
+            }
+            LogicalPlan::Sort(s) => {
+                let Some(fetch) = s.fetch else {
+                    // A view is a set: ordering only matters when a reader asks for it.
+                    return self.lower(&s.input);
+                };
+                let order: Vec<Expr> = s.expr.iter().map(|e| e.expr.clone()).collect();
+                check_exprs(&order)?;
+                PlanNode::TopK {
+                    input: Box::new(self.lower(&s.input)?),
+                    order: s.expr.clone(),
+                    limit: Some(fetch),
+                    offset: 0,
+                }
+            }
+            LogicalPlan::Limit(l) => {
+                use datafusion::logical_expr::{FetchType, SkipType};
+                let unsupported = || SqlError::Unsupported("LIMIT / OFFSET that are not constants".into());
+                let skip = match l.get_skip_type().map_err(|e| SqlError::Plan(e.to_string()))? {
+                    SkipType::Literal(n) => n,
+                    SkipType::UnsupportedExpr => return Err(unsupported()),
+                };
+                let fetch = match l.get_fetch_type().map_err(|e| SqlError::Plan(e.to_string()))? {
+                    FetchType::Literal(n) => n,
+                    FetchType::UnsupportedExpr => return Err(unsupported()),
+                };
+                let input = self.lower(&l.input)?;
+                match input.node {
+                    // The optimizer pushes `skip + fetch` into the sort below.
                     PlanNode::TopK {
-                        input: Box::new(input),
+                        input,
+                        order,
+                        offset: 0,
+                        ..
+                    } => PlanNode::TopK {
+                        input,
                         order,
                         limit: fetch,
                         offset: skip,
+                    },
+                    node => {
+                        // LIMIT without ORDER BY: order by the whole row.
+                        let input = Plan {
+                            node,
+                            schema: input.schema,
+                        };
+                        let order = identity(&input.schema)
+                            .into_iter()
+                            .map(|e| e.sort(true, false))
+                            .collect();
+                        PlanNode::TopK {
+                            input: Box::new(input),
+                            order,
+                            limit: fetch,
+                            offset: skip,
+                        }
                     }
                 }
             }
-        }
-        LogicalPlan::Window(w) => {
-            let mut partition_by: Option<&Vec<Expr>> = None;
-            for e in &w.window_expr {
-                let inner = match e {
-                    Expr::Alias(a) => a.expr.as_ref(),
-                    e => e,
-                };
-                let Expr::WindowFunction(wf) = inner else {
-                    return Err(SqlError::Unsupported(format!("window expression {e}")));
-                };
-                let p = &wf.params;
-                if p.filter.is_some() || p.distinct {
-                    return Err(SqlError::Unsupported(format!(
-                        "FILTER or DISTINCT in window function {}",
-                        wf.fun
-                    )));
-                }
-                // The engine compiles the same expression; refuse now what it would refuse.
-                datafusion::physical_planner::create_window_expr(
-                    e,
-                    w.input.schema(),
-                    &ExecutionProps::new(),
-                    &Default::default(),
-                )
-                .map_err(|err| SqlError::Unsupported(format!("window function {}: {err}", wf.fun)))?;
-                check_exprs(&p.args)?;
-                check_exprs(&p.partition_by)?;
-                let order: Vec<Expr> = p.order_by.iter().map(|s| s.expr.clone()).collect();
-                check_exprs(&order)?;
-                if let Some(f) = &p.filter {
-                    check_exprs(std::slice::from_ref(f))?;
-                }
-                match partition_by {
-                    None => partition_by = Some(&p.partition_by),
-                    Some(q) if q != &p.partition_by => {
-                        return Err(SqlError::Unsupported(
-                            "window functions with different PARTITION BY in one window node".into(),
-                        ));
+            LogicalPlan::Window(w) => {
+                let mut partition_by: Option<&Vec<Expr>> = None;
+                for e in &w.window_expr {
+                    let inner = match e {
+                        Expr::Alias(a) => a.expr.as_ref(),
+                        e => e,
+                    };
+                    let Expr::WindowFunction(wf) = inner else {
+                        return Err(SqlError::Unsupported(format!("window expression {e}")));
+                    };
+                    let p = &wf.params;
+                    if p.filter.is_some() || p.distinct {
+                        return Err(SqlError::Unsupported(format!(
+                            "FILTER or DISTINCT in window function {}",
+                            wf.fun
+                        )));
                     }
-                    Some(_) => {}
+                    // The engine compiles the same expression; refuse now what it would refuse.
+                    datafusion::physical_planner::create_window_expr(
+                        e,
+                        w.input.schema(),
+                        &ExecutionProps::new(),
+                        &Default::default(),
+                    )
+                    .map_err(|err| SqlError::Unsupported(format!("window function {}: {err}", wf.fun)))?;
+                    check_exprs(&p.args)?;
+                    check_exprs(&p.partition_by)?;
+                    let order: Vec<Expr> = p.order_by.iter().map(|s| s.expr.clone()).collect();
+                    check_exprs(&order)?;
+                    if let Some(f) = &p.filter {
+                        check_exprs(std::slice::from_ref(f))?;
+                    }
+                    match partition_by {
+                        None => partition_by = Some(&p.partition_by),
+                        Some(q) if q != &p.partition_by => {
+                            return Err(SqlError::Unsupported(
+                                "window functions with different PARTITION BY in one window node".into(),
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                PlanNode::Window {
+                    input: Box::new(self.lower(&w.input)?),
+                    partition_by: partition_by.cloned().unwrap_or_default(),
+                    functions: w.window_expr.clone(),
                 }
             }
-            PlanNode::Window {
-                input: Box::new(lower(&w.input, catalog)?),
-                partition_by: partition_by.cloned().unwrap_or_default(),
-                functions: w.window_expr.clone(),
+            LogicalPlan::RecursiveQuery(r) => {
+                let base = self.lower(&r.static_term)?;
+                self.recursive.push(r.name.clone());
+                let step = self.lower(&r.recursive_term);
+                self.recursive.pop();
+                let step = conform(step?, &base.schema)?;
+                check_recursive_step(&step, &r.name)?;
+                PlanNode::Recursive {
+                    name: r.name.clone(),
+                    base: Box::new(base),
+                    step: Box::new(step),
+                    distinct: r.is_distinct,
+                }
             }
-        }
-        LogicalPlan::RecursiveQuery(_) => {
-            return Err(SqlError::Unsupported("WITH RECURSIVE".into()));
-        }
-        LogicalPlan::Unnest(_) => return Err(SqlError::Unsupported("UNNEST".into())),
-        LogicalPlan::Repartition(r) => return lower(&r.input, catalog),
-        LogicalPlan::Subquery(_) => {
-            return Err(SqlError::Unsupported(
-                "this correlated subquery (LATERAL subqueries are supported when they aggregate, \
+            LogicalPlan::Unnest(_) => return Err(SqlError::Unsupported("UNNEST".into())),
+            LogicalPlan::Repartition(r) => return self.lower(&r.input),
+            LogicalPlan::Subquery(_) => {
+                return Err(SqlError::Unsupported(
+                    "this correlated subquery (LATERAL subqueries are supported when they aggregate, \
                  or when they are correlated by equalities only)"
-                    .into(),
-            ));
-        }
-        other => {
-            return Err(SqlError::Unsupported(format!(
-                "{} in a materialized view",
-                other
-                    .display()
-                    .to_string()
-                    .split(':')
-                    .next()
-                    .unwrap_or("this plan node")
-            )));
-        }
+                        .into(),
+                ));
+            }
+            other => {
+                return Err(SqlError::Unsupported(format!(
+                    "{} in a materialized view",
+                    other
+                        .display()
+                        .to_string()
+                        .split(':')
+                        .next()
+                        .unwrap_or("this plan node")
+                )));
+            }
+        };
+        Ok(Plan { node, schema })
+    }
+}
+
+/// Cast `plan`'s columns to the types of `schema` where they differ, so
+/// the rows of both encode alike.
+fn conform(plan: Plan, schema: &DFSchemaRef) -> Result<Plan, SqlError> {
+    let same = plan
+        .schema
+        .fields()
+        .iter()
+        .zip(schema.fields())
+        .all(|(a, b)| a.data_type() == b.data_type());
+    if same {
+        return Ok(plan);
+    }
+    let projection = identity(&plan.schema)
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| c.cast_to(f.data_type(), plan.schema.as_ref()))
+        .collect::<datafusion::common::Result<Vec<_>>>()
+        .map_err(|e| SqlError::Plan(e.to_string()))?;
+    Ok(Plan {
+        node: PlanNode::MapFilterProject {
+            input: Box::new(plan),
+            filters: vec![],
+            projection,
+        },
+        schema: schema.clone(),
+    })
+}
+
+/// Refuse, in the recursive term of `WITH RECURSIVE`, what PostgreSQL
+/// refuses there too and what the engine does not iterate: aggregation,
+/// ordering and limits, window functions, nested recursion.
+fn check_recursive_step(plan: &Plan, name: &str) -> Result<(), SqlError> {
+    if !plan.reads_recursive(name) {
+        return Ok(());
+    }
+    let refuse = |what: &str| {
+        Err(SqlError::InvalidRecursion(format!(
+            "{what} (in WITH RECURSIVE {name})"
+        )))
     };
-    Ok(Plan { node, schema })
+    match &plan.node {
+        PlanNode::RecursiveRef { .. } | PlanNode::Get { .. } | PlanNode::Constant { .. } => Ok(()),
+        PlanNode::MapFilterProject { input, .. } | PlanNode::Distinct { input } => {
+            check_recursive_step(input, name)
+        }
+        PlanNode::Join { left, right, .. } => {
+            check_recursive_step(left, name)?;
+            check_recursive_step(right, name)
+        }
+        PlanNode::Union { inputs } => inputs.iter().try_for_each(|i| check_recursive_step(i, name)),
+        PlanNode::Reduce { .. } => refuse("aggregates"),
+        PlanNode::TopK { .. } => refuse("ORDER BY ... LIMIT"),
+        PlanNode::Window { .. } => refuse("window functions"),
+        PlanNode::Recursive { .. } => refuse("a nested WITH RECURSIVE"),
+    }
 }
 
 /// Put a filter and/or projection on top of `input`. When `input` is itself

@@ -76,6 +76,19 @@ pub enum PlanNode {
     },
     /// Bag union (`UNION ALL`).
     Union { inputs: Vec<Plan> },
+    /// `WITH RECURSIVE name AS (base UNION [ALL] step)`: the least fixpoint
+    /// of `name = base + step(name)` (deduplicated for `UNION`), maintained
+    /// with differential's `iterate`.
+    Recursive {
+        name: String,
+        base: Box<Plan>,
+        /// Reads the fixpoint through [`PlanNode::RecursiveRef`].
+        step: Box<Plan>,
+        distinct: bool,
+    },
+    /// The current value of the enclosing [`PlanNode::Recursive`] called
+    /// `name`; only valid inside its `step`.
+    RecursiveRef { name: String },
     /// Window functions over the partitions of `partition_by`: output rows
     /// are the input row followed by one column per function. A change
     /// recomputes the partitions it touches.
@@ -179,6 +192,24 @@ pub struct GeneralAggregate {
 }
 
 impl Plan {
+    /// Whether this plan reads the recursive binding `name`.
+    pub fn reads_recursive(&self, name: &str) -> bool {
+        match &self.node {
+            PlanNode::RecursiveRef { name: n } => n == name,
+            PlanNode::Get { .. } | PlanNode::Constant { .. } => false,
+            PlanNode::MapFilterProject { input, .. }
+            | PlanNode::Reduce { input, .. }
+            | PlanNode::Distinct { input }
+            | PlanNode::TopK { input, .. }
+            | PlanNode::Window { input, .. } => input.reads_recursive(name),
+            PlanNode::Join { left, right, .. } => left.reads_recursive(name) || right.reads_recursive(name),
+            PlanNode::Union { inputs } => inputs.iter().any(|i| i.reads_recursive(name)),
+            PlanNode::Recursive { base, step, .. } => {
+                base.reads_recursive(name) || step.reads_recursive(name)
+            }
+        }
+    }
+
     fn fmt_indent(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
         let pad = "  ".repeat(depth);
         let list = |exprs: &[Expr]| exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
@@ -285,6 +316,18 @@ impl Plan {
                 writeln!(f, "{pad}Union")?;
                 inputs.iter().try_for_each(|i| i.fmt_indent(f, depth + 1))
             }
+            PlanNode::Recursive {
+                name,
+                base,
+                step,
+                distinct,
+            } => {
+                let union = if *distinct { "UNION" } else { "UNION ALL" };
+                writeln!(f, "{pad}Recursive {name} {union}")?;
+                base.fmt_indent(f, depth + 1)?;
+                step.fmt_indent(f, depth + 1)
+            }
+            PlanNode::RecursiveRef { name } => writeln!(f, "{pad}RecursiveRef {name}"),
             PlanNode::Window {
                 input,
                 partition_by,

@@ -123,6 +123,7 @@ impl Planner {
             .statement_to_plan(statement)
             .await
             .map_err(|e| SqlError::from_datafusion(e, sql))?;
+        let plan = crate::set_ops::number_duplicates(plan).map_err(|e| SqlError::from_datafusion(e, sql))?;
         bytea_literals(plan).map_err(|e| SqlError::from_datafusion(e, sql))
     }
 
@@ -141,7 +142,8 @@ impl Planner {
         let err = |e| SqlError::from_datafusion(e, sql);
         // Before DataFusion's optimizer, which prunes the outer columns a
         // subquery reads from its input.
-        let decorrelated = crate::decorrelate::decorrelate(plan.clone()).map_err(err)?;
+        let aggregated = crate::single_row::aggregate_scalar_subqueries(plan.clone()).map_err(err)?;
+        let decorrelated = crate::decorrelate::decorrelate(aggregated).map_err(err)?;
         state.optimize(&decorrelated).map_err(err)
     }
 
