@@ -145,6 +145,14 @@ impl CatalogReader for Catalog {
         })
     }
 
+    fn system_table(&self, schema: &str, name: &str) -> Option<arrow::array::RecordBatch> {
+        crate::system::table(schema, name, &self.entries())
+    }
+
+    fn system_table_names(&self, schema: &str) -> Vec<String> {
+        crate::system::table_names(schema)
+    }
+
     fn relation_names(&self) -> Vec<String> {
         self.state
             .read()

@@ -12,6 +12,7 @@ pub mod error;
 pub mod sequencer;
 pub mod server;
 pub mod show;
+pub mod system;
 pub mod values;
 
 use std::net::SocketAddr;

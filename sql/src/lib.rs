@@ -12,6 +12,7 @@ pub mod error;
 pub mod lateral;
 pub mod lower;
 pub mod names;
+pub mod pg_compat;
 pub mod plan;
 pub mod planner;
 pub mod set_ops;
@@ -21,4 +22,4 @@ pub mod types;
 
 pub use error::SqlError;
 pub use plan::{AggregateExpr, AggregateFunc, GlobalId, JoinKind, Plan, PlanNode};
-pub use planner::{CatalogReader, Planner, RelationDesc, RelationKind};
+pub use planner::{CatalogReader, Planner, RelationDesc, RelationKind, SYSTEM_SCHEMAS};

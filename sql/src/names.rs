@@ -39,7 +39,7 @@ fn ident(v: &str, quoted: bool) -> String {
     }
 }
 
-fn expr_name(e: &Expr) -> String {
+pub(crate) fn expr_name(e: &Expr) -> String {
     match e {
         Expr::Identifier(i) => ident(&i.value, i.quote_style.is_some()),
         Expr::CompoundIdentifier(parts) => parts
@@ -75,7 +75,8 @@ fn expr_name(e: &Expr) -> String {
 /// PostgreSQL names a cast literal after the internal type name.
 fn cast_name(t: &str) -> String {
     let t = t.to_ascii_lowercase();
-    let base = t.split('(').next().unwrap_or(&t).trim();
+    let t = t.trim_start_matches("pg_catalog.");
+    let base = t.split('(').next().unwrap_or(t).trim();
     match base {
         "int" | "integer" | "int4" => "int4",
         "bigint" | "int8" => "int8",

@@ -50,7 +50,15 @@ pub struct RelationDesc {
 pub trait CatalogReader: Send + Sync + std::fmt::Debug {
     fn relation(&self, name: &str) -> Option<RelationDesc>;
     fn relation_names(&self) -> Vec<String>;
+    /// A relation of one of [`SYSTEM_SCHEMAS`], computed from the catalog
+    /// as it is now.
+    fn system_table(&self, schema: &str, name: &str) -> Option<arrow::array::RecordBatch>;
+    fn system_table_names(&self, schema: &str) -> Vec<String>;
 }
+
+/// The read-only schemas describing the catalog: PostgreSQL's (for psql
+/// and drivers) and Weir's own.
+pub const SYSTEM_SCHEMAS: [&str; 3] = ["pg_catalog", "information_schema", "weir_catalog"];
 
 /// Plans statements against a catalog.
 #[derive(Clone)]
@@ -92,6 +100,7 @@ impl Planner {
             &mut state,
             Arc::new(variance.with_aliases(["variance"])),
         );
+        crate::pg_compat::register_functions(&mut state);
         state.catalog_list().register_catalog(
             CATALOG.into(),
             Arc::new(WeirCatalog(Arc::new(WeirSchema(catalog)))),
@@ -116,7 +125,8 @@ impl Planner {
     }
 
     /// Bind a statement into an unoptimized `LogicalPlan`.
-    pub async fn bind(&self, statement: ast::Statement, sql: &str) -> Result<LogicalPlan, SqlError> {
+    pub async fn bind(&self, mut statement: ast::Statement, sql: &str) -> Result<LogicalPlan, SqlError> {
+        crate::pg_compat::rewrite(&mut statement);
         let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
         let plan = self
             .state
@@ -257,11 +267,56 @@ struct WeirCatalog(Arc<WeirSchema>);
 
 impl CatalogProvider for WeirCatalog {
     fn schema_names(&self) -> Vec<String> {
-        vec![SCHEMA.into()]
+        std::iter::once(SCHEMA)
+            .chain(SYSTEM_SCHEMAS)
+            .map(String::from)
+            .collect()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        (name == SCHEMA).then(|| self.0.clone() as Arc<dyn SchemaProvider>)
+        if name == SCHEMA {
+            return Some(self.0.clone() as Arc<dyn SchemaProvider>);
+        }
+        let system = SYSTEM_SCHEMAS.into_iter().find(|s| *s == name)?;
+        Some(Arc::new(SystemSchema {
+            catalog: self.0.0.clone(),
+            schema: system,
+        }))
+    }
+}
+
+/// One of [`SYSTEM_SCHEMAS`]: each relation is computed when a statement
+/// names it.
+#[derive(Debug)]
+struct SystemSchema {
+    catalog: Arc<dyn CatalogReader>,
+    schema: &'static str,
+}
+
+fn system_table(
+    catalog: &dyn CatalogReader,
+    schema: &str,
+    name: &str,
+) -> DfResult<Option<Arc<dyn TableProvider>>> {
+    let Some(batch) = catalog.system_table(schema, name) else {
+        return Ok(None);
+    };
+    let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+    Ok(Some(Arc::new(table)))
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.catalog.system_table_names(self.schema)
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        system_table(self.catalog.as_ref(), self.schema, name)
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.table_names().iter().any(|n| n == name)
     }
 }
 
@@ -276,7 +331,8 @@ impl SchemaProvider for WeirSchema {
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         let Some(desc) = self.0.relation(name) else {
-            return Ok(None);
+            // As in PostgreSQL, pg_catalog is on the search path.
+            return system_table(self.0.as_ref(), "pg_catalog", name);
         };
         Ok(Some(match (&desc.kind, &desc.view_plan) {
             (RelationKind::View, Some(plan)) => {

@@ -1,0 +1,691 @@
+//! The system catalogs: `pg_catalog`, `information_schema` and
+//! `weir_catalog`, computed from the catalog when a statement reads them.
+//!
+//! `pg_catalog` holds what psql and drivers read (relations, columns,
+//! types, schemas, the database), in PostgreSQL's shapes and OIDs, so
+//! `\d`, `\dt`, `\d name` and tab completion work. Relations Weir has no
+//! counterpart for (policies, publications, inheritance, ...) exist and are
+//! empty. `weir_catalog` describes Weir's own objects, with definitions and
+//! dependencies. This module only reads [`crate::catalog`]; it never
+//! changes it.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, new_null_array};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::ScalarValue;
+use datafusion::sql::sqlparser::ast;
+use weir_sql::RelationKind;
+
+use crate::catalog::{Entry, kind_name};
+use crate::values::pg_type;
+
+const PG_CATALOG_OID: i64 = 11;
+const PUBLIC_OID: i64 = 2200;
+const INFORMATION_SCHEMA_OID: i64 = 13000;
+const WEIR_CATALOG_OID: i64 = 16000;
+/// User relations get OIDs from here up, as in PostgreSQL.
+const FIRST_USER_OID: i64 = 16384;
+const DATABASE: &str = "weir";
+const OWNER: &str = "weir";
+const OWNER_OID: i64 = 10;
+
+/// The relation oid of a catalog entry.
+pub fn relation_oid(e: &Entry) -> i64 {
+    FIRST_USER_OID + e.id as i64
+}
+
+/// The relations of a system schema.
+pub fn table_names(schema: &str) -> Vec<String> {
+    let names: &[&str] = match schema {
+        "pg_catalog" => &[
+            "pg_am",
+            "pg_attrdef",
+            "pg_attribute",
+            "pg_class",
+            "pg_collation",
+            "pg_constraint",
+            "pg_database",
+            "pg_description",
+            "pg_extension",
+            "pg_index",
+            "pg_inherits",
+            "pg_matviews",
+            "pg_namespace",
+            "pg_policy",
+            "pg_proc",
+            "pg_publication",
+            "pg_publication_namespace",
+            "pg_publication_rel",
+            "pg_roles",
+            "pg_settings",
+            "pg_statistic_ext",
+            "pg_tables",
+            "pg_tablespace",
+            "pg_trigger",
+            "pg_type",
+            "pg_user",
+            "pg_views",
+        ],
+        "information_schema" => &["columns", "schemata", "tables", "views"],
+        "weir_catalog" => &["columns", "dependencies", "relations"],
+        _ => &[],
+    };
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// The `pg_catalog` relations that are always empty here.
+pub const EMPTY_RELATIONS: &[&str] = &[
+    "pg_attrdef",
+    "pg_collation",
+    "pg_constraint",
+    "pg_description",
+    "pg_extension",
+    "pg_index",
+    "pg_inherits",
+    "pg_policy",
+    "pg_proc",
+    "pg_publication",
+    "pg_publication_namespace",
+    "pg_publication_rel",
+    "pg_statistic_ext",
+    "pg_tablespace",
+    "pg_trigger",
+];
+
+/// Whether every branch of `q` inner-joins one of [`EMPTY_RELATIONS`], so
+/// its answer is empty whatever its select list says. psql's `\d` asks
+/// such questions (policies, publications, statistics) in SQL beyond what
+/// Weir plans; the answer is known without planning.
+pub fn reads_empty_relation(q: &ast::Query) -> bool {
+    fn empty_table(t: &ast::TableFactor) -> bool {
+        match t {
+            ast::TableFactor::Table { name, .. } => name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| EMPTY_RELATIONS.contains(&i.value.as_str())),
+            _ => false,
+        }
+    }
+    fn branch(body: &ast::SetExpr) -> bool {
+        match body {
+            ast::SetExpr::Select(s) => s.from.iter().any(|twj| {
+                empty_table(&twj.relation)
+                    || twj.joins.iter().any(|j| {
+                        matches!(
+                            j.join_operator,
+                            ast::JoinOperator::Inner(_) | ast::JoinOperator::Join(_)
+                        ) && empty_table(&j.relation)
+                    })
+            }),
+            ast::SetExpr::SetOperation { left, right, .. } => branch(left) && branch(right),
+            ast::SetExpr::Query(q) => branch(&q.body),
+            _ => false,
+        }
+    }
+    branch(&q.body)
+}
+
+/// A column of a system relation: its name and type.
+type Col = (&'static str, DataType);
+
+fn text(s: impl Into<String>) -> ScalarValue {
+    ScalarValue::Utf8(Some(s.into()))
+}
+fn int(i: i64) -> ScalarValue {
+    ScalarValue::Int64(Some(i))
+}
+fn boolean(b: bool) -> ScalarValue {
+    ScalarValue::Boolean(Some(b))
+}
+fn null_text() -> ScalarValue {
+    ScalarValue::Utf8(None)
+}
+
+/// Build a batch from rows of scalars (columns typed by `cols`).
+fn batch(cols: &[Col], rows: Vec<Vec<ScalarValue>>) -> RecordBatch {
+    let schema = Arc::new(Schema::new(
+        cols.iter()
+            .map(|(n, t)| Field::new(*n, t.clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let columns: Vec<ArrayRef> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, (_, t))| {
+            if rows.is_empty() {
+                return new_null_array(t, 0);
+            }
+            let values = rows.iter().map(|r| r[i].clone());
+            let array = ScalarValue::iter_to_array(values).expect("system rows are well typed");
+            if array.data_type() == t {
+                array
+            } else {
+                arrow::compute::cast(&array, t).expect("system rows cast to their column types")
+            }
+        })
+        .collect();
+    RecordBatch::try_new(schema, columns).expect("system batch is well formed")
+}
+
+/// An empty relation with these columns.
+fn empty(cols: &[Col]) -> RecordBatch {
+    batch(cols, Vec::new())
+}
+
+/// The PostgreSQL type oid and typmod of a column.
+fn column_type(e: &Entry, i: usize) -> (i64, i64) {
+    let field = e.schema.field(i);
+    let max_length = e.columns.get(i).and_then(|c| c.max_length);
+    match (field.data_type(), max_length) {
+        (_, Some(n)) => (1043, n as i64 + 4),
+        (DataType::Decimal128(p, s), _) => (1700, ((*p as i64) << 16 | *s as i64) + 4),
+        (t, None) => (pg_type(t).oid() as i64, -1),
+    }
+}
+
+fn nullable(e: &Entry, i: usize) -> bool {
+    e.columns.get(i).is_none_or(|c| c.nullable)
+}
+
+fn relkind(kind: RelationKind) -> &'static str {
+    match kind {
+        RelationKind::Table => "r",
+        RelationKind::View => "v",
+        RelationKind::MaterializedView => "m",
+    }
+}
+
+/// The types `pg_type` lists: oid, name, length, array oid.
+const TYPES: &[(i64, &str, i64, i64)] = &[
+    (16, "bool", 1, 1000),
+    (17, "bytea", -1, 1001),
+    (20, "int8", 8, 1016),
+    (21, "int2", 2, 1005),
+    (23, "int4", 4, 1007),
+    (25, "text", -1, 1009),
+    (26, "oid", 4, 1028),
+    (114, "json", -1, 199),
+    (700, "float4", 4, 1021),
+    (701, "float8", 8, 1022),
+    (1042, "bpchar", -1, 1014),
+    (1043, "varchar", -1, 1015),
+    (1082, "date", 4, 1182),
+    (1083, "time", 8, 1183),
+    (1114, "timestamp", 8, 1115),
+    (1184, "timestamptz", 8, 1185),
+    (1186, "interval", 16, 1187),
+    (1700, "numeric", -1, 1231),
+    (2950, "uuid", 16, 2951),
+    (3802, "jsonb", -1, 3807),
+];
+
+/// Compute the system relation `schema.name` over `entries`.
+pub fn table(schema: &str, name: &str, entries: &[Entry]) -> Option<RecordBatch> {
+    use DataType::{Boolean as B, Int64 as I, Utf8 as T};
+    let b = match (schema, name) {
+        ("pg_catalog", "pg_namespace") => batch(
+            &[("oid", I), ("nspname", T), ("nspowner", I), ("nspacl", T)],
+            [
+                (PG_CATALOG_OID, "pg_catalog"),
+                (PUBLIC_OID, "public"),
+                (INFORMATION_SCHEMA_OID, "information_schema"),
+                (WEIR_CATALOG_OID, "weir_catalog"),
+            ]
+            .into_iter()
+            .map(|(oid, n)| vec![int(oid), text(n), int(OWNER_OID), null_text()])
+            .collect(),
+        ),
+        ("pg_catalog", "pg_class") => batch(
+            &[
+                ("oid", I),
+                ("relname", T),
+                ("relnamespace", I),
+                ("reltype", I),
+                ("reloftype", I),
+                ("relowner", I),
+                ("relam", I),
+                ("reltablespace", I),
+                ("reltoastrelid", I),
+                ("relhasindex", B),
+                ("relisshared", B),
+                ("relpersistence", T),
+                ("relkind", T),
+                ("relnatts", I),
+                ("relchecks", I),
+                ("relhasrules", B),
+                ("relhastriggers", B),
+                ("relhassubclass", B),
+                ("relrowsecurity", B),
+                ("relforcerowsecurity", B),
+                ("relispopulated", B),
+                ("relreplident", T),
+                ("relispartition", B),
+                ("relpartbound", T),
+                ("reloptions", T),
+                ("relacl", T),
+            ],
+            entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        int(relation_oid(e)),
+                        text(&e.name),
+                        int(PUBLIC_OID),
+                        int(0),
+                        int(0),
+                        int(OWNER_OID),
+                        int(if e.kind == RelationKind::View { 0 } else { 2 }),
+                        int(0),
+                        int(0),
+                        boolean(false),
+                        boolean(false),
+                        text("p"),
+                        text(relkind(e.kind)),
+                        int(e.schema.fields().len() as i64),
+                        int(0),
+                        boolean(false),
+                        boolean(false),
+                        boolean(false),
+                        boolean(false),
+                        boolean(false),
+                        boolean(true),
+                        text("d"),
+                        boolean(false),
+                        null_text(),
+                        null_text(),
+                        null_text(),
+                    ]
+                })
+                .collect(),
+        ),
+        ("pg_catalog", "pg_attribute") => batch(
+            &[
+                ("attrelid", I),
+                ("attname", T),
+                ("atttypid", I),
+                ("attlen", I),
+                ("attnum", I),
+                ("atttypmod", I),
+                ("attndims", I),
+                ("attnotnull", B),
+                ("atthasdef", B),
+                ("attidentity", T),
+                ("attgenerated", T),
+                ("attisdropped", B),
+                ("attcollation", I),
+            ],
+            entries
+                .iter()
+                .flat_map(|e| {
+                    e.schema.fields().iter().enumerate().map(move |(i, f)| {
+                        let (oid, typmod) = column_type(e, i);
+                        vec![
+                            int(relation_oid(e)),
+                            text(f.name()),
+                            int(oid),
+                            int(-1),
+                            int(i as i64 + 1),
+                            int(typmod),
+                            int(0),
+                            boolean(!nullable(e, i)),
+                            boolean(false),
+                            text(""),
+                            text(""),
+                            boolean(false),
+                            int(0),
+                        ]
+                    })
+                })
+                .collect(),
+        ),
+        ("pg_catalog", "pg_type") => batch(
+            &[
+                ("oid", I),
+                ("typname", T),
+                ("typnamespace", I),
+                ("typowner", I),
+                ("typlen", I),
+                ("typtype", T),
+                ("typcategory", T),
+                ("typelem", I),
+                ("typarray", I),
+                ("typbasetype", I),
+                ("typtypmod", I),
+                ("typnotnull", B),
+                ("typcollation", I),
+                ("typrelid", I),
+            ],
+            TYPES
+                .iter()
+                .map(|(oid, n, len, array)| {
+                    vec![
+                        int(*oid),
+                        text(*n),
+                        int(PG_CATALOG_OID),
+                        int(OWNER_OID),
+                        int(*len),
+                        text("b"),
+                        text("U"),
+                        int(0),
+                        int(*array),
+                        int(0),
+                        int(-1),
+                        boolean(false),
+                        int(0),
+                        int(0),
+                    ]
+                })
+                .collect(),
+        ),
+        ("pg_catalog", "pg_database") => batch(
+            &[
+                ("oid", I),
+                ("datname", T),
+                ("datdba", I),
+                ("encoding", I),
+                ("datlocprovider", T),
+                ("datistemplate", B),
+                ("datallowconn", B),
+                ("datcollate", T),
+                ("datctype", T),
+                ("daticulocale", T),
+                ("datacl", DataType::List(Arc::new(Field::new_list_field(T, true)))),
+            ],
+            vec![vec![
+                int(16384),
+                text(DATABASE),
+                int(OWNER_OID),
+                int(6),
+                text("c"),
+                boolean(false),
+                boolean(true),
+                text("C.UTF-8"),
+                text("C.UTF-8"),
+                null_text(),
+                ScalarValue::try_from(&DataType::List(Arc::new(Field::new_list_field(T, true))))
+                    .expect("null list"),
+            ]],
+        ),
+        ("pg_catalog", "pg_roles") | ("pg_catalog", "pg_user") => batch(
+            &[
+                ("oid", I),
+                ("rolname", T),
+                ("usename", T),
+                ("rolsuper", B),
+                ("usesuper", B),
+                ("rolcanlogin", B),
+            ],
+            vec![vec![
+                int(OWNER_OID),
+                text(OWNER),
+                text(OWNER),
+                boolean(true),
+                boolean(true),
+                boolean(true),
+            ]],
+        ),
+        ("pg_catalog", "pg_am") => batch(
+            &[("oid", I), ("amname", T), ("amtype", T)],
+            vec![
+                vec![int(2), text("heap"), text("t")],
+                vec![int(403), text("btree"), text("i")],
+            ],
+        ),
+        ("pg_catalog", "pg_tables") => batch(
+            &[
+                ("schemaname", T),
+                ("tablename", T),
+                ("tableowner", T),
+                ("hasindexes", B),
+            ],
+            entries
+                .iter()
+                .filter(|e| e.kind == RelationKind::Table)
+                .map(|e| vec![text("public"), text(&e.name), text(OWNER), boolean(false)])
+                .collect(),
+        ),
+        ("pg_catalog", "pg_views") | ("pg_catalog", "pg_matviews") => {
+            let kind = if name == "pg_views" {
+                RelationKind::View
+            } else {
+                RelationKind::MaterializedView
+            };
+            let cols: &[Col] = if kind == RelationKind::View {
+                &[
+                    ("schemaname", T),
+                    ("viewname", T),
+                    ("viewowner", T),
+                    ("definition", T),
+                ]
+            } else {
+                &[
+                    ("schemaname", T),
+                    ("matviewname", T),
+                    ("matviewowner", T),
+                    ("definition", T),
+                ]
+            };
+            batch(
+                cols,
+                entries
+                    .iter()
+                    .filter(|e| e.kind == kind)
+                    .map(|e| vec![text("public"), text(&e.name), text(OWNER), text(&e.create_sql)])
+                    .collect(),
+            )
+        }
+        ("pg_catalog", "pg_settings") => batch(
+            &[("name", T), ("setting", T)],
+            vec![
+                vec![text("server_version"), text("15.0")],
+                vec![text("server_encoding"), text("UTF8")],
+            ],
+        ),
+        ("pg_catalog", "pg_index") => empty(&[
+            ("indexrelid", I),
+            ("indrelid", I),
+            ("indisprimary", B),
+            ("indisunique", B),
+            ("indisclustered", B),
+            ("indisvalid", B),
+            ("indisreplident", B),
+            ("indkey", T),
+        ]),
+        ("pg_catalog", "pg_constraint") => empty(&[
+            ("oid", I),
+            ("conname", T),
+            ("connamespace", I),
+            ("contype", T),
+            ("condeferrable", B),
+            ("condeferred", B),
+            ("conrelid", I),
+            ("conindid", I),
+            ("confrelid", I),
+        ]),
+        ("pg_catalog", "pg_attrdef") => empty(&[("oid", I), ("adrelid", I), ("adnum", I), ("adbin", T)]),
+        ("pg_catalog", "pg_collation") => empty(&[("oid", I), ("collname", T), ("collnamespace", I)]),
+        ("pg_catalog", "pg_description") => empty(&[
+            ("objoid", I),
+            ("classoid", I),
+            ("objsubid", I),
+            ("description", T),
+        ]),
+        ("pg_catalog", "pg_inherits") => empty(&[
+            ("inhrelid", I),
+            ("inhparent", I),
+            ("inhseqno", I),
+            ("inhdetachpending", B),
+        ]),
+        ("pg_catalog", "pg_policy") => empty(&[
+            ("oid", I),
+            ("polname", T),
+            ("polrelid", I),
+            ("polcmd", T),
+            ("polpermissive", B),
+            (
+                "polroles",
+                DataType::List(Arc::new(Field::new_list_field(I, true))),
+            ),
+            ("polqual", T),
+            ("polwithcheck", T),
+        ]),
+        ("pg_catalog", "pg_statistic_ext") => empty(&[
+            ("oid", I),
+            ("stxrelid", I),
+            ("stxname", T),
+            ("stxnamespace", I),
+            ("stxstattarget", I),
+            (
+                "stxkind",
+                DataType::List(Arc::new(Field::new_list_field(T, true))),
+            ),
+        ]),
+        ("pg_catalog", "pg_publication") => empty(&[("oid", I), ("pubname", T), ("puballtables", B)]),
+        ("pg_catalog", "pg_publication_rel") => empty(&[
+            ("oid", I),
+            ("prpubid", I),
+            ("prrelid", I),
+            ("prqual", T),
+            (
+                "prattrs",
+                DataType::List(Arc::new(Field::new_list_field(DataType::Int16, true))),
+            ),
+        ]),
+        ("pg_catalog", "pg_publication_namespace") => empty(&[("oid", I), ("pnpubid", I), ("pnnspid", I)]),
+        ("pg_catalog", "pg_proc") => empty(&[("oid", I), ("proname", T), ("pronamespace", I)]),
+        ("pg_catalog", "pg_extension") => empty(&[("oid", I), ("extname", T), ("extversion", T)]),
+        ("pg_catalog", "pg_tablespace") => empty(&[("oid", I), ("spcname", T)]),
+        ("pg_catalog", "pg_trigger") => empty(&[("oid", I), ("tgrelid", I), ("tgname", T)]),
+        ("information_schema", "schemata") => batch(
+            &[("catalog_name", T), ("schema_name", T), ("schema_owner", T)],
+            ["public", "pg_catalog", "information_schema", "weir_catalog"]
+                .into_iter()
+                .map(|s| vec![text(DATABASE), text(s), text(OWNER)])
+                .collect(),
+        ),
+        ("information_schema", "tables") => batch(
+            &[
+                ("table_catalog", T),
+                ("table_schema", T),
+                ("table_name", T),
+                ("table_type", T),
+            ],
+            entries
+                .iter()
+                .map(|e| {
+                    let kind = match e.kind {
+                        RelationKind::Table => "BASE TABLE",
+                        RelationKind::View => "VIEW",
+                        RelationKind::MaterializedView => "MATERIALIZED VIEW",
+                    };
+                    vec![text(DATABASE), text("public"), text(&e.name), text(kind)]
+                })
+                .collect(),
+        ),
+        ("information_schema", "views") => batch(
+            &[
+                ("table_catalog", T),
+                ("table_schema", T),
+                ("table_name", T),
+                ("view_definition", T),
+            ],
+            entries
+                .iter()
+                .filter(|e| e.kind == RelationKind::View)
+                .map(|e| vec![text(DATABASE), text("public"), text(&e.name), text(&e.create_sql)])
+                .collect(),
+        ),
+        ("information_schema", "columns") => batch(
+            &[
+                ("table_catalog", T),
+                ("table_schema", T),
+                ("table_name", T),
+                ("column_name", T),
+                ("ordinal_position", I),
+                ("column_default", T),
+                ("is_nullable", T),
+                ("data_type", T),
+                ("character_maximum_length", I),
+                ("numeric_precision", I),
+                ("numeric_scale", I),
+                ("udt_name", T),
+            ],
+            entries
+                .iter()
+                .flat_map(|e| {
+                    e.schema.fields().iter().enumerate().map(move |(i, f)| {
+                        let (oid, _) = column_type(e, i);
+                        let (precision, scale) = match f.data_type() {
+                            DataType::Decimal128(p, s) => (int(*p as i64), int(*s as i64)),
+                            _ => (ScalarValue::Int64(None), ScalarValue::Int64(None)),
+                        };
+                        let udt = TYPES.iter().find(|t| t.0 == oid).map(|t| t.1).unwrap_or("text");
+                        vec![
+                            text(DATABASE),
+                            text("public"),
+                            text(&e.name),
+                            text(f.name()),
+                            int(i as i64 + 1),
+                            null_text(),
+                            text(if nullable(e, i) { "YES" } else { "NO" }),
+                            text(weir_sql::pg_compat::format_type(oid, None)),
+                            ScalarValue::Int64(e.columns.get(i).and_then(|c| c.max_length).map(|n| n as i64)),
+                            precision,
+                            scale,
+                            text(udt),
+                        ]
+                    })
+                })
+                .collect(),
+        ),
+        ("weir_catalog", "relations") => batch(
+            &[("id", I), ("name", T), ("kind", T), ("definition", T)],
+            entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        int(e.id as i64),
+                        text(&e.name),
+                        text(kind_name(e.kind)),
+                        text(&e.create_sql),
+                    ]
+                })
+                .collect(),
+        ),
+        ("weir_catalog", "columns") => batch(
+            &[
+                ("relation", T),
+                ("position", I),
+                ("name", T),
+                ("type", T),
+                ("nullable", B),
+            ],
+            entries
+                .iter()
+                .flat_map(|e| {
+                    e.schema.fields().iter().enumerate().map(move |(i, f)| {
+                        let (oid, typmod) = column_type(e, i);
+                        vec![
+                            text(&e.name),
+                            int(i as i64 + 1),
+                            text(f.name()),
+                            text(weir_sql::pg_compat::format_type(oid, Some(typmod))),
+                            boolean(nullable(e, i)),
+                        ]
+                    })
+                })
+                .collect(),
+        ),
+        ("weir_catalog", "dependencies") => batch(
+            &[("relation", T), ("depends_on", T)],
+            entries
+                .iter()
+                .flat_map(|e| e.depends_on.iter().map(move |d| vec![text(&e.name), text(d)]))
+                .collect(),
+        ),
+        _ => return None,
+    };
+    Some(b)
+}

@@ -1,0 +1,364 @@
+//! PostgreSQL spellings that clients (psql above all) send and DataFusion
+//! does not read, and the catalog functions they call.
+//!
+//! [`rewrite`] edits a parsed statement in place: schema-qualified calls
+//! (`pg_catalog.format_type(...)`) lose the schema, `OPERATOR(pg_catalog.~)`
+//! becomes `~`, `COLLATE pg_catalog.default` goes, and casts to
+//! PostgreSQL's catalog types (`regclass`, `oid`, `pg_catalog.text`, ...)
+//! become casts DataFusion knows. [`register_functions`] adds the
+//! `pg_catalog` functions psql calls, answering for a single-user,
+//! single-schema server. The catalog relations themselves live in the
+//! coordinator; this module never reads them.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+use arrow::datatypes::DataType;
+use datafusion::common::{Result, ScalarValue};
+use datafusion::execution::FunctionRegistry;
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::sql::sqlparser::ast::{
+    self, BinaryOperator, DataType as SqlType, Expr as SqlExpr, Ident, ObjectName, ObjectNamePart,
+    visit_expressions_mut,
+};
+
+/// Rewrite PostgreSQL-only spellings in `statement`.
+pub fn rewrite(statement: &mut ast::Statement) {
+    if let ast::Statement::Query(q) = statement {
+        alias_select_list(q);
+    }
+    let _ = visit_expressions_mut(statement, |e| {
+        match e {
+            SqlExpr::Function(f) => {
+                if f.name.0.len() == 2 && part_is(&f.name.0[0], "pg_catalog") {
+                    f.name.0.remove(0);
+                }
+                if f.name.0.len() == 1
+                    && part_is(&f.name.0[0], "array")
+                    && let ast::FunctionArguments::Subquery(q) = &f.args
+                    && let Some(rewritten) = array_subquery(q)
+                {
+                    *e = rewritten;
+                }
+            }
+            SqlExpr::BinaryOp { op, .. } => {
+                if let BinaryOperator::PGCustomBinaryOperator(parts) = op
+                    && let Some(symbol) = parts.last()
+                {
+                    let plain = match symbol.as_str() {
+                        "~" => Some(BinaryOperator::PGRegexMatch),
+                        "~*" => Some(BinaryOperator::PGRegexIMatch),
+                        "!~" => Some(BinaryOperator::PGRegexNotMatch),
+                        "!~*" => Some(BinaryOperator::PGRegexNotIMatch),
+                        "=" => Some(BinaryOperator::Eq),
+                        "<>" => Some(BinaryOperator::NotEq),
+                        _ => None,
+                    };
+                    if let Some(p) = plain {
+                        *op = p;
+                    }
+                }
+            }
+            SqlExpr::Collate { expr, .. } => {
+                *e = (**expr).clone();
+            }
+            SqlExpr::Cast { data_type, .. } => {
+                if let Some(t) = catalog_type(data_type) {
+                    *data_type = t;
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// Give unaliased scalar subqueries, and repeats of an earlier expression,
+/// in the outermost select list distinct names. PostgreSQL allows both;
+/// DataFusion refuses duplicate names and loses unaliased subqueries
+/// under `ORDER BY`. The result columns are renamed to PostgreSQL's names
+/// afterwards (see [`crate::names`]), so the aliases are never seen.
+fn alias_select_list(q: &mut ast::Query) {
+    let ast::SetExpr::Select(select) = q.body.as_mut() else {
+        return;
+    };
+    let items = &mut select.projection;
+    if items.iter().any(|i| {
+        matches!(
+            i,
+            ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..)
+        )
+    }) {
+        return;
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for (i, item) in items.iter_mut().enumerate() {
+        let ast::SelectItem::UnnamedExpr(e) = item else {
+            continue;
+        };
+        let text = e.to_string();
+        let repeat = seen.contains(&text);
+        seen.push(text);
+        if matches!(e, SqlExpr::Subquery(_)) || repeat {
+            let name = format!("{} {i}", crate::names::expr_name(e));
+            *item = ast::SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias: Ident::with_quote('"', name),
+            };
+        }
+    }
+}
+
+/// `ARRAY(SELECT x FROM ... ORDER BY o)` is `(SELECT array_agg(x ORDER BY o)
+/// FROM ...)` (except that no rows give NULL rather than an empty array).
+fn array_subquery(q: &ast::Query) -> Option<SqlExpr> {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let mut q = q.clone();
+    let order = q.order_by.take();
+    let ast::SetExpr::Select(select) = q.body.as_mut() else {
+        return None;
+    };
+    let item = match select.projection.as_slice() {
+        [ast::SelectItem::UnnamedExpr(e)] | [ast::SelectItem::ExprWithAlias { expr: e, .. }] => e.clone(),
+        _ => return None,
+    };
+    let order = match order {
+        None => String::new(),
+        Some(ast::OrderBy {
+            kind: ast::OrderByKind::Expressions(list),
+            ..
+        }) => {
+            let keys: Vec<String> = list
+                .iter()
+                .map(|o| {
+                    let key = if o.expr.to_string() == "1" {
+                        item.to_string()
+                    } else {
+                        o.expr.to_string()
+                    };
+                    format!("{key}{}", o.options)
+                })
+                .collect();
+            format!(" ORDER BY {}", keys.join(", "))
+        }
+        Some(_) => return None,
+    };
+    let text = format!("array_agg({item}{order})");
+    let agg = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&text)
+        .ok()?
+        .parse_expr()
+        .ok()?;
+    select.projection = vec![ast::SelectItem::UnnamedExpr(agg)];
+    Some(SqlExpr::Subquery(Box::new(q)))
+}
+
+fn part_is(part: &ObjectNamePart, name: &str) -> bool {
+    matches!(part, ObjectNamePart::Identifier(Ident { value, .. }) if value.eq_ignore_ascii_case(name))
+}
+
+/// The DataFusion-readable type for a PostgreSQL catalog type name.
+fn catalog_type(t: &SqlType) -> Option<SqlType> {
+    match t {
+        SqlType::Custom(ObjectName(parts), _) => {
+            let name = match parts.last()? {
+                ObjectNamePart::Identifier(i) => i.value.to_ascii_lowercase(),
+                _ => return None,
+            };
+            Some(match name.as_str() {
+                "text" | "name" | "char" | "regclass" | "regtype" | "regnamespace" | "regproc"
+                | "regrole" => SqlType::Text,
+                "oid" | "int8" => SqlType::BigInt(None),
+                "int4" => SqlType::Int(None),
+                "int2" => SqlType::SmallInt(None),
+                "bool" => SqlType::Boolean,
+                _ => return None,
+            })
+        }
+        SqlType::Array(ast::ArrayElemTypeDef::SquareBracket(inner, size)) => Some(SqlType::Array(
+            ast::ArrayElemTypeDef::SquareBracket(Box::new(catalog_type(inner)?), *size),
+        )),
+        _ => None,
+    }
+}
+
+/// Register the `pg_catalog` functions clients call.
+pub fn register_functions(state: &mut SessionState) {
+    let constant = |name: &'static str, _arity: usize, value: ScalarValue| {
+        Arc::new(ScalarUDF::new_from_impl(CatalogFunction {
+            name,
+            signature: Signature::variadic_any(Volatility::Stable),
+            body: Body::Constant(value),
+        }))
+    };
+    let text = |s: &str| ScalarValue::Utf8(Some(s.into()));
+    let functions = [
+        constant("pg_get_userbyid", 1, text("weir")),
+        constant("pg_table_is_visible", 1, ScalarValue::Boolean(Some(true))),
+        constant("pg_type_is_visible", 1, ScalarValue::Boolean(Some(true))),
+        constant("pg_function_is_visible", 1, ScalarValue::Boolean(Some(true))),
+        constant("pg_relation_is_publishable", 1, ScalarValue::Boolean(Some(false))),
+        constant("has_table_privilege", 2, ScalarValue::Boolean(Some(true))),
+        constant("has_schema_privilege", 2, ScalarValue::Boolean(Some(true))),
+        constant("has_database_privilege", 2, ScalarValue::Boolean(Some(true))),
+        constant("pg_encoding_to_char", 1, text("UTF8")),
+        constant("pg_get_expr", 2, ScalarValue::Utf8(None)),
+        constant("pg_get_constraintdef", 1, ScalarValue::Utf8(None)),
+        constant("pg_get_indexdef", 1, ScalarValue::Utf8(None)),
+        constant("pg_get_statisticsobjdef_columns", 1, ScalarValue::Utf8(None)),
+        constant("obj_description", 1, ScalarValue::Utf8(None)),
+        constant("col_description", 2, ScalarValue::Utf8(None)),
+        constant("shobj_description", 2, ScalarValue::Utf8(None)),
+        constant("pg_get_function_arguments", 1, ScalarValue::Utf8(None)),
+        constant("pg_get_function_result", 1, ScalarValue::Utf8(None)),
+        constant("pg_backend_pid", 0, ScalarValue::Int32(Some(1))),
+        constant("pg_table_size", 1, ScalarValue::Int64(None)),
+        constant("pg_size_pretty", 1, ScalarValue::Utf8(None)),
+        constant("current_schema", 0, text("public")),
+        constant("current_user", 0, text("weir")),
+        constant("session_user", 0, text("weir")),
+        constant(
+            "version",
+            0,
+            text(concat!("PostgreSQL 15.0 (Weir ", env!("CARGO_PKG_VERSION"), ")")),
+        ),
+        Arc::new(ScalarUDF::new_from_impl(CatalogFunction {
+            name: "format_type",
+            signature: Signature::variadic_any(Volatility::Immutable),
+            body: Body::FormatType,
+        })),
+        Arc::new(ScalarUDF::new_from_impl(CatalogFunction {
+            name: "quote_ident",
+            signature: Signature::variadic_any(Volatility::Immutable),
+            body: Body::QuoteIdent,
+        })),
+    ];
+    for f in functions {
+        let _ = state.register_udf(f);
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Body {
+    Constant(ScalarValue),
+    FormatType,
+    QuoteIdent,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CatalogFunction {
+    name: &'static str,
+    signature: Signature,
+    body: Body,
+}
+
+impl ScalarUDFImpl for CatalogFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(match &self.body {
+            Body::Constant(v) => v.data_type(),
+            Body::FormatType | Body::QuoteIdent => DataType::Utf8,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        match &self.body {
+            Body::Constant(v) => Ok(ColumnarValue::Scalar(v.clone())),
+            Body::FormatType => {
+                let n = args.number_rows;
+                let oids = int_arg(&args.args, 0, n)?;
+                let mods = int_arg(&args.args, 1, n)?;
+                let out: StringArray = (0..n)
+                    .map(|i| {
+                        (!oids.is_null(i))
+                            .then(|| format_type(oids.value(i), (!mods.is_null(i)).then(|| mods.value(i))))
+                    })
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }
+            Body::QuoteIdent => {
+                let n = args.number_rows;
+                let a = args.args[0].to_array(n)?;
+                let a = arrow::compute::cast(&a, &DataType::Utf8)?;
+                let s = a.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
+                let out: StringArray = s.iter().map(|v| v.map(quote_ident)).collect();
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }
+        }
+    }
+}
+
+fn int_arg(args: &[ColumnarValue], i: usize, n: usize) -> Result<Int64Array> {
+    let a: ArrayRef = match args.get(i) {
+        Some(v) => v.to_array(n)?,
+        None => Arc::new(Int64Array::new_null(n)),
+    };
+    let a = arrow::compute::cast(&a, &DataType::Int64)?;
+    Ok(a.as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("cast to Int64")
+        .clone())
+}
+
+/// PostgreSQL's `format_type(oid, typmod)` for the types Weir has.
+pub fn format_type(oid: i64, typmod: Option<i64>) -> String {
+    let m = typmod.filter(|m| *m >= 0);
+    match oid {
+        16 => "boolean".into(),
+        17 => "bytea".into(),
+        20 => "bigint".into(),
+        21 => "smallint".into(),
+        23 => "integer".into(),
+        25 => "text".into(),
+        114 => "json".into(),
+        700 => "real".into(),
+        701 => "double precision".into(),
+        1042 => match m {
+            Some(m) => format!("character({})", m - 4),
+            None => "character".into(),
+        },
+        1043 => match m {
+            Some(m) => format!("character varying({})", m - 4),
+            None => "character varying".into(),
+        },
+        1082 => "date".into(),
+        1083 => "time without time zone".into(),
+        1114 => "timestamp without time zone".into(),
+        1184 => "timestamp with time zone".into(),
+        1186 => "interval".into(),
+        1700 => match m {
+            Some(m) => format!("numeric({},{})", ((m - 4) >> 16) & 0xffff, (m - 4) & 0xffff),
+            None => "numeric".into(),
+        },
+        2950 => "uuid".into(),
+        3802 => "jsonb".into(),
+        _ => "???".into(),
+    }
+}
+
+/// Quote an identifier the way PostgreSQL's `quote_ident` does.
+pub fn quote_ident(s: &str) -> String {
+    let plain = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        s.to_string()
+    } else {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+}
