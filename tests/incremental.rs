@@ -288,3 +288,37 @@ async fn concurrent_writers_and_readers_lose_nothing_and_never_tear() {
         vec![(8 * WRITES).to_string()]
     );
 }
+
+#[tokio::test]
+async fn min_and_max_of_large_groups_follow_deletes_of_the_extremes() {
+    let server = Server::start();
+    let c = server.connect().await;
+    exec(&c, "CREATE TABLE big (g int, v int, s text)").await;
+    const VIEW: &str = "SELECT g, min(v) AS lo, max(v) AS hi, max(s) AS top, count(*) AS n, avg(v) AS mean \
+                        FROM big GROUP BY g";
+    exec(&c, &format!("CREATE MATERIALIZED VIEW extremes AS {VIEW}")).await;
+    exec(
+        &c,
+        "INSERT INTO big SELECT value % 3, value, 's' || (value % 977) FROM generate_series(1, 6000)",
+    )
+    .await;
+    check(&c, "extremes", VIEW).await;
+    // Remove the current extremes again and again; each time the next
+    // value must surface from another bucket.
+    for round in 0..3 {
+        exec(&c, "DELETE FROM big WHERE v = (SELECT max(v) FROM big)").await;
+        exec(&c, "DELETE FROM big WHERE v = (SELECT min(v) FROM big)").await;
+        exec(&c, &format!("UPDATE big SET s = NULL WHERE v % 977 = {round}")).await;
+        check(&c, "extremes", VIEW).await;
+    }
+    // A group of NULLs only, and an emptied group.
+    exec(&c, "INSERT INTO big VALUES (7, NULL, NULL), (7, NULL, NULL)").await;
+    exec(&c, "DELETE FROM big WHERE g = 1").await;
+    check(&c, "extremes", VIEW).await;
+    assert_eq!(
+        sorted(&c, "SELECT g, lo, hi, top, n FROM extremes WHERE g = 7").await,
+        vec!["7|NULL|NULL|NULL|2"]
+    );
+    exec(&c, "DELETE FROM big").await;
+    assert!(rows(&c, "SELECT * FROM extremes").await.is_empty());
+}

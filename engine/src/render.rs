@@ -287,7 +287,7 @@ fn for_each_evaluated<D, T: Clone>(
 /// Evaluate `eval` over each batch of rows and encode its first output group
 /// with `codec`. `emit` sees each row that passed the filters: its update,
 /// its position in the evaluation, its encoded output and the evaluation.
-fn map_encoded<'s, T, O, F>(
+pub(crate) fn map_encoded<'s, T, O, F>(
     input: Coll<'s, T>,
     name: &str,
     eval: RowEval,
@@ -629,7 +629,20 @@ fn render_reduce<'s>(
     let aggs: Arc<Vec<AggregateExpr>> = Arc::new(aggregates.to_vec());
     let accumulable = aggregates.iter().all(|a| a.func.is_accumulable());
 
-    let (results, errs): (VecCollection<'s, Time, Result<Row, String>, Diff>, Errs<'s>) = if accumulable {
+    let extremes_only = !accumulable
+        && aggregates
+            .iter()
+            .all(|a| a.func != weir_sql::AggregateFunc::General);
+    let (results, errs): (VecCollection<'s, Time, Result<Row, String>, Diff>, Errs<'s>) = if extremes_only {
+        crate::minmax::reduce(
+            ok,
+            &input.schema,
+            group_keys,
+            aggregates,
+            &key_codec,
+            agg_codec.clone(),
+        )?
+    } else if accumulable {
         let acc = Accumulator::new(aggregates);
         let (contributions, e) = map_encoded(
             ok,

@@ -20,6 +20,7 @@ pub type Row = Vec<u8>;
 /// Encodes columns of one schema into rows and back.
 pub struct RowCodec {
     schema: SchemaRef,
+    options: Vec<SortOptions>,
     converter: RowConverter,
 }
 
@@ -35,15 +36,26 @@ impl RowCodec {
         let fields = schema
             .fields()
             .iter()
-            .zip(options)
-            .map(|(f, o)| SortField::new_with_options(f.data_type().clone(), o))
+            .zip(&options)
+            .map(|(f, o)| SortField::new_with_options(f.data_type().clone(), *o))
             .collect();
         let converter = RowConverter::new(fields).map_err(|e| EngineError::Encoding(e.to_string()))?;
-        Ok(RowCodec { schema, converter })
+        Ok(RowCodec {
+            schema,
+            options,
+            converter,
+        })
     }
 
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// An independent codec with the same layout (converters keep state,
+    /// so each operator gets its own).
+    pub fn duplicate(&self) -> Self {
+        Self::with_options(self.schema.clone(), self.options.clone())
+            .expect("this layout was accepted before")
     }
 
     /// Encode `num_rows` rows given as columns (cast to this schema's types

@@ -131,9 +131,9 @@ pub enum AggregateFunc {
     Sum,
     /// `avg(x)`: accumulable (sum and count kept in the difference).
     Avg,
-    /// `min(x)`: kept by re-reading the group.
+    /// `min(x)`: kept by a hierarchical reduction over hash buckets.
     Min,
-    /// `max(x)`: kept by re-reading the group.
+    /// `max(x)`: kept by a hierarchical reduction over hash buckets.
     Max,
     /// Any other aggregate, or one with `DISTINCT`, `FILTER` or `ORDER BY`:
     /// DataFusion's accumulator over the group.
@@ -280,8 +280,10 @@ impl Plan {
                     .collect();
                 let kind = if aggregates.iter().all(|a| a.func.is_accumulable()) {
                     "accumulable"
-                } else {
+                } else if aggregates.iter().all(|a| a.func != AggregateFunc::General) {
                     "hierarchical"
+                } else {
+                    "whole-group"
                 };
                 writeln!(
                     f,
