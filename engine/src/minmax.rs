@@ -37,6 +37,8 @@ enum Part {
 }
 
 type Results<'s> = VecCollection<'s, Time, Result<Row, String>, Diff>;
+/// One level of the hierarchy: (group key, bucket) to (aggregate, value).
+type Level<'s> = VecCollection<'s, Time, ((Row, u64), (usize, Row)), Diff>;
 
 /// Reduce `ok` (rows of `input`) by `group_keys` into `[key, aggregates]`
 /// rows, for aggregates that are all accumulable, `min` or `max`.
@@ -112,7 +114,7 @@ pub(crate) fn reduce<'s>(
         },
     );
     let kinds: Arc<Vec<AggregateFunc>> = Arc::new(extremes.iter().map(|(_, f)| *f).collect());
-    let mut level: VecCollection<'s, Time, ((Row, u64), (usize, Row)), Diff> = values.as_collection();
+    let mut level: Level<'s> = values.as_collection();
     let mut bits = BUCKET_BITS;
     loop {
         let kinds = kinds.clone();
