@@ -3,6 +3,7 @@
 //! `benches/results/`. Timings are measured here, never asserted in tests.
 //!
 //! `cargo run --release -p weir-benches -- load [--rows N] [--batch N] [--workers N]`
+//! `cargo run --release -p weir-benches -- updates [--orders N] [--updates N] [--batch N] [--workers N]`
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -163,13 +164,205 @@ async fn load(args: &[String]) -> Result<serde_json::Value> {
     }))
 }
 
+/// COPY `rows` (tab-separated lines) into `table`, 10,000 lines a time.
+async fn copy_lines(c: &Client, table: &str, rows: impl Iterator<Item = String>) -> Result<()> {
+    let mut rows = rows.peekable();
+    while rows.peek().is_some() {
+        let mut chunk = String::new();
+        for line in rows.by_ref().take(10_000) {
+            chunk.push_str(&line);
+            chunk.push('\n');
+        }
+        let sink = c.copy_in(&format!("COPY {table} FROM STDIN")).await?;
+        futures::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(chunk)).await?;
+        sink.finish().await?;
+    }
+    Ok(())
+}
+
+/// Resident set size now, in bytes.
+fn rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")?;
+    Ok(kb * 1024)
+}
+
+/// A small deterministic generator, so runs are repeatable.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % bound
+    }
+}
+
+const REGIONS: u64 = 10;
+const CATEGORIES: u64 = 20;
+
+/// A three-way join with a GROUP BY over orders / customers / products,
+/// then random UPDATEs of orders by primary key in batches: updates/s,
+/// commit-to-view latency per batch, and memory per arranged row.
+async fn updates(args: &[String]) -> Result<serde_json::Value> {
+    let orders = arg(args, "--orders", 1_000_000) as u64;
+    let customers = arg(args, "--customers", 100_000) as u64;
+    let products = arg(args, "--products", 1_000) as u64;
+    let total_updates = arg(args, "--updates", 1_000_000);
+    let batch = arg(args, "--batch", 1_000);
+    let workers = arg(
+        args,
+        "--workers",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+    );
+    let weir = Weir::start(workers)?;
+    let pid = weir.child.id();
+    let c = weir.connect().await?;
+    let baseline_rss = rss(pid)?;
+    c.batch_execute(
+        "CREATE TABLE customers (id int PRIMARY KEY, region text);
+         CREATE TABLE products (id int PRIMARY KEY, category text, price bigint);
+         CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int, product_id int, qty int);
+         CREATE MATERIALIZED VIEW sales AS
+           SELECT c.region, p.category, count(*) AS n, sum(o.qty) AS units, sum(o.qty * p.price) AS revenue
+           FROM orders o JOIN customers c ON o.customer_id = c.id JOIN products p ON o.product_id = p.id
+           GROUP BY c.region, p.category",
+    )
+    .await?;
+    // The model the view is checked against.
+    let region = |c: u64| c % REGIONS;
+    let price = |p: u64| 1 + p % 97;
+    let category = |p: u64| p % CATEGORIES;
+    let mut rng = Lcg(1);
+    let mut order_state: Vec<(u64, u64, i64)> = (0..orders)
+        .map(|_| (rng.next(customers), rng.next(products), 1 + rng.next(10) as i64))
+        .collect();
+    copy_lines(
+        &c,
+        "customers",
+        (0..customers).map(|i| format!("{i}\tr{}", region(i))),
+    )
+    .await?;
+    copy_lines(
+        &c,
+        "products",
+        (0..products).map(|i| format!("{i}\tc{}\t{}", category(i), price(i))),
+    )
+    .await?;
+    let load_started = Instant::now();
+    copy_lines(
+        &c,
+        "orders",
+        order_state
+            .iter()
+            .enumerate()
+            .map(|(i, (cu, p, q))| format!("{i}\t{cu}\t{p}\t{q}")),
+    )
+    .await?;
+    let n: i64 = c.query_one("SELECT sum(n)::bigint FROM sales", &[]).await?.get(0);
+    if n as u64 != orders {
+        bail!("view holds {n} orders after the load, expected {orders}");
+    }
+    let load_seconds = load_started.elapsed().as_secs_f64();
+    let loaded_rss = rss(pid)?;
+
+    // Updates: move orders between products and change quantities.
+    let mut latencies: Vec<f64> = Vec::new();
+    let started = Instant::now();
+    let mut done = 0;
+    while done < total_updates {
+        let size = batch.min(total_updates - done);
+        let mut ids: Vec<u64> = (0..size).map(|_| rng.next(orders)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in &ids {
+            let o = &mut order_state[*id as usize];
+            o.1 = (o.1 + 1) % products;
+            o.2 += 1;
+        }
+        let list = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        c.batch_execute(&format!(
+            "UPDATE orders SET product_id = (product_id + 1) % {products}, qty = qty + 1 WHERE id IN ({list})"
+        ))
+        .await?;
+        let committed = Instant::now();
+        // Reads wait until the view reflects every committed write.
+        c.query_one("SELECT count(*) FROM sales", &[]).await?;
+        latencies.push(committed.elapsed().as_secs_f64() * 1000.0);
+        done += ids.len();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let final_rss = rss(pid)?;
+
+    // Check the view against the model.
+    let mut expected: std::collections::BTreeMap<(String, String), (i64, i64, i64)> = Default::default();
+    for (cu, p, q) in &order_state {
+        let e = expected
+            .entry((format!("r{}", region(*cu)), format!("c{}", category(*p))))
+            .or_default();
+        e.0 += 1;
+        e.1 += q;
+        e.2 += q * price(*p) as i64;
+    }
+    let rows = c
+        .query(
+            "SELECT region, category, n, units::bigint, revenue::bigint FROM sales ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    let got: std::collections::BTreeMap<(String, String), (i64, i64, i64)> = rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3), r.get(4))))
+        .collect();
+    if got != expected {
+        bail!("the view differs from the independent computation after the updates");
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    // Input rows as Arrow holds them: orders 8+4+4+4 bytes, customers 4 +
+    // ~2 text, products 4 + ~3 text + 8.
+    let input_rows = orders + customers + products;
+    let raw_bytes = orders * 20 + customers * 6 + products * 15;
+    let memory = loaded_rss.saturating_sub(baseline_rss);
+    Ok(json!({
+        "benchmark": "updates",
+        "workers": workers,
+        "orders": orders,
+        "customers": customers,
+        "products": products,
+        "updates": done,
+        "batch_rows": batch,
+        "seconds_to_load_and_maintain": load_seconds,
+        "seconds_for_updates": elapsed,
+        "updates_per_second": done as f64 / elapsed,
+        "latency_ms_p50": pct(0.5),
+        "latency_ms_p99": pct(0.99),
+        "latency_ms_max": pct(1.0),
+        "memory_bytes_after_load": memory,
+        "memory_bytes_per_input_row": memory as f64 / input_rows as f64,
+        "raw_bytes_per_input_row": raw_bytes as f64 / input_rows as f64,
+        "rss_bytes_after_updates": final_rss,
+        "peak_rss_bytes": weir.peak_rss()?,
+        "view_rows": got.len(),
+    }))
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().map(String::as_str).unwrap_or("load");
     let runtime = tokio::runtime::Runtime::new()?;
     let result = match which {
         "load" => runtime.block_on(load(&args))?,
-        other => bail!("unknown benchmark {other}; available: load"),
+        "updates" => runtime.block_on(updates(&args))?,
+        other => bail!("unknown benchmark {other}; available: load, updates"),
     };
     let text = serde_json::to_string_pretty(&result)?;
     println!("{text}");

@@ -130,12 +130,17 @@ impl Controller {
     }
 
     /// Read the contents of each of `targets` at one common timestamp.
-    pub async fn peek(&self, targets: &[(GlobalId, SchemaRef)]) -> Result<Vec<RecordBatch>, AdapterError> {
+    /// Read each target (all of it, or the rows with the given primary
+    /// keys) at the latest write time.
+    pub async fn peek(
+        &self,
+        targets: &[(GlobalId, SchemaRef, Option<Arc<Vec<Vec<u8>>>>)],
+    ) -> Result<Vec<RecordBatch>, AdapterError> {
         let mut receivers = Vec::new();
         {
             let mut inner = self.inner.lock().expect("controller lock");
             let time = inner.last_write;
-            for (target, _) in targets {
+            for (target, _, keys) in targets {
                 inner.next_id += 1;
                 let peek_id = inner.next_id;
                 let (tx, rx) = oneshot::channel();
@@ -152,12 +157,13 @@ impl Controller {
                     peek_id,
                     target: *target,
                     time,
+                    keys: keys.clone(),
                 });
                 receivers.push(rx);
             }
         }
         let mut out = Vec::with_capacity(targets.len());
-        for (rx, (_, schema)) in receivers.into_iter().zip(targets) {
+        for (rx, (_, schema, _)) in receivers.into_iter().zip(targets) {
             let batches = rx
                 .await
                 .map_err(|_| AdapterError::Internal("worker went away".into()))?

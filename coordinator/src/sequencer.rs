@@ -248,6 +248,16 @@ impl Coordinator {
 
     /// Run a bound plan once over a consistent snapshot of what it reads.
     pub async fn run(&self, plan: LogicalPlan) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        self.run_restricted(plan, None).await
+    }
+
+    /// [`Self::run`], reading only the rows of `restriction.0` whose
+    /// primary keys are in `restriction.1` (the plan filters on them).
+    async fn run_restricted(
+        &self,
+        plan: LogicalPlan,
+        restriction: Option<(GlobalId, Arc<Vec<Vec<u8>>>)>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let plan = match &plan {
             // DML input plans are shaped for their table; leave them be.
             LogicalPlan::Dml(_) => plan,
@@ -277,13 +287,17 @@ impl Coordinator {
         let mut targets = Vec::new();
         for n in &names {
             let e = self.entry(n)?;
-            targets.push((e.id, e.schema.clone()));
+            let keys = restriction
+                .as_ref()
+                .filter(|(id, _)| *id == e.id)
+                .map(|(_, keys)| keys.clone());
+            targets.push((e.id, e.schema.clone(), keys));
         }
         let snapshots = self.controller.peek(&targets).await?;
         let tables: HashMap<String, Arc<MemTable>> = names
             .iter()
             .zip(targets.iter().zip(snapshots))
-            .map(|(n, ((_, schema), batch))| {
+            .map(|(n, ((_, schema, _), batch))| {
                 Ok((
                     n.clone(),
                     Arc::new(MemTable::try_new(schema.clone(), vec![vec![batch]])?),
@@ -393,6 +407,7 @@ impl Coordinator {
             id,
             name: name.clone(),
             schema: schema.clone(),
+            key: primary_key.clone(),
         });
         if !primary_key.is_empty() {
             self.writes.lock().await.insert(id, HashSet::new());
@@ -595,11 +610,12 @@ impl Coordinator {
         let mut writes = self.writes.lock().await;
         let (tag, inserted, deleted) = match op {
             WriteOp::Insert(_) => {
-                let batch = self.run_as_table(&entry, input.as_ref().clone()).await?;
+                let batch = self.run_as_table(&entry, input.as_ref().clone(), None).await?;
                 ("INSERT 0", Some(batch), None)
             }
             WriteOp::Delete => {
-                let batch = self.run_as_table(&entry, input.as_ref().clone()).await?;
+                let keys = key_restriction(&entry, input.as_ref())?;
+                let batch = self.run_as_table(&entry, input.as_ref().clone(), keys).await?;
                 ("DELETE", None, Some(batch))
             }
             WriteOp::Update => {
@@ -609,8 +625,11 @@ impl Coordinator {
                 if p.input.schema().fields().len() != entry.schema.fields().len() {
                     return Err(unsupported("UPDATE ... FROM"));
                 }
-                let old = self.run_as_table(&entry, p.input.as_ref().clone()).await?;
-                let new = self.run_as_table(&entry, input.as_ref().clone()).await?;
+                let keys = key_restriction(&entry, p.input.as_ref())?;
+                let old = self
+                    .run_as_table(&entry, p.input.as_ref().clone(), keys.clone())
+                    .await?;
+                let new = self.run_as_table(&entry, input.as_ref().clone(), keys).await?;
                 ("UPDATE", Some(new), Some(old))
             }
             other => return Err(unsupported(format!("{other}"))),
@@ -685,8 +704,14 @@ impl Coordinator {
     }
 
     /// Run `plan` and shape the result as rows of `entry`.
-    async fn run_as_table(&self, entry: &Entry, plan: LogicalPlan) -> Result<RecordBatch> {
-        let (_, batches) = self.run(plan).await?;
+    async fn run_as_table(
+        &self,
+        entry: &Entry,
+        plan: LogicalPlan,
+        keys: Option<Arc<Vec<Vec<u8>>>>,
+    ) -> Result<RecordBatch> {
+        let restriction = keys.map(|k| (entry.id, k));
+        let (_, batches) = self.run_restricted(plan, restriction).await?;
         let columns: Vec<ArrayRef> = if batches.is_empty() {
             entry
                 .schema
@@ -1019,6 +1044,76 @@ fn key_rows(entry: &Entry, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         .convert_columns(&cols)
         .map_err(|e| AdapterError::Internal(e.to_string()))?;
     Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+}
+
+/// The primary keys a `DELETE`/`UPDATE` can touch, when its `WHERE` pins
+/// the (single-column) key with `=` or `IN` to constants: then only those
+/// rows need reading, by key, instead of the whole table.
+fn key_restriction(entry: &Entry, plan: &LogicalPlan) -> Result<Option<Arc<Vec<Vec<u8>>>>> {
+    use datafusion::logical_expr::Expr;
+    let [k] = entry.primary_key.as_slice() else {
+        return Ok(None);
+    };
+    let LogicalPlan::Filter(filter) = plan else {
+        return Ok(None);
+    };
+    if !matches!(filter.input.as_ref(), LogicalPlan::TableScan(_)) {
+        return Ok(None);
+    }
+    let field = entry.schema.field(*k);
+    let is_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == *field.name());
+    let constant = |e: &Expr| match e {
+        Expr::Literal(v, _) => Some(v.clone()),
+        Expr::Cast(c) => match c.expr.as_ref() {
+            Expr::Literal(v, _) => Some(v.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut values: Option<Vec<ScalarValue>> = None;
+    for conjunct in datafusion::logical_expr::utils::split_conjunction(&filter.predicate) {
+        let found = match conjunct {
+            Expr::BinaryExpr(b) if b.op == datafusion::logical_expr::Operator::Eq => {
+                match (is_key(&b.left), is_key(&b.right)) {
+                    (true, _) => constant(&b.right).map(|v| vec![v]),
+                    (_, true) => constant(&b.left).map(|v| vec![v]),
+                    _ => None,
+                }
+            }
+            Expr::InList(l) if !l.negated && is_key(&l.expr) => l.list.iter().map(constant).collect(),
+            _ => None,
+        };
+        if found.is_some() {
+            values = found;
+            break;
+        }
+    }
+    let Some(values) = values else {
+        return Ok(None);
+    };
+    // Constants that do not convert to the key's type: read everything.
+    let Some(values) = values
+        .into_iter()
+        .map(|v| v.cast_to(field.data_type()).ok())
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let array = if values.is_empty() {
+        arrow::array::new_null_array(field.data_type(), 0)
+    } else {
+        ScalarValue::iter_to_array(values).map_err(|e| AdapterError::Internal(e.to_string()))?
+    };
+    let mut columns: Vec<ArrayRef> = entry
+        .schema
+        .fields()
+        .iter()
+        .map(|f| arrow::array::new_null_array(f.data_type(), array.len()))
+        .collect();
+    columns[*k] = array;
+    let batch = RecordBatch::try_new(entry.schema.clone(), columns)
+        .map_err(|e| AdapterError::Internal(e.to_string()))?;
+    Ok(Some(Arc::new(key_rows(entry, &batch)?)))
 }
 
 /// `Key (a, b)=(1, x) already exists.`

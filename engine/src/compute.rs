@@ -8,6 +8,7 @@
 //! arrangement.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -23,13 +24,38 @@ use tracing::warn;
 use weir_protocol::{Command, Response, ResponseSender, SubscribeUpdate, TableUpdate};
 use weir_sql::{GlobalId, Plan};
 
-use crate::render::{ErrTrace, Imports, RowTrace, arrow_schema, render};
+use crate::render::{Arranged, ErrTrace, Imports, KeyedTrace, RowTrace, arrow_schema, render};
 use crate::row::{Row, RowCodec};
 use crate::{Diff, Time};
 
 struct Table {
-    input: InputSession<Time, Row, Diff>,
+    input: TableInput,
     codec: RowCodec,
+}
+
+/// A table's input: whole rows, or (key, row) pairs for a keyed table.
+enum TableInput {
+    Rows(InputSession<Time, Row, Diff>),
+    Keyed {
+        input: InputSession<Time, (Row, Row), Diff>,
+        key: Vec<usize>,
+        key_codec: RowCodec,
+    },
+}
+
+impl TableInput {
+    fn advance(&mut self, upper: Time) {
+        match self {
+            TableInput::Rows(i) => {
+                i.advance_to(upper);
+                i.flush();
+            }
+            TableInput::Keyed { input, .. } => {
+                input.advance_to(upper);
+                input.flush();
+            }
+        }
+    }
 }
 
 struct Arrangement {
@@ -41,12 +67,13 @@ struct PendingPeek {
     peek_id: u64,
     target: GlobalId,
     time: Time,
+    keys: Option<std::sync::Arc<Vec<Row>>>,
 }
 
 /// Everything one worker holds.
 pub struct ComputeState {
     tables: HashMap<GlobalId, Table>,
-    traces: HashMap<GlobalId, (RowTrace, Option<ErrTrace>)>,
+    traces: HashMap<GlobalId, (Arranged, Option<ErrTrace>)>,
     arrangements: HashMap<GlobalId, Arrangement>,
     subscribes: HashMap<u64, usize>,
     peeks: Vec<PendingPeek>,
@@ -77,24 +104,53 @@ impl ComputeState {
     /// Apply one command. Returns false on `Shutdown`.
     pub fn handle(&mut self, worker: &mut Worker, command: Command) -> bool {
         match command {
-            Command::CreateTable { id, name, schema } => {
-                let codec = match RowCodec::new(schema) {
+            Command::CreateTable {
+                id,
+                name,
+                schema,
+                key,
+            } => {
+                let codec = match RowCodec::new(schema.clone()) {
                     Ok(c) => c,
                     Err(e) => {
                         warn!(table = %name, error = %e, "cannot create table");
                         return true;
                     }
                 };
-                let mut input = InputSession::new();
                 let dataflow = worker.next_dataflow_index();
-                let trace = worker.dataflow_named::<Time, _, _>(&format!("table {name}"), |scope| {
-                    input
-                        .to_collection(scope)
-                        .arrange_by_self_named(&format!("Arrange {name}"))
-                        .trace
-                });
-                input.advance_to(self.upper);
-                input.flush();
+                let arrange = format!("Arrange {name}");
+                let (mut input, trace) = if key.is_empty() {
+                    let mut input = InputSession::new();
+                    let trace = worker.dataflow_named::<Time, _, _>(&format!("table {name}"), |scope| {
+                        input.to_collection(scope).arrange_by_self_named(&arrange).trace
+                    });
+                    (TableInput::Rows(input), Arranged::Rows(trace))
+                } else {
+                    let key_schema = Arc::new(arrow::datatypes::Schema::new(
+                        key.iter().map(|i| schema.field(*i).clone()).collect::<Vec<_>>(),
+                    ));
+                    let key_codec = match RowCodec::new(key_schema) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            warn!(table = %name, error = %e, "cannot create table");
+                            return true;
+                        }
+                    };
+                    let mut input = InputSession::new();
+                    let trace: KeyedTrace = worker
+                        .dataflow_named::<Time, _, _>(&format!("table {name}"), |scope| {
+                            input.to_collection(scope).arrange_by_key_named(&arrange).trace
+                        });
+                    (
+                        TableInput::Keyed {
+                            input,
+                            key,
+                            key_codec,
+                        },
+                        Arranged::Keyed(trace),
+                    )
+                };
+                input.advance(self.upper);
                 self.traces.insert(id, (trace, None));
                 self.arrangements.insert(
                     id,
@@ -135,7 +191,7 @@ impl ComputeState {
                         let err = err.arrange_by_self_named(&format!("Arrange {name} errors")).trace;
                         (ok, err)
                     });
-                self.traces.insert(id, (ok, Some(err)));
+                self.traces.insert(id, (Arranged::Rows(ok), Some(err)));
                 self.arrangements.insert(id, Arrangement { dataflow, codec });
             }
             Command::Drop { id } => {
@@ -150,10 +206,12 @@ impl ComputeState {
                 peek_id,
                 target,
                 time,
+                keys,
             } => self.peeks.push(PendingPeek {
                 peek_id,
                 target,
                 time,
+                keys,
             }),
             Command::Subscribe {
                 subscribe_id,
@@ -182,19 +240,40 @@ impl ComputeState {
             if lo == hi {
                 continue;
             }
-            match t.codec.encode(batch.slice(lo, hi - lo).columns(), hi - lo) {
-                Ok(rows) => {
+            let slice = batch.slice(lo, hi - lo);
+            let rows = match t.codec.encode(slice.columns(), hi - lo) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    warn!(table, error = %e, "cannot encode written rows");
+                    continue;
+                }
+            };
+            match &mut t.input {
+                TableInput::Rows(input) => {
                     for row in rows {
-                        t.input.update_at(row, time, diff as Diff);
+                        input.update_at(row, time, diff as Diff);
                     }
                 }
-                Err(e) => warn!(table, error = %e, "cannot encode written rows"),
+                TableInput::Keyed {
+                    input,
+                    key,
+                    key_codec,
+                } => {
+                    let columns: Vec<_> = key.iter().map(|i| slice.column(*i).clone()).collect();
+                    match key_codec.encode(&columns, hi - lo) {
+                        Ok(keys) => {
+                            for (k, row) in keys.into_iter().zip(rows) {
+                                input.update_at((k, row), time, diff as Diff);
+                            }
+                        }
+                        Err(e) => warn!(table, error = %e, "cannot encode written keys"),
+                    }
+                }
             }
         }
         self.upper = self.upper.max(time + 1);
         for t in self.tables.values_mut() {
-            t.input.advance_to(self.upper);
-            t.input.flush();
+            t.input.advance(self.upper);
         }
         // Reads are issued at the latest write time or later.
         self.target_since = self.target_since.max(time);
@@ -215,8 +294,7 @@ impl ComputeState {
         self.since = since;
         let frontier = Antichain::from_elem(since);
         for (ok, err) in self.traces.values_mut() {
-            ok.set_logical_compaction(frontier.borrow());
-            ok.set_physical_compaction(frontier.borrow());
+            ok.compact(frontier.borrow());
             if let Some(err) = err {
                 err.set_logical_compaction(frontier.borrow());
                 err.set_physical_compaction(frontier.borrow());
@@ -343,7 +421,10 @@ impl ComputeState {
                 }
             }
             let codec = &self.arrangements[&peek.target].codec;
-            let result = read_rows(ok, peek.time, codec);
+            let result = match ok {
+                Arranged::Rows(t) => read_rows(t, peek.time, codec),
+                Arranged::Keyed(t) => read_keyed(t, peek.time, codec, peek.keys.as_deref()),
+            };
             let _ = self.responses.send(Response::Peek {
                 peek_id: peek.peek_id,
                 worker: index,
@@ -377,14 +458,96 @@ fn read_errors(trace: &mut ErrTrace, time: Time) -> Option<String> {
     None
 }
 
+/// Rows and their multiplicities, gathered from a cursor.
+#[derive(Default)]
+struct Gathered {
+    rows: Vec<Row>,
+    /// For each output row, its index in `rows` (repeated rows repeat).
+    take: Vec<u32>,
+}
+
+impl Gathered {
+    fn push(&mut self, row: &Row, count: Diff) -> Result<(), String> {
+        if count < 0 {
+            return Err("internal error: negative multiplicity".into());
+        }
+        if count > 0 {
+            for _ in 0..count {
+                self.take.push(self.rows.len() as u32);
+            }
+            self.rows.push(row.clone());
+        }
+        Ok(())
+    }
+
+    fn into_batch(self, codec: &RowCodec) -> Result<RecordBatch, String> {
+        let batch = codec
+            .decode(self.rows.iter().map(|r| r.as_slice()))
+            .map_err(|e| e.to_string())?;
+        if self.take.len() == self.rows.len() {
+            return Ok(batch);
+        }
+        take_record_batch(&batch, &UInt32Array::from(self.take)).map_err(|e| e.to_string())
+    }
+}
+
+/// This worker's rows of a keyed table at `time`: all, or those with
+/// `keys`.
+fn read_keyed(
+    trace: &mut KeyedTrace,
+    time: Time,
+    codec: &RowCodec,
+    keys: Option<&Vec<Row>>,
+) -> Result<RecordBatch, String> {
+    let batches = trace
+        .batches_through(Antichain::new().borrow())
+        .unwrap_or_default();
+    let (mut cursor, storage) = cursor_list(batches);
+    let mut out = Gathered::default();
+    // Every value (row) under the cursor's current key.
+    macro_rules! gather_vals {
+        () => {
+            while cursor.val_valid(&storage) {
+                let mut count: Diff = 0;
+                cursor.map_times(&storage, |t, d| {
+                    if *t <= time {
+                        count += *d;
+                    }
+                });
+                out.push(cursor.val(&storage), count)?;
+                cursor.step_val(&storage);
+            }
+        };
+    }
+    match keys {
+        None => {
+            while cursor.key_valid(&storage) {
+                gather_vals!();
+                cursor.step_key(&storage);
+            }
+        }
+        Some(keys) => {
+            let mut sorted: Vec<&Row> = keys.iter().collect();
+            sorted.sort();
+            sorted.dedup();
+            for k in sorted {
+                cursor.seek_key(&storage, k);
+                if cursor.get_key(&storage) == Some(k) {
+                    gather_vals!();
+                }
+            }
+        }
+    }
+    out.into_batch(codec)
+}
+
 /// This worker's rows of a relation at `time`, as a batch.
 fn read_rows(trace: &mut RowTrace, time: Time, codec: &RowCodec) -> Result<RecordBatch, String> {
     let batches = trace
         .batches_through(Antichain::new().borrow())
         .unwrap_or_default();
     let (mut cursor, storage) = cursor_list(batches);
-    let mut rows: Vec<Row> = Vec::new();
-    let mut counts: Vec<u32> = Vec::new();
+    let mut out = Gathered::default();
     while cursor.key_valid(&storage) {
         let mut count: Diff = 0;
         cursor.map_times(&storage, |t, d| {
@@ -392,23 +555,8 @@ fn read_rows(trace: &mut RowTrace, time: Time, codec: &RowCodec) -> Result<Recor
                 count += *d;
             }
         });
-        if count < 0 {
-            return Err("internal error: negative multiplicity".into());
-        }
-        if count > 0 {
-            counts.push(rows.len() as u32);
-            rows.push(cursor.key(&storage).clone());
-            for _ in 1..count {
-                counts.push((rows.len() - 1) as u32);
-            }
-        }
+        out.push(cursor.key(&storage), count)?;
         cursor.step_key(&storage);
     }
-    let batch = codec
-        .decode(rows.iter().map(|r| r.as_slice()))
-        .map_err(|e| e.to_string())?;
-    if counts.len() == rows.len() {
-        return Ok(batch);
-    }
-    take_record_batch(&batch, &UInt32Array::from(counts)).map_err(|e| e.to_string())
+    out.into_batch(codec)
 }

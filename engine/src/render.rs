@@ -17,7 +17,7 @@ use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::operators::arrange::TraceAgent;
-use differential_dataflow::trace::implementations::KeySpine;
+use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{OkErr, ToStream};
@@ -33,6 +33,41 @@ use crate::{Diff, EngineError, Time};
 pub type Coll<'s, T = Time> = VecCollection<'s, T, Row, Diff>;
 pub type Errs<'s, T = Time> = VecCollection<'s, T, String, Diff>;
 pub type RowTrace = TraceAgent<KeySpine<Row, Time, Diff>>;
+/// A keyed table's rows, by encoded primary key.
+pub type KeyedTrace = TraceAgent<ValSpine<Row, Row, Time, Diff>>;
+
+/// How a relation's rows are arranged: by the whole row (views, tables
+/// without a key), or by primary key (keyed tables, so rows can be found
+/// by key).
+pub enum Arranged {
+    Rows(RowTrace),
+    Keyed(KeyedTrace),
+}
+
+impl Arranged {
+    pub fn read_upper(&mut self, upper: &mut timely::progress::Antichain<Time>) {
+        use differential_dataflow::trace::TraceReader;
+        match self {
+            Arranged::Rows(t) => t.read_upper(upper),
+            Arranged::Keyed(t) => t.read_upper(upper),
+        }
+    }
+
+    /// Let history before `frontier` merge away.
+    pub fn compact(&mut self, frontier: timely::progress::frontier::AntichainRef<'_, Time>) {
+        use differential_dataflow::trace::TraceReader;
+        match self {
+            Arranged::Rows(t) => {
+                t.set_logical_compaction(frontier);
+                t.set_physical_compaction(frontier);
+            }
+            Arranged::Keyed(t) => {
+                t.set_logical_compaction(frontier);
+                t.set_physical_compaction(frontier);
+            }
+        }
+    }
+}
 pub type ErrTrace = TraceAgent<KeySpine<String, Time, Diff>>;
 /// Rows keyed by an encoded key.
 pub type Keyed<'s, T = Time> = VecCollection<'s, T, (Row, Row), Diff>;
@@ -46,7 +81,7 @@ impl<T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice> R
 
 /// The arrangements a dataflow may import, by relation id.
 pub struct Imports<'a> {
-    pub traces: &'a mut HashMap<GlobalId, (RowTrace, Option<ErrTrace>)>,
+    pub traces: &'a mut HashMap<GlobalId, (Arranged, Option<ErrTrace>)>,
 }
 
 /// Render `plan` in `scope`.
@@ -62,9 +97,14 @@ pub fn render<'s>(
                 .traces
                 .get_mut(id)
                 .ok_or(EngineError::UnknownRelation(*id))?;
-            let ok = ok
-                .import_named(scope, &format!("Import {name}"))
-                .as_collection(|k, _| k.clone());
+            let ok = match ok {
+                Arranged::Rows(t) => t
+                    .import_named(scope, &format!("Import {name}"))
+                    .as_collection(|k, _| k.clone()),
+                Arranged::Keyed(t) => t
+                    .import_named(scope, &format!("Import {name}"))
+                    .as_collection(|_, v| v.clone()),
+            };
             let err = match err {
                 Some(e) => e
                     .import_named(scope, &format!("Import {name} errors"))

@@ -25,6 +25,9 @@ pub enum Command {
         id: GlobalId,
         name: String,
         schema: SchemaRef,
+        /// Primary-key columns: a keyed table is arranged by its key, so
+        /// peeks can look rows up by key.
+        key: Vec<usize>,
     },
     /// Build a dataflow computing `plan`, arranged under `id` so that peeks,
     /// subscriptions and later dataflows can read it.
@@ -48,6 +51,9 @@ pub enum Command {
         peek_id: u64,
         target: GlobalId,
         time: Timestamp,
+        /// Only the rows with these primary keys (arrow-row encoded key
+        /// columns), for a keyed table; `None` reads everything.
+        keys: Option<Arc<Vec<Vec<u8>>>>,
     },
     /// Stream the contents of `plan` at `as_of` and then every change.
     Subscribe {
