@@ -49,6 +49,10 @@ pub struct Controller {
     workers: usize,
 }
 
+/// What a peek reads: a relation, its schema, and optionally only the rows
+/// with these encoded primary keys.
+pub type PeekTarget = (GlobalId, SchemaRef, Option<Arc<Vec<Vec<u8>>>>);
+
 fn now_ms() -> Timestamp {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -134,7 +138,7 @@ impl Controller {
     /// keys) at the latest write time.
     pub async fn peek(
         &self,
-        targets: &[(GlobalId, SchemaRef, Option<Arc<Vec<Vec<u8>>>>)],
+        targets: &[PeekTarget],
     ) -> Result<Vec<RecordBatch>, AdapterError> {
         let mut receivers = Vec::new();
         {
