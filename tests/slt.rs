@@ -19,6 +19,9 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 /// One connection to Weir, as the logic-test runner's database.
 struct Weir {
     client: Client,
+    /// Views mode: every query also becomes a materialized view, which must
+    /// hold the same rows as the query, then and after every later change.
+    views: Option<Vec<(String, String)>>,
 }
 
 #[derive(Debug)]
@@ -62,6 +65,55 @@ impl sqllogictest::AsyncDB for Weir {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DbError> {
+        let output = self.run_once(sql).await?;
+        let is_query = sql
+            .trim_start()
+            .get(..6)
+            .is_some_and(|w| w.eq_ignore_ascii_case("select"));
+        let Some(views) = self.views.as_mut().filter(|_| is_query) else {
+            return Ok(output);
+        };
+        let name = format!("corpus_view_{}", views.len());
+        self.client
+            .batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {sql}"))
+            .await
+            .map_err(db_error)?;
+        views.push((name.clone(), sql.to_string()));
+        check_view(self, &name, sql).await?;
+        Ok(output)
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "postgresql"
+    }
+}
+
+/// The rows of `view` must be the rows of `sql` (as multisets).
+async fn check_view(db: &mut Weir, view: &str, sql: &str) -> Result<(), DbError> {
+    let rows = |o: DBOutput<DefaultColumnType>| match o {
+        DBOutput::Rows { mut rows, .. } => {
+            rows.sort();
+            rows
+        }
+        _ => Vec::new(),
+    };
+    let expected = rows(db.run_once(sql).await?);
+    let actual = rows(db.run_once(&format!("SELECT * FROM {view}")).await?);
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(DbError(format!(
+            "materialized view differs from the query: {} rows vs {} rows",
+            actual.len(),
+            expected.len()
+        )))
+    }
+}
+
+impl Weir {
+    async fn run_once(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DbError> {
         let stmt = self.client.prepare(sql).await.map_err(db_error)?;
         if stmt.columns().is_empty() {
             let n = self.client.execute(&stmt, &[]).await.map_err(db_error)?;
@@ -88,15 +140,12 @@ impl sqllogictest::AsyncDB for Weir {
             rows,
         })
     }
-
-    async fn shutdown(&mut self) {}
-
-    fn engine_name(&self) -> &str {
-        "postgresql"
-    }
 }
 
-fn runner(server: &common::Server) -> Runner<Weir, impl sqllogictest::MakeConnection<Conn = Weir>> {
+fn runner(
+    server: &common::Server,
+    views: bool,
+) -> Runner<Weir, impl sqllogictest::MakeConnection<Conn = Weir>> {
     let url = server.url();
     let mut runner = Runner::new(move || {
         let url = url.clone();
@@ -107,7 +156,10 @@ fn runner(server: &common::Server) -> Runner<Weir, impl sqllogictest::MakeConnec
             tokio::spawn(async move {
                 let _ = connection.await;
             });
-            Ok(Weir { client })
+            Ok(Weir {
+                client,
+                views: views.then(Vec::new),
+            })
         }
     });
     runner.add_label("postgresql");
@@ -134,7 +186,7 @@ async fn slt_files_pass() {
     assert!(!files.is_empty(), "no .slt files in {}", dir.display());
     for file in files {
         let server = common::Server::start();
-        let mut runner = runner(&server);
+        let mut runner = runner(&server, false);
         if std::env::var("REWRITE").is_ok() {
             runner
                 .update_test_file(
@@ -157,6 +209,20 @@ async fn slt_files_pass() {
 #[tokio::test]
 #[ignore = "third-party corpus; run explicitly (see the module docs)"]
 async fn conformance() {
+    run_corpus(false).await;
+}
+
+/// The SQLite corpus with every query also maintained as a materialized
+/// view: it must equal the query when created and after every statement
+/// that follows in its file.
+#[tokio::test]
+#[ignore = "third-party corpus; run explicitly (see the module docs)"]
+async fn conformance_views() {
+    run_corpus(true).await;
+}
+
+async fn run_corpus(views: bool) {
+    let mode = if views { "views" } else { "one-shot" };
     let dir = std::env::var("WEIR_CONFORMANCE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/sqlite"));
@@ -181,7 +247,7 @@ async fn conformance() {
         let records: Vec<Record<DefaultColumnType>> =
             sqllogictest::parse(&script).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let server = common::Server::start();
-        let mut runner = runner(&server);
+        let mut runner = runner(&server, views);
         let (mut pass, mut count, mut shown) = (0, 0, 0);
         for record in records {
             let counted = matches!(record, Record::Query { .. } | Record::Statement { .. });
@@ -198,12 +264,48 @@ async fn conformance() {
                 }
             }
         }
+        let mut stale = 0;
+        if views {
+            // After everything that followed them, every view must still
+            // equal its query.
+            let mut db = Weir {
+                client: server.connect().await,
+                views: None,
+            };
+            let listed = db
+                .client
+                .query(
+                    "SELECT name, definition FROM weir_catalog.relations \
+                     WHERE kind = 'materialized view' AND name LIKE 'corpus_view_%'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            for row in listed {
+                let (name, definition): (String, String) = (row.get(0), row.get(1));
+                let prefix = format!("CREATE MATERIALIZED VIEW {name} AS ");
+                let sql = definition
+                    .strip_prefix(&prefix)
+                    .unwrap_or(&definition)
+                    .to_string();
+                count += 1;
+                match check_view(&mut db, &name, &sql).await {
+                    Ok(()) => pass += 1,
+                    Err(_) => stale += 1,
+                }
+            }
+        }
         println!(
-            "{}: {pass}/{count} records pass",
-            file.file_name().unwrap().to_string_lossy()
+            "{} ({mode}): {pass}/{count} records pass{}",
+            file.file_name().unwrap().to_string_lossy(),
+            if views {
+                format!(", {stale} views stale at the end")
+            } else {
+                String::new()
+            }
         );
         total_pass += pass;
         total += count;
     }
-    println!("conformance: {total_pass}/{total} records pass");
+    println!("conformance ({mode}): {total_pass}/{total} records pass");
 }

@@ -136,10 +136,7 @@ impl Controller {
     /// Read the contents of each of `targets` at one common timestamp.
     /// Read each target (all of it, or the rows with the given primary
     /// keys) at the latest write time.
-    pub async fn peek(
-        &self,
-        targets: &[PeekTarget],
-    ) -> Result<Vec<RecordBatch>, AdapterError> {
+    pub async fn peek(&self, targets: &[PeekTarget]) -> Result<Vec<RecordBatch>, AdapterError> {
         let mut receivers = Vec::new();
         {
             let mut inner = self.inner.lock().expect("controller lock");

@@ -9,6 +9,7 @@
 
 pub mod decorrelate;
 pub mod error;
+pub mod in_subquery;
 pub mod lateral;
 pub mod lower;
 pub mod names;

@@ -153,6 +153,7 @@ impl Planner {
         // Before DataFusion's optimizer, which prunes the outer columns a
         // subquery reads from its input.
         let aggregated = crate::single_row::aggregate_scalar_subqueries(plan.clone()).map_err(err)?;
+        let aggregated = crate::in_subquery::rewrite(aggregated).map_err(err)?;
         let decorrelated = crate::decorrelate::decorrelate(aggregated).map_err(err)?;
         state.optimize(&decorrelated).map_err(err)
     }

@@ -1,0 +1,111 @@
+//! `x [NOT] IN (SELECT y ...)` and `[NOT] EXISTS (...)` as values (in a
+//! select list, a `CASE`, ...).
+//!
+//! DataFusion decorrelates `IN` subqueries that are conjuncts of a `WHERE`
+//! into semi and anti joins, but neither plans nor executes one used as a
+//! value. With SQL's three-valued logic, `x IN S` is: false when `S` is
+//! empty; otherwise NULL when `x` is NULL; true when some `y = x`; NULL
+//! when `S` holds a NULL; false otherwise. Each of those facts is a count
+//! over `S` (the matching one correlated on `x`), i.e. a scalar subquery
+//! that aggregates, which both executors handle. This module rewrites `IN`
+//! subqueries outside filters into exactly that `CASE`.
+
+use std::ops::Not;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, Result};
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::logical_expr::expr::InSubquery;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Projection, Subquery, lit, when};
+
+/// Rewrite every `IN` subquery used as a value in `plan`.
+pub fn rewrite(plan: LogicalPlan) -> Result<LogicalPlan> {
+    plan.transform_up_with_subqueries(|node| {
+        // In a filter, DataFusion turns IN into a semi or anti join.
+        if matches!(node, LogicalPlan::Filter(_)) {
+            return Ok(Transformed::no(node));
+        }
+        let Some(input) = node.inputs().first().map(|i| i.schema().clone()) else {
+            return Ok(Transformed::no(node));
+        };
+        let schema = node.schema().clone();
+        let rewritten = node.map_expressions(|e| {
+            e.transform_up(|x| match x {
+                Expr::InSubquery(i) => match as_counts(&i, &input)? {
+                    Some(e) => Ok(Transformed::yes(e)),
+                    None => Ok(Transformed::no(Expr::InSubquery(i))),
+                },
+                // `EXISTS (...)` as a value: whether its count is positive.
+                Expr::Exists(e) => {
+                    let plan = LogicalPlanBuilder::from(e.subquery.subquery.as_ref().clone())
+                        .aggregate(Vec::<Expr>::new(), vec![count(lit(1))])?
+                        .build()?;
+                    let some = Expr::ScalarSubquery(Subquery {
+                        subquery: Arc::new(plan),
+                        ..e.subquery
+                    })
+                    .gt(lit(0i64));
+                    Ok(Transformed::yes(if e.negated { some.not() } else { some }))
+                }
+                other => Ok(Transformed::no(other)),
+            })
+        })?;
+        // Keep a projection's output names: the nodes above refer to them.
+        match rewritten {
+            Transformed {
+                data: LogicalPlan::Projection(p),
+                transformed: true,
+                tnr,
+            } => Ok(Transformed::new(
+                LogicalPlan::Projection(Projection::try_new_with_schema(p.expr, p.input, schema)?),
+                true,
+                tnr,
+            )),
+            other => Ok(other),
+        }
+    })
+    .map(|t| t.data)
+}
+
+fn as_counts(i: &InSubquery, input: &datafusion::common::DFSchemaRef) -> Result<Option<Expr>> {
+    let Expr::Column(x) = i.expr.as_ref() else {
+        return Ok(None);
+    };
+    let Ok((_, field)) = input.qualified_field_from_column(x) else {
+        return Ok(None);
+    };
+    let set = i.subquery.subquery.as_ref();
+    if set.schema().fields().len() != 1 {
+        return Ok(None);
+    }
+    let y = Expr::Column(Column::from(set.schema().qualified_field(0)));
+    let outer = Expr::OuterReferenceColumn(field.clone(), x.clone());
+    let count_where = |predicate: Option<Expr>, correlated: bool| -> Result<Expr> {
+        let mut b = LogicalPlanBuilder::from(set.clone());
+        if let Some(p) = predicate {
+            b = b.filter(p)?;
+        }
+        let plan = b.aggregate(Vec::<Expr>::new(), vec![count(lit(1))])?.build()?;
+        let mut outer_ref_columns = i.subquery.outer_ref_columns.clone();
+        if correlated {
+            outer_ref_columns.push(outer.clone());
+        }
+        Ok(Expr::ScalarSubquery(Subquery {
+            subquery: Arc::new(plan),
+            outer_ref_columns,
+            spans: Default::default(),
+        })
+        .gt(lit(0i64)))
+    };
+    let any = count_where(None, false)?;
+    let matched = count_where(Some(y.clone().eq(outer.clone())), true)?;
+    let nulls = count_where(Some(y.is_null()), false)?;
+    let null = Expr::Literal(datafusion::common::ScalarValue::Boolean(None), None);
+    let value = when(any.not(), lit(false))
+        .when(i.expr.as_ref().clone().is_null(), null.clone())
+        .when(matched, lit(true))
+        .when(nulls, null)
+        .otherwise(lit(false))?;
+    Ok(Some(if i.negated { value.not() } else { value }))
+}
