@@ -14,7 +14,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::MemTable;
-use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, ParamValues, ScalarValue};
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, LogicalPlanBuilder, TableScan, WriteOp, col};
@@ -629,7 +629,10 @@ impl Coordinator {
                 let old = self
                     .run_as_table(&entry, p.input.as_ref().clone(), keys.clone())
                     .await?;
-                let new = self.run_as_table(&entry, input.as_ref().clone(), keys).await?;
+                let new = match self.updated_rows(&entry, p, &old).await? {
+                    Some(new) => new,
+                    None => self.run_as_table(&entry, input.as_ref().clone(), keys).await?,
+                };
                 ("UPDATE", Some(new), Some(old))
             }
             other => return Err(unsupported(format!("{other}"))),
@@ -703,6 +706,50 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The new rows of an `UPDATE` whose `SET` reads only the row itself:
+    /// its projection evaluated over the `old` rows, without reading the
+    /// table again. `None` when `SET` has subqueries (they read other
+    /// relations, so the statement runs in full).
+    async fn updated_rows(
+        &self,
+        entry: &Entry,
+        set: &datafusion::logical_expr::Projection,
+        old: &RecordBatch,
+    ) -> Result<Option<RecordBatch>> {
+        let mut subqueries = false;
+        for e in &set.expr {
+            e.apply(|x| {
+                subqueries |= matches!(
+                    x,
+                    datafusion::logical_expr::Expr::ScalarSubquery(_)
+                        | datafusion::logical_expr::Expr::Exists(_)
+                        | datafusion::logical_expr::Expr::InSubquery(_)
+                );
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        let mut table = None;
+        set.input.apply(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                table = Some(scan.table_name.clone());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let Some(table) = table.filter(|_| !subqueries) else {
+            return Ok(None);
+        };
+        let rows = Arc::new(MemTable::try_new(entry.schema.clone(), vec![vec![old.clone()]])?);
+        let scan = LogicalPlanBuilder::scan(table, provider_as_source(rows), None)?.build()?;
+        let plan = LogicalPlan::Projection(datafusion::logical_expr::Projection::try_new(
+            set.expr.clone(),
+            Arc::new(scan),
+        )?);
+        let plan = self.planner.optimize_oneshot(&plan, "")?;
+        let ctx = SessionContext::new_with_state(self.planner.state().clone());
+        let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+        Ok(Some(shape(entry, batches)?))
+    }
+
     /// Run `plan` and shape the result as rows of `entry`.
     async fn run_as_table(
         &self,
@@ -712,31 +759,7 @@ impl Coordinator {
     ) -> Result<RecordBatch> {
         let restriction = keys.map(|k| (entry.id, k));
         let (_, batches) = self.run_restricted(plan, restriction).await?;
-        let columns: Vec<ArrayRef> = if batches.is_empty() {
-            entry
-                .schema
-                .fields()
-                .iter()
-                .map(|f| arrow::array::new_null_array(f.data_type(), 0))
-                .collect()
-        } else {
-            let b = concat_batches(&batches[0].schema(), &batches)
-                .map_err(|e| AdapterError::Internal(e.to_string()))?;
-            b.columns().to_vec()
-        };
-        let columns = columns
-            .into_iter()
-            .zip(entry.schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    arrow::compute::cast(&c, f.data_type())
-                        .map_err(|e| AdapterError::Evaluation(e.to_string()))
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        RecordBatch::try_new(entry.schema.clone(), columns).map_err(|e| AdapterError::Internal(e.to_string()))
+        shape(entry, batches)
     }
 
     /// Insert a decoded batch (COPY).
@@ -1138,4 +1161,32 @@ fn key_detail(entry: &Entry, batch: &RecordBatch, row: usize) -> String {
         names.join(", "),
         values.join(", ")
     )
+}
+
+/// Batches of a query's result as rows of `entry` (cast to its types).
+fn shape(entry: &Entry, batches: Vec<RecordBatch>) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = if batches.is_empty() {
+        entry
+            .schema
+            .fields()
+            .iter()
+            .map(|f| arrow::array::new_null_array(f.data_type(), 0))
+            .collect()
+    } else {
+        let b = concat_batches(&batches[0].schema(), &batches)
+            .map_err(|e| AdapterError::Internal(e.to_string()))?;
+        b.columns().to_vec()
+    };
+    let columns = columns
+        .into_iter()
+        .zip(entry.schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                arrow::compute::cast(&c, f.data_type()).map_err(|e| AdapterError::Evaluation(e.to_string()))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(entry.schema.clone(), columns).map_err(|e| AdapterError::Internal(e.to_string()))
 }

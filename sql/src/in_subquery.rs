@@ -69,18 +69,23 @@ pub fn rewrite(plan: LogicalPlan) -> Result<LogicalPlan> {
 }
 
 fn as_counts(i: &InSubquery, input: &datafusion::common::DFSchemaRef) -> Result<Option<Expr>> {
-    let Expr::Column(x) = i.expr.as_ref() else {
-        return Ok(None);
-    };
-    let Ok((_, field)) = input.qualified_field_from_column(x) else {
-        return Ok(None);
+    // The value tested: an outer column (correlating the count of matches),
+    // or a constant (nothing to correlate).
+    let (outer, correlated) = match i.expr.as_ref() {
+        Expr::Column(x) => {
+            let Ok((_, field)) = input.qualified_field_from_column(x) else {
+                return Ok(None);
+            };
+            (Expr::OuterReferenceColumn(field.clone(), x.clone()), true)
+        }
+        e if e.column_refs().is_empty() && !e.is_volatile() => (e.clone(), false),
+        _ => return Ok(None),
     };
     let set = i.subquery.subquery.as_ref();
     if set.schema().fields().len() != 1 {
         return Ok(None);
     }
     let y = Expr::Column(Column::from(set.schema().qualified_field(0)));
-    let outer = Expr::OuterReferenceColumn(field.clone(), x.clone());
     let count_where = |predicate: Option<Expr>, correlated: bool| -> Result<Expr> {
         let mut b = LogicalPlanBuilder::from(set.clone());
         if let Some(p) = predicate {
@@ -99,7 +104,7 @@ fn as_counts(i: &InSubquery, input: &datafusion::common::DFSchemaRef) -> Result<
         .gt(lit(0i64)))
     };
     let any = count_where(None, false)?;
-    let matched = count_where(Some(y.clone().eq(outer.clone())), true)?;
+    let matched = count_where(Some(y.clone().eq(outer.clone())), correlated)?;
     let nulls = count_where(Some(y.is_null()), false)?;
     let null = Expr::Literal(datafusion::common::ScalarValue::Boolean(None), None);
     let value = when(any.not(), lit(false))
