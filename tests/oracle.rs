@@ -36,6 +36,7 @@ const VIEWS: &[&str] = &[
     "SELECT x, (SELECT max(y) FROM b) AS my FROM a",
     "SELECT a1.k, a2.x FROM a a1 JOIN a a2 ON a1.k = a2.x",
     "SELECT k, (SELECT count(*) FROM b WHERE b.y < a.x) AS n FROM a",
+    "SELECT * FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.y < a.x) OR k IS NULL OR x IN (SELECT k FROM b)",
     "SELECT k, x IN (SELECT y FROM b) AS i, x NOT IN (SELECT y FROM b WHERE b.k = 1) AS ni, EXISTS (SELECT 1 FROM b WHERE b.k = a.k) AS e FROM a",
     "WITH RECURSIVE r(k, y) AS (SELECT k, y FROM b UNION SELECT r.k, b.y FROM r JOIN b ON r.y = b.k) SELECT k, y FROM r",
     "WITH RECURSIVE r(n) AS (SELECT x FROM a WHERE x IS NOT NULL UNION ALL SELECT n - 1 FROM r WHERE n > 0) SELECT n, count(*) AS c FROM r GROUP BY n",

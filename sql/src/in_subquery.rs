@@ -17,40 +17,43 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, Result};
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::expr::InSubquery;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Projection, Subquery, lit, when};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{
+    Expr, Filter, LogicalPlan, LogicalPlanBuilder, Projection, Subquery, lit, when,
+};
 
-/// Rewrite every `IN` subquery used as a value in `plan`.
+/// Rewrite every `IN` or `EXISTS` subquery used as a value in `plan`.
 pub fn rewrite(plan: LogicalPlan) -> Result<LogicalPlan> {
     plan.transform_up_with_subqueries(|node| {
-        // In a filter, DataFusion turns IN into a semi or anti join.
-        if matches!(node, LogicalPlan::Filter(_)) {
-            return Ok(Transformed::no(node));
-        }
         let Some(input) = node.inputs().first().map(|i| i.schema().clone()) else {
             return Ok(Transformed::no(node));
         };
-        let schema = node.schema().clone();
-        let rewritten = node.map_expressions(|e| {
-            e.transform_up(|x| match x {
-                Expr::InSubquery(i) => match as_counts(&i, &input)? {
-                    Some(e) => Ok(Transformed::yes(e)),
-                    None => Ok(Transformed::no(Expr::InSubquery(i))),
-                },
-                // `EXISTS (...)` as a value: whether its count is positive.
-                Expr::Exists(e) => {
-                    let plan = LogicalPlanBuilder::from(e.subquery.subquery.as_ref().clone())
-                        .aggregate(Vec::<Expr>::new(), vec![count(lit(1))])?
-                        .build()?;
-                    let some = Expr::ScalarSubquery(Subquery {
-                        subquery: Arc::new(plan),
-                        ..e.subquery
-                    })
-                    .gt(lit(0i64));
-                    Ok(Transformed::yes(if e.negated { some.not() } else { some }))
+        // A filter's top-level `[NOT] IN` / `[NOT] EXISTS` conjuncts become
+        // semi and anti joins in DataFusion; only the others (under `OR`,
+        // in a `CASE`, ...) need counting.
+        if let LogicalPlan::Filter(f) = &node {
+            let mut changed = false;
+            let mut conjuncts = Vec::new();
+            for c in split_conjunction(&f.predicate) {
+                if is_join_predicate(c) {
+                    conjuncts.push(c.clone());
+                } else {
+                    let t = c.clone().transform_up(|x| to_counts(x, &input))?;
+                    changed |= t.transformed;
+                    conjuncts.push(t.data);
                 }
-                other => Ok(Transformed::no(other)),
-            })
-        })?;
+            }
+            if !changed {
+                return Ok(Transformed::no(node));
+            }
+            let predicate = conjunction(conjuncts).expect("a filter has a predicate");
+            return Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(
+                predicate,
+                f.input.clone(),
+            )?)));
+        }
+        let schema = node.schema().clone();
+        let rewritten = node.map_expressions(|e| e.transform_up(|x| to_counts(x, &input)))?;
         // Keep a projection's output names: the nodes above refer to them.
         match rewritten {
             Transformed {
@@ -66,6 +69,45 @@ pub fn rewrite(plan: LogicalPlan) -> Result<LogicalPlan> {
         }
     })
     .map(|t| t.data)
+}
+
+/// `[NOT] IN (subquery)` or `[NOT] EXISTS (subquery)` on its own.
+fn is_join_predicate(e: &Expr) -> bool {
+    match e {
+        Expr::Exists(_) | Expr::InSubquery(_) => true,
+        Expr::Not(inner) => matches!(inner.as_ref(), Expr::Exists(_) | Expr::InSubquery(_)),
+        _ => false,
+    }
+}
+
+/// One expression node: an `IN` or `EXISTS` subquery as counts.
+fn to_counts(x: Expr, input: &datafusion::common::DFSchemaRef) -> Result<Transformed<Expr>> {
+    match x {
+        Expr::InSubquery(i) => match as_counts(&i, input)? {
+            Some(e) => Ok(Transformed::yes(e)),
+            None => Ok(Transformed::no(Expr::InSubquery(i))),
+        },
+        // `EXISTS (...)` as a value: whether its count is positive.
+        Expr::Exists(e) => {
+            // Count below the select list, so the correlated filter under it
+            // still sees the columns it compares.
+            let rows = match e.subquery.subquery.as_ref() {
+                LogicalPlan::Projection(p) => p.input.as_ref().clone(),
+                other => other.clone(),
+            };
+            let plan = LogicalPlanBuilder::from(rows)
+                .aggregate(Vec::<Expr>::new(), vec![count(lit(1)).alias("__weir_n")])?
+                .project(vec![datafusion::logical_expr::col("__weir_n")])?
+                .build()?;
+            let some = Expr::ScalarSubquery(Subquery {
+                subquery: Arc::new(plan),
+                ..e.subquery
+            })
+            .gt(lit(0i64));
+            Ok(Transformed::yes(if e.negated { some.not() } else { some }))
+        }
+        other => Ok(Transformed::no(other)),
+    }
 }
 
 fn as_counts(i: &InSubquery, input: &datafusion::common::DFSchemaRef) -> Result<Option<Expr>> {
@@ -91,7 +133,10 @@ fn as_counts(i: &InSubquery, input: &datafusion::common::DFSchemaRef) -> Result<
         if let Some(p) = predicate {
             b = b.filter(p)?;
         }
-        let plan = b.aggregate(Vec::<Expr>::new(), vec![count(lit(1))])?.build()?;
+        let plan = b
+            .aggregate(Vec::<Expr>::new(), vec![count(lit(1)).alias("__weir_n")])?
+            .project(vec![datafusion::logical_expr::col("__weir_n")])?
+            .build()?;
         let mut outer_ref_columns = i.subquery.outer_ref_columns.clone();
         if correlated {
             outer_ref_columns.push(outer.clone());
