@@ -41,23 +41,36 @@ impl Lowering<'_> {
         let schema = plan.schema().clone();
         let node = match plan {
             LogicalPlan::TableScan(scan) => {
-                let name = relation_name(&scan.table_name).ok_or_else(|| SqlError::UndefinedTable {
-                    name: scan.table_name.to_string(),
-                    position: None,
-                })?;
+                let system = || {
+                    SqlError::Unsupported(format!(
+                        "materialized views over the system catalogs ({})",
+                        scan.table_name
+                    ))
+                };
+                let name = relation_name(&scan.table_name).ok_or_else(system)?;
                 let (node, arrow_schema) = if self.recursive.iter().any(|r| r == name) {
                     let node = PlanNode::RecursiveRef {
                         name: name.to_string(),
                     };
                     (node, scan.source.schema())
                 } else {
-                    let desc = self
-                        .catalog
-                        .relation(name)
-                        .ok_or_else(|| SqlError::UndefinedTable {
-                            name: name.to_string(),
-                            position: None,
-                        })?;
+                    let desc = match self.catalog.relation(name) {
+                        Some(d) => d,
+                        None if self
+                            .catalog
+                            .system_table_names("pg_catalog")
+                            .iter()
+                            .any(|n| n == name) =>
+                        {
+                            return Err(system());
+                        }
+                        None => {
+                            return Err(SqlError::UndefinedTable {
+                                name: name.to_string(),
+                                position: None,
+                            });
+                        }
+                    };
                     if desc.kind == RelationKind::View {
                         return Err(SqlError::Plan(format!("view {name} was not inlined")));
                     }
