@@ -30,6 +30,8 @@ pub struct Entry {
     pub columns: Vec<ColumnDef>,
     /// Column indices of the primary key (tables only).
     pub primary_key: Vec<usize>,
+    /// Column indices of each `UNIQUE` constraint (tables only).
+    pub unique: Vec<Vec<usize>>,
     /// The `CREATE` statement, as the user wrote it.
     pub create_sql: String,
     /// The bound definition of a view.
@@ -41,6 +43,20 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The uniqueness constraints a write must keep: the primary key (if
+    /// any) first, then each `UNIQUE`, with PostgreSQL's constraint names.
+    pub fn constraints(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        if !self.primary_key.is_empty() {
+            out.push((format!("{}_pkey", self.name), self.primary_key.clone()));
+        }
+        for cols in &self.unique {
+            let names: Vec<&str> = cols.iter().map(|i| self.columns[*i].name.as_str()).collect();
+            out.push((format!("{}_{}_key", self.name, names.join("_")), cols.clone()));
+        }
+        out
+    }
+
     pub fn kind_name(&self) -> &'static str {
         kind_name(self.kind)
     }

@@ -79,8 +79,9 @@ pub struct Coordinator {
     controller: Arc<Controller>,
     /// Serializes DDL.
     ddl: Mutex<()>,
-    /// Serializes writes; holds the primary-key index of each keyed table.
-    writes: Mutex<HashMap<GlobalId, HashSet<Vec<u8>>>>,
+    /// Serializes writes; holds, per table and uniqueness constraint (in
+    /// [`Entry::constraints`] order), the keys present.
+    writes: Mutex<KeyIndexes>,
 }
 
 type Result<T> = std::result::Result<T, AdapterError>;
@@ -346,6 +347,7 @@ impl Coordinator {
         let mut columns = Vec::new();
         let mut types = Vec::new();
         let mut primary_key: Vec<usize> = Vec::new();
+        let mut unique: Vec<Vec<usize>> = Vec::new();
         for (i, c) in ct.columns.iter().enumerate() {
             let cname = ident(&c.name);
             if columns.iter().any(|x: &ColumnDef| x.name == cname) {
@@ -364,6 +366,7 @@ impl Coordinator {
                         primary_key.push(i);
                         nullable = false;
                     }
+                    ast::ColumnOption::Unique(_) => unique.push(vec![i]),
                     other => return Err(unsupported(format!("column option {other}"))),
                 }
             }
@@ -398,6 +401,23 @@ impl Coordinator {
                         primary_key.push(idx);
                     }
                 }
+                ast::TableConstraint::Unique(u) => {
+                    let mut cols = Vec::new();
+                    for ic in &u.columns {
+                        let cname = match &ic.column.expr {
+                            ast::Expr::Identifier(id) => ident(id),
+                            other => return Err(unsupported(format!("unique expression {other}"))),
+                        };
+                        let idx = columns.iter().position(|c| c.name == cname).ok_or_else(|| {
+                            AdapterError::UndefinedColumn {
+                                table: name.clone(),
+                                column: cname.clone(),
+                            }
+                        })?;
+                        cols.push(idx);
+                    }
+                    unique.push(cols);
+                }
                 other => return Err(unsupported(format!("table constraint {other}"))),
             }
         }
@@ -409,8 +429,12 @@ impl Coordinator {
             schema: schema.clone(),
             key: primary_key.clone(),
         });
-        if !primary_key.is_empty() {
-            self.writes.lock().await.insert(id, HashSet::new());
+        let constraints = usize::from(!primary_key.is_empty()) + unique.len();
+        {
+            let mut writes = self.writes.lock().await;
+            for c in 0..constraints {
+                writes.insert((id, c), HashSet::new());
+            }
         }
         self.catalog.insert(Entry {
             id,
@@ -419,6 +443,7 @@ impl Coordinator {
             schema,
             columns,
             primary_key,
+            unique,
             create_sql: sql.trim().to_string(),
             view_plan: None,
             plan: None,
@@ -531,6 +556,7 @@ impl Coordinator {
             schema,
             columns,
             primary_key: Vec::new(),
+            unique: Vec::new(),
             create_sql: sql.trim().to_string(),
             view_plan,
             plan: dataflow,
@@ -583,7 +609,7 @@ impl Coordinator {
                 if e.kind != RelationKind::View {
                     self.controller.send(weir_protocol::Command::Drop { id: e.id });
                 }
-                self.writes.lock().await.remove(&e.id);
+                self.writes.lock().await.retain(|(id, _), _| *id != e.id);
             }
         }
         Ok(ExecuteResult::Command { tag: tag.into() })
@@ -656,34 +682,46 @@ impl Coordinator {
     fn apply_write(
         &self,
         entry: &Entry,
-        writes: &mut HashMap<GlobalId, HashSet<Vec<u8>>>,
+        writes: &mut KeyIndexes,
         inserted: Option<RecordBatch>,
         deleted: Option<RecordBatch>,
     ) -> Result<()> {
-        if let Some(index) = writes.get_mut(&entry.id) {
+        // Check every constraint before changing any index, so a refused
+        // statement leaves nothing behind.
+        let mut changes = Vec::new();
+        for (c, (constraint, cols)) in entry.constraints().into_iter().enumerate() {
+            let Some(index) = writes.get(&(entry.id, c)) else {
+                continue;
+            };
             let removed: Vec<Vec<u8>> = match &deleted {
-                Some(b) => key_rows(entry, b)?,
+                Some(b) => key_values(entry, &cols, b)?.into_iter().flatten().collect(),
                 None => Vec::new(),
             };
-            let added: Vec<Vec<u8>> = match &inserted {
-                Some(b) => key_rows(entry, b)?,
+            let added: Vec<Option<Vec<u8>>> = match &inserted {
+                Some(b) => key_values(entry, &cols, b)?,
                 None => Vec::new(),
             };
             let removed_set: HashSet<&Vec<u8>> = removed.iter().collect();
             let mut seen = HashSet::new();
+            // Keys with a NULL never conflict.
             for (i, k) in added.iter().enumerate() {
+                let Some(k) = k else { continue };
                 if (index.contains(k) && !removed_set.contains(k)) || !seen.insert(k) {
                     let b = inserted.as_ref().expect("keys came from inserted rows");
                     return Err(AdapterError::UniqueViolation {
-                        constraint: format!("{}_pkey", entry.name),
-                        detail: key_detail(entry, b, i),
+                        constraint,
+                        detail: key_detail(entry, &cols, b, i),
                     });
                 }
             }
+            changes.push((c, removed, added));
+        }
+        for (c, removed, added) in changes {
+            let index = writes.get_mut(&(entry.id, c)).expect("checked above");
             for k in &removed {
                 index.remove(k);
             }
-            index.extend(added);
+            index.extend(added.into_iter().flatten());
         }
         let mut updates = Vec::new();
         if let Some(b) = deleted.filter(|b| b.num_rows() > 0) {
@@ -1051,22 +1089,38 @@ fn validate(entry: &Entry, batch: &RecordBatch) -> Result<()> {
 }
 
 /// The encoded primary keys of each row of `batch`.
+/// Per table and uniqueness constraint, the encoded keys present.
+type KeyIndexes = HashMap<(GlobalId, usize), HashSet<Vec<u8>>>;
+
 fn key_rows(entry: &Entry, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-    let fields = entry
-        .primary_key
+    Ok(key_values(entry, &entry.primary_key, batch)?
+        .into_iter()
+        .map(|k| k.unwrap_or_default())
+        .collect())
+}
+
+/// The encoded values of columns `cols` of each row of `batch` (as the
+/// workers encode keys), `None` where one of them is NULL.
+fn key_values(entry: &Entry, cols: &[usize], batch: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>> {
+    let fields = cols
         .iter()
         .map(|i| SortField::new(entry.schema.field(*i).data_type().clone()))
         .collect();
     let converter = RowConverter::new(fields).map_err(|e| AdapterError::Internal(e.to_string()))?;
-    let cols: Vec<ArrayRef> = entry
-        .primary_key
-        .iter()
-        .map(|i| batch.column(*i).clone())
-        .collect();
+    let arrays: Vec<ArrayRef> = cols.iter().map(|i| batch.column(*i).clone()).collect();
     let rows = converter
-        .convert_columns(&cols)
+        .convert_columns(&arrays)
         .map_err(|e| AdapterError::Internal(e.to_string()))?;
-    Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+    Ok(rows
+        .iter()
+        .enumerate()
+        .map(|(r, row)| {
+            arrays
+                .iter()
+                .all(|a| a.is_valid(r))
+                .then(|| row.as_ref().to_vec())
+        })
+        .collect())
 }
 
 /// The primary keys a `DELETE`/`UPDATE` can touch, when its `WHERE` pins
@@ -1140,15 +1194,10 @@ fn key_restriction(entry: &Entry, plan: &LogicalPlan) -> Result<Option<Arc<Vec<V
 }
 
 /// `Key (a, b)=(1, x) already exists.`
-fn key_detail(entry: &Entry, batch: &RecordBatch, row: usize) -> String {
-    let names: Vec<&str> = entry
-        .primary_key
-        .iter()
-        .map(|i| entry.columns[*i].name.as_str())
-        .collect();
+fn key_detail(entry: &Entry, cols: &[usize], batch: &RecordBatch, row: usize) -> String {
+    let names: Vec<&str> = cols.iter().map(|i| entry.columns[*i].name.as_str()).collect();
     let options = FormatOptions::default();
-    let values: Vec<String> = entry
-        .primary_key
+    let values: Vec<String> = cols
         .iter()
         .map(|i| {
             ArrayFormatter::try_new(batch.column(*i).as_ref(), &options)
