@@ -319,6 +319,7 @@ async fn errors_have_sqlstates_and_positions_and_the_session_survives() {
         "22001"
     );
     assert_eq!(error(&c, "SELECT 1 / 0").await.0, "22012");
+    assert_eq!(error(&c, "SELECT (SELECT 1 UNION SELECT 2)").await.0, "21000");
     assert_eq!(error(&c, "SELECT 'x'::int").await.0, "22P02");
     assert_eq!(error(&c, "CREATE TABLE t (x int)").await.0, "42P07");
     let (code, msg, _) = error(

@@ -70,7 +70,8 @@ impl EvalErrorCode {
         let m = message.to_ascii_lowercase();
         if m.contains("divide by zero") || m.contains("division by zero") {
             Self::DivisionByZero
-        } else if m.contains(crate::single_row::MORE_THAN_ONE_ROW) {
+        } else if m.contains(crate::single_row::MORE_THAN_ONE_ROW) || m.contains("returned more than one row")
+        {
             Self::CardinalityViolation
         } else if m.contains("overflow") || m.contains("out of range") {
             Self::NumericOutOfRange
