@@ -17,6 +17,7 @@ use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::Expr;
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use timely::dataflow::operators::OkErr;
 use weir_sql::{AggregateExpr, AggregateFunc};
 
 use crate::eval::RowEval;
@@ -58,23 +59,6 @@ pub(crate) fn reduce<'s>(
                 .unwrap_or_else(|| datafusion::logical_expr::lit(true))
         })
         .collect();
-    // The group's state: row count and the accumulable aggregates.
-    let acc = Accumulator::new(aggregates);
-    let (contributions, acc_errs) = map_encoded(
-        ok.clone(),
-        "ReduceAccumulate",
-        RowEval::new(input, &[], &[group_keys, &args])?,
-        key_codec.duplicate(),
-        move |(_, t, d), pos, key, ev, oks, errs| match acc.contribution(&ev.outputs[1], pos, *d) {
-            Ok(c) => oks.push((key, *t, c)),
-            Err(e) => errs.push((e, *t, *d)),
-        },
-    );
-    let totals: VecCollection<'s, Time, Row, Accums> = contributions.as_collection();
-    let states = totals
-        .count_total()
-        .flat_map(|(key, accums): (Row, Accums)| (accums.rows > 0).then_some((key, Part::State(accums))));
-
     // Each extreme's values, encoded alone so bytes compare as values do.
     let extremes: Vec<(usize, AggregateFunc)> = aggregates
         .iter()
@@ -94,12 +78,19 @@ pub(crate) fn reduce<'s>(
         .map(|(i, _)| *i)
         .zip(value_codecs.iter().map(RowCodec::duplicate))
         .collect();
-    let (values, value_errs) = map_encoded(
+    // One pass over the input: each row's contribution to the group's state
+    // (row count and the accumulable aggregates), and its extreme values.
+    let acc = Accumulator::new(aggregates);
+    let (mixed, errs) = map_encoded(
         ok,
         "ReduceExtremeValues",
         RowEval::new(input, &[], &[group_keys, &args])?,
         key_codec.duplicate(),
         move |(row, t, d), pos, key, ev, oks, errs| {
+            match acc.contribution(&ev.outputs[1], pos, *d) {
+                Ok(c) => oks.push(Ok((key.clone(), *t, c))),
+                Err(e) => return errs.push((e, *t, *d)),
+            }
             let bucket = row.hashed() & ((1 << BUCKET_BITS) - 1);
             for (j, (i, codec)) in encoders.iter().enumerate() {
                 let column = &ev.outputs[1][*i];
@@ -107,12 +98,17 @@ pub(crate) fn reduce<'s>(
                     continue;
                 }
                 match codec.encode(&[column.slice(pos, 1)], 1) {
-                    Ok(mut v) => oks.push((((key.clone(), bucket), (j, v.remove(0))), *t, *d)),
+                    Ok(mut v) => oks.push(Err((((key.clone(), bucket), (j, v.remove(0))), *t, *d))),
                     Err(e) => errs.push((e.to_string(), *t, *d)),
                 }
             }
         },
     );
+    let (contributions, values) = mixed.ok_err(|r| r);
+    let totals: VecCollection<'s, Time, Row, Accums> = contributions.as_collection();
+    let states = totals
+        .count_total()
+        .flat_map(|(key, accums): (Row, Accums)| (accums.rows > 0).then_some((key, Part::State(accums))));
     let kinds: Arc<Vec<AggregateFunc>> = Arc::new(extremes.iter().map(|(_, f)| *f).collect());
     let mut level: Level<'s> = values.as_collection();
     let mut bits = BUCKET_BITS;
@@ -173,5 +169,5 @@ pub(crate) fn reduce<'s>(
         },
     );
     let results = results.map(|(key, r)| r.map(|agg_row| [key, agg_row].concat()));
-    Ok((results, acc_errs.concat(value_errs)))
+    Ok((results, errs))
 }

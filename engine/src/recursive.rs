@@ -17,7 +17,7 @@ use timely::order::Product;
 use weir_sql::{Plan, PlanNode};
 
 use crate::render::{
-    Coll, Errs, Imports, JoinSpec, RenderTime, empty, join_collections, map_filter_project, render,
+    Coll, Errs, Imports, JoinSpec, RenderTime, empty, join_collections, map_filter_project, render, union_all,
 };
 use crate::{Diff, EngineError, Time};
 
@@ -78,24 +78,10 @@ fn render_independent<'s>(
         out.push(render(plan, scope, imports)?);
         return Ok(());
     }
-    for child in children(plan) {
+    for child in plan.children() {
         render_independent(child, name, scope, imports, out)?;
     }
     Ok(())
-}
-
-fn children(plan: &Plan) -> Vec<&Plan> {
-    match &plan.node {
-        PlanNode::Get { .. } | PlanNode::Constant { .. } | PlanNode::RecursiveRef { .. } => vec![],
-        PlanNode::MapFilterProject { input, .. }
-        | PlanNode::Reduce { input, .. }
-        | PlanNode::Distinct { input }
-        | PlanNode::TopK { input, .. }
-        | PlanNode::Window { input, .. } => vec![input],
-        PlanNode::Join { left, right, .. } => vec![left, right],
-        PlanNode::Union { inputs } => inputs.iter().collect(),
-        PlanNode::Recursive { base, step, .. } => vec![base, step],
-    }
 }
 
 /// Render the part of `plan` that reads `name` inside the loop, taking the
@@ -132,36 +118,16 @@ fn render_dependent<'s, T: RenderTime>(
             Ok((ok.distinct_core::<Diff>(), err))
         }
         PlanNode::Union { inputs } => {
-            let mut oks = Vec::new();
-            let mut errs = Vec::new();
-            for i in inputs {
-                let (o, e) = render_dependent(i, name, current, entered, next)?;
-                oks.push(o);
-                errs.push(e);
-            }
-            Ok((
-                differential_dataflow::collection::concatenate(scope, oks),
-                differential_dataflow::collection::concatenate(scope, errs),
-            ))
+            let parts = inputs
+                .iter()
+                .map(|i| render_dependent(i, name, current, entered, next))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(union_all(scope, parts))
         }
-        PlanNode::Join {
-            left,
-            right,
-            left_keys,
-            right_keys,
-            residual,
-            kind,
-            nulls_equal,
-        } => {
+        PlanNode::Join { left, right, .. } => {
             let l = render_dependent(left, name, current, entered, next)?;
             let r = render_dependent(right, name, current, entered, next)?;
-            let spec = JoinSpec {
-                left_keys,
-                right_keys,
-                residual: residual.as_ref(),
-                kind: *kind,
-                nulls_equal: *nulls_equal,
-            };
+            let spec = JoinSpec::of(&plan.node).expect("a join node");
             join_collections(l, r, &left.schema, &right.schema, &spec)
         }
         other => Err(EngineError::Expression(format!(

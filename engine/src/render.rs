@@ -136,22 +136,8 @@ pub fn render<'s>(
             let (ok, err2) = map_filter_project(ok, &input.schema, filters, projection, &plan.schema)?;
             Ok((ok, err.concat(err2)))
         }
-        PlanNode::Join {
-            left,
-            right,
-            left_keys,
-            right_keys,
-            residual,
-            kind,
-            nulls_equal,
-        } => {
-            let spec = JoinSpec {
-                left_keys,
-                right_keys,
-                residual: residual.as_ref(),
-                kind: *kind,
-                nulls_equal: *nulls_equal,
-            };
+        PlanNode::Join { left, right, .. } => {
+            let spec = JoinSpec::of(&plan.node).expect("a join node");
             render_join(left, right, &spec, scope, imports)
         }
         PlanNode::Reduce {
@@ -215,19 +201,25 @@ pub fn render<'s>(
             ))
         }
         PlanNode::Union { inputs } => {
-            let mut oks = Vec::new();
-            let mut errs = Vec::new();
-            for i in inputs {
-                let (o, e) = render(i, scope, imports)?;
-                oks.push(o);
-                errs.push(e);
-            }
-            Ok((
-                differential_dataflow::collection::concatenate(scope, oks),
-                differential_dataflow::collection::concatenate(scope, errs),
-            ))
+            let parts = inputs
+                .iter()
+                .map(|i| render(i, scope, imports))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(union_all(scope, parts))
         }
     }
+}
+
+/// The bag union of rendered inputs, rows and errors alike.
+pub(crate) fn union_all<'s, T: RenderTime>(
+    scope: Scope<'s, T>,
+    parts: Vec<(Coll<'s, T>, Errs<'s, T>)>,
+) -> (Coll<'s, T>, Errs<'s, T>) {
+    let (oks, errs): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+    (
+        differential_dataflow::collection::concatenate(scope, oks),
+        differential_dataflow::collection::concatenate(scope, errs),
+    )
 }
 
 /// An empty collection.
@@ -392,11 +384,34 @@ fn keyed<'s, T: RenderTime>(
 
 /// The parameters of a join node.
 pub(crate) struct JoinSpec<'a> {
-    pub left_keys: &'a [Expr],
-    pub right_keys: &'a [Expr],
-    pub residual: Option<&'a Expr>,
-    pub kind: JoinKind,
-    pub nulls_equal: bool,
+    left_keys: &'a [Expr],
+    right_keys: &'a [Expr],
+    residual: Option<&'a Expr>,
+    kind: JoinKind,
+    nulls_equal: bool,
+}
+
+impl<'a> JoinSpec<'a> {
+    /// The parameters of a [`PlanNode::Join`]; `None` for other nodes.
+    pub(crate) fn of(node: &'a PlanNode) -> Option<Self> {
+        match node {
+            PlanNode::Join {
+                left_keys,
+                right_keys,
+                residual,
+                kind,
+                nulls_equal,
+                ..
+            } => Some(JoinSpec {
+                left_keys,
+                right_keys,
+                residual: residual.as_ref(),
+                kind: *kind,
+                nulls_equal: *nulls_equal,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// `rows` minus those of `rows` that appear in `hits` (multiplicities of

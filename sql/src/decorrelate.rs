@@ -78,6 +78,28 @@ fn rewrite_node(node: LogicalPlan, counter: &mut usize) -> Result<Transformed<Lo
     Ok(Transformed::yes(rebuilt))
 }
 
+/// Rewrite every expression of `node` with `f`, keeping a projection's
+/// output names exactly (the nodes above refer to them by name, and a
+/// rewritten expression would otherwise be renamed after itself).
+pub(crate) fn map_expressions_keeping_names(
+    node: LogicalPlan,
+    f: impl FnMut(Expr) -> Result<Transformed<Expr>>,
+) -> Result<Transformed<LogicalPlan>> {
+    let schema = node.schema().clone();
+    match node.map_expressions(f)? {
+        Transformed {
+            data: LogicalPlan::Projection(p),
+            transformed: true,
+            tnr,
+        } => Ok(Transformed::new(
+            LogicalPlan::Projection(Projection::try_new_with_schema(p.expr, p.input, schema)?),
+            true,
+            tnr,
+        )),
+        other => Ok(other),
+    }
+}
+
 /// The first scalar subquery in `e` that reads outer columns.
 fn find_correlated(e: &Expr) -> Option<Subquery> {
     let mut found = None;

@@ -18,9 +18,7 @@ use datafusion::common::{Column, Result};
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::expr::InSubquery;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
-use datafusion::logical_expr::{
-    Expr, Filter, LogicalPlan, LogicalPlanBuilder, Projection, Subquery, lit, when,
-};
+use datafusion::logical_expr::{Expr, Filter, LogicalPlan, LogicalPlanBuilder, Subquery, lit, when};
 
 /// Rewrite every `IN` or `EXISTS` subquery used as a value in `plan`.
 pub fn rewrite(plan: LogicalPlan) -> Result<LogicalPlan> {
@@ -52,21 +50,7 @@ pub fn rewrite(plan: LogicalPlan) -> Result<LogicalPlan> {
                 f.input.clone(),
             )?)));
         }
-        let schema = node.schema().clone();
-        let rewritten = node.map_expressions(|e| e.transform_up(|x| to_counts(x, &input)))?;
-        // Keep a projection's output names: the nodes above refer to them.
-        match rewritten {
-            Transformed {
-                data: LogicalPlan::Projection(p),
-                transformed: true,
-                tnr,
-            } => Ok(Transformed::new(
-                LogicalPlan::Projection(Projection::try_new_with_schema(p.expr, p.input, schema)?),
-                true,
-                tnr,
-            )),
-            other => Ok(other),
-        }
+        crate::decorrelate::map_expressions_keeping_names(node, |e| e.transform_up(|x| to_counts(x, &input)))
     })
     .map(|t| t.data)
 }

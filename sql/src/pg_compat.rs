@@ -189,7 +189,7 @@ fn catalog_type(t: &SqlType) -> Option<SqlType> {
 
 /// Register the `pg_catalog` functions clients call.
 pub fn register_functions(state: &mut SessionState) {
-    let constant = |name: &'static str, _arity: usize, value: ScalarValue| {
+    let constant = |name: &'static str, value: ScalarValue| {
         Arc::new(ScalarUDF::new_from_impl(CatalogFunction {
             name,
             signature: Signature::variadic_any(Volatility::Stable),
@@ -198,33 +198,32 @@ pub fn register_functions(state: &mut SessionState) {
     };
     let text = |s: &str| ScalarValue::Utf8(Some(s.into()));
     let functions = [
-        constant("pg_get_userbyid", 1, text("weir")),
-        constant("pg_table_is_visible", 1, ScalarValue::Boolean(Some(true))),
-        constant("pg_type_is_visible", 1, ScalarValue::Boolean(Some(true))),
-        constant("pg_function_is_visible", 1, ScalarValue::Boolean(Some(true))),
-        constant("pg_relation_is_publishable", 1, ScalarValue::Boolean(Some(false))),
-        constant("has_table_privilege", 2, ScalarValue::Boolean(Some(true))),
-        constant("has_schema_privilege", 2, ScalarValue::Boolean(Some(true))),
-        constant("has_database_privilege", 2, ScalarValue::Boolean(Some(true))),
-        constant("pg_encoding_to_char", 1, text("UTF8")),
-        constant("pg_get_expr", 2, ScalarValue::Utf8(None)),
-        constant("pg_get_constraintdef", 1, ScalarValue::Utf8(None)),
-        constant("pg_get_indexdef", 1, ScalarValue::Utf8(None)),
-        constant("pg_get_statisticsobjdef_columns", 1, ScalarValue::Utf8(None)),
-        constant("obj_description", 1, ScalarValue::Utf8(None)),
-        constant("col_description", 2, ScalarValue::Utf8(None)),
-        constant("shobj_description", 2, ScalarValue::Utf8(None)),
-        constant("pg_get_function_arguments", 1, ScalarValue::Utf8(None)),
-        constant("pg_get_function_result", 1, ScalarValue::Utf8(None)),
-        constant("pg_backend_pid", 0, ScalarValue::Int32(Some(1))),
-        constant("pg_table_size", 1, ScalarValue::Int64(None)),
-        constant("pg_size_pretty", 1, ScalarValue::Utf8(None)),
-        constant("current_schema", 0, text("public")),
-        constant("current_user", 0, text("weir")),
-        constant("session_user", 0, text("weir")),
+        constant("pg_get_userbyid", text("weir")),
+        constant("pg_table_is_visible", ScalarValue::Boolean(Some(true))),
+        constant("pg_type_is_visible", ScalarValue::Boolean(Some(true))),
+        constant("pg_function_is_visible", ScalarValue::Boolean(Some(true))),
+        constant("pg_relation_is_publishable", ScalarValue::Boolean(Some(false))),
+        constant("has_table_privilege", ScalarValue::Boolean(Some(true))),
+        constant("has_schema_privilege", ScalarValue::Boolean(Some(true))),
+        constant("has_database_privilege", ScalarValue::Boolean(Some(true))),
+        constant("pg_encoding_to_char", text("UTF8")),
+        constant("pg_get_expr", ScalarValue::Utf8(None)),
+        constant("pg_get_constraintdef", ScalarValue::Utf8(None)),
+        constant("pg_get_indexdef", ScalarValue::Utf8(None)),
+        constant("pg_get_statisticsobjdef_columns", ScalarValue::Utf8(None)),
+        constant("obj_description", ScalarValue::Utf8(None)),
+        constant("col_description", ScalarValue::Utf8(None)),
+        constant("shobj_description", ScalarValue::Utf8(None)),
+        constant("pg_get_function_arguments", ScalarValue::Utf8(None)),
+        constant("pg_get_function_result", ScalarValue::Utf8(None)),
+        constant("pg_backend_pid", ScalarValue::Int32(Some(1))),
+        constant("pg_table_size", ScalarValue::Int64(None)),
+        constant("pg_size_pretty", ScalarValue::Utf8(None)),
+        constant("current_schema", text("public")),
+        constant("current_user", text("weir")),
+        constant("session_user", text("weir")),
         constant(
             "version",
-            0,
             text(concat!("PostgreSQL 15.0 (Weir ", env!("CARGO_PKG_VERSION"), ")")),
         ),
         Arc::new(ScalarUDF::new_from_impl(CatalogFunction {

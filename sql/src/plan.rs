@@ -192,21 +192,26 @@ pub struct GeneralAggregate {
 }
 
 impl Plan {
-    /// Whether this plan reads the recursive binding `name`.
-    pub fn reads_recursive(&self, name: &str) -> bool {
+    /// The node's inputs, in a fixed order.
+    pub fn children(&self) -> Vec<&Plan> {
         match &self.node {
-            PlanNode::RecursiveRef { name: n } => n == name,
-            PlanNode::Get { .. } | PlanNode::Constant { .. } => false,
+            PlanNode::Get { .. } | PlanNode::Constant { .. } | PlanNode::RecursiveRef { .. } => vec![],
             PlanNode::MapFilterProject { input, .. }
             | PlanNode::Reduce { input, .. }
             | PlanNode::Distinct { input }
             | PlanNode::TopK { input, .. }
-            | PlanNode::Window { input, .. } => input.reads_recursive(name),
-            PlanNode::Join { left, right, .. } => left.reads_recursive(name) || right.reads_recursive(name),
-            PlanNode::Union { inputs } => inputs.iter().any(|i| i.reads_recursive(name)),
-            PlanNode::Recursive { base, step, .. } => {
-                base.reads_recursive(name) || step.reads_recursive(name)
-            }
+            | PlanNode::Window { input, .. } => vec![input],
+            PlanNode::Join { left, right, .. } => vec![left, right],
+            PlanNode::Union { inputs } => inputs.iter().collect(),
+            PlanNode::Recursive { base, step, .. } => vec![base, step],
+        }
+    }
+
+    /// Whether this plan reads the recursive binding `name`.
+    pub fn reads_recursive(&self, name: &str) -> bool {
+        match &self.node {
+            PlanNode::RecursiveRef { name: n } => n == name,
+            _ => self.children().iter().any(|c| c.reads_recursive(name)),
         }
     }
 

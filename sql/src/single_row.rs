@@ -18,8 +18,8 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, exec_err};
 use datafusion::functions_aggregate::expr_fn::{count, max};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, LogicalPlan, LogicalPlanBuilder, Projection, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, Subquery, Volatility, lit,
+    ColumnarValue, Expr, LogicalPlan, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Subquery, Volatility, lit,
 };
 
 /// The message PostgreSQL gives for a scalar subquery with several rows.
@@ -70,28 +70,14 @@ impl ScalarUDFImpl for SingleRow {
 /// aggregate into one that does.
 pub fn aggregate_scalar_subqueries(plan: LogicalPlan) -> Result<LogicalPlan> {
     plan.transform_up_with_subqueries(|node| {
-        let schema = node.schema().clone();
-        let rewritten = node.map_expressions(|e| {
+        crate::decorrelate::map_expressions_keeping_names(node, |e| {
             e.transform_up(|x| match x {
                 Expr::ScalarSubquery(sub) if needs_rewrite(&sub) => {
                     Ok(Transformed::yes(Expr::ScalarSubquery(aggregated(sub)?)))
                 }
                 other => Ok(Transformed::no(other)),
             })
-        })?;
-        // Keep a projection's output names: the nodes above refer to them.
-        match rewritten {
-            Transformed {
-                data: LogicalPlan::Projection(p),
-                transformed: true,
-                tnr,
-            } => Ok(Transformed::new(
-                LogicalPlan::Projection(Projection::try_new_with_schema(p.expr, p.input, schema)?),
-                true,
-                tnr,
-            )),
-            other => Ok(other),
-        }
+        })
     })
     .map(|t| t.data)
 }
