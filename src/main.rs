@@ -34,6 +34,12 @@ enum Command {
         /// Timely worker threads (default: the number of cores).
         #[arg(long, env = "WEIR_WORKERS")]
         workers: Option<usize>,
+        /// Where durable state lives: a directory (`file://./weir-data`, a
+        /// plain path, an EFS mount) or `s3://bucket/prefix` (configured by
+        /// the standard AWS environment variables, `AWS_ENDPOINT_URL` for
+        /// S3-compatible servers).
+        #[arg(long, default_value = "file://./weir-data", env = "WEIR_STATE")]
+        state: String,
     },
 }
 
@@ -52,11 +58,15 @@ fn main() -> anyhow::Result<()> {
             .init(),
     }
     match cli.command {
-        Command::Start { pg_addr, workers } => start(pg_addr, workers),
+        Command::Start {
+            pg_addr,
+            workers,
+            state,
+        } => start(pg_addr, workers, &state),
     }
 }
 
-fn start(pg_addr: SocketAddr, workers: Option<usize>) -> anyhow::Result<()> {
+fn start(pg_addr: SocketAddr, workers: Option<usize>, state: &str) -> anyhow::Result<()> {
     let workers =
         workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -68,11 +78,14 @@ fn start(pg_addr: SocketAddr, workers: Option<usize>) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {pg_addr}"))?;
         let addr = listener.local_addr()?;
+        let location = weir_persist::Location::open(state)?;
+        let (persist, restored) = weir_persist::Persist::open(location).await?;
         let (responses_tx, responses_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = weir_worker::spawn(workers, responses_tx).map_err(|e| anyhow::anyhow!(e))?;
+        let restarted = weir_coordinator::restore(Box::new(cluster), responses_rx, persist, restored).await?;
         println!("weir is ready: psql postgres://weir@{addr}/weir");
-        info!(%addr, workers, "weir started");
-        weir_coordinator::serve(listener, Box::new(cluster), responses_rx, shutdown_signal()).await?;
+        info!(%addr, workers, state, "weir started");
+        weir_coordinator::serve(listener, restarted, shutdown_signal()).await?;
         info!("weir stopped");
         Ok(())
     })

@@ -88,6 +88,17 @@ impl Catalog {
         s.next_id
     }
 
+    /// The id the next [`Catalog::allocate_id`] hands out.
+    pub fn next_id(&self) -> GlobalId {
+        self.state.read().expect("catalog lock").next_id + 1
+    }
+
+    /// Make [`Catalog::allocate_id`] hand out `id` next (restoring the
+    /// ids a durable catalog recorded).
+    pub fn set_next_id(&self, id: GlobalId) {
+        self.state.write().expect("catalog lock").next_id = id.saturating_sub(1);
+    }
+
     pub fn get(&self, name: &str) -> Option<Entry> {
         self.state
             .read()

@@ -126,11 +126,27 @@ impl Controller {
 
     /// Apply `updates` atomically at a fresh timestamp, returned.
     pub fn write(&self, updates: Vec<TableUpdate>) -> Timestamp {
+        let time = self.next_write_time(0);
+        self.write_at(time, updates);
+        time
+    }
+
+    /// A time later than every write so far, no earlier than `floor` (the
+    /// durable state's upper), for the next [`Controller::write_at`].
+    pub fn next_write_time(&self, floor: Timestamp) -> Timestamp {
+        let inner = self.inner.lock().expect("controller lock");
+        now_ms().max(inner.last_write + 1).max(floor)
+    }
+
+    /// Apply `updates` atomically at `time`, which must come from
+    /// [`Controller::next_write_time`] with no write in between (the
+    /// committer is the only writer).
+    pub fn write_at(&self, time: Timestamp, updates: Vec<TableUpdate>) {
         let mut inner = self.inner.lock().expect("controller lock");
-        let time = now_ms().max(inner.last_write + 1);
+        debug_assert!(time > inner.last_write, "writes go forward in time");
+        let time = time.max(inner.last_write + 1);
         inner.last_write = time;
         inner.sink.send(Command::Write { time, updates });
-        time
     }
 
     /// Read the contents of each of `targets` at one common timestamp.

@@ -38,6 +38,13 @@ pub enum AdapterError {
     Unsupported(String),
     #[error("canceling statement due to user request")]
     Canceled,
+    /// The state store failed: the change was not made durable, and the
+    /// server stops so that a restart recovers from what is durable.
+    #[error("could not make the change durable: {0}")]
+    StateStore(String),
+    /// Another process took over the state: nothing more is written here.
+    #[error("terminating: {0}")]
+    Fenced(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -72,6 +79,8 @@ impl AdapterError {
             AdapterError::UndefinedColumn { .. } => "42703",
             AdapterError::Unsupported(_) => "0A000",
             AdapterError::Canceled => "57014",
+            AdapterError::StateStore(_) => "58030",
+            AdapterError::Fenced(_) => "57P01",
             AdapterError::Internal(_) => "XX000",
         }
     }
@@ -123,6 +132,15 @@ fn eval_code(code: EvalErrorCode) -> &'static str {
 impl From<AdapterError> for PgWireError {
     fn from(e: AdapterError) -> Self {
         PgWireError::UserError(Box::new(e.into_error_info()))
+    }
+}
+
+impl From<weir_persist::PersistError> for AdapterError {
+    fn from(e: weir_persist::PersistError) -> Self {
+        match e {
+            e @ weir_persist::PersistError::Fenced { .. } => AdapterError::Fenced(e.to_string()),
+            e => AdapterError::StateStore(e.to_string()),
+        }
     }
 }
 

@@ -2,12 +2,15 @@
 //! and command dispatch to workers.
 //!
 //! The coordinator owns everything a client can see: names, SQLSTATEs,
-//! timestamps. It reaches compute only through the command protocol
-//! (`weir-protocol`) via the [`controller::Controller`], and must not depend
-//! on the engine. `weir start` wires it to an in-process cluster.
+//! timestamps, and when a change counts as done (once it is durable). It
+//! reaches compute only through the command protocol (`weir-protocol`) via
+//! the [`controller::Controller`], and storage only through `weir-persist`
+//! via [`durable::Durable`]; it must not depend on the engine. `weir start`
+//! wires it to an in-process cluster.
 
 pub mod catalog;
 pub mod controller;
+pub mod durable;
 pub mod error;
 pub mod sequencer;
 pub mod server;
@@ -19,22 +22,57 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::{info, warn};
+use weir_persist::{Persist, Restored};
 use weir_protocol::{CommandSink, ResponseReceiver};
 
 pub use error::AdapterError;
 pub use sequencer::Coordinator;
 
-/// Serve the PostgreSQL wire protocol on `listener` until `shutdown`
-/// resolves.
-pub async fn serve(
-    listener: TcpListener,
+/// A coordinator restored from durable state, ready to serve.
+pub struct Restarted {
+    coord: Arc<Coordinator>,
+    fatal: watch::Receiver<Option<String>>,
+}
+
+/// Take over `sink`, replay `restored` into a fresh coordinator, and make
+/// every later change durable through `persist`.
+pub async fn restore(
     sink: Box<dyn CommandSink>,
     responses: ResponseReceiver,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
+    persist: Persist,
+    restored: Restored,
+) -> Result<Restarted, AdapterError> {
     let controller = controller::Controller::new(sink, responses);
-    let coord = Arc::new(Coordinator::new(controller));
+    let coord = Arc::new(Coordinator::new(controller.clone()));
+    let tables = restored.shards.len();
+    let items = restored.catalog.len();
+    coord.restore(restored).await?;
+    info!(items, tables, "catalog and tables restored");
+    let (fatal_tx, fatal) = watch::channel(None);
+    coord.set_durable(durable::Durable::start(persist, controller, fatal_tx));
+    Ok(Restarted { coord, fatal })
+}
+
+/// Why serving stopped other than by the shutdown signal.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The state store failed or another process took it over.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Serve the PostgreSQL wire protocol on `listener` until `shutdown`
+/// resolves, or until the durable state cannot be written any more.
+pub async fn serve(
+    listener: TcpListener,
+    restarted: Restarted,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let Restarted { coord, mut fatal } = restarted;
     let factory = Arc::new(server::HandlerFactory(server::Handler::new(coord)));
     let addr: SocketAddr = listener.local_addr()?;
     info!(%addr, "pgwire listening");
@@ -42,6 +80,16 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            changed = fatal.changed() => {
+                let reason = fatal.borrow().clone();
+                match (changed, reason) {
+                    (Ok(()), Some(reason)) => return Err(ServeError::Fatal(reason)),
+                    // The committer is gone without a reason: nothing can
+                    // become durable any more.
+                    (Err(_), _) => return Err(ServeError::Fatal("the committer stopped".into())),
+                    (Ok(()), None) => {}
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);

@@ -6,7 +6,7 @@
 //! calls into the engine.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::compute::concat_batches;
@@ -29,6 +29,7 @@ use weir_sql::{GlobalId, Plan, PlanNode, Planner, RelationKind, SqlError};
 
 use crate::catalog::{Catalog, ColumnDef, Entry, kind_name, nullable_schema};
 use crate::controller::{Controller, SubscribeMessage};
+use crate::durable::{Durable, PendingWrite};
 use crate::error::AdapterError;
 
 /// What a statement produced.
@@ -82,6 +83,9 @@ pub struct Coordinator {
     /// Serializes writes; holds, per table and uniqueness constraint (in
     /// [`Entry::constraints`] order), the keys present.
     writes: Mutex<KeyIndexes>,
+    /// Where changes become durable; unset while the durable state is
+    /// being replayed at startup.
+    durable: OnceLock<Durable>,
 }
 
 type Result<T> = std::result::Result<T, AdapterError>;
@@ -116,6 +120,109 @@ impl Coordinator {
             controller,
             ddl: Mutex::new(()),
             writes: Mutex::new(HashMap::new()),
+            durable: OnceLock::new(),
+        }
+    }
+
+    /// Replay a durable state: recreate every catalog item with its id, in
+    /// creation order, then load every table's rows at one time no earlier
+    /// than the state's upper. Nothing is written back while replaying.
+    pub async fn restore(&self, restored: weir_persist::Restored) -> Result<()> {
+        for item in &restored.catalog {
+            self.catalog.set_next_id(item.id);
+            let failed = |e: String| {
+                AdapterError::StateStore(format!(
+                    "cannot restore catalog item {} ({}): {e}",
+                    item.id, item.sql
+                ))
+            };
+            let statements = weir_sql::statement::parse(&item.sql).map_err(|e| failed(e.to_string()))?;
+            let [statement] = statements.as_slice() else {
+                return Err(failed("not exactly one statement".into()));
+            };
+            self.execute(statement, &[])
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        let mut writes = self.writes.lock().await;
+        let mut updates = Vec::new();
+        for entry in self.catalog.entries() {
+            let Some(Some(rows)) = restored.shards.get(&entry.id) else {
+                continue;
+            };
+            if rows.batch.schema().fields() != entry.schema.fields() {
+                return Err(AdapterError::StateStore(format!(
+                    "the stored rows of table {} (shard {}) have columns {:?}, the table has {:?}",
+                    entry.name,
+                    entry.id,
+                    rows.batch
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|f| f.name())
+                        .collect::<Vec<_>>(),
+                    entry.columns.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                )));
+            }
+            // A row stored with diff n is n equal rows.
+            let indices: Vec<u32> = rows
+                .diffs
+                .iter()
+                .enumerate()
+                .flat_map(|(i, d)| std::iter::repeat_n(i as u32, *d as usize))
+                .collect();
+            let columns = rows
+                .batch
+                .columns()
+                .iter()
+                .map(|c| arrow::compute::take(c, &arrow::array::UInt32Array::from(indices.clone()), None))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| AdapterError::Internal(e.to_string()))?;
+            let batch = RecordBatch::try_new(entry.schema.clone(), columns)
+                .map_err(|e| AdapterError::Internal(e.to_string()))?;
+            updates.extend(self.apply_write(&entry, &mut writes, Some(batch), None)?);
+        }
+        let time = self.controller.next_write_time(restored.upper);
+        self.controller.write_at(time, updates);
+        self.catalog
+            .set_next_id(restored.next_id.max(self.catalog.next_id()));
+        Ok(())
+    }
+
+    /// From now on, make every change durable through `durable`.
+    pub fn set_durable(&self, durable: Durable) {
+        let _ = self.durable.set(durable);
+    }
+
+    /// Make catalog changes durable before they take effect.
+    async fn persist_catalog(&self, ops: Vec<weir_persist::CatalogOp>) -> Result<()> {
+        match self.durable.get() {
+            Some(d) => d.catalog(ops, self.catalog.next_id()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Enqueue `updates` to become durable and visible; call under the
+    /// write lock (so writes keep its order), await after releasing it (so
+    /// concurrent writes share a commit).
+    fn commit(&self, updates: Vec<TableUpdate>) -> Option<PendingWrite> {
+        if updates.is_empty() {
+            return None;
+        }
+        match self.durable.get() {
+            Some(d) => Some(d.write(updates)),
+            None => {
+                self.controller.write(updates);
+                None
+            }
+        }
+    }
+
+    /// Wait until every enqueued write is visible to reads.
+    async fn barrier(&self) -> Result<()> {
+        match self.durable.get() {
+            Some(d) => d.barrier().await,
+            None => Ok(()),
         }
     }
 
@@ -423,6 +530,12 @@ impl Coordinator {
         }
         let schema = nullable_schema(types);
         let id = self.catalog.allocate_id();
+        self.persist_catalog(vec![weir_persist::CatalogOp::Create(weir_persist::CatalogItem {
+            id,
+            sql: sql.trim().to_string(),
+            shard: true,
+        })])
+        .await?;
         self.controller.send(weir_protocol::Command::CreateTable {
             id,
             name: name.clone(),
@@ -537,6 +650,18 @@ impl Coordinator {
         } else {
             (RelationKind::View, Some(plan), None)
         };
+        let mut ops: Vec<_> = self
+            .catalog
+            .get(&name)
+            .map(|old| weir_persist::CatalogOp::Drop(old.id))
+            .into_iter()
+            .collect();
+        ops.push(weir_persist::CatalogOp::Create(weir_persist::CatalogItem {
+            id,
+            sql: sql.trim().to_string(),
+            shard: false,
+        }));
+        self.persist_catalog(ops).await?;
         if let Some(old) = self.catalog.remove(&name)
             && old.kind != RelationKind::View
         {
@@ -604,7 +729,15 @@ impl Coordinator {
                         .collect(),
                 });
             }
-            for e in dependents.into_iter().chain(std::iter::once(entry)) {
+            let doomed: Vec<Entry> = dependents.into_iter().chain(std::iter::once(entry)).collect();
+            self.persist_catalog(
+                doomed
+                    .iter()
+                    .map(|e| weir_persist::CatalogOp::Drop(e.id))
+                    .collect(),
+            )
+            .await?;
+            for e in doomed {
                 self.catalog.remove(&e.name);
                 if e.kind != RelationKind::View {
                     self.controller.send(weir_protocol::Command::Drop { id: e.id });
@@ -634,6 +767,11 @@ impl Coordinator {
             });
         }
         let mut writes = self.writes.lock().await;
+        // A statement that reads tables must see every write queued before
+        // it; `INSERT ... VALUES` reads none and need not wait.
+        if reads_tables(input.as_ref())? {
+            self.barrier().await?;
+        }
         let (tag, inserted, deleted) = match op {
             WriteOp::Insert(_) => {
                 let batch = self.run_as_table(&entry, input.as_ref().clone(), None).await?;
@@ -671,21 +809,27 @@ impl Coordinator {
             .or(deleted.as_ref())
             .map(|b| b.num_rows())
             .unwrap_or(0);
-        self.apply_write(&entry, &mut writes, inserted, deleted)?;
+        let updates = self.apply_write(&entry, &mut writes, inserted, deleted)?;
+        let pending = self.commit(updates);
+        drop(writes);
+        if let Some(p) = pending {
+            p.wait().await?;
+        }
         Ok(ExecuteResult::Command {
             tag: format!("{tag} {count}").replace("INSERT 0 ", "INSERT 0 "),
         })
     }
 
-    /// Check keys, then apply `inserted` and `deleted` at one timestamp.
-    /// The caller holds the write lock (`writes`).
+    /// Check keys and record them, and return `inserted` and `deleted` as
+    /// the updates to [`Coordinator::commit`]. The caller holds the write
+    /// lock (`writes`).
     fn apply_write(
         &self,
         entry: &Entry,
         writes: &mut KeyIndexes,
         inserted: Option<RecordBatch>,
         deleted: Option<RecordBatch>,
-    ) -> Result<()> {
+    ) -> Result<Vec<TableUpdate>> {
         // Check every constraint before changing any index, so a refused
         // statement leaves nothing behind.
         let mut changes = Vec::new();
@@ -738,10 +882,7 @@ impl Coordinator {
                 diff: 1,
             });
         }
-        if !updates.is_empty() {
-            self.controller.write(updates);
-        }
-        Ok(())
+        Ok(updates)
     }
 
     /// The new rows of an `UPDATE` whose `SET` reads only the row itself:
@@ -806,7 +947,12 @@ impl Coordinator {
         validate(&entry, &batch)?;
         let n = batch.num_rows();
         let mut writes = self.writes.lock().await;
-        self.apply_write(&entry, &mut writes, Some(batch), None)?;
+        let updates = self.apply_write(&entry, &mut writes, Some(batch), None)?;
+        let pending = self.commit(updates);
+        drop(writes);
+        if let Some(p) = pending {
+            p.wait().await?;
+        }
         Ok(n)
     }
 
@@ -1068,6 +1214,20 @@ fn first_words(s: &str) -> String {
 }
 
 /// Enforce NOT NULL and varchar lengths.
+/// Whether `plan` scans any relation.
+fn reads_tables(plan: &LogicalPlan) -> Result<bool> {
+    let mut reads = false;
+    plan.apply_with_subqueries(|node| {
+        reads |= matches!(node, LogicalPlan::TableScan(_));
+        Ok(if reads {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    Ok(reads)
+}
+
 fn validate(entry: &Entry, batch: &RecordBatch) -> Result<()> {
     for (i, c) in entry.columns.iter().enumerate() {
         let array = batch.column(i);

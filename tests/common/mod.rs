@@ -13,6 +13,23 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 pub struct Server {
     child: Child,
     pub port: u16,
+    /// The state directory this server owns, removed on drop (`None` when
+    /// the test passed its own state location).
+    _state: Option<tempfile::TempDir>,
+}
+
+/// The binary under test. WEIR_BIN runs another build (say, release for
+/// the conformance corpus).
+pub fn weir_bin() -> String {
+    std::env::var("WEIR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weir").to_string())
+}
+
+/// A fresh, empty state directory.
+pub fn state_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("weir-state-")
+        .tempdir()
+        .expect("temp state dir")
 }
 
 impl Server {
@@ -20,25 +37,43 @@ impl Server {
         Server::with_workers(2)
     }
 
+    /// A server on a fresh state directory of its own.
     pub fn with_workers(workers: usize) -> Server {
+        let dir = state_dir();
+        let mut server = Server::on_state(dir.path().to_str().expect("utf-8 path"), workers, &[]);
+        server._state = Some(dir);
+        server
+    }
+
+    /// A server on the state at `state` (a path or URL the test owns),
+    /// with extra environment variables.
+    pub fn on_state(state: &str, workers: usize, env: &[(&str, &str)]) -> Server {
+        Server::try_on_state(state, workers, env).unwrap_or_else(|e| panic!("weir did not start: {e}"))
+    }
+
+    /// Like [`Server::on_state`], but a server that exits before it is
+    /// ready is an `Err` with what it printed to stderr.
+    pub fn try_on_state(state: &str, workers: usize, env: &[(&str, &str)]) -> Result<Server, String> {
         // Port 0: the server picks a free port and prints it, so parallel
         // tests never race for one.
-        // WEIR_BIN runs another build (say, release for the conformance corpus).
-        let bin = std::env::var("WEIR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weir").to_string());
-        let mut child = Command::new(bin)
+        let mut child = Command::new(weir_bin())
             .args([
                 "start",
                 "--pg-addr",
                 "127.0.0.1:0",
                 "--workers",
                 &workers.to_string(),
+                "--state",
+                state,
             ])
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn weir");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -52,10 +87,51 @@ impl Server {
                 }
             }
         });
-        let port = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("weir did not report ready");
-        Server { child, port }
+        // Pass stderr through (it is the server's log) and keep it for an
+        // early exit's report.
+        let (err_tx, err_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut seen = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            let _ = err_tx.send(seen);
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(port) = rx.recv_timeout(Duration::from_millis(20)) {
+                return Ok(Server {
+                    child,
+                    port,
+                    _state: None,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let stderr = err_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+                return Err(format!("{status}: {stderr}"));
+            }
+            assert!(std::time::Instant::now() < deadline, "weir did not report ready");
+        }
+    }
+
+    /// Kill the process with SIGKILL, as a crash would, and wait for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The exit status, once the process has exited on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,215 @@
+//! Group commit: the one task that owns [`Persist`] and turns writes and
+//! DDL into durable metadata versions, then into worker writes.
+//!
+//! Statements enqueue their changes in the order they took the write lock
+//! and then wait; the committer takes everything queued, makes it durable
+//! in one metadata version at one fresh timestamp, sends the writes to the
+//! workers, and only then acknowledges. Many small concurrent writes thus
+//! share one round trip to the store, and nothing a client was told
+//! succeeded can be lost, nor seen by anyone before it is durable.
+//!
+//! Compaction runs beside it: merges are computed by background tasks and
+//! swapped in by the committer's next version. If the store fails or
+//! another process takes the state over, the committer fails everything
+//! pending and raises the fatal signal: the server stops, and a restart
+//! recovers from what is durable.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, warn};
+use weir_persist::{CatalogOp, Commit, Compacted, Persist, Updates};
+use weir_protocol::{TableUpdate, Timestamp};
+
+use crate::controller::Controller;
+use crate::error::AdapterError;
+
+type Reply<T> = oneshot::Sender<Result<T, AdapterError>>;
+
+enum Request {
+    Write {
+        updates: Vec<TableUpdate>,
+        done: Reply<Timestamp>,
+    },
+    Catalog {
+        ops: Vec<CatalogOp>,
+        next_id: u64,
+        done: Reply<()>,
+    },
+    /// Answered once everything queued before it is applied.
+    Barrier { done: Reply<()> },
+    Compacted {
+        shard: u64,
+        result: weir_persist::Result<Compacted>,
+    },
+}
+
+/// The handle statements use to make changes durable.
+#[derive(Clone)]
+pub struct Durable {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+/// A write waiting to become durable.
+pub struct PendingWrite(oneshot::Receiver<Result<Timestamp, AdapterError>>);
+
+fn stopped() -> AdapterError {
+    AdapterError::StateStore("the server is stopping after a state store failure".into())
+}
+
+impl PendingWrite {
+    pub async fn wait(self) -> Result<Timestamp, AdapterError> {
+        self.0.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+impl Durable {
+    /// Start the committer. `fatal` receives the reason when the server
+    /// must stop.
+    pub fn start(
+        persist: Persist,
+        controller: Arc<Controller>,
+        fatal: watch::Sender<Option<String>>,
+    ) -> Durable {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let durable = Durable { tx: tx.clone() };
+        tokio::spawn(run(persist, controller, rx, tx, fatal));
+        durable
+    }
+
+    /// Enqueue `updates`; they become durable and visible together, in
+    /// enqueue order relative to other writes.
+    pub fn write(&self, updates: Vec<TableUpdate>) -> PendingWrite {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Request::Write { updates, done });
+        PendingWrite(rx)
+    }
+
+    /// Make catalog changes durable.
+    pub async fn catalog(&self, ops: Vec<CatalogOp>, next_id: u64) -> Result<(), AdapterError> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Request::Catalog { ops, next_id, done });
+        rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Wait until every write enqueued so far is visible to reads.
+    pub async fn barrier(&self) -> Result<(), AdapterError> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Request::Barrier { done });
+        rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+/// The most requests folded into one metadata version.
+const GROUP_LIMIT: usize = 4096;
+
+enum Ack {
+    Write(Reply<Timestamp>),
+    Done(Reply<()>),
+}
+
+async fn run(
+    mut persist: Persist,
+    controller: Arc<Controller>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    tx: mpsc::UnboundedSender<Request>,
+    fatal: watch::Sender<Option<String>>,
+) {
+    let mut compacting: HashSet<u64> = HashSet::new();
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP_LIMIT {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut commit = Commit::default();
+        let mut appends: BTreeMap<u64, Vec<Updates>> = BTreeMap::new();
+        let mut writes = Vec::new();
+        let mut acks = Vec::new();
+        for request in group {
+            match request {
+                Request::Write { updates, done } => {
+                    for u in &updates {
+                        appends
+                            .entry(u.table)
+                            .or_default()
+                            .push(Updates::uniform(u.batch.clone(), u.diff));
+                    }
+                    writes.extend(updates);
+                    acks.push(Ack::Write(done));
+                }
+                Request::Catalog { ops, next_id, done } => {
+                    commit.catalog.extend(ops);
+                    commit.next_id = commit.next_id.max(next_id);
+                    acks.push(Ack::Done(done));
+                }
+                Request::Barrier { done } => acks.push(Ack::Done(done)),
+                Request::Compacted { shard, result } => {
+                    compacting.remove(&shard);
+                    match result {
+                        Ok(c) => commit.compacted.push(c),
+                        Err(e) => warn!(shard, error = %e, "compaction failed; it is retried"),
+                    }
+                }
+            }
+        }
+        let time = (!writes.is_empty()).then(|| controller.next_write_time(persist.state().upper));
+        commit.time = time;
+        let needs_commit = time.is_some() || !commit.catalog.is_empty() || !commit.compacted.is_empty();
+        let outcome = match appends
+            .into_iter()
+            .map(|(shard, parts)| Ok((shard, concat(parts)?)))
+            .collect::<Result<Vec<_>, AdapterError>>()
+        {
+            Ok(appends) if needs_commit => {
+                commit.appends = appends;
+                persist.commit(commit).await.map_err(AdapterError::from)
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            error!(error = %e, "state store failure; stopping");
+            for ack in acks {
+                match ack {
+                    Ack::Write(done) => drop(done.send(Err(e.clone()))),
+                    Ack::Done(done) => drop(done.send(Err(e.clone()))),
+                }
+            }
+            let _ = fatal.send(Some(e.to_string()));
+            return;
+        }
+        if let Some(time) = time {
+            controller.write_at(time, writes);
+        }
+        for ack in acks {
+            match ack {
+                Ack::Write(done) => drop(done.send(Ok(time.unwrap_or_default()))),
+                Ack::Done(done) => drop(done.send(Ok(()))),
+            }
+        }
+        for (shard, run) in persist.compactions_due(&compacting) {
+            compacting.insert(shard);
+            let compactor = persist.compactor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let result = compactor.compact(shard, run).await;
+                let _ = tx.send(Request::Compacted { shard, result });
+            });
+        }
+    }
+}
+
+/// One shard's updates from several statements as one batch (`parts` is
+/// never empty: it is only created with a first element).
+fn concat(parts: Vec<Updates>) -> Result<Updates, AdapterError> {
+    let schema = parts[0].batch.schema();
+    let batches: Vec<_> = parts.iter().map(|p| p.batch.clone()).collect();
+    let batch = arrow::compute::concat_batches(&schema, &batches)
+        .map_err(|e| AdapterError::Internal(format!("writes to one table disagree on its columns: {e}")))?;
+    let diffs = parts.into_iter().flat_map(|p| p.diffs).collect();
+    Ok(Updates { batch, diffs })
+}

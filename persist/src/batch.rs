@@ -1,0 +1,187 @@
+//! Batch objects: a shard's updates as one Arrow IPC file, the row columns
+//! followed by a `diff` column; and consolidation, which sums the diffs of
+//! equal rows and drops the rows whose sum is zero.
+//!
+//! This module owns the object format. It never talks to the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+use arrow::row::{RowConverter, SortField};
+use bytes::Bytes;
+
+/// The name of the diff column every batch object ends with.
+pub const DIFF: &str = "_weir_diff";
+
+/// The schema of a batch object holding rows of `rows`.
+pub fn object_schema(rows: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = rows.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(DIFF, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Rows with their multiplicities: `batch` holds the row columns,
+/// `diffs[i]` is how many copies of row `i` are added (or removed, when
+/// negative).
+#[derive(Debug, Clone)]
+pub struct Updates {
+    pub batch: RecordBatch,
+    pub diffs: Vec<i64>,
+}
+
+impl Updates {
+    /// Every row of `batch` with the same diff.
+    pub fn uniform(batch: RecordBatch, diff: i64) -> Updates {
+        let diffs = vec![diff; batch.num_rows()];
+        Updates { batch, diffs }
+    }
+
+    pub fn len(&self) -> usize {
+        self.diffs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.diffs.is_empty()
+    }
+}
+
+/// Encode updates as an Arrow IPC file.
+pub fn encode(updates: &Updates) -> Result<Bytes, String> {
+    let schema = object_schema(updates.batch.schema().as_ref());
+    let mut columns: Vec<ArrayRef> = updates.batch.columns().to_vec();
+    columns.push(Arc::new(Int64Array::from(updates.diffs.clone())));
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    {
+        let mut w = FileWriter::try_new(&mut out, &schema).map_err(|e| e.to_string())?;
+        w.write(&batch).map_err(|e| e.to_string())?;
+        w.finish().map_err(|e| e.to_string())?;
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Decode an object written by [`encode`]; the error says what is wrong.
+pub fn decode(bytes: Bytes) -> Result<Updates, String> {
+    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| e.to_string())?;
+    let schema = reader.schema();
+    let Some((last, rows)) = schema.fields().split_last() else {
+        return Err("no columns".into());
+    };
+    if last.name() != DIFF || last.data_type() != &DataType::Int64 {
+        return Err(format!("the last column is not {DIFF} bigint"));
+    }
+    let row_schema = Arc::new(Schema::new(rows.to_vec()));
+    let mut parts = Vec::new();
+    for b in reader {
+        parts.push(b.map_err(|e| e.to_string())?);
+    }
+    let batch = arrow::compute::concat_batches(&schema, &parts).map_err(|e| e.to_string())?;
+    let n = batch.num_columns() - 1;
+    let diffs = batch
+        .column(n)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or("the diff column is not bigint")?;
+    if diffs.null_count() > 0 {
+        return Err("the diff column has NULLs".into());
+    }
+    let diffs = diffs.values().to_vec();
+    let batch = RecordBatch::try_new(row_schema, batch.columns()[..n].to_vec()).map_err(|e| e.to_string())?;
+    Ok(Updates { batch, diffs })
+}
+
+/// Sum the diffs of equal rows across `parts` (all of `schema`) and keep
+/// the rows whose sum is not zero, in first-seen order.
+pub fn consolidate(schema: &SchemaRef, parts: &[Updates]) -> Result<Updates, String> {
+    let converter = RowConverter::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut sums: HashMap<Box<[u8]>, (i64, usize, usize)> = HashMap::new();
+    let mut order = Vec::new();
+    for (p, part) in parts.iter().enumerate() {
+        let rows = converter
+            .convert_columns(part.batch.columns())
+            .map_err(|e| e.to_string())?;
+        for (i, row) in rows.iter().enumerate() {
+            let key: Box<[u8]> = row.as_ref().into();
+            match sums.get_mut(&key) {
+                Some(entry) => entry.0 += part.diffs[i],
+                None => {
+                    order.push(key.clone());
+                    sums.insert(key, (part.diffs[i], p, i));
+                }
+            }
+        }
+    }
+    let mut indices = Vec::new();
+    let mut diffs = Vec::new();
+    for key in order {
+        let (diff, p, i) = sums[&key];
+        if diff != 0 {
+            indices.push((p, i));
+            diffs.push(diff);
+        }
+    }
+    let columns = (0..schema.fields().len())
+        .map(|c| {
+            let arrays: Vec<&dyn Array> = parts.iter().map(|u| u.batch.column(c).as_ref()).collect();
+            arrow::compute::interleave(&arrays, &indices)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let batch = RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(diffs.len())),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Updates { batch, diffs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+
+    fn rows(ids: &[i64], names: &[Option<&str>]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())),
+                Arc::new(StringArray::from(names.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_consolidate() {
+        let a = Updates::uniform(rows(&[1, 2, 2], &[Some("a"), None, None]), 1);
+        let b = Updates::uniform(rows(&[1, 3], &[Some("a"), Some("c")]), -1);
+        let a2 = decode(encode(&a).unwrap()).unwrap();
+        assert_eq!(a2.batch, a.batch);
+        assert_eq!(a2.diffs, a.diffs);
+        let c = consolidate(&a.batch.schema(), &[a2, b]).unwrap();
+        // 1 cancels, 2 twice, 3 removed once more than added.
+        assert_eq!(c.batch, rows(&[2, 3], &[None, Some("c")]));
+        assert_eq!(c.diffs, vec![2, -1]);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(decode(Bytes::from_static(b"not arrow")).is_err());
+    }
+}
