@@ -1,0 +1,437 @@
+//! Durable state end to end: restart, `kill -9` under concurrent writes,
+//! fencing, and bad objects; against a local directory and against a
+//! real S3-compatible server (moto) that the test starts itself.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Server, error, exec, sorted, state_dir};
+use tokio_postgres::Client;
+
+/// A state location and the environment a server needs to reach it.
+struct Store {
+    url: String,
+    env: Vec<(String, String)>,
+    /// What keeps the location alive (a temp dir, a moto server).
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+impl Store {
+    fn local() -> Store {
+        let dir = state_dir();
+        Store {
+            url: dir.path().to_str().unwrap().to_string(),
+            env: Vec::new(),
+            _keep: Box::new(dir),
+        }
+    }
+
+    fn start(&self) -> Server {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Server::on_state(&self.url, 2, &env)
+    }
+
+    fn try_start(&self) -> Result<Server, String> {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Server::try_on_state(&self.url, 2, &env)
+    }
+}
+
+/// A moto S3 server on a free loopback port, killed on drop.
+struct Moto(Child);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An empty bucket on a fresh moto server. `scripts/test` installs
+/// `moto[server]` from PyPI when it is missing.
+fn s3(prefix: &str) -> Store {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 -m moto.server (pip install 'moto[server]')");
+    let moto = Moto(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Create the bucket with a plain HTTP PUT once the server listens.
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let req = format!(
+                "PUT /weir HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).unwrap();
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "moto did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+    ];
+    Store {
+        url: format!("s3://weir/{prefix}"),
+        env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        _keep: Box::new(moto),
+    }
+}
+
+const SETUP: &str = "
+    CREATE TABLE customers (id int PRIMARY KEY, name text UNIQUE, region text, since date);
+    CREATE TABLE orders (id bigint, customer int, amount numeric(10,2), paid boolean, at timestamp, note text);
+    CREATE TABLE empty_one (x double precision);
+    INSERT INTO customers VALUES (1, 'ada', 'eu', '2020-01-02'), (2, 'bob', 'us', NULL), (3, 'cy', NULL, '2021-05-06');
+    INSERT INTO orders VALUES (1, 1, 10.50, true, '2024-01-01 10:00:00', 'first'),
+        (2, 1, 20.00, false, NULL, NULL), (2, 1, 20.00, false, NULL, NULL),
+        (3, 2, 5.25, true, '2024-02-03 04:05:06', 'x''y'), (4, 9, 1.00, NULL, NULL, '');
+    CREATE VIEW big AS SELECT * FROM orders WHERE amount > 6;
+    CREATE OR REPLACE VIEW big AS SELECT * FROM orders WHERE amount > 5;
+    CREATE MATERIALIZED VIEW per_customer AS
+        SELECT c.name, count(*) AS n, sum(o.amount) AS total
+        FROM customers c JOIN orders o ON o.customer = c.id GROUP BY c.name;
+    CREATE MATERIALIZED VIEW over_view AS SELECT count(*) AS n FROM big;
+    CREATE MATERIALIZED VIEW gone AS SELECT 1 AS one;
+    DROP MATERIALIZED VIEW gone;
+    UPDATE customers SET region = 'apac' WHERE id = 3;
+    DELETE FROM orders WHERE id = 4;
+";
+
+const QUERIES: &[&str] = &[
+    "SELECT * FROM customers",
+    "SELECT * FROM orders",
+    "SELECT * FROM empty_one",
+    "SELECT * FROM big",
+    "SELECT * FROM per_customer",
+    "SELECT * FROM over_view",
+    "SELECT relname, oid::text FROM pg_class WHERE relnamespace = 2200",
+    "SELECT name, kind FROM weir_catalog.relations",
+];
+
+async fn answers(c: &Client) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for q in QUERIES {
+        out.push(sorted(c, q).await);
+    }
+    out
+}
+
+async fn restart_keeps_everything(store: Store) {
+    let mut server = store.start();
+    let c = server.connect().await;
+    exec(&c, SETUP).await;
+    // COPY goes through the same durable path.
+    let sink = c
+        .copy_in("COPY orders (id, customer, amount) FROM STDIN")
+        .await
+        .unwrap();
+    futures::pin_mut!(sink);
+    use futures::SinkExt;
+    sink.send(bytes::Bytes::from_static(b"5\t2\t7.5\n6\t3\t8\n"))
+        .await
+        .unwrap();
+    sink.finish().await.unwrap();
+    let before = answers(&c).await;
+    assert_eq!(before[5], vec!["6".to_string()], "over_view after setup");
+    drop(c);
+    // A clean stop, then a crash: both restore the same answers.
+    assert!(server.terminate().success());
+    let mut server = store.start();
+    let c = server.connect().await;
+    assert_eq!(answers(&c).await, before, "after a clean restart");
+    drop(c);
+    server.kill();
+    let server = store.start();
+    let c = server.connect().await;
+    assert_eq!(answers(&c).await, before, "after kill -9");
+    // Constraints hold over restored rows; new ids do not reuse old ones.
+    let (code, _, _) = error(&c, "INSERT INTO customers VALUES (1, 'zed', NULL, NULL)").await;
+    assert_eq!(code, "23505");
+    let (code, _, _) = error(&c, "INSERT INTO customers VALUES (4, 'ada', NULL, NULL)").await;
+    assert_eq!(code, "23505");
+    exec(
+        &c,
+        "CREATE TABLE later (k int); INSERT INTO customers VALUES (4, 'dee', 'eu', NULL)",
+    )
+    .await;
+    let oids = sorted(&c, "SELECT oid::text FROM pg_class WHERE relnamespace = 2200").await;
+    let mut unique = oids.clone();
+    unique.dedup();
+    assert_eq!(oids, unique, "every relation has its own oid");
+    assert_eq!(
+        sorted(&c, "SELECT * FROM per_customer").await,
+        sorted(
+            &c,
+            "SELECT c.name, count(*) AS n, sum(o.amount) AS total FROM customers c JOIN orders o ON o.customer = c.id GROUP BY c.name"
+        )
+        .await
+    );
+}
+
+#[tokio::test]
+async fn restart_keeps_everything_local() {
+    restart_keeps_everything(Store::local()).await;
+}
+
+#[tokio::test]
+async fn restart_keeps_everything_s3() {
+    restart_keeps_everything(s3("restart")).await;
+}
+
+/// What the test knows of one statement's rows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Known {
+    Present,
+    Absent,
+    /// Sent, not acknowledged: after a crash, all of it or none.
+    InFlight,
+}
+
+/// Rows per inserting statement.
+const ROWS: i64 = 3;
+
+/// Check the table against what was acknowledged, then settle in-flight
+/// statements to what survived.
+async fn check(c: &Client, known: &mut HashMap<i64, Known>) {
+    let counts: HashMap<i64, i64> = sorted(c, "SELECT stmt, count(*) FROM w GROUP BY stmt")
+        .await
+        .into_iter()
+        .map(|r| {
+            let (s, n) = r.split_once('|').unwrap();
+            (s.parse().unwrap(), n.parse().unwrap())
+        })
+        .collect();
+    for (stmt, n) in &counts {
+        assert!(
+            *n == ROWS,
+            "statement {stmt} survived in part: {n} of {ROWS} rows"
+        );
+        assert!(known.contains_key(stmt), "statement {stmt} was never sent");
+    }
+    for (stmt, k) in known.iter_mut() {
+        let present = counts.contains_key(stmt);
+        match *k {
+            Known::Present => assert!(present, "acknowledged insert {stmt} lost"),
+            Known::Absent => assert!(!present, "acknowledged delete of {stmt} lost"),
+            Known::InFlight => *k = if present { Known::Present } else { Known::Absent },
+        }
+    }
+    let (view, batch) = common::view_and_batch(
+        c,
+        "per_stmt",
+        "SELECT stmt % 4 AS writer, count(*) AS n, sum(i) AS s FROM w GROUP BY stmt % 4",
+    )
+    .await;
+    assert_eq!(view, batch, "view equals its batch answer");
+}
+
+async fn writer(c: Client, id: i64, known: Arc<Mutex<HashMap<i64, Known>>>, mut next: i64, mut seed: u64) {
+    loop {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mine: Vec<i64> = known
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, k)| *s % 4 == id && **k == Known::Present)
+            .map(|(s, _)| *s)
+            .collect();
+        let (stmt, sql, after) = if seed % 3 == 0 && !mine.is_empty() {
+            let s = mine[(seed as usize / 3) % mine.len()];
+            (s, format!("DELETE FROM w WHERE stmt = {s}"), Known::Absent)
+        } else {
+            let s = next;
+            next += 4;
+            let values: Vec<String> = (0..ROWS).map(|i| format!("({s}, {i})")).collect();
+            (
+                s,
+                format!("INSERT INTO w VALUES {}", values.join(", ")),
+                Known::Present,
+            )
+        };
+        known.lock().unwrap().insert(stmt, Known::InFlight);
+        if c.simple_query(&sql).await.is_err() {
+            // The server died with this statement in flight.
+            return;
+        }
+        known.lock().unwrap().insert(stmt, after);
+    }
+}
+
+async fn crashes_keep_exactly_the_acknowledged(store: Store, iterations: usize) {
+    let server = store.start();
+    let c = server.connect().await;
+    exec(
+        &c,
+        "CREATE TABLE w (stmt bigint, i int);
+         CREATE MATERIALIZED VIEW per_stmt AS
+            SELECT stmt % 4 AS writer, count(*) AS n, sum(i) AS s FROM w GROUP BY stmt % 4",
+    )
+    .await;
+    drop(c);
+    drop(server);
+    let known = Arc::new(Mutex::new(HashMap::new()));
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash test seed {seed}");
+    let mut next = 0i64;
+    for iteration in 0..iterations {
+        let mut server = store.start();
+        let c = server.connect().await;
+        check(&c, &mut known.lock().unwrap()).await;
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let wc = server.connect().await;
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            tasks.push(tokio::spawn(writer(wc, w, known.clone(), next + w, seed | 1)));
+        }
+        next += 4 * 1_000_000;
+        let wait = 30 + (seed >> 33) % 250;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        server.kill();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let k = known.lock().unwrap();
+        eprintln!(
+            "iteration {iteration}: killed after {wait} ms; {} statements sent",
+            k.len()
+        );
+    }
+    let server = store.start();
+    let c = server.connect().await;
+    check(&c, &mut known.lock().unwrap()).await;
+    assert!(
+        known.lock().unwrap().values().any(|k| *k == Known::Present),
+        "the load wrote something"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_keep_exactly_the_acknowledged_local() {
+    crashes_keep_exactly_the_acknowledged(Store::local(), 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_keep_exactly_the_acknowledged_s3() {
+    crashes_keep_exactly_the_acknowledged(s3("crash"), 8).await;
+}
+
+async fn a_second_process_fences_the_first(store: Store) {
+    let mut first = store.start();
+    let a = first.connect().await;
+    exec(
+        &a,
+        "CREATE TABLE t (k int PRIMARY KEY); INSERT INTO t VALUES (1), (2)",
+    )
+    .await;
+    let second = store.start();
+    let b = second.connect().await;
+    assert_eq!(sorted(&b, "SELECT k FROM t").await, vec!["1", "2"]);
+    // The first process's next write finds it fenced: refused, and the
+    // process stops with the reason.
+    let (code, message, _) = error(&a, "INSERT INTO t VALUES (3)").await;
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("took over"), "{message}");
+    let status = first
+        .wait_exit(Duration::from_secs(20))
+        .expect("fenced process exits");
+    assert!(!status.success());
+    exec(&b, "INSERT INTO t VALUES (3)").await;
+    assert_eq!(sorted(&b, "SELECT k FROM t").await, vec!["1", "2", "3"]);
+}
+
+#[tokio::test]
+async fn a_second_process_fences_the_first_local() {
+    a_second_process_fences_the_first(Store::local()).await;
+}
+
+#[tokio::test]
+async fn a_second_process_fences_the_first_s3() {
+    a_second_process_fences_the_first(s3("fence")).await;
+}
+
+#[tokio::test]
+async fn missing_or_corrupt_objects_stop_startup_naming_them() {
+    let store = Store::local();
+    let dir = std::path::PathBuf::from(&store.url);
+    let mut server = store.start();
+    let c = server.connect().await;
+    exec(&c, "CREATE TABLE t (k int); INSERT INTO t VALUES (1)").await;
+    drop(c);
+    assert!(server.terminate().success());
+    let object = std::fs::read_dir(dir.join("data/1"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let name = object.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::write(&object, b"garbage").unwrap();
+    let err = store.try_start().err().expect("a corrupt object stops startup");
+    assert!(err.contains("corrupt") && err.contains(&name), "{err}");
+    std::fs::remove_file(&object).unwrap();
+    let err = store.try_start().err().expect("a missing object stops startup");
+    assert!(err.contains("missing") && err.contains(&name), "{err}");
+}
+
+#[tokio::test]
+async fn a_table_updated_many_times_stays_small() {
+    let store = Store::local();
+    let dir = std::path::PathBuf::from(&store.url);
+    let server = store.start();
+    let c = server.connect().await;
+    exec(&c, "CREATE TABLE counters (k int PRIMARY KEY, n bigint)").await;
+    let values: Vec<String> = (0..100).map(|k| format!("({k}, 0)")).collect();
+    exec(&c, &format!("INSERT INTO counters VALUES {}", values.join(","))).await;
+    for round in 0..10 {
+        for k in 0..100 {
+            exec(&c, &format!("UPDATE counters SET n = n + 1 WHERE k = {k}")).await;
+        }
+        let _ = round;
+    }
+    assert_eq!(
+        sorted(&c, "SELECT count(*), sum(n) FROM counters").await,
+        vec!["100|1000"]
+    );
+    // Compaction runs in the background: give it a moment to catch up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let objects = std::fs::read_dir(dir.join("data/1")).unwrap().count();
+    let bytes: u64 = std::fs::read_dir(dir.join("data/1"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(objects <= 12, "{objects} objects after 1,000 updates");
+    // 100 live rows: a few KB, not 1,000 updates' worth of history.
+    assert!(bytes < 40_000, "{bytes} bytes after 1,000 updates");
+}
