@@ -4,6 +4,7 @@
 //!
 //! `cargo run --release -p weir-benches -- load [--rows N] [--batch N] [--workers N]`
 //! `cargo run --release -p weir-benches -- updates [--orders N] [--updates N] [--batch N] [--workers N]`
+//! `cargo run --release -p weir-benches -- durable [--rows N] [--batch N] [--clients N] [--workers N]`
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -18,10 +19,21 @@ use tokio_postgres::{Client, NoTls};
 struct Weir {
     child: Child,
     url: String,
+    /// The state directory of a server started on a fresh one.
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Weir {
+    /// A server on a fresh, temporary state directory.
     fn start(workers: usize) -> Result<Weir> {
+        let dir = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
+        let mut weir = Weir::start_on(workers, dir.path())?;
+        weir._state = Some(dir);
+        Ok(weir)
+    }
+
+    /// A server on the state directory `state`.
+    fn start_on(workers: usize, state: &std::path::Path) -> Result<Weir> {
         let exe = weir_binary()?;
         let mut child = Command::new(&exe)
             .args([
@@ -30,6 +42,8 @@ impl Weir {
                 "127.0.0.1:0",
                 "--workers",
                 &workers.to_string(),
+                "--state",
+                state.to_str().context("utf-8 state path")?,
             ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -44,7 +58,11 @@ impl Weir {
             .context("ready line")?
             .trim()
             .to_string();
-        Ok(Weir { child, url })
+        Ok(Weir {
+            child,
+            url,
+            _state: None,
+        })
     }
 
     /// Peak resident set size of the server, in bytes.
@@ -355,6 +373,159 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
     }))
 }
 
+/// Durable writes with the default local-directory state: COPY throughput
+/// (every batch acknowledged only once durable), single-row INSERT commit
+/// latency from concurrent clients, storage per live row once compacted,
+/// and the time from `weir start` to serving the restored table through a
+/// GROUP BY view.
+async fn durable(args: &[String]) -> Result<serde_json::Value> {
+    let rows = arg(args, "--rows", 1_000_000);
+    let batch = arg(args, "--batch", 10_000);
+    let clients = arg(args, "--clients", 16);
+    let inserts = arg(args, "--inserts", 250);
+    let workers = arg(
+        args,
+        "--workers",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+    );
+    let dir = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
+    let mut weir = Weir::start_on(workers, dir.path())?;
+    let c = weir.connect().await?;
+    c.batch_execute(
+        "CREATE TABLE t (k bigint, v bigint, s text);
+         CREATE MATERIALIZED VIEW m AS SELECT k % 1000 AS g, count(*), sum(v) FROM t GROUP BY 1;
+         CREATE TABLE singles (client int, i int)",
+    )
+    .await?;
+    let mut raw_bytes = 0usize;
+    let chunks: Vec<bytes::Bytes> = (0..rows)
+        .step_by(batch)
+        .map(|start| {
+            let mut s = String::with_capacity(batch * 24);
+            for k in start..(start + batch).min(rows) {
+                let text = format!("row-{k}");
+                raw_bytes += 16 + text.len();
+                s.push_str(&format!("{k}\t{}\t{text}\n", k * 7 % 1013));
+            }
+            bytes::Bytes::from(s)
+        })
+        .collect();
+    let started = Instant::now();
+    for chunk in chunks {
+        let sink = c.copy_in("COPY t FROM STDIN").await?;
+        futures::pin_mut!(sink);
+        sink.send(chunk).await?;
+        sink.finish().await?;
+    }
+    let write_seconds = started.elapsed().as_secs_f64();
+
+    // Single-row INSERTs, each client one after another, all clients at once.
+    let mut tasks = Vec::new();
+    let load_started = Instant::now();
+    for client in 0..clients {
+        let cc = weir.connect().await?;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(inserts);
+            for i in 0..inserts {
+                let t = Instant::now();
+                cc.batch_execute(&format!("INSERT INTO singles VALUES ({client}, {i})"))
+                    .await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let single_seconds = load_started.elapsed().as_secs_f64();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    let singles: i64 = c.query_one("SELECT count(*) FROM singles", &[]).await?.get(0);
+    if singles as usize != clients * inserts {
+        bail!(
+            "{singles} single-row inserts stored, {} acknowledged",
+            clients * inserts
+        );
+    }
+
+    // Storage once background compaction has settled.
+    let shard = dir.path().join("data");
+    let mut settled = (0usize, 0u64);
+    for _ in 0..100 {
+        let now = dir_usage(&shard)?;
+        if now == settled {
+            break;
+        }
+        settled = now;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (objects, stored_bytes) = settled;
+    let live_rows = rows + clients * inserts;
+    drop(c);
+    weir.child.kill()?;
+    weir.child.wait()?;
+
+    // Restart: from spawning the process to the view answering in full.
+    let expected_sum: i64 = (0..rows as i64).map(|k| k * 7 % 1013).sum();
+    let restart = Instant::now();
+    let weir = Weir::start_on(workers, dir.path())?;
+    let c = weir.connect().await?;
+    loop {
+        let row = c.query_one("SELECT sum(count), sum(sum) FROM m", &[]).await?;
+        let n: Option<i64> = row.get(0);
+        let s: Option<i64> = row.get(1);
+        if n == Some(rows as i64) && s == Some(expected_sum) {
+            break;
+        }
+        if restart.elapsed() > Duration::from_secs(300) {
+            bail!("restored view incomplete: {n:?} rows");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let restart_seconds = restart.elapsed().as_secs_f64();
+    Ok(json!({
+        "benchmark": "durable",
+        "state": "local directory",
+        "rows": rows,
+        "batch_rows": batch,
+        "workers": workers,
+        "durable_rows_per_second": rows as f64 / write_seconds,
+        "seconds_to_write": write_seconds,
+        "single_insert_clients": clients,
+        "single_inserts": clients * inserts,
+        "single_inserts_per_second": (clients * inserts) as f64 / single_seconds,
+        "commit_latency_ms_p50": pct(0.5),
+        "commit_latency_ms_p99": pct(0.99),
+        "commit_latency_ms_max": pct(1.0),
+        "live_rows": live_rows,
+        "stored_objects": objects,
+        "stored_bytes": stored_bytes,
+        "stored_bytes_per_live_row": stored_bytes as f64 / live_rows as f64,
+        "raw_bytes_per_row": raw_bytes as f64 / rows as f64,
+        "seconds_from_start_to_serving_restored_view": restart_seconds,
+        "restored_peak_rss_bytes": weir.peak_rss()?,
+    }))
+}
+
+/// Files and bytes under `dir`.
+fn dir_usage(dir: &std::path::Path) -> Result<(usize, u64)> {
+    let mut out = (0, 0);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            let (n, b) = dir_usage(&entry.path())?;
+            out.0 += n;
+            out.1 += b;
+        } else {
+            out.0 += 1;
+            out.1 += entry.metadata()?.len();
+        }
+    }
+    Ok(out)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().map(String::as_str).unwrap_or("load");
@@ -362,7 +533,8 @@ fn main() -> Result<()> {
     let result = match which {
         "load" => runtime.block_on(load(&args))?,
         "updates" => runtime.block_on(updates(&args))?,
-        other => bail!("unknown benchmark {other}; available: load, updates"),
+        "durable" => runtime.block_on(durable(&args))?,
+        other => bail!("unknown benchmark {other}; available: load, updates, durable"),
     };
     let text = serde_json::to_string_pretty(&result)?;
     println!("{text}");

@@ -83,7 +83,12 @@ pub async fn serve(
             changed = fatal.changed() => {
                 let reason = fatal.borrow().clone();
                 match (changed, reason) {
-                    (Ok(()), Some(reason)) => return Err(ServeError::Fatal(reason)),
+                    (Ok(()), Some(reason)) => {
+                        // Let sessions send the refused statements their
+                        // errors before the process goes.
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        return Err(ServeError::Fatal(reason));
+                    }
                     // The committer is gone without a reason: nothing can
                     // become durable any more.
                     (Err(_), _) => return Err(ServeError::Fatal("the committer stopped".into())),
