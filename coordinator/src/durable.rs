@@ -39,6 +39,12 @@ enum Request {
     },
     /// Answered once everything queued before it is applied.
     Barrier { done: Reply<()> },
+    /// A materialized view's output changes below `upper`; nobody waits.
+    Output {
+        shard: u64,
+        updates: Updates,
+        upper: Timestamp,
+    },
     Compacted {
         shard: u64,
         result: weir_persist::Result<Compacted>,
@@ -91,6 +97,16 @@ impl Durable {
         let (done, rx) = oneshot::channel();
         let _ = self.tx.send(Request::Catalog { ops, next_id, done });
         rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Record changes of a materialized view's output, complete below
+    /// `upper`, in its shard with the next commit.
+    pub fn output(&self, shard: u64, updates: Updates, upper: Timestamp) {
+        let _ = self.tx.send(Request::Output {
+            shard,
+            updates,
+            upper,
+        });
     }
 
     /// Wait until every write enqueued so far is visible to reads.
@@ -147,6 +163,11 @@ async fn run(
                     acks.push(Ack::Done(done));
                 }
                 Request::Barrier { done } => acks.push(Ack::Done(done)),
+                Request::Output {
+                    shard,
+                    updates,
+                    upper,
+                } => commit.outputs.push((shard, updates, upper)),
                 Request::Compacted { shard, result } => {
                     compacting.remove(&shard);
                     match result {
@@ -158,7 +179,10 @@ async fn run(
         }
         let time = (!writes.is_empty()).then(|| controller.next_write_time(persist.state().upper));
         commit.time = time;
-        let needs_commit = time.is_some() || !commit.catalog.is_empty() || !commit.compacted.is_empty();
+        let needs_commit = time.is_some()
+            || !commit.catalog.is_empty()
+            || !commit.outputs.is_empty()
+            || !commit.compacted.is_empty();
         let outcome = match appends
             .into_iter()
             .map(|(shard, parts)| Ok((shard, concat(parts)?)))

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod controller;
 pub mod durable;
 pub mod error;
+pub mod record;
 pub mod sequencer;
 pub mod server;
 pub mod show;
@@ -48,10 +49,11 @@ pub async fn restore(
     let coord = Arc::new(Coordinator::new(controller.clone()));
     let tables = restored.shards.len();
     let items = restored.catalog.len();
-    coord.restore(restored).await?;
-    info!(items, tables, "catalog and tables restored");
+    let outputs = coord.restore(restored).await?;
+    info!(items, shards = tables, "catalog and tables restored");
     let (fatal_tx, fatal) = watch::channel(None);
     coord.set_durable(durable::Durable::start(persist, controller, fatal_tx));
+    coord.record_views(outputs)?;
     Ok(Restarted { coord, fatal })
 }
 

@@ -86,6 +86,8 @@ pub struct Coordinator {
     /// Where changes become durable; unset while the durable state is
     /// being replayed at startup.
     durable: OnceLock<Durable>,
+    /// The task recording each materialized view's output in its shard.
+    recorders: std::sync::Mutex<HashMap<GlobalId, tokio::task::JoinHandle<()>>>,
 }
 
 type Result<T> = std::result::Result<T, AdapterError>;
@@ -121,13 +123,19 @@ impl Coordinator {
             ddl: Mutex::new(()),
             writes: Mutex::new(HashMap::new()),
             durable: OnceLock::new(),
+            recorders: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
     /// Replay a durable state: recreate every catalog item with its id, in
     /// creation order, then load every table's rows at one time no earlier
     /// than the state's upper. Nothing is written back while replaying.
-    pub async fn restore(&self, restored: weir_persist::Restored) -> Result<()> {
+    /// Returns what the materialized views' output shards hold, for
+    /// [`Coordinator::record_views`].
+    pub async fn restore(
+        &self,
+        mut restored: weir_persist::Restored,
+    ) -> Result<HashMap<GlobalId, Option<weir_persist::Updates>>> {
         for item in &restored.catalog {
             self.catalog.set_next_id(item.id);
             let failed = |e: String| {
@@ -147,7 +155,10 @@ impl Coordinator {
         let mut writes = self.writes.lock().await;
         let mut updates = Vec::new();
         for entry in self.catalog.entries() {
-            let Some(Some(rows)) = restored.shards.get(&entry.id) else {
+            if entry.kind != RelationKind::Table {
+                continue;
+            }
+            let Some(Some(rows)) = restored.shards.remove(&entry.id) else {
                 continue;
             };
             if rows.batch.schema().fields() != entry.schema.fields() {
@@ -186,7 +197,49 @@ impl Coordinator {
         self.controller.write_at(time, updates);
         self.catalog
             .set_next_id(restored.next_id.max(self.catalog.next_id()));
+        Ok(restored.shards.into_iter().collect())
+    }
+
+    /// Start recording every materialized view's output, reconciled with
+    /// what its shard holds (`stored`, from [`Coordinator::restore`]).
+    pub fn record_views(&self, mut stored: HashMap<GlobalId, Option<weir_persist::Updates>>) -> Result<()> {
+        for entry in self.catalog.entries() {
+            if entry.kind == RelationKind::MaterializedView {
+                self.record(&entry, stored.remove(&entry.id).flatten())?;
+            }
+        }
         Ok(())
+    }
+
+    /// Start recording the output of the materialized view `entry`.
+    fn record(&self, entry: &Entry, stored: Option<weir_persist::Updates>) -> Result<()> {
+        let Some(durable) = self.durable.get() else {
+            return Ok(());
+        };
+        let task = crate::record::start(
+            self.controller.clone(),
+            durable.clone(),
+            entry.id,
+            entry.name.clone(),
+            entry.schema.clone(),
+            stored,
+        )?;
+        if let Some(old) = self
+            .recorders
+            .lock()
+            .expect("recorders lock")
+            .insert(entry.id, task)
+        {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Stop recording a dropped view's output.
+    fn stop_recording(&self, id: GlobalId) {
+        if let Some(task) = self.recorders.lock().expect("recorders lock").remove(&id) {
+            task.abort();
+        }
     }
 
     /// From now on, make every change durable through `durable`.
@@ -659,12 +712,13 @@ impl Coordinator {
         ops.push(weir_persist::CatalogOp::Create(weir_persist::CatalogItem {
             id,
             sql: sql.trim().to_string(),
-            shard: false,
+            shard: cv.materialized,
         }));
         self.persist_catalog(ops).await?;
         if let Some(old) = self.catalog.remove(&name)
             && old.kind != RelationKind::View
         {
+            self.stop_recording(old.id);
             self.controller.send(weir_protocol::Command::Drop { id: old.id });
         }
         if let Some(p) = &dataflow {
@@ -676,7 +730,7 @@ impl Coordinator {
         }
         self.catalog.insert(Entry {
             id,
-            name,
+            name: name.clone(),
             kind,
             schema,
             columns,
@@ -687,6 +741,11 @@ impl Coordinator {
             plan: dataflow,
             depends_on,
         });
+        if cv.materialized
+            && let Some(entry) = self.catalog.get(&name)
+        {
+            self.record(&entry, None)?;
+        }
         Ok(ExecuteResult::Command { tag: tag.into() })
     }
 
@@ -738,6 +797,7 @@ impl Coordinator {
             )
             .await?;
             for e in doomed {
+                self.stop_recording(e.id);
                 self.catalog.remove(&e.name);
                 if e.kind != RelationKind::View {
                     self.controller.send(weir_protocol::Command::Drop { id: e.id });

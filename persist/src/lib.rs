@@ -1,7 +1,8 @@
-//! Weir's durable state: every table is a **shard**, an append-only list of
-//! batch objects (Arrow IPC: row columns plus a diff, see [`batch`]) with
-//! time bounds, and the catalog is a list of DDL statements. One small
-//! metadata object names them all.
+//! Weir's durable state: every table and every materialized view's output
+//! is a **shard**, an append-only list of batch objects (Arrow IPC: row
+//! columns plus a diff, see [`batch`]) with time bounds, and the catalog is
+//! a list of DDL statements. One small metadata object names them all, so
+//! one step can change several shards and the catalog atomically.
 //!
 //! The metadata is versioned: version `v` lives at `meta/{v:020}.json` and
 //! the next version is written with a create-if-absent put, the store's
@@ -47,7 +48,8 @@ pub struct CatalogItem {
     pub id: u64,
     /// The `CREATE` statement.
     pub sql: String,
-    /// Whether the relation's rows are stored (a table), so it has a shard.
+    /// Whether the relation has a shard: a table's rows, a materialized
+    /// view's output.
     pub shard: bool,
 }
 
@@ -75,7 +77,8 @@ pub struct State {
     pub format: u32,
     /// Bumped by every process that takes the state over.
     pub epoch: u64,
-    /// Every shard is complete for times below `upper`.
+    /// Every table shard is complete for times below `upper` (a view's
+    /// output shard, for times below its last batch's `upper`).
     pub upper: u64,
     /// The next catalog id to hand out.
     pub next_id: u64,
@@ -119,13 +122,17 @@ pub struct Compacted {
 }
 
 /// One atomic step: catalog changes, then appends at `time`, then
-/// compactions. All of it becomes durable, or none.
+/// outputs, then compactions. All of it becomes durable, or none.
 #[derive(Debug, Default)]
 pub struct Commit {
     /// The time of the appends; `None` for a step without appends.
     pub time: Option<u64>,
     pub catalog: Vec<CatalogOp>,
+    /// Table writes, all at `time`.
     pub appends: Vec<(u64, Updates)>,
+    /// A materialized view's output changes at times below the `u64`
+    /// (its frontier), recorded behind the writes that caused them.
+    pub outputs: Vec<(u64, Updates, u64)>,
     pub compacted: Vec<Compacted>,
     /// The catalog's next id after this step.
     pub next_id: u64,
@@ -310,11 +317,25 @@ impl Persist {
             }
         }
         next.next_id = next.next_id.max(commit.next_id);
+        let mut batches: Vec<(u64, Updates, u64, u64)> = Vec::new();
         if let Some(time) = commit.time {
             let lower = self.state.upper;
             let upper = (time + 1).max(lower);
+            batches.extend(commit.appends.into_iter().map(|(s, u)| (s, u, lower, upper)));
+            next.upper = upper;
+        }
+        for (shard, updates, upper) in commit.outputs {
+            let lower = next
+                .shards
+                .get(&shard)
+                .and_then(|refs| refs.last())
+                .map(|b| b.upper)
+                .unwrap_or(0);
+            batches.push((shard, updates, lower, upper.max(lower)));
+        }
+        {
             let mut writes = Vec::new();
-            for (shard, updates) in commit.appends {
+            for (shard, updates, lower, upper) in batches {
                 if updates.is_empty() || !next.shards.contains_key(&shard) {
                     continue;
                 }
@@ -339,7 +360,6 @@ impl Persist {
             for (shard, batch) in futures::future::try_join_all(writes).await? {
                 next.shards.get_mut(&shard).expect("checked above").push(batch);
             }
-            next.upper = upper;
         }
         for c in commit.compacted {
             let applies = next.shards.get(&c.shard).and_then(|refs| {
