@@ -20,7 +20,7 @@ fn help_documents_every_flag() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--pg-addr", "--workers", "--log-format"] {
+    for flag in ["--pg-addr", "--workers", "--state", "--log-format"] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }
@@ -35,4 +35,18 @@ fn a_taken_port_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {addr}")));
+}
+
+#[test]
+fn an_unusable_state_location_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["start", "--pg-addr", "127.0.0.1:0", "--state", "ftp://example.com/x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid state location \"ftp://example.com/x\"") && stderr.contains("file:// or s3://"),
+        "{stderr}"
+    );
 }
