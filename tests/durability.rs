@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Server, error, exec, sorted, state_dir};
+use common::{Server, error, exec, free_port, sorted, state_dir};
 use tokio_postgres::Client;
 
 /// A state location and the environment a server needs to reach it.
@@ -49,14 +49,6 @@ impl Drop for Moto {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// An empty bucket on a fresh moto server. `scripts/test` installs
@@ -348,7 +340,7 @@ async fn crashes_keep_exactly_the_acknowledged_local() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_keep_exactly_the_acknowledged_s3() {
-    crashes_keep_exactly_the_acknowledged(s3("crash"), 8).await;
+    crashes_keep_exactly_the_acknowledged(s3("crash"), 20).await;
 }
 
 async fn a_second_process_fences_the_first(store: Store) {

@@ -40,13 +40,20 @@ fn a_taken_port_is_a_clear_error() {
 #[test]
 fn an_unusable_state_location_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["start", "--pg-addr", "127.0.0.1:0", "--state", "ftp://example.com/x"])
+        .args([
+            "start",
+            "--pg-addr",
+            "127.0.0.1:0",
+            "--state",
+            "ftp://example.com/x",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("invalid state location \"ftp://example.com/x\"") && stderr.contains("file:// or s3://"),
+        stderr.contains("invalid state location \"ftp://example.com/x\"")
+            && stderr.contains("file:// or s3://"),
         "{stderr}"
     );
 }

@@ -1,0 +1,147 @@
+//! A throwaway PostgreSQL server for change-data-capture tests: `initdb`
+//! into a temporary directory from the installed PostgreSQL binaries,
+//! `wal_level = logical`, a free loopback port, stopped and removed on drop.
+//! Tests never depend on a machine's running PostgreSQL service.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use tokio_postgres::{Client, NoTls};
+
+/// Where Debian installs the server binaries; `WEIR_PG_BIN` overrides it.
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var("WEIR_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    PathBuf::from(dir).join(name)
+}
+
+/// PostgreSQL refuses to run as root: run its tools as `postgres` then.
+fn as_server_user(program: PathBuf, args: &[&str]) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program).args(args);
+        c
+    } else {
+        let mut c = Command::new(program);
+        c.args(args);
+        c
+    }
+}
+
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Postgres {
+    /// Start a fresh server with a `postgres` superuser (password
+    /// `postgres`, SCRAM) and logical replication enabled.
+    pub fn start() -> Postgres {
+        let dir = tempfile::Builder::new().prefix("weir-pg-").tempdir().unwrap();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres", dir.path().to_str().unwrap()])
+            .status();
+        let data = dir.path().join("data");
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, "postgres\n").unwrap();
+        let _ = Command::new("chown")
+            .args(["postgres:postgres", pwfile.to_str().unwrap()])
+            .status();
+        let out = as_server_user(
+            bin("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--pwfile",
+                pwfile.to_str().unwrap(),
+                "--auth",
+                "scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale",
+                "C",
+            ],
+        )
+        .output()
+        .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = super::free_port();
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 -c fsync=off",
+            dir.path().display()
+        );
+        let log = dir.path().join("log");
+        let out = as_server_user(
+            bin("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        )
+        .output()
+        .expect("pg_ctl runs");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Postgres { dir, port }
+    }
+
+    pub fn url(&self, user: &str, password: &str) -> String {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A superuser session.
+    pub async fn connect(&self) -> Client {
+        let (client, conn) = tokio_postgres::connect(&self.url("postgres", "postgres"), NoTls)
+            .await
+            .expect("connect to the throwaway PostgreSQL");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let data = self.dir.path().join("data");
+        let _ = as_server_user(
+            bin("pg_ctl"),
+            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", action],
+        )
+        .output();
+    }
+
+    /// Restart the server (same data, same port).
+    pub fn restart(&self) {
+        self.pg_ctl("restart");
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = as_server_user(
+            bin("pg_ctl"),
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+        )
+        .output();
+    }
+}
