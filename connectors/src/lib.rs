@@ -8,3 +8,4 @@
 
 pub mod copy;
 pub mod pgoutput;
+pub mod postgres;

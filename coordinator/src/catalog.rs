@@ -70,10 +70,23 @@ pub fn kind_name(kind: RelationKind) -> &'static str {
     }
 }
 
+/// A catalog object that is not a relation: a secret or a connection.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub id: GlobalId,
+    pub name: String,
+    pub kind: weir_sql::source_sql::ObjectKind,
+    /// A secret's value; never shown.
+    pub secret: Option<String>,
+    /// A connection's options (secrets by name).
+    pub options: Vec<(String, weir_sql::source_sql::OptionValue)>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     next_id: GlobalId,
     entries: BTreeMap<String, Entry>,
+    objects: BTreeMap<String, Object>,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +131,38 @@ impl Catalog {
 
     pub fn remove(&self, name: &str) -> Option<Entry> {
         self.state.write().expect("catalog lock").entries.remove(name)
+    }
+
+    pub fn object(&self, name: &str) -> Option<Object> {
+        self.state
+            .read()
+            .expect("catalog lock")
+            .objects
+            .get(name)
+            .cloned()
+    }
+
+    pub fn insert_object(&self, object: Object) {
+        self.state
+            .write()
+            .expect("catalog lock")
+            .objects
+            .insert(object.name.clone(), object);
+    }
+
+    pub fn remove_object(&self, name: &str) -> Option<Object> {
+        self.state.write().expect("catalog lock").objects.remove(name)
+    }
+
+    /// Secrets and connections, by name.
+    pub fn objects(&self) -> Vec<Object> {
+        self.state
+            .read()
+            .expect("catalog lock")
+            .objects
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn entries(&self) -> Vec<Entry> {

@@ -45,6 +45,14 @@ pub enum AdapterError {
     /// Another process took over the state: nothing more is written here.
     #[error("terminating: {0}")]
     Fenced(String),
+    #[error("{kind} \"{name}\" does not exist")]
+    UndefinedObject { kind: &'static str, name: String },
+    #[error("an object named \"{0}\" already exists")]
+    DuplicateObject(String),
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error(transparent)]
+    Upstream(weir_connectors::postgres::PgError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -81,6 +89,22 @@ impl AdapterError {
             AdapterError::Canceled => "57014",
             AdapterError::StateStore(_) => "58030",
             AdapterError::Fenced(_) => "57P01",
+            AdapterError::UndefinedObject { .. } => "42704",
+            AdapterError::DuplicateObject(_) => "42710",
+            AdapterError::InvalidParameter(_) => "22023",
+            AdapterError::Upstream(e) => {
+                use weir_connectors::postgres::PgError;
+                match e {
+                    PgError::Unreachable { .. } => "08001",
+                    PgError::Authentication { .. } => "28P01",
+                    PgError::WalLevel { .. } => "55000",
+                    PgError::NoReplication { .. } => "42501",
+                    PgError::MissingPublication(_) | PgError::NotPublished(_) => "42704",
+                    PgError::NoReplicaIdentity { .. } => "55000",
+                    PgError::UnsupportedSsl(_) => "0A000",
+                    PgError::Upstream(_) => "58000",
+                }
+            }
             AdapterError::Internal(_) => "XX000",
         }
     }
@@ -104,6 +128,7 @@ impl AdapterError {
             AdapterError::DependentObjects { .. } => {
                 Some("Use DROP ... CASCADE to drop the dependent objects too.".into())
             }
+            AdapterError::Upstream(e) => e.hint(),
             _ => None,
         }
     }

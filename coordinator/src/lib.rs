@@ -16,6 +16,7 @@ pub mod record;
 pub mod sequencer;
 pub mod server;
 pub mod show;
+pub mod sources;
 pub mod system;
 pub mod values;
 

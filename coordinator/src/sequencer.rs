@@ -79,7 +79,7 @@ pub struct Coordinator {
     pub planner: Planner,
     controller: Arc<Controller>,
     /// Serializes DDL.
-    ddl: Mutex<()>,
+    pub(crate) ddl: Mutex<()>,
     /// Serializes writes; holds, per table and uniqueness constraint (in
     /// [`Entry::constraints`] order), the keys present.
     writes: Mutex<KeyIndexes>,
@@ -247,8 +247,13 @@ impl Coordinator {
         let _ = self.durable.set(durable);
     }
 
+    /// Whether the durable catalog is being replayed (startup).
+    pub(crate) fn restoring(&self) -> bool {
+        self.durable.get().is_none()
+    }
+
     /// Make catalog changes durable before they take effect.
-    async fn persist_catalog(&self, ops: Vec<weir_persist::CatalogOp>) -> Result<()> {
+    pub(crate) async fn persist_catalog(&self, ops: Vec<weir_persist::CatalogOp>) -> Result<()> {
         match self.durable.get() {
             Some(d) => d.catalog(ops, self.catalog.next_id()).await,
             None => Ok(()),
@@ -310,6 +315,7 @@ impl Coordinator {
             Statement::SetVariable { tag } => Ok(ExecuteResult::Command {
                 tag: (*tag).to_string(),
             }),
+            Statement::Source(s) => self.source_statement(s, sql).await,
         };
         result.map_err(|e| match e {
             AdapterError::Sql(e) => AdapterError::Sql(e.offset(stmt.offset)),

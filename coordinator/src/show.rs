@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use weir_sql::source_sql::ObjectKind;
 use weir_sql::statement::Show;
 use weir_sql::{RelationKind, SqlError};
 
@@ -38,6 +39,9 @@ fn columns(show: &Show) -> Vec<&'static str> {
             vec!["name", "create_sql"]
         }
         Show::Variable(_) => vec![],
+        Show::Sources => vec!["name", "connection", "publication", "state"],
+        Show::Connections => vec!["name", "type"],
+        Show::Secrets => vec!["name"],
     }
 }
 
@@ -67,6 +71,17 @@ pub fn show(coord: &Coordinator, show: &Show) -> Result<ExecuteResult, AdapterEr
             .map(|(id, t)| vec![id.to_string(), t.to_string()])
             .collect(),
         Show::Views => names(coord, RelationKind::View),
+        // Sources cannot be created yet (CREATE SOURCE answers 0A000).
+        Show::Sources => Vec::new(),
+        Show::Connections => objects(coord, ObjectKind::Connection)
+            .into_iter()
+            .map(|n| vec![n, "postgres".into()])
+            .collect(),
+        // Names only: a secret's value is never shown.
+        Show::Secrets => objects(coord, ObjectKind::Secret)
+            .into_iter()
+            .map(|n| vec![n])
+            .collect(),
         Show::MaterializedViews => names(coord, RelationKind::MaterializedView),
         Show::Columns(name) => {
             let e = coord.entry(name)?;
@@ -132,5 +147,15 @@ fn names(coord: &Coordinator, kind: RelationKind) -> Vec<Vec<String>> {
         .into_iter()
         .filter(|e| e.kind == kind)
         .map(|e| vec![e.name])
+        .collect()
+}
+
+fn objects(coord: &Coordinator, kind: ObjectKind) -> Vec<String> {
+    coord
+        .catalog
+        .objects()
+        .into_iter()
+        .filter(|o| o.kind == kind)
+        .map(|o| o.name)
         .collect()
 }

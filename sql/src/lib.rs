@@ -18,6 +18,7 @@ pub mod plan;
 pub mod planner;
 pub mod set_ops;
 pub mod single_row;
+pub mod source_sql;
 pub mod statement;
 pub mod types;
 

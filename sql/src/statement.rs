@@ -44,6 +44,8 @@ pub enum Statement {
     SetVariable {
         tag: &'static str,
     },
+    /// Secrets, connections and sources.
+    Source(crate::source_sql::SourceStatement),
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +73,9 @@ pub enum Show {
     CreateView(String),
     CreateMaterializedView(String),
     Variable(String),
+    Sources,
+    Connections,
+    Secrets,
 }
 
 /// `COPY name [(columns)] FROM STDIN [options]`.
@@ -155,6 +160,10 @@ pub fn parse_one(sql: &str) -> Result<Statement, SqlError> {
     let ws = words(sql);
     let kw: Vec<String> = ws.iter().map(|w| w.value.to_ascii_uppercase()).collect();
     let first = kw.first().map(String::as_str).unwrap_or("");
+    let second = kw.get(1).map(String::as_str).unwrap_or("");
+    if crate::source_sql::recognizes(first, second) {
+        return crate::source_sql::parse(sql).map(Statement::Source);
+    }
     match first {
         "SUBSCRIBE" => return parse_subscribe(sql, false),
         "COPY" if kw.iter().any(|k| k == "STDOUT") => return parse_copy_to(sql),
@@ -311,6 +320,9 @@ fn parse_show(sql: &str, ws: &[Word], kw: &[String]) -> Result<Statement, SqlErr
         ["SHOW", "SUBSCRIPTIONS"] => Show::Subscriptions,
         ["SHOW", "VIEWS"] => Show::Views,
         ["SHOW", "MATERIALIZED", "VIEWS"] => Show::MaterializedViews,
+        ["SHOW", "SOURCES"] => Show::Sources,
+        ["SHOW", "CONNECTIONS"] => Show::Connections,
+        ["SHOW", "SECRETS"] => Show::Secrets,
         ["SHOW", "COLUMNS", "FROM" | "IN", ..] => Show::Columns(last_name(sql, ws, 3)?),
         ["SHOW", "CREATE", "TABLE", ..] => Show::CreateTable(last_name(sql, ws, 3)?),
         ["SHOW", "CREATE", "VIEW", ..] => Show::CreateView(last_name(sql, ws, 3)?),

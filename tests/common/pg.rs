@@ -41,6 +41,11 @@ impl Postgres {
     /// Start a fresh server with a `postgres` superuser (password
     /// `postgres`, SCRAM) and logical replication enabled.
     pub fn start() -> Postgres {
+        Postgres::with_wal_level("logical")
+    }
+
+    /// Like [`Postgres::start`] with another `wal_level`.
+    pub fn with_wal_level(wal_level: &str) -> Postgres {
         let dir = tempfile::Builder::new().prefix("weir-pg-").tempdir().unwrap();
         let _ = Command::new("chown")
             .args(["-R", "postgres:postgres", dir.path().to_str().unwrap()])
@@ -77,7 +82,7 @@ impl Postgres {
         );
         let port = super::free_port();
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 -c fsync=off",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level={wal_level} -c max_wal_senders=10 -c max_replication_slots=10 -c fsync=off",
             dir.path().display()
         );
         let log = dir.path().join("log");

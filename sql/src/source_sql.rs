@@ -1,0 +1,395 @@
+//! Weir's own DDL for external systems: secrets, connections and sources.
+//!
+//! ```sql
+//! CREATE SECRET [IF NOT EXISTS] name AS 'value'
+//! CREATE CONNECTION [IF NOT EXISTS] name TO POSTGRES (HOST '...', PORT 5432,
+//!     USER '...', PASSWORD SECRET s, DATABASE '...', SSL MODE 'disable')
+//! CREATE SOURCE [IF NOT EXISTS] name FROM POSTGRES CONNECTION c
+//!     (PUBLICATION 'p') FOR ALL TABLES | FOR TABLES (schema.a, b AS c)
+//! DROP SOURCE | CONNECTION | SECRET [IF EXISTS] name [, ...] [CASCADE]
+//! ```
+//!
+//! This module only parses (with sqlparser's tokenizer and parser helpers,
+//! so errors carry positions); what the statements do is the
+//! coordinator's business.
+
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use crate::error::SqlError;
+use crate::statement::parser_error;
+
+/// A statement about secrets, connections or sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceStatement {
+    CreateSecret {
+        name: String,
+        value: String,
+        if_not_exists: bool,
+    },
+    CreateConnection {
+        name: String,
+        options: Vec<(String, OptionValue)>,
+        if_not_exists: bool,
+    },
+    CreateSource {
+        name: String,
+        connection: String,
+        publication: String,
+        /// `None` for `FOR ALL TABLES`.
+        tables: Option<Vec<TableRef>>,
+        if_not_exists: bool,
+    },
+    Drop {
+        kind: ObjectKind,
+        names: Vec<String>,
+        if_exists: bool,
+        cascade: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Secret,
+    Connection,
+    Source,
+}
+
+impl ObjectKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Secret => "secret",
+            ObjectKind::Connection => "connection",
+            ObjectKind::Source => "source",
+        }
+    }
+}
+
+/// An option value: `'text'`, a number, or `SECRET name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptionValue {
+    Text(String),
+    Number(String),
+    Secret(String),
+}
+
+/// An upstream table named in `FOR TABLES (...)`, and the name it gets in
+/// Weir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub schema: Option<String>,
+    pub name: String,
+    pub alias: Option<String>,
+}
+
+/// Whether `sql` is one of this module's statements (by its first words).
+pub fn recognizes(first: &str, second: &str) -> bool {
+    matches!(
+        (first, second),
+        ("CREATE", "SECRET" | "CONNECTION" | "SOURCE") | ("DROP", "SECRET" | "CONNECTION" | "SOURCE")
+    )
+}
+
+struct P<'a> {
+    parser: Parser<'a>,
+    sql: &'a str,
+}
+
+impl P<'_> {
+    fn err(&self, e: datafusion::sql::sqlparser::parser::ParserError) -> SqlError {
+        parser_error(e, self.sql)
+    }
+
+    /// Consume the word `w` (any case) if it is next.
+    fn word(&mut self, w: &str) -> bool {
+        match self.parser.peek_token().token {
+            Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w) => {
+                self.parser.next_token();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn expect_word(&mut self, w: &str) -> Result<(), SqlError> {
+        if self.word(w) {
+            Ok(())
+        } else {
+            let found = self.parser.peek_token();
+            self.parser
+                .expected(w, found)
+                .map_err(|e| parser_error(e, self.sql))
+        }
+    }
+
+    fn ident(&mut self) -> Result<String, SqlError> {
+        let i = self.parser.parse_identifier().map_err(|e| self.err(e))?;
+        Ok(if i.quote_style.is_some() {
+            i.value
+        } else {
+            i.value.to_ascii_lowercase()
+        })
+    }
+
+    fn string(&mut self) -> Result<String, SqlError> {
+        self.parser.parse_literal_string().map_err(|e| self.err(e))
+    }
+
+    fn if_not_exists(&mut self) -> Result<bool, SqlError> {
+        if self.word("IF") {
+            self.expect_word("NOT")?;
+            self.expect_word("EXISTS")?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn end(&mut self) -> Result<(), SqlError> {
+        let _ = self.parser.consume_token(&Token::SemiColon);
+        match self.parser.peek_token().token {
+            Token::EOF => Ok(()),
+            _ => {
+                let found = self.parser.peek_token();
+                self.parser
+                    .expected("end of statement", found)
+                    .map_err(|e| parser_error(e, self.sql))
+            }
+        }
+    }
+
+    fn option_value(&mut self) -> Result<OptionValue, SqlError> {
+        if self.word("SECRET") {
+            return Ok(OptionValue::Secret(self.ident()?));
+        }
+        let t = self.parser.next_token();
+        match t.token {
+            Token::SingleQuotedString(s) => Ok(OptionValue::Text(s)),
+            Token::Number(n, _) => Ok(OptionValue::Number(n)),
+            _ => self
+                .parser
+                .expected("a string, a number or SECRET name", t)
+                .map_err(|e| parser_error(e, self.sql)),
+        }
+    }
+}
+
+/// Parse one statement this module [`recognizes`].
+pub fn parse(sql: &str) -> Result<SourceStatement, SqlError> {
+    let parser = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .map_err(|e| parser_error(e, sql))?;
+    let mut p = P { parser, sql };
+    let statement = if p.word("DROP") {
+        let kind = if p.word("SECRET") {
+            ObjectKind::Secret
+        } else if p.word("CONNECTION") {
+            ObjectKind::Connection
+        } else {
+            p.expect_word("SOURCE")?;
+            ObjectKind::Source
+        };
+        let if_exists = if p.word("IF") {
+            p.expect_word("EXISTS")?;
+            true
+        } else {
+            false
+        };
+        let mut names = vec![p.ident()?];
+        while p.parser.consume_token(&Token::Comma) {
+            names.push(p.ident()?);
+        }
+        let cascade = p.word("CASCADE");
+        if !cascade {
+            p.word("RESTRICT");
+        }
+        SourceStatement::Drop {
+            kind,
+            names,
+            if_exists,
+            cascade,
+        }
+    } else {
+        p.expect_word("CREATE")?;
+        if p.word("SECRET") {
+            let if_not_exists = p.if_not_exists()?;
+            let name = p.ident()?;
+            p.expect_word("AS")?;
+            let value = p.string()?;
+            SourceStatement::CreateSecret {
+                name,
+                value,
+                if_not_exists,
+            }
+        } else if p.word("CONNECTION") {
+            let if_not_exists = p.if_not_exists()?;
+            let name = p.ident()?;
+            p.expect_word("TO")?;
+            p.expect_word("POSTGRES")?;
+            p.parser
+                .expect_token(&Token::LParen)
+                .map_err(|e| parser_error(e, sql))?;
+            let mut options = Vec::new();
+            loop {
+                let mut key = p.ident()?.to_ascii_uppercase();
+                // `SSL MODE` is two words.
+                if key == "SSL" {
+                    p.expect_word("MODE")?;
+                    key = "SSL MODE".into();
+                }
+                let _ = p.parser.consume_token(&Token::Eq);
+                options.push((key, p.option_value()?));
+                if !p.parser.consume_token(&Token::Comma) {
+                    break;
+                }
+            }
+            p.parser
+                .expect_token(&Token::RParen)
+                .map_err(|e| parser_error(e, sql))?;
+            SourceStatement::CreateConnection {
+                name,
+                options,
+                if_not_exists,
+            }
+        } else {
+            p.expect_word("SOURCE")?;
+            let if_not_exists = p.if_not_exists()?;
+            let name = p.ident()?;
+            p.expect_word("FROM")?;
+            p.expect_word("POSTGRES")?;
+            p.expect_word("CONNECTION")?;
+            let connection = p.ident()?;
+            p.parser
+                .expect_token(&Token::LParen)
+                .map_err(|e| parser_error(e, sql))?;
+            p.expect_word("PUBLICATION")?;
+            let _ = p.parser.consume_token(&Token::Eq);
+            let publication = p.string()?;
+            p.parser
+                .expect_token(&Token::RParen)
+                .map_err(|e| parser_error(e, sql))?;
+            p.expect_word("FOR")?;
+            let tables = if p.word("ALL") {
+                p.expect_word("TABLES")?;
+                None
+            } else {
+                p.expect_word("TABLES")?;
+                p.parser
+                    .expect_token(&Token::LParen)
+                    .map_err(|e| parser_error(e, sql))?;
+                let mut tables = Vec::new();
+                loop {
+                    let first = p.ident()?;
+                    let (schema, name) = if p.parser.consume_token(&Token::Period) {
+                        (Some(first), p.ident()?)
+                    } else {
+                        (None, first)
+                    };
+                    let alias = if p.word("AS") { Some(p.ident()?) } else { None };
+                    tables.push(TableRef { schema, name, alias });
+                    if !p.parser.consume_token(&Token::Comma) {
+                        break;
+                    }
+                }
+                p.parser
+                    .expect_token(&Token::RParen)
+                    .map_err(|e| parser_error(e, sql))?;
+                Some(tables)
+            };
+            SourceStatement::CreateSource {
+                name,
+                connection,
+                publication,
+                tables,
+                if_not_exists,
+            }
+        }
+    };
+    p.end()?;
+    Ok(statement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!(
+            parse("CREATE SECRET IF NOT EXISTS pw AS 'p''w'").unwrap(),
+            SourceStatement::CreateSecret {
+                name: "pw".into(),
+                value: "p'w".into(),
+                if_not_exists: true
+            }
+        );
+        let c = parse(
+            "create connection pg to postgres (HOST 'db', PORT 5432, USER 'u', PASSWORD SECRET pw, DATABASE 'd', SSL MODE 'disable')",
+        )
+        .unwrap();
+        let SourceStatement::CreateConnection { name, options, .. } = c else {
+            panic!("connection")
+        };
+        assert_eq!(name, "pg");
+        assert_eq!(options[1], ("PORT".into(), OptionValue::Number("5432".into())));
+        assert_eq!(options[3], ("PASSWORD".into(), OptionValue::Secret("pw".into())));
+        assert_eq!(
+            options[5],
+            ("SSL MODE".into(), OptionValue::Text("disable".into()))
+        );
+        assert_eq!(
+            parse(
+                "CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR TABLES (shop.a, b AS c)"
+            )
+            .unwrap(),
+            SourceStatement::CreateSource {
+                name: "s".into(),
+                connection: "pg".into(),
+                publication: "p".into(),
+                tables: Some(vec![
+                    TableRef {
+                        schema: Some("shop".into()),
+                        name: "a".into(),
+                        alias: None
+                    },
+                    TableRef {
+                        schema: None,
+                        name: "b".into(),
+                        alias: Some("c".into())
+                    }
+                ]),
+                if_not_exists: false
+            }
+        );
+        assert!(matches!(
+            parse("CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR ALL TABLES").unwrap(),
+            SourceStatement::CreateSource { tables: None, .. }
+        ));
+        assert_eq!(
+            parse("DROP SOURCE IF EXISTS a, b CASCADE").unwrap(),
+            SourceStatement::Drop {
+                kind: ObjectKind::Source,
+                names: vec!["a".into(), "b".into()],
+                if_exists: true,
+                cascade: true
+            }
+        );
+    }
+
+    #[test]
+    fn errors_have_positions() {
+        let e = parse("CREATE SOURCE s FROM MYSQL CONNECTION c").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SqlError::Syntax {
+                    position: Some(_),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(parse("CREATE SECRET s AS 'x' extra").is_err());
+        assert!(parse("CREATE CONNECTION c TO POSTGRES (HOST)").is_err());
+    }
+}

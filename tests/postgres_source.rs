@@ -1,0 +1,110 @@
+//! PostgreSQL as an upstream: secrets and connections, validated against a
+//! throwaway PostgreSQL server the test starts itself.
+
+mod common;
+
+use common::pg::Postgres;
+use common::{Server, error, exec, free_port, sorted, state_dir};
+
+fn connection_sql(name: &str, port: u16, user: &str, secret: &str) -> String {
+    format!(
+        "CREATE CONNECTION {name} TO POSTGRES (HOST '127.0.0.1', PORT {port}, USER '{user}', PASSWORD SECRET {secret}, DATABASE 'postgres', SSL MODE 'disable')"
+    )
+}
+
+#[tokio::test]
+async fn connections_are_validated_and_secrets_never_shown() {
+    let pg = Postgres::start();
+    let up = pg.connect().await;
+    up.batch_execute(
+        "CREATE ROLE plain LOGIN PASSWORD 'plainpw';
+         CREATE ROLE repl LOGIN REPLICATION PASSWORD 'replpw';",
+    )
+    .await
+    .unwrap();
+    let dir = state_dir();
+    let state = dir.path().to_str().unwrap();
+    let mut server = Server::on_state(state, 1, &[]);
+    let c = server.connect().await;
+    exec(
+        &c,
+        "CREATE SECRET pw AS 'postgres'; CREATE SECRET bad AS 'nope';
+         CREATE SECRET plainpw AS 'plainpw'; CREATE SECRET replpw AS 'replpw'",
+    )
+    .await;
+
+    // Every way a connection can be wrong, each with its SQLSTATE and fix.
+    let (code, message, _) = error(&c, &connection_sql("x", free_port(), "postgres", "pw")).await;
+    assert_eq!(code, "08001", "{message}");
+    assert!(
+        message.contains("cannot connect to PostgreSQL at 127.0.0.1"),
+        "{message}"
+    );
+    let (code, message, _) = error(&c, &connection_sql("x", pg.port, "postgres", "bad")).await;
+    assert_eq!(code, "28P01", "{message}");
+    assert!(!message.contains("nope"), "the secret leaked: {message}");
+    let (code, message, _) = error(&c, &connection_sql("x", pg.port, "plain", "plainpw")).await;
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("42501", "user \"plain\" may not start replication")
+    );
+    let (code, _, _) = error(&c, &connection_sql("x", pg.port, "postgres", "missing")).await;
+    assert_eq!(code, "42704");
+    let (code, message, _) = error(
+        &c,
+        "CREATE CONNECTION x TO POSTGRES (HOST 'h', USER 'u', PASSWORD SECRET pw, SSL MODE 'sometimes')",
+    )
+    .await;
+    assert_eq!(code, "22023", "{message}");
+    let (code, _, position) = error(&c, "CREATE CONNECTION x TO MYSQL (HOST 'h')").await;
+    assert_eq!((code.as_str(), position.is_some()), ("42601", true));
+    let replica = Postgres::with_wal_level("replica");
+    let (code, message, _) = error(&c, &connection_sql("x", replica.port, "postgres", "pw")).await;
+    assert_eq!(code, "55000", "{message}");
+    assert!(message.contains("wal_level = replica"), "{message}");
+    drop(replica);
+
+    // Good ones: a superuser and a role with REPLICATION.
+    exec(&c, &connection_sql("pg", pg.port, "postgres", "pw")).await;
+    exec(&c, &connection_sql("pg_repl", pg.port, "repl", "replpw")).await;
+    let (code, _, _) = error(&c, &connection_sql("pg", pg.port, "postgres", "pw")).await;
+    assert_eq!(code, "42710");
+    exec(&c, &connection_sql("IF NOT EXISTS pg", pg.port, "postgres", "pw")).await;
+    assert_eq!(
+        sorted(&c, "SHOW CONNECTIONS").await,
+        vec!["pg_repl|postgres", "pg|postgres"]
+    );
+    let secrets = sorted(&c, "SHOW SECRETS").await;
+    assert_eq!(secrets, vec!["bad", "plainpw", "pw", "replpw"]);
+
+    // Sources are not built yet: a clear 0A000.
+    let (code, message, _) = error(
+        &c,
+        "CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR ALL TABLES",
+    )
+    .await;
+    assert_eq!(code, "0A000", "{message}");
+
+    // A secret a connection uses cannot go alone.
+    let (code, message, _) = error(&c, "DROP SECRET replpw").await;
+    assert_eq!(code, "2BP01", "{message}");
+    exec(&c, "DROP SECRET bad; DROP SECRET IF EXISTS nothing").await;
+    let (code, _, _) = error(&c, "DROP CONNECTION nothing").await;
+    assert_eq!(code, "42704");
+
+    // Secrets and connections are durable; replaying them does not need
+    // the upstream.
+    drop(c);
+    assert!(server.terminate().success());
+    drop(up);
+    drop(pg);
+    let server = Server::on_state(state, 1, &[]);
+    let c = server.connect().await;
+    assert_eq!(
+        sorted(&c, "SHOW CONNECTIONS").await,
+        vec!["pg_repl|postgres", "pg|postgres"]
+    );
+    assert_eq!(sorted(&c, "SHOW SECRETS").await, vec!["plainpw", "pw", "replpw"]);
+    exec(&c, "DROP SECRET replpw CASCADE").await;
+    assert_eq!(sorted(&c, "SHOW CONNECTIONS").await, vec!["pg|postgres"]);
+}
