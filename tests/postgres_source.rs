@@ -108,3 +108,120 @@ async fn connections_are_validated_and_secrets_never_shown() {
     exec(&c, "DROP SECRET replpw CASCADE").await;
     assert_eq!(sorted(&c, "SHOW CONNECTIONS").await, vec!["pg|postgres"]);
 }
+
+/// Rows of `sql` from a client (Weir or upstream) as sorted text.
+async fn upstream_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    common::sorted(client, sql).await
+}
+
+/// Wait until Weir answers `sql` as upstream does.
+async fn converge(weir: &tokio_postgres::Client, up: &tokio_postgres::Client, sql: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let want = upstream_rows(up, sql).await;
+        let got = sorted(weir, sql).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql}: Weir has {got:?}, upstream {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn snapshot_then_stream_exactly_once_across_restarts() {
+    let pg = Postgres::start();
+    let up = pg.connect().await;
+    up.batch_execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, customer text NOT NULL, amount numeric(10,2), note text);
+         CREATE TABLE events (k int, v text);
+         ALTER TABLE events REPLICA IDENTITY FULL;
+         INSERT INTO orders SELECT g, 'c' || (g % 3), g * 1.25, CASE WHEN g % 2 = 0 THEN 'tab\there' END FROM generate_series(1, 100) g;
+         INSERT INTO events VALUES (1, 'a'), (1, 'a'), (2, NULL);
+         CREATE PUBLICATION p FOR ALL TABLES;",
+    )
+    .await
+    .unwrap();
+    let dir = state_dir();
+    let state = dir.path().to_str().unwrap();
+    let mut server = Server::on_state(state, 2, &[]);
+    let c = server.connect().await;
+    exec(
+        &c,
+        &format!(
+            "CREATE SECRET pw AS 'postgres'; {};
+             CREATE SOURCE shop FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR ALL TABLES;
+             CREATE MATERIALIZED VIEW per_customer AS
+                SELECT customer, count(*) AS n, sum(amount) AS total FROM orders GROUP BY customer",
+            connection_sql("pg", pg.port, "postgres", "pw")
+        ),
+    )
+    .await;
+    let per_customer = "SELECT customer, count(*) AS n, sum(amount) AS total FROM orders GROUP BY customer";
+    converge(&c, &up, "SELECT * FROM orders").await;
+    converge(&c, &up, "SELECT * FROM events").await;
+    assert_eq!(
+        sorted(&c, "SELECT * FROM per_customer").await,
+        upstream_rows(&up, per_customer).await
+    );
+
+    // Streaming: every kind of change, one transaction landing at once.
+    up.batch_execute(
+        "BEGIN;
+         INSERT INTO orders VALUES (101, 'c9', 9.99, NULL);
+         UPDATE orders SET amount = amount + 1 WHERE id = 2;
+         UPDATE orders SET id = 1000 WHERE id = 3;
+         DELETE FROM orders WHERE id = 4;
+         INSERT INTO events VALUES (3, 'x');
+         DELETE FROM events WHERE k = 2;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    converge(&c, &up, "SELECT * FROM orders").await;
+    converge(&c, &up, "SELECT * FROM events").await;
+    assert_eq!(
+        sorted(&c, "SELECT * FROM per_customer").await,
+        upstream_rows(&up, per_customer).await
+    );
+    let (code, message, _) = error(&c, "INSERT INTO orders VALUES (5000, 'x', 1, NULL)").await;
+    assert_eq!(code, "42809", "{message}");
+
+    // A crash: on restart the source resumes after its durable position,
+    // neither losing nor repeating changes made meanwhile.
+    drop(c);
+    server.kill();
+    up.batch_execute(
+        "INSERT INTO orders VALUES (102, 'c1', 1, 'while down');
+         UPDATE orders SET note = 'changed' WHERE id = 10;
+         TRUNCATE events;
+         INSERT INTO events VALUES (7, 'after truncate');",
+    )
+    .await
+    .unwrap();
+    let server = Server::on_state(state, 2, &[]);
+    let c = server.connect().await;
+    converge(&c, &up, "SELECT * FROM orders").await;
+    converge(&c, &up, "SELECT * FROM events").await;
+    assert_eq!(
+        sorted(&c, "SELECT * FROM per_customer").await,
+        upstream_rows(&up, per_customer).await
+    );
+    let shown = sorted(&c, "SHOW SOURCES").await;
+    assert_eq!(shown, vec!["shop|pg|p|streaming"]);
+
+    // Dropping the source needs CASCADE for the view, and removes the slot.
+    let (code, _, _) = error(&c, "DROP SOURCE shop").await;
+    assert_eq!(code, "2BP01");
+    exec(&c, "DROP SOURCE shop CASCADE").await;
+    assert_eq!(sorted(&c, "SHOW SOURCES").await, Vec::<String>::new());
+    let (code, _, _) = error(&c, "SELECT * FROM orders").await;
+    assert_eq!(code, "42P01");
+    assert_eq!(
+        upstream_rows(&up, "SELECT count(*) FROM pg_replication_slots").await,
+        vec!["0"]
+    );
+}

@@ -194,6 +194,39 @@ fn split_text(text: &str, format: &CopyFormat) -> Vec<(usize, Vec<Option<String>
     out
 }
 
+/// The fields of one line of `COPY` text format (tab-separated, `\N` for
+/// NULL), unescaped.
+pub fn text_fields(line: &str) -> Vec<Option<String>> {
+    line.split('\t')
+        .map(|raw| (raw != "\\N").then(|| unescape(raw)))
+        .collect()
+}
+
+/// One line of `COPY` text format (without the newline) holding `values`.
+pub fn text_line<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> String {
+    let mut out = String::new();
+    for (i, v) in values.into_iter().enumerate() {
+        if i > 0 {
+            out.push('\t');
+        }
+        match v {
+            None => out.push_str("\\N"),
+            Some(s) => {
+                for c in s.chars() {
+                    match c {
+                        '\\' => out.push_str("\\\\"),
+                        '\t' => out.push_str("\\t"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        c => out.push(c),
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 fn unescape(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars().peekable();
@@ -294,6 +327,15 @@ fn split_csv(text: &str, format: &CopyFormat) -> Vec<(usize, Vec<Option<String>>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn text_lines_round_trip() {
+        let values = [Some("a\tb\\c\nd"), None, Some(""), Some("\\N")];
+        let line = super::text_line(values);
+        assert_eq!(line, "a\\tb\\\\c\\nd\t\\N\t\t\\\\N");
+        let back: Vec<Option<String>> = super::text_fields(&line);
+        assert_eq!(back, values.map(|v| v.map(String::from)).to_vec());
+    }
+
     use super::*;
     use arrow::array::{AsArray, Int64Array};
     use arrow::datatypes::{Field, Int64Type, Schema};

@@ -170,3 +170,307 @@ pub async fn validate(config: &PgConfig) -> Result<(), PgError> {
     }
     Ok(())
 }
+
+/// A column of an upstream table.
+#[derive(Debug, Clone)]
+pub struct UpstreamColumn {
+    pub name: String,
+    /// `format_type` of the column, e.g. `numeric(10,2)`.
+    pub type_name: String,
+    pub not_null: bool,
+}
+
+/// An upstream table a publication covers.
+#[derive(Debug, Clone)]
+pub struct UpstreamTable {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<UpstreamColumn>,
+    /// The replica identity's columns (empty with REPLICA IDENTITY FULL).
+    pub key: Vec<usize>,
+}
+
+impl UpstreamTable {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// The tables `publication` covers, with their columns and replica
+/// identities. A table whose updates could not be applied (no replica
+/// identity) is an error naming it.
+pub async fn describe(client: &Client, publication: &str) -> Result<Vec<UpstreamTable>, PgError> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(upstream)?;
+    if exists.is_none() {
+        return Err(PgError::MissingPublication(publication.to_string()));
+    }
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text
+             FROM pg_catalog.pg_publication_tables p
+             JOIN pg_catalog.pg_namespace n ON n.nspname = p.schemaname
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+             WHERE p.pubname = $1 ORDER BY 2, 3",
+            &[&publication],
+        )
+        .await
+        .map_err(upstream)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let oid: u32 = row.get(0);
+        let schema: String = row.get(1);
+        let name: String = row.get(2);
+        let identity: String = row.get(3);
+        let columns: Vec<(i16, UpstreamColumn)> = client
+            .query(
+                "SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
+                 FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(upstream)?
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    UpstreamColumn {
+                        name: r.get(1),
+                        type_name: r.get(2),
+                        not_null: r.get(3),
+                    },
+                )
+            })
+            .collect();
+        let key_query = match identity.as_str() {
+            "d" => Some("indisprimary"),
+            "i" => Some("indisreplident"),
+            _ => None,
+        };
+        let key = match key_query {
+            Some(flag) => {
+                let attnums: Vec<i16> = client
+                    .query_opt(
+                        &format!(
+                            "SELECT i.indkey::int2[] FROM pg_catalog.pg_index i WHERE i.indrelid = $1 AND i.{flag}"
+                        ),
+                        &[&oid],
+                    )
+                    .await
+                    .map_err(upstream)?
+                    .map(|r| r.get(0))
+                    .unwrap_or_default();
+                attnums
+                    .iter()
+                    .filter_map(|n| columns.iter().position(|(a, _)| a == n))
+                    .collect::<Vec<_>>()
+            }
+            _ => Vec::new(),
+        };
+        let qualified = format!("{schema}.{name}");
+        if identity == "n" || (key_query.is_some() && key.is_empty()) {
+            return Err(PgError::NoReplicaIdentity { table: qualified });
+        }
+        out.push(UpstreamTable {
+            oid,
+            schema,
+            name,
+            columns: columns.into_iter().map(|(_, c)| c).collect(),
+            key,
+        });
+    }
+    Ok(out)
+}
+
+/// A change read from the replication stream.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Relation(crate::pgoutput::Relation),
+    Insert {
+        relation: u32,
+        new: Vec<crate::pgoutput::Value>,
+    },
+    Update {
+        relation: u32,
+        old: Option<Vec<crate::pgoutput::Value>>,
+        new: Vec<crate::pgoutput::Value>,
+    },
+    Delete {
+        relation: u32,
+        old: Vec<crate::pgoutput::Value>,
+    },
+    Truncate(Vec<u32>),
+}
+
+/// One upstream transaction: its changes and the LSN to resume after it.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub end_lsn: u64,
+    pub changes: Vec<Change>,
+}
+
+/// A table's rows at the slot's consistent point, as `COPY` text.
+pub struct SnapshotData {
+    pub lsn: u64,
+    pub tables: Vec<bytes::Bytes>,
+}
+
+/// The replication stream of one source.
+pub struct ReplicationStream {
+    client: pgwire_replication::ReplicationClient,
+}
+
+fn replication_error(e: impl std::fmt::Display) -> PgError {
+    PgError::Upstream(format!("replication: {e}"))
+}
+
+/// Open the source's replication stream. Without `resume`, create the
+/// slot, read every table of `tables` at the slot's consistent point
+/// (the exported snapshot) and return it with the stream, which then
+/// starts right after it: no gap, no overlap. With `resume`, start after
+/// that LSN on the existing slot.
+pub async fn open_stream(
+    config: &PgConfig,
+    slot: &str,
+    publication: &str,
+    tables: &[UpstreamTable],
+    resume: Option<u64>,
+) -> Result<(Option<SnapshotData>, ReplicationStream), PgError> {
+    let mut rc = pgwire_replication::ReplicationConfig::new(
+        config.host.clone(),
+        config.user.clone(),
+        config.password.clone().unwrap_or_default(),
+        config.database.clone(),
+        slot.to_string(),
+        publication.to_string(),
+    );
+    rc.port = config.port;
+    rc.tls = pgwire_replication::TlsConfig::disabled();
+    rc.start_lsn = pgwire_replication::Lsn(resume.unwrap_or(0));
+    let mut client = pgwire_replication::ReplicationClient::connect_gated(rc)
+        .await
+        .map_err(replication_error)?;
+    let snapshot = match resume {
+        Some(_) => None,
+        None => {
+            let rows = client
+                .simple_query(&format!(
+                    "CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT 'export')"
+                ))
+                .await
+                .map_err(replication_error)?;
+            let row = rows
+                .first()
+                .ok_or_else(|| replication_error("CREATE_REPLICATION_SLOT returned no row"))?;
+            let field = |i: usize| -> Result<String, PgError> {
+                row.get(i)
+                    .and_then(|v| v.clone())
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .ok_or_else(|| replication_error("CREATE_REPLICATION_SLOT returned too few columns"))
+            };
+            let lsn = pgwire_replication::Lsn::parse(&field(1)?).map_err(replication_error)?;
+            let name = field(2)?;
+            let reader = connect(config).await?;
+            reader
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{name}'"
+                ))
+                .await
+                .map_err(upstream)?;
+            let mut data = Vec::new();
+            for t in tables {
+                let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+                let sql = format!(
+                    "COPY (SELECT {} FROM {}.{}) TO STDOUT",
+                    cols.join(", "),
+                    quote_ident(&t.schema),
+                    quote_ident(&t.name)
+                );
+                let stream = reader.copy_out(&sql).await.map_err(upstream)?;
+                use futures::TryStreamExt;
+                let chunks: Vec<bytes::Bytes> = stream.try_collect().await.map_err(upstream)?;
+                let mut all = bytes::BytesMut::new();
+                for c in chunks {
+                    all.extend_from_slice(&c);
+                }
+                data.push(all.freeze());
+            }
+            reader.batch_execute("COMMIT").await.map_err(upstream)?;
+            Some(SnapshotData {
+                lsn: lsn.0,
+                tables: data,
+            })
+        }
+    };
+    client.start().await.map_err(replication_error)?;
+    Ok((snapshot, ReplicationStream { client }))
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl ReplicationStream {
+    /// The next whole upstream transaction.
+    pub async fn next(&mut self) -> Result<Transaction, PgError> {
+        use pgwire_replication::ReplicationEvent as E;
+        let mut changes = Vec::new();
+        loop {
+            let event = self
+                .client
+                .recv()
+                .await
+                .map_err(replication_error)?
+                .ok_or_else(|| replication_error("the stream ended"))?;
+            match event {
+                E::Begin { .. } => changes.clear(),
+                E::XLogData { data, .. } => {
+                    use crate::pgoutput::Message as M;
+                    match crate::pgoutput::decode(&data).map_err(replication_error)? {
+                        M::Relation(r) => changes.push(Change::Relation(r)),
+                        M::Insert { relation, new } => changes.push(Change::Insert { relation, new }),
+                        M::Update { relation, old, new } => {
+                            changes.push(Change::Update { relation, old, new })
+                        }
+                        M::Delete { relation, old } => changes.push(Change::Delete { relation, old }),
+                        M::Truncate { relations } => changes.push(Change::Truncate(relations)),
+                        M::Begin { .. } | M::Commit { .. } | M::Other(_) => {}
+                    }
+                }
+                E::Commit { end_lsn, .. } => {
+                    return Ok(Transaction {
+                        end_lsn: end_lsn.0,
+                        changes,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Everything up to `lsn` is durable in Weir: the upstream may
+    /// recycle it.
+    pub fn ack(&self, lsn: u64) {
+        self.client.update_applied_lsn(pgwire_replication::Lsn(lsn));
+    }
+}
+
+/// Drop the replication slot `slot` upstream (if it is there).
+pub async fn drop_slot(config: &PgConfig, slot: &str) -> Result<(), PgError> {
+    let client = connect(config).await?;
+    client
+        .execute(
+            "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(upstream)?;
+    Ok(())
+}

@@ -40,6 +40,8 @@ pub struct Entry {
     pub plan: Option<Arc<Plan>>,
     /// Names of the relations this one reads directly.
     pub depends_on: Vec<String>,
+    /// The source that feeds this table; statements cannot write it.
+    pub source: Option<String>,
 }
 
 impl Entry {

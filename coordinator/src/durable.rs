@@ -30,6 +30,8 @@ type Reply<T> = oneshot::Sender<Result<T, AdapterError>>;
 enum Request {
     Write {
         updates: Vec<TableUpdate>,
+        /// A source's new resume position, durable with the updates.
+        position: Option<(u64, u64)>,
         done: Reply<Timestamp>,
     },
     Catalog {
@@ -87,8 +89,18 @@ impl Durable {
     /// Enqueue `updates`; they become durable and visible together, in
     /// enqueue order relative to other writes.
     pub fn write(&self, updates: Vec<TableUpdate>) -> PendingWrite {
+        self.write_at_position(updates, None)
+    }
+
+    /// Like [`Durable::write`], recording source `position.0`'s resume
+    /// position `position.1` in the same step.
+    pub fn write_at_position(&self, updates: Vec<TableUpdate>, position: Option<(u64, u64)>) -> PendingWrite {
         let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Request::Write { updates, done });
+        let _ = self.tx.send(Request::Write {
+            updates,
+            position,
+            done,
+        });
         PendingWrite(rx)
     }
 
@@ -147,7 +159,12 @@ async fn run(
         let mut acks = Vec::new();
         for request in group {
             match request {
-                Request::Write { updates, done } => {
+                Request::Write {
+                    updates,
+                    position,
+                    done,
+                } => {
+                    commit.positions.extend(position);
                     for u in &updates {
                         appends
                             .entry(u.table)
@@ -180,6 +197,7 @@ async fn run(
         let time = (!writes.is_empty()).then(|| controller.next_write_time(persist.state().upper));
         commit.time = time;
         let needs_commit = time.is_some()
+            || !commit.positions.is_empty()
             || !commit.catalog.is_empty()
             || !commit.outputs.is_empty()
             || !commit.compacted.is_empty();

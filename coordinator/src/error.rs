@@ -51,6 +51,8 @@ pub enum AdapterError {
     DuplicateObject(String),
     #[error("{0}")]
     InvalidParameter(String),
+    #[error("cannot modify table \"{table}\": it is fed by source \"{feeder}\"")]
+    SourceFed { table: String, feeder: String },
     #[error(transparent)]
     Upstream(weir_connectors::postgres::PgError),
     #[error("internal error: {0}")]
@@ -92,6 +94,7 @@ impl AdapterError {
             AdapterError::UndefinedObject { .. } => "42704",
             AdapterError::DuplicateObject(_) => "42710",
             AdapterError::InvalidParameter(_) => "22023",
+            AdapterError::SourceFed { .. } => "42809",
             AdapterError::Upstream(e) => {
                 use weir_connectors::postgres::PgError;
                 match e {

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod controller;
 pub mod durable;
 pub mod error;
+pub mod ingest;
 pub mod record;
 pub mod sequencer;
 pub mod server;
@@ -50,11 +51,14 @@ pub async fn restore(
     let coord = Arc::new(Coordinator::new(controller.clone()));
     let tables = restored.shards.len();
     let items = restored.catalog.len();
-    let outputs = coord.restore(restored).await?;
+    let replayed = coord.restore(restored).await?;
     info!(items, shards = tables, "catalog and tables restored");
     let (fatal_tx, fatal) = watch::channel(None);
     coord.set_durable(durable::Durable::start(persist, controller, fatal_tx));
-    coord.record_views(outputs)?;
+    coord.record_views(replayed.outputs)?;
+    for (name, position, current) in replayed.sources {
+        coord.start_source(&name, position, current)?;
+    }
     Ok(Restarted { coord, fatal })
 }
 

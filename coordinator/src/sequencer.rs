@@ -88,7 +88,21 @@ pub struct Coordinator {
     durable: OnceLock<Durable>,
     /// The task recording each materialized view's output in its shard.
     recorders: std::sync::Mutex<HashMap<GlobalId, tokio::task::JoinHandle<()>>>,
+    /// Sources, by name, with their ingestion tasks.
+    pub(crate) sources: std::sync::Mutex<HashMap<String, crate::ingest::Source>>,
 }
+
+/// What replaying the durable state leaves to start once writes are
+/// durable again: view recorders and sources.
+pub struct Replayed {
+    pub outputs: HashMap<GlobalId, Option<weir_persist::Updates>>,
+    /// Each source's name, resume position and tables' rows as `COPY` lines.
+    pub sources: Vec<SourceStart>,
+}
+
+/// A source to start: its name, resume position, and its tables' rows as
+/// `COPY` text lines.
+pub type SourceStart = (String, Option<u64>, HashMap<GlobalId, Vec<String>>);
 
 type Result<T> = std::result::Result<T, AdapterError>;
 
@@ -124,6 +138,7 @@ impl Coordinator {
             writes: Mutex::new(HashMap::new()),
             durable: OnceLock::new(),
             recorders: std::sync::Mutex::new(HashMap::new()),
+            sources: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -132,10 +147,8 @@ impl Coordinator {
     /// than the state's upper. Nothing is written back while replaying.
     /// Returns what the materialized views' output shards hold, for
     /// [`Coordinator::record_views`].
-    pub async fn restore(
-        &self,
-        mut restored: weir_persist::Restored,
-    ) -> Result<HashMap<GlobalId, Option<weir_persist::Updates>>> {
+    pub async fn restore(&self, mut restored: weir_persist::Restored) -> Result<Replayed> {
+        let mut sources = Vec::new();
         for item in &restored.catalog {
             self.catalog.set_next_id(item.id);
             let failed = |e: String| {
@@ -148,9 +161,32 @@ impl Coordinator {
             let [statement] = statements.as_slice() else {
                 return Err(failed("not exactly one statement".into()));
             };
+            // A source is rebuilt from its recorded detail once its tables
+            // are back, without asking the upstream anything.
+            if let Statement::Source(weir_sql::source_sql::SourceStatement::CreateSource { name, .. }) =
+                &statement.statement
+            {
+                sources.push((item.id, name.clone(), item.detail.clone().unwrap_or_default()));
+                continue;
+            }
             self.execute(statement, &[])
                 .await
                 .map_err(|e| failed(e.to_string()))?;
+            if let Some(source) = item.detail.as_deref().and_then(|d| d.strip_prefix("source:"))
+                && let Some(mut entry) = self.catalog.get(&weir_sql::statement::created_name(&item.sql))
+            {
+                entry.source = Some(source.to_string());
+                self.catalog.insert(entry);
+            }
+        }
+        let mut starts = Vec::new();
+        for (id, name, detail) in sources {
+            let source = crate::sources::source_from_detail(id, &name, &detail, &self.catalog)
+                .map_err(|e| AdapterError::StateStore(format!("cannot restore source {name}: {e}")))?;
+            let current: HashMap<GlobalId, Vec<String>> =
+                source.feeds.iter().map(|f| (f.table, Vec::new())).collect();
+            starts.push((name.clone(), restored.positions.get(&id).copied(), current));
+            self.register_source(source);
         }
         let mut writes = self.writes.lock().await;
         let mut updates = Vec::new();
@@ -191,13 +227,43 @@ impl Coordinator {
                 .map_err(|e| AdapterError::Internal(e.to_string()))?;
             let batch = RecordBatch::try_new(entry.schema.clone(), columns)
                 .map_err(|e| AdapterError::Internal(e.to_string()))?;
+            // A source's ingestion keeps its tables' rows as COPY lines.
+            for (_, _, current) in starts.iter_mut() {
+                if let Some(lines) = current.get_mut(&entry.id) {
+                    lines.extend(crate::server::copy_lines(&batch).into_iter().map(|l| {
+                        let mut l = String::from_utf8_lossy(&l).into_owned();
+                        l.pop();
+                        l
+                    }));
+                }
+            }
             updates.extend(self.apply_write(&entry, &mut writes, Some(batch), None)?);
         }
         let time = self.controller.next_write_time(restored.upper);
         self.controller.write_at(time, updates);
         self.catalog
             .set_next_id(restored.next_id.max(self.catalog.next_id()));
-        Ok(restored.shards.into_iter().collect())
+        Ok(Replayed {
+            outputs: restored.shards.into_iter().collect(),
+            sources: starts,
+        })
+    }
+
+    /// The committer, once replay is over.
+    pub(crate) fn durable(&self) -> Option<Durable> {
+        self.durable.get().cloned()
+    }
+
+    /// Remove `doomed` relations: catalog, workers, recorders, key indexes.
+    pub(crate) async fn remove_entries(&self, doomed: Vec<Entry>) {
+        for e in doomed {
+            self.stop_recording(e.id);
+            self.catalog.remove(&e.name);
+            if e.kind != RelationKind::View {
+                self.controller.send(weir_protocol::Command::Drop { id: e.id });
+            }
+            self.writes.lock().await.retain(|(id, _), _| *id != e.id);
+        }
     }
 
     /// Start recording every materialized view's output, reconciled with
@@ -507,6 +573,23 @@ impl Coordinator {
             }
             return Err(SqlError::DuplicateRelation(name).into());
         }
+        let entry = self.table_entry(ct, sql, None)?;
+        self.persist_catalog(vec![table_item(&entry)]).await?;
+        self.install_table(entry).await;
+        Ok(ExecuteResult::Command {
+            tag: "CREATE TABLE".into(),
+        })
+    }
+
+    /// The catalog entry `CREATE TABLE` describes, with a fresh id; a table
+    /// fed by `source` cannot be written by statements.
+    pub(crate) fn table_entry(
+        &self,
+        ct: &ast::CreateTable,
+        sql: &str,
+        source: Option<String>,
+    ) -> Result<Entry> {
+        let name = object_name(&ct.name);
         if ct.query.is_some() {
             return Err(unsupported("CREATE TABLE ... AS"));
         }
@@ -588,28 +671,8 @@ impl Coordinator {
             }
         }
         let schema = nullable_schema(types);
-        let id = self.catalog.allocate_id();
-        self.persist_catalog(vec![weir_persist::CatalogOp::Create(weir_persist::CatalogItem {
-            id,
-            sql: sql.trim().to_string(),
-            shard: true,
-        })])
-        .await?;
-        self.controller.send(weir_protocol::Command::CreateTable {
-            id,
-            name: name.clone(),
-            schema: schema.clone(),
-            key: primary_key.clone(),
-        });
-        let constraints = usize::from(!primary_key.is_empty()) + unique.len();
-        {
-            let mut writes = self.writes.lock().await;
-            for c in 0..constraints {
-                writes.insert((id, c), HashSet::new());
-            }
-        }
-        self.catalog.insert(Entry {
-            id,
+        Ok(Entry {
+            id: self.catalog.allocate_id(),
             name,
             kind: RelationKind::Table,
             schema,
@@ -620,10 +683,27 @@ impl Coordinator {
             view_plan: None,
             plan: None,
             depends_on: Vec::new(),
-        });
-        Ok(ExecuteResult::Command {
-            tag: "CREATE TABLE".into(),
+            source,
         })
+    }
+
+    /// Create the input of table `entry` on the workers and enter it in
+    /// the catalog (its catalog item already durable).
+    pub(crate) async fn install_table(&self, entry: Entry) {
+        self.controller.send(weir_protocol::Command::CreateTable {
+            id: entry.id,
+            name: entry.name.clone(),
+            schema: entry.schema.clone(),
+            key: entry.primary_key.clone(),
+        });
+        let constraints = usize::from(!entry.primary_key.is_empty()) + entry.unique.len();
+        {
+            let mut writes = self.writes.lock().await;
+            for c in 0..constraints {
+                writes.insert((entry.id, c), HashSet::new());
+            }
+        }
+        self.catalog.insert(entry);
     }
 
     async fn create_view(&self, cv: &ast::CreateView, sql: &str) -> Result<ExecuteResult> {
@@ -719,6 +799,7 @@ impl Coordinator {
             id,
             sql: sql.trim().to_string(),
             shard: cv.materialized,
+            detail: None,
         }));
         self.persist_catalog(ops).await?;
         if let Some(old) = self.catalog.remove(&name)
@@ -746,6 +827,7 @@ impl Coordinator {
             view_plan,
             plan: dataflow,
             depends_on,
+            source: None,
         });
         if cv.materialized
             && let Some(entry) = self.catalog.get(&name)
@@ -783,6 +865,7 @@ impl Coordinator {
                     expected: kind_name(kind),
                 });
             }
+            refuse_source_fed(&entry)?;
             let dependents = self.catalog.dependents_closure(&name);
             if !dependents.is_empty() && !cascade {
                 return Err(AdapterError::DependentObjects {
@@ -802,14 +885,7 @@ impl Coordinator {
                     .collect(),
             )
             .await?;
-            for e in doomed {
-                self.stop_recording(e.id);
-                self.catalog.remove(&e.name);
-                if e.kind != RelationKind::View {
-                    self.controller.send(weir_protocol::Command::Drop { id: e.id });
-                }
-                self.writes.lock().await.retain(|(id, _), _| *id != e.id);
-            }
+            self.remove_entries(doomed).await;
         }
         Ok(ExecuteResult::Command { tag: tag.into() })
     }
@@ -832,6 +908,7 @@ impl Coordinator {
                 expected: "table",
             });
         }
+        refuse_source_fed(&entry)?;
         let mut writes = self.writes.lock().await;
         // A statement that reads tables must see every write queued before
         // it; `INSERT ... VALUES` reads none and need not wait.
@@ -1024,6 +1101,7 @@ impl Coordinator {
 
     fn copy_target(&self, copy: &CopyFrom) -> Result<ExecuteResult> {
         let entry = self.entry(&copy.table)?;
+        refuse_source_fed(&entry)?;
         if entry.kind != RelationKind::Table {
             return Err(AdapterError::WrongObjectType {
                 name: copy.table.clone(),
@@ -1280,6 +1358,26 @@ fn first_words(s: &str) -> String {
 }
 
 /// Enforce NOT NULL and varchar lengths.
+fn refuse_source_fed(entry: &Entry) -> Result<()> {
+    match &entry.source {
+        Some(source) => Err(AdapterError::SourceFed {
+            table: entry.name.clone(),
+            feeder: source.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The durable catalog item of table `entry`.
+pub(crate) fn table_item(entry: &Entry) -> weir_persist::CatalogOp {
+    weir_persist::CatalogOp::Create(weir_persist::CatalogItem {
+        id: entry.id,
+        sql: entry.create_sql.clone(),
+        shard: true,
+        detail: entry.source.as_ref().map(|s| format!("source:{s}")),
+    })
+}
+
 /// Whether `plan` scans any relation.
 fn reads_tables(plan: &LogicalPlan) -> Result<bool> {
     let mut reads = false;

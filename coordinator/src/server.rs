@@ -296,7 +296,7 @@ where
 }
 
 /// Rows in `COPY` text format: tab-separated, `\N` for NULL, escaped.
-fn copy_lines(batch: &RecordBatch) -> Vec<Vec<u8>> {
+pub(crate) fn copy_lines(batch: &RecordBatch) -> Vec<Vec<u8>> {
     let options = arrow::util::display::FormatOptions::default();
     let formatters: Vec<_> = batch
         .columns()

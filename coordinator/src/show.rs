@@ -71,8 +71,23 @@ pub fn show(coord: &Coordinator, show: &Show) -> Result<ExecuteResult, AdapterEr
             .map(|(id, t)| vec![id.to_string(), t.to_string()])
             .collect(),
         Show::Views => names(coord, RelationKind::View),
-        // Sources cannot be created yet (CREATE SOURCE answers 0A000).
-        Show::Sources => Vec::new(),
+        Show::Sources => {
+            let sources = coord.sources.lock().expect("sources lock");
+            let mut rows: Vec<Vec<String>> = sources
+                .values()
+                .map(|s| {
+                    let status = s.status.lock().expect("status lock").clone();
+                    vec![
+                        s.name.clone(),
+                        s.connection.clone(),
+                        s.publication.clone(),
+                        status.state,
+                    ]
+                })
+                .collect();
+            rows.sort();
+            rows
+        }
         Show::Connections => objects(coord, ObjectKind::Connection)
             .into_iter()
             .map(|n| vec![n, "postgres".into()])

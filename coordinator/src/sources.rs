@@ -12,6 +12,7 @@ use weir_sql::source_sql::{ObjectKind, OptionValue, SourceStatement};
 
 use crate::catalog::Object;
 use crate::error::AdapterError;
+use crate::ingest::{Feed, Source};
 use crate::sequencer::{Coordinator, ExecuteResult};
 
 type Result<T> = std::result::Result<T, AdapterError>;
@@ -70,9 +71,40 @@ impl Coordinator {
                 });
                 Ok(command("CREATE CONNECTION"))
             }
-            SourceStatement::CreateSource { .. } => Err(AdapterError::Unsupported(
-                "CREATE SOURCE FROM POSTGRES (ingesting a publication is not built yet)".into(),
-            )),
+            SourceStatement::CreateSource {
+                name,
+                connection,
+                publication,
+                tables,
+                if_not_exists,
+            } => {
+                if self.name_taken(name, *if_not_exists)? {
+                    return Ok(command("CREATE SOURCE"));
+                }
+                self.create_source(name, connection, publication, tables.as_deref(), sql)
+                    .await?;
+                Ok(command("CREATE SOURCE"))
+            }
+            SourceStatement::Drop {
+                kind: ObjectKind::Source,
+                names,
+                if_exists,
+                cascade,
+            } => {
+                for name in names {
+                    if !self.sources.lock().expect("sources lock").contains_key(name) {
+                        if *if_exists {
+                            continue;
+                        }
+                        return Err(AdapterError::UndefinedObject {
+                            kind: "source",
+                            name: name.clone(),
+                        });
+                    }
+                    self.drop_source(name, *cascade).await?;
+                }
+                Ok(command("DROP SOURCE"))
+            }
             SourceStatement::Drop {
                 kind,
                 names,
@@ -113,6 +145,200 @@ impl Coordinator {
         }
     }
 
+    /// `CREATE SOURCE`: check the upstream (connection, publication, every
+    /// table's replica identity), create one table per upstream table, make
+    /// it all durable in one step, and start ingesting.
+    async fn create_source(
+        &self,
+        name: &str,
+        connection: &str,
+        publication: &str,
+        wanted: Option<&[weir_sql::source_sql::TableRef]>,
+        sql: &str,
+    ) -> Result<()> {
+        let conn = self
+            .catalog
+            .object(connection)
+            .filter(|o| o.kind == ObjectKind::Connection)
+            .ok_or_else(|| AdapterError::UndefinedObject {
+                kind: "connection",
+                name: connection.to_string(),
+            })?;
+        let config = self.pg_config(&conn.options)?;
+        let client = weir_connectors::postgres::connect(&config).await?;
+        let published = weir_connectors::postgres::describe(&client, publication).await?;
+        let chosen: Vec<(weir_connectors::postgres::UpstreamTable, String)> = match wanted {
+            None => published.into_iter().map(|t| (t.clone(), t.name)).collect(),
+            Some(refs) => refs
+                .iter()
+                .map(|r| {
+                    let schema = r.schema.clone().unwrap_or_else(|| "public".into());
+                    let t = published
+                        .iter()
+                        .find(|t| t.schema == schema && t.name == r.name)
+                        .ok_or_else(|| PgError::NotPublished(format!("{schema}.{}", r.name)))?;
+                    Ok((t.clone(), r.alias.clone().unwrap_or_else(|| r.name.clone())))
+                })
+                .collect::<Result<_>>()?,
+        };
+        for (_, weir_name) in &chosen {
+            if self.catalog.get(weir_name).is_some() || self.catalog.object(weir_name).is_some() {
+                return Err(weir_sql::SqlError::DuplicateRelation(weir_name.clone()).into());
+            }
+        }
+        let id = self.catalog.allocate_id();
+        let mut entries = Vec::new();
+        for (upstream, weir_name) in &chosen {
+            let table_sql = table_sql(weir_name, upstream);
+            let statements = weir_sql::statement::parse(&table_sql)?;
+            let Some(weir_sql::statement::Statement::Sql(ast)) = statements.first().map(|s| &s.statement)
+            else {
+                return Err(AdapterError::Internal(format!("cannot plan {table_sql}")));
+            };
+            let datafusion::sql::sqlparser::ast::Statement::CreateTable(ct) = ast.as_ref() else {
+                return Err(AdapterError::Internal(format!("cannot plan {table_sql}")));
+            };
+            entries.push(self.table_entry(ct, &table_sql, Some(name.to_string()))?);
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let slot = format!("weir_{id}_{nanos:08x}");
+        let feeds: Vec<Feed> = chosen
+            .iter()
+            .zip(&entries)
+            .map(|((upstream, _), e)| Feed {
+                upstream: upstream.clone(),
+                table: e.id,
+                name: e.name.clone(),
+                schema: e.schema.clone(),
+            })
+            .collect();
+        let detail = source_detail(connection, publication, &slot, &feeds);
+        let mut ops = vec![CatalogOp::Create(CatalogItem {
+            id,
+            sql: sql.trim().to_string(),
+            shard: false,
+            detail: Some(detail),
+        })];
+        ops.extend(entries.iter().map(crate::sequencer::table_item));
+        self.persist_catalog(ops).await?;
+        for e in entries {
+            self.install_table(e).await;
+        }
+        self.register_source(Source {
+            id,
+            name: name.to_string(),
+            connection: connection.to_string(),
+            publication: publication.to_string(),
+            slot,
+            feeds,
+            status: Default::default(),
+            task: None,
+        });
+        self.start_source(name, None, std::collections::HashMap::new())?;
+        Ok(())
+    }
+
+    pub(crate) fn register_source(&self, source: Source) {
+        self.sources
+            .lock()
+            .expect("sources lock")
+            .insert(source.name.clone(), source);
+    }
+
+    /// Start (or restart) ingesting source `name` after `position`.
+    pub(crate) fn start_source(
+        &self,
+        name: &str,
+        position: Option<u64>,
+        current: std::collections::HashMap<u64, Vec<String>>,
+    ) -> Result<()> {
+        let Some(durable) = self.durable() else {
+            return Ok(());
+        };
+        let mut sources = self.sources.lock().expect("sources lock");
+        let Some(source) = sources.get_mut(name) else {
+            return Ok(());
+        };
+        let conn = self
+            .catalog
+            .object(&source.connection)
+            .ok_or_else(|| AdapterError::UndefinedObject {
+                kind: "connection",
+                name: source.connection.clone(),
+            })?;
+        let config = self.pg_config(&conn.options)?;
+        source.task = Some(crate::ingest::spawn(
+            source.id,
+            source.name.clone(),
+            config,
+            source.slot.clone(),
+            source.publication.clone(),
+            source.feeds.clone(),
+            position,
+            current,
+            durable,
+            source.status.clone(),
+        ));
+        Ok(())
+    }
+
+    /// `DROP SOURCE`: stop it, drop its tables (and, with CASCADE, the
+    /// views over them) and its replication slot upstream.
+    async fn drop_source(&self, name: &str, cascade: bool) -> Result<()> {
+        let (id, tables, slot, connection) = {
+            let sources = self.sources.lock().expect("sources lock");
+            let s = &sources[name];
+            (
+                s.id,
+                s.feeds.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+                s.slot.clone(),
+                s.connection.clone(),
+            )
+        };
+        let mut doomed = Vec::new();
+        for t in &tables {
+            for d in self.catalog.dependents_closure(t) {
+                if !tables.contains(&d.name)
+                    && !doomed.iter().any(|x: &crate::catalog::Entry| x.name == d.name)
+                {
+                    doomed.push(d);
+                }
+            }
+        }
+        if !doomed.is_empty() && !cascade {
+            return Err(AdapterError::DependentObjects {
+                kind: "source",
+                name: name.to_string(),
+                dependents: doomed
+                    .iter()
+                    .map(|d| format!("{} {}", d.kind_name(), d.name))
+                    .collect(),
+            });
+        }
+        doomed.extend(tables.iter().filter_map(|t| self.catalog.get(t)));
+        let mut ops: Vec<CatalogOp> = doomed.iter().map(|e| CatalogOp::Drop(e.id)).collect();
+        ops.push(CatalogOp::Drop(id));
+        self.persist_catalog(ops).await?;
+        if let Some(mut s) = self.sources.lock().expect("sources lock").remove(name)
+            && let Some(task) = s.task.take()
+        {
+            task.abort();
+        }
+        self.remove_entries(doomed).await;
+        // The slot holds WAL upstream: remove it. The source is gone from
+        // Weir either way; an unreachable upstream keeps its slot.
+        if let Some(conn) = self.catalog.object(&connection) {
+            let config = self.pg_config(&conn.options)?;
+            if let Err(e) = weir_connectors::postgres::drop_slot(&config, &slot).await {
+                tracing::warn!(source = name, slot, error = %e, "could not drop the replication slot upstream");
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `name` is already used (`Ok(true)`: skip, for IF NOT
     /// EXISTS), or 42710 when it is.
     fn name_taken(&self, name: &str, if_not_exists: bool) -> Result<bool> {
@@ -130,6 +356,7 @@ impl Coordinator {
             id,
             sql: sql.trim().to_string(),
             shard: false,
+            detail: None,
         })])
         .await?;
         Ok(id)
@@ -217,4 +444,126 @@ impl From<PgError> for AdapterError {
     fn from(e: PgError) -> Self {
         AdapterError::Upstream(e)
     }
+}
+
+/// The `CREATE TABLE` that holds upstream table `t` in Weir: its columns in
+/// Weir's types (text where Weir has no such type), NOT NULL as upstream,
+/// and its replica identity as primary key.
+fn table_sql(name: &str, t: &weir_connectors::postgres::UpstreamTable) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut parts: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| {
+            let ty = weir_type(&c.type_name);
+            let null = if c.not_null { " NOT NULL" } else { "" };
+            format!("{} {ty}{null}", q(&c.name))
+        })
+        .collect();
+    if !t.key.is_empty() {
+        let key: Vec<String> = t.key.iter().map(|i| q(&t.columns[*i].name)).collect();
+        parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    }
+    format!("CREATE TABLE {} ({})", q(name), parts.join(", "))
+}
+
+/// Weir's name for upstream type `pg` (`format_type` output).
+fn weir_type(pg: &str) -> String {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(pg)
+        .and_then(|mut p| p.parse_data_type())
+        .ok()
+        .and_then(|t| weir_sql::types::column_type(&t).ok())
+        .map(|t| t.sql_name)
+        .unwrap_or_else(|| "text".into())
+}
+
+/// What a source's catalog item records beyond its statement, so a
+/// restart needs nothing from upstream.
+fn source_detail(connection: &str, publication: &str, slot: &str, feeds: &[Feed]) -> String {
+    let feeds: Vec<serde_json::Value> = feeds
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "table": f.table,
+                "name": f.name,
+                "oid": f.upstream.oid,
+                "schema": f.upstream.schema,
+                "upstream": f.upstream.name,
+                "key": f.upstream.key,
+                "columns": f.upstream.columns.iter().map(|c| serde_json::json!({
+                    "name": c.name, "type": c.type_name, "not_null": c.not_null,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "connection": connection,
+        "publication": publication,
+        "slot": slot,
+        "feeds": feeds,
+    })
+    .to_string()
+}
+
+/// A source from its catalog item (at restart); its tables must already
+/// be in `catalog`.
+pub(crate) fn source_from_detail(
+    id: u64,
+    name: &str,
+    detail: &str,
+    catalog: &crate::catalog::Catalog,
+) -> std::result::Result<Source, String> {
+    let v: serde_json::Value = serde_json::from_str(detail).map_err(|e| e.to_string())?;
+    let text = |v: &serde_json::Value, k: &str| -> std::result::Result<String, String> {
+        v[k].as_str().map(String::from).ok_or_else(|| format!("no {k}"))
+    };
+    let mut feeds = Vec::new();
+    for f in v["feeds"].as_array().ok_or("no feeds")? {
+        let table_name = text(f, "name")?;
+        let entry = catalog
+            .get(&table_name)
+            .ok_or_else(|| format!("table {table_name} is missing"))?;
+        let columns = f["columns"]
+            .as_array()
+            .ok_or("no columns")?
+            .iter()
+            .map(|c| {
+                Ok(weir_connectors::postgres::UpstreamColumn {
+                    name: text(c, "name")?,
+                    type_name: text(c, "type")?,
+                    not_null: c["not_null"].as_bool().unwrap_or(false),
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        feeds.push(Feed {
+            upstream: weir_connectors::postgres::UpstreamTable {
+                oid: f["oid"].as_u64().ok_or("no oid")? as u32,
+                schema: text(f, "schema")?,
+                name: text(f, "upstream")?,
+                columns,
+                key: f["key"]
+                    .as_array()
+                    .ok_or("no key")?
+                    .iter()
+                    .filter_map(|k| k.as_u64().map(|k| k as usize))
+                    .collect(),
+            },
+            table: entry.id,
+            name: table_name,
+            schema: entry.schema.clone(),
+        });
+    }
+    Ok(Source {
+        id,
+        name: name.to_string(),
+        connection: text(&v, "connection")?,
+        publication: text(&v, "publication")?,
+        slot: text(&v, "slot")?,
+        feeds,
+        status: Default::default(),
+        task: None,
+    })
 }

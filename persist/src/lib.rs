@@ -51,6 +51,10 @@ pub struct CatalogItem {
     /// Whether the relation has a shard: a table's rows, a materialized
     /// view's output.
     pub shard: bool,
+    /// What the statement alone does not say (a source's resolved
+    /// upstream tables, the source a table is fed by), opaque here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// A change to the durable catalog.
@@ -86,6 +90,10 @@ pub struct State {
     pub catalog: Vec<CatalogItem>,
     /// Each shard's batches, oldest first.
     pub shards: BTreeMap<u64, Vec<BatchRef>>,
+    /// Each source's resume position (an upstream LSN), made durable in
+    /// the same version as the data it covers.
+    #[serde(default)]
+    pub positions: BTreeMap<u64, u64>,
 }
 
 impl State {
@@ -97,6 +105,7 @@ impl State {
             next_id: 1,
             catalog: Vec::new(),
             shards: BTreeMap::new(),
+            positions: BTreeMap::new(),
         }
     }
 
@@ -136,6 +145,8 @@ pub struct Commit {
     pub compacted: Vec<Compacted>,
     /// The catalog's next id after this step.
     pub next_id: u64,
+    /// Sources' new resume positions, durable with the appends.
+    pub positions: Vec<(u64, u64)>,
 }
 
 /// What a restart finds: the catalog, and each shard's rows consolidated
@@ -143,6 +154,7 @@ pub struct Commit {
 #[derive(Debug)]
 pub struct Restored {
     pub catalog: Vec<CatalogItem>,
+    pub positions: BTreeMap<u64, u64>,
     pub shards: BTreeMap<u64, Option<Updates>>,
     pub upper: u64,
     pub next_id: u64,
@@ -255,6 +267,7 @@ impl Persist {
         }
         Ok(Restored {
             catalog: self.state.catalog.clone(),
+            positions: self.state.positions.clone(),
             shards,
             upper: self.state.upper,
             next_id: self.state.next_id,
@@ -312,11 +325,17 @@ impl Persist {
                 }
                 CatalogOp::Drop(id) => {
                     next.catalog.retain(|i| i.id != id);
+                    next.positions.remove(&id);
                     garbage.extend(next.shards.remove(&id).into_iter().flatten().map(|b| b.key));
                 }
             }
         }
         next.next_id = next.next_id.max(commit.next_id);
+        for (source, lsn) in commit.positions {
+            if next.catalog.iter().any(|i| i.id == source) {
+                next.positions.insert(source, lsn);
+            }
+        }
         let mut batches: Vec<(u64, Updates, u64, u64)> = Vec::new();
         if let Some(time) = commit.time {
             let lower = self.state.upper;

@@ -18,6 +18,7 @@ fn table(id: u64) -> CatalogOp {
         id,
         sql: format!("CREATE TABLE t{id} (k bigint)"),
         shard: true,
+        detail: None,
     })
 }
 
