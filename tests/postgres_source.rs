@@ -77,13 +77,35 @@ async fn connections_are_validated_and_secrets_never_shown() {
     let secrets = sorted(&c, "SHOW SECRETS").await;
     assert_eq!(secrets, vec!["bad", "plainpw", "pw", "replpw"]);
 
-    // Sources are not built yet: a clear 0A000.
+    // A source over a publication that does not exist says so.
     let (code, message, _) = error(
         &c,
-        "CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR ALL TABLES",
+        "CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'nope') FOR ALL TABLES",
     )
     .await;
-    assert_eq!(code, "0A000", "{message}");
+    assert_eq!(code, "42704", "{message}");
+    assert!(message.contains("publication \"nope\" does not exist upstream"), "{message}");
+    // A table without a usable replica identity is refused, naming it.
+    up.batch_execute(
+        "CREATE TABLE keyless (x int); CREATE PUBLICATION p2 FOR TABLE keyless;
+         CREATE TABLE keyed (x int PRIMARY KEY); CREATE PUBLICATION p3 FOR TABLE keyed;",
+    )
+    .await
+    .unwrap();
+    let (code, message, _) = error(
+        &c,
+        "CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p2') FOR ALL TABLES",
+    )
+    .await;
+    assert_eq!(code, "55000", "{message}");
+    assert!(message.contains("public.keyless"), "{message}");
+    let (code, message, _) = error(
+        &c,
+        "CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p3') FOR TABLES (public.other)",
+    )
+    .await;
+    assert_eq!(code, "42704", "{message}");
+    assert!(message.contains("public.other"), "{message}");
 
     // A secret a connection uses cannot go alone.
     let (code, message, _) = error(&c, "DROP SECRET replpw").await;
