@@ -127,6 +127,24 @@ fn column(
             .collect::<Result<_, _>>()?;
         return Ok(Arc::new(BinaryArray::from_iter(decoded)));
     }
+    if let DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano) = ty {
+        // PostgreSQL's interval output ("1 year 2 mons 3 days 04:05:06.7")
+        // is not a form Arrow's cast reads.
+        let parsed: Vec<Option<arrow::datatypes::IntervalMonthDayNano>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                None => Ok(None),
+                Some(s) => pg_interval(s).map(Some).ok_or_else(|| CopyError::InvalidValue {
+                    line: lines[i],
+                    column: name.into(),
+                    type_name: "interval".into(),
+                    value: s.clone(),
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        return Ok(Arc::new(arrow::array::IntervalMonthDayNanoArray::from(parsed)));
+    }
     let strings: ArrayRef = Arc::new(StringArray::from_iter(
         values.iter().map(|v| v.as_deref().map(normalize_bool)),
     ));
@@ -153,6 +171,83 @@ fn column(
         }
     }
     Ok(cast)
+}
+
+/// An interval in PostgreSQL's output style (`postgres`: `1 year 2 mons
+/// -3 days 04:05:06.789`, the `@ ... ago` verbose style) or a number of
+/// units per word (`3 hours`); `None` if it is neither.
+pub fn pg_interval(s: &str) -> Option<arrow::datatypes::IntervalMonthDayNano> {
+    let mut months: i64 = 0;
+    let mut days: i64 = 0;
+    let mut nanos: i128 = 0;
+    let mut text = s.trim().trim_start_matches('@').trim();
+    let ago = text.ends_with(" ago");
+    if ago {
+        text = text.trim_end_matches(" ago");
+    }
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.is_empty() {
+        return None;
+    }
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        if w.contains(':') {
+            let (sign, hms) = match w.strip_prefix('-') {
+                Some(rest) => (-1i128, rest),
+                None => (1, w.trim_start_matches('+')),
+            };
+            let parts: Vec<&str> = hms.split(':').collect();
+            if parts.len() < 2 || parts.len() > 3 {
+                return None;
+            }
+            let h: i128 = parts[0].parse().ok()?;
+            let m: i128 = parts[1].parse().ok()?;
+            let sec_nanos: i128 = match parts.get(2) {
+                Some(sec) => seconds_nanos(sec)?,
+                None => 0,
+            };
+            nanos += sign * ((h * 3600 + m * 60) * 1_000_000_000 + sec_nanos);
+            i += 1;
+            continue;
+        }
+        let unit = words.get(i + 1)?.to_ascii_lowercase();
+        let unit = unit.trim_end_matches(',');
+        let whole: i64 = w.split('.').next()?.parse().ok()?;
+        match unit {
+            "year" | "years" => months += whole * 12,
+            "mon" | "mons" | "month" | "months" => months += whole,
+            "week" | "weeks" => days += whole * 7,
+            "day" | "days" => days += whole,
+            "hour" | "hours" => nanos += seconds_nanos(w)? * 3600,
+            "min" | "mins" | "minute" | "minutes" => nanos += seconds_nanos(w)? * 60,
+            "sec" | "secs" | "second" | "seconds" => nanos += seconds_nanos(w)?,
+            _ => return None,
+        }
+        i += 2;
+    }
+    let sign = if ago { -1 } else { 1 };
+    Some(arrow::datatypes::IntervalMonthDayNano::new(
+        i32::try_from(months * sign).ok()?,
+        i32::try_from(days * sign).ok()?,
+        i64::try_from(nanos * sign as i128).ok()?,
+    ))
+}
+
+/// `[-]S[.fffffffff]` seconds in nanoseconds.
+fn seconds_nanos(s: &str) -> Option<i128> {
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let whole: i128 = whole.parse().ok()?;
+    if frac.len() > 9 || !frac.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let frac: i128 = format!("{frac:0<9}").parse().ok()?;
+    let v = whole * 1_000_000_000 + frac;
+    Some(if neg { -v } else { v })
 }
 
 fn normalize_bool(s: &str) -> &str {
@@ -327,6 +422,23 @@ fn split_csv(text: &str, format: &CopyFormat) -> Vec<(usize, Vec<Option<String>>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn postgres_intervals() {
+        use arrow::datatypes::IntervalMonthDayNano as I;
+        let h = 3_600_000_000_000i64;
+        assert_eq!(
+            super::pg_interval("1 day 02:03:04"),
+            Some(I::new(0, 1, 2 * h + 3 * 60_000_000_000 + 4_000_000_000))
+        );
+        assert_eq!(
+            super::pg_interval("1 year 2 mons -3 days -00:00:01.5"),
+            Some(I::new(14, -3, -1_500_000_000))
+        );
+        assert_eq!(super::pg_interval("@ 3 hours ago"), Some(I::new(0, 0, -3 * h)));
+        assert_eq!(super::pg_interval("00:00:00"), Some(I::new(0, 0, 0)));
+        assert_eq!(super::pg_interval("soon"), None);
+    }
+
     #[test]
     fn text_lines_round_trip() {
         let values = [Some("a\tb\\c\nd"), None, Some(""), Some("\\N")];
