@@ -294,3 +294,84 @@ async fn common_types_replicate_faithfully() {
         .unwrap();
     converge(&c, &up, &q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_and_upstream_restarts_lose_and_repeat_nothing() {
+    let pg = Postgres::start();
+    let up = pg.connect().await;
+    up.batch_execute(
+        "CREATE TABLE w (txn bigint, i int, v bigint, PRIMARY KEY (txn, i));
+         CREATE PUBLICATION p FOR ALL TABLES;",
+    )
+    .await
+    .unwrap();
+    let dir = state_dir();
+    let state = dir.path().to_str().unwrap().to_string();
+    let server = Server::on_state(&state, 2, &[]);
+    let c = server.connect().await;
+    exec(
+        &c,
+        &format!(
+            "CREATE SECRET pw AS 'postgres'; {};
+             CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR ALL TABLES;
+             CREATE MATERIALIZED VIEW per_txn AS SELECT txn, count(*) AS n, sum(v) AS s FROM w GROUP BY txn",
+            connection_sql("pg", pg.port, "postgres", "pw")
+        ),
+    )
+    .await;
+    drop(c);
+    drop(server);
+    // The upstream load: transactions of three inserts, and updates of
+    // earlier rows, as fast as one client goes.
+    let load_up = pg.connect().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_load = stop.clone();
+    let load = tokio::spawn(async move {
+        let mut txn = 0i64;
+        while !stop_load.load(std::sync::atomic::Ordering::Relaxed) {
+            txn += 1;
+            let sql = format!(
+                "BEGIN; INSERT INTO w VALUES ({txn}, 0, 1), ({txn}, 1, 2), ({txn}, 2, 3);
+                 UPDATE w SET v = v + 10 WHERE txn = {} ; COMMIT;",
+                txn / 2
+            );
+            // The upstream restarts once: a failed transaction is retried.
+            if load_up.batch_execute(&sql).await.is_err() {
+                return txn;
+            }
+        }
+        txn
+    });
+    for round in 0..6 {
+        let mut server = Server::on_state(&state, 2, &[]);
+        let c = server.connect().await;
+        // Every transaction lands whole: no view ever shows part of one.
+        for _ in 0..5 {
+            let partial = sorted(&c, "SELECT txn FROM per_txn WHERE n <> 3").await;
+            assert!(partial.is_empty(), "partial transactions visible: {partial:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if round == 3 {
+            pg.restart();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100 + 37 * round)).await;
+        server.kill();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = load.await.unwrap();
+    assert!(sent > 10, "the load ran ({sent} transactions)");
+    let server = Server::on_state(&state, 2, &[]);
+    let c = server.connect().await;
+    let up = pg.connect().await;
+    converge(&c, &up, "SELECT * FROM w").await;
+    converge(
+        &c,
+        &up,
+        "SELECT txn, count(*) AS n, sum(v) AS s FROM w GROUP BY txn",
+    )
+    .await;
+    assert_eq!(
+        sorted(&c, "SELECT * FROM per_txn").await,
+        upstream_rows(&up, "SELECT txn, count(*) AS n, sum(v) AS s FROM w GROUP BY txn").await
+    );
+}

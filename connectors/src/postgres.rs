@@ -325,6 +325,10 @@ pub struct SnapshotData {
 /// The replication stream of one source.
 pub struct ReplicationStream {
     client: pgwire_replication::ReplicationClient,
+    /// The transaction being read; kept here so that dropping a pending
+    /// [`ReplicationStream::next`] loses nothing.
+    changes: Vec<Change>,
+    in_transaction: bool,
 }
 
 fn replication_error(e: impl std::fmt::Display) -> PgError {
@@ -354,6 +358,10 @@ pub async fn open_stream(
     rc.port = config.port;
     rc.tls = pgwire_replication::TlsConfig::disabled();
     rc.start_lsn = pgwire_replication::Lsn(resume.unwrap_or(0));
+    // Confirm durable progress to the server within a second: the slot
+    // then releases WAL promptly, and a server shutting down (which waits
+    // for its walsenders to be confirmed) is not held up.
+    rc.status_interval = Duration::from_secs(1);
     let mut client = pgwire_replication::ReplicationClient::connect_gated(rc)
         .await
         .map_err(replication_error)?;
@@ -410,7 +418,14 @@ pub async fn open_stream(
         }
     };
     client.start().await.map_err(replication_error)?;
-    Ok((snapshot, ReplicationStream { client }))
+    Ok((
+        snapshot,
+        ReplicationStream {
+            client,
+            changes: Vec::new(),
+            in_transaction: false,
+        },
+    ))
 }
 
 fn quote_ident(s: &str) -> String {
@@ -418,10 +433,10 @@ fn quote_ident(s: &str) -> String {
 }
 
 impl ReplicationStream {
-    /// The next whole upstream transaction.
+    /// The next whole upstream transaction. Cancel-safe: a call dropped
+    /// while pending loses nothing.
     pub async fn next(&mut self) -> Result<Transaction, PgError> {
         use pgwire_replication::ReplicationEvent as E;
-        let mut changes = Vec::new();
         loop {
             let event = self
                 .client
@@ -430,24 +445,33 @@ impl ReplicationStream {
                 .map_err(replication_error)?
                 .ok_or_else(|| replication_error("the stream ended"))?;
             match event {
-                E::Begin { .. } => changes.clear(),
+                // Between transactions, everything the server has sent was
+                // whole transactions the caller already made durable (it
+                // asks for the next one only then): confirm up to the
+                // server's sent position, as pg_recvlogical does, so idle
+                // WAL (and a server shutting down) is not held back.
+                E::KeepAlive { wal_end, .. } if !self.in_transaction => self.ack(wal_end.0),
+                E::Begin { .. } => {
+                    self.in_transaction = true;
+                    self.changes.clear();
+                }
                 E::XLogData { data, .. } => {
                     use crate::pgoutput::Message as M;
-                    match crate::pgoutput::decode(&data).map_err(replication_error)? {
-                        M::Relation(r) => changes.push(Change::Relation(r)),
-                        M::Insert { relation, new } => changes.push(Change::Insert { relation, new }),
-                        M::Update { relation, old, new } => {
-                            changes.push(Change::Update { relation, old, new })
-                        }
-                        M::Delete { relation, old } => changes.push(Change::Delete { relation, old }),
-                        M::Truncate { relations } => changes.push(Change::Truncate(relations)),
-                        M::Begin { .. } | M::Commit { .. } | M::Other(_) => {}
-                    }
+                    let change = match crate::pgoutput::decode(&data).map_err(replication_error)? {
+                        M::Relation(r) => Change::Relation(r),
+                        M::Insert { relation, new } => Change::Insert { relation, new },
+                        M::Update { relation, old, new } => Change::Update { relation, old, new },
+                        M::Delete { relation, old } => Change::Delete { relation, old },
+                        M::Truncate { relations } => Change::Truncate(relations),
+                        M::Begin { .. } | M::Commit { .. } | M::Other(_) => continue,
+                    };
+                    self.changes.push(change);
                 }
                 E::Commit { end_lsn, .. } => {
+                    self.in_transaction = false;
                     return Ok(Transaction {
                         end_lsn: end_lsn.0,
-                        changes,
+                        changes: std::mem::take(&mut self.changes),
                     });
                 }
                 _ => {}

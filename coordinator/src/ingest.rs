@@ -29,6 +29,9 @@ use weir_sql::GlobalId;
 
 use crate::durable::Durable;
 
+/// The most upstream transactions folded into one durable step.
+const MAX_TRANSACTIONS_PER_COMMIT: usize = 10_000;
+
 /// One upstream table and the Weir table it feeds.
 #[derive(Debug, Clone)]
 pub struct Feed {
@@ -145,9 +148,9 @@ pub fn spawn(
             )
             .await;
             let Err(e) = run else { return };
-            warn!(source = name, error = %e, "source stopped; retrying in 5 s");
+            warn!(source = name, error = %e, "source stopped; retrying in 1 s");
             status.lock().expect("status lock").state = format!("error: {e}");
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     })
 }
@@ -222,11 +225,23 @@ async fn run(
         .map(|(i, f)| (f.upstream.oid, i))
         .collect();
     loop {
-        let txn = stream.next().await.map_err(|e| e.to_string())?;
-        set(status, |s| s.lsn_received = txn.end_lsn);
-        if position.is_some_and(|p| txn.end_lsn <= p) {
-            // Already durable before a restart: the slot replays from its
-            // confirmed position, which may lag Weir's.
+        // Every transaction already waiting joins this commit: each still
+        // lands whole, at one timestamp, and a busy upstream costs one
+        // durable step per batch rather than per transaction.
+        let first = stream.next().await.map_err(|e| e.to_string())?;
+        let mut txns = vec![first];
+        while txns.len() < MAX_TRANSACTIONS_PER_COMMIT {
+            match futures::FutureExt::now_or_never(stream.next()) {
+                Some(t) => txns.push(t.map_err(|e| e.to_string())?),
+                None => break,
+            }
+        }
+        let end_lsn = txns.last().map(|t| t.end_lsn).unwrap_or_default();
+        set(status, |s| s.lsn_received = end_lsn);
+        // Transactions already durable before a restart: the slot replays
+        // from its confirmed position, which may lag Weir's.
+        txns.retain(|t| position.is_none_or(|p| t.end_lsn > p));
+        if txns.is_empty() {
             continue;
         }
         let mut inserts: Vec<Vec<String>> = vec![Vec::new(); feeds.len()];
@@ -237,7 +252,7 @@ async fn run(
                 .copied()
                 .ok_or_else(|| format!("a change to upstream relation {oid}, which is not in the source"))
         };
-        for change in txn.changes {
+        for change in txns.into_iter().flat_map(|t| t.changes) {
             match change {
                 Change::Relation(r) => {
                     let Some(i) = feeds
@@ -339,14 +354,14 @@ async fn run(
             }
         }
         durable
-            .write_at_position(updates, Some((id, txn.end_lsn)))
+            .write_at_position(updates, Some((id, end_lsn)))
             .wait()
             .await
             .map_err(|e| e.to_string())?;
-        stream.ack(txn.end_lsn);
-        *position = Some(txn.end_lsn);
+        stream.ack(end_lsn);
+        *position = Some(end_lsn);
         set(status, |s| {
-            s.lsn_committed = txn.end_lsn;
+            s.lsn_committed = end_lsn;
             s.rows += changed;
         });
     }

@@ -35,6 +35,8 @@ fn as_server_user(program: PathBuf, args: &[&str]) -> Command {
 pub struct Postgres {
     dir: tempfile::TempDir,
     pub port: u16,
+    /// The server options, to start it again the same way.
+    opts: String,
 }
 
 impl Postgres {
@@ -85,14 +87,21 @@ impl Postgres {
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level={wal_level} -c max_wal_senders=10 -c max_replication_slots=10 -c fsync=off",
             dir.path().display()
         );
-        let log = dir.path().join("log");
+        let pg = Postgres { dir, port, opts };
+        pg.start_server();
+        pg
+    }
+
+    fn start_server(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("log");
         let out = as_server_user(
             bin("pg_ctl"),
             &[
                 "-D",
                 data.to_str().unwrap(),
                 "-o",
-                &opts,
+                &self.opts,
                 "-l",
                 log.to_str().unwrap(),
                 "-w",
@@ -107,7 +116,6 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        Postgres { dir, port }
     }
 
     pub fn url(&self, user: &str, password: &str) -> String {
@@ -136,7 +144,8 @@ impl Postgres {
 
     /// Restart the server (same data, same port).
     pub fn restart(&self) {
-        self.pg_ctl("restart");
+        self.pg_ctl("stop");
+        self.start_server();
     }
 }
 
