@@ -192,6 +192,15 @@ async fn snapshot_then_stream_exactly_once_across_restarts() {
         sorted(&c, "SELECT * FROM per_customer").await,
         upstream_rows(&up, per_customer).await
     );
+    assert_eq!(
+        sorted(
+            &c,
+            "SELECT name, connection, publication, tables, state, snapshot_rows, lsn_committed <> '0/0'
+             FROM weir_catalog.sources"
+        )
+        .await,
+        vec!["shop|pg|p|events, orders|streaming|103|t"]
+    );
 
     // Streaming: every kind of change, one transaction landing at once.
     up.batch_execute(
@@ -237,6 +246,13 @@ async fn snapshot_then_stream_exactly_once_across_restarts() {
     );
     let shown = sorted(&c, "SHOW SOURCES").await;
     assert_eq!(shown, vec!["shop|pg|p|streaming"]);
+    // Caught up: no lag, and the changes counted.
+    let status = sorted(
+        &c,
+        "SELECT lag_bytes, lag_ms, rows_ingested > 0 FROM weir_catalog.sources",
+    )
+    .await;
+    assert_eq!(status, vec!["0|0|t"]);
 
     // Dropping the source needs CASCADE for the view, and removes the slot.
     let (code, _, _) = error(&c, "DROP SOURCE shop").await;

@@ -313,6 +313,8 @@ pub enum Change {
 #[derive(Debug, Clone)]
 pub struct Transaction {
     pub end_lsn: u64,
+    /// When it committed upstream, in microseconds since the Unix epoch.
+    pub commit_time_micros: i64,
     pub changes: Vec<Change>,
 }
 
@@ -329,6 +331,11 @@ pub struct ReplicationStream {
     /// [`ReplicationStream::next`] loses nothing.
     changes: Vec<Change>,
     in_transaction: bool,
+    /// The server's WAL position, as it last said.
+    server_lsn: u64,
+    /// Everything below this was sent and handled (a keepalive between
+    /// transactions).
+    caught_up: u64,
 }
 
 fn replication_error(e: impl std::fmt::Display) -> PgError {
@@ -424,6 +431,8 @@ pub async fn open_stream(
             client,
             changes: Vec::new(),
             in_transaction: false,
+            server_lsn: 0,
+            caught_up: 0,
         },
     ))
 }
@@ -450,7 +459,13 @@ impl ReplicationStream {
                 // asks for the next one only then): confirm up to the
                 // server's sent position, as pg_recvlogical does, so idle
                 // WAL (and a server shutting down) is not held back.
-                E::KeepAlive { wal_end, .. } if !self.in_transaction => self.ack(wal_end.0),
+                E::KeepAlive { wal_end, .. } => {
+                    self.server_lsn = self.server_lsn.max(wal_end.0);
+                    if !self.in_transaction {
+                        self.caught_up = self.caught_up.max(wal_end.0);
+                        self.ack(wal_end.0);
+                    }
+                }
                 E::Begin { .. } => {
                     self.in_transaction = true;
                     self.changes.clear();
@@ -467,16 +482,36 @@ impl ReplicationStream {
                     };
                     self.changes.push(change);
                 }
-                E::Commit { end_lsn, .. } => {
+                E::Commit {
+                    end_lsn,
+                    commit_time_micros,
+                    ..
+                } => {
                     self.in_transaction = false;
+                    self.server_lsn = self.server_lsn.max(end_lsn.0);
+                    // PostgreSQL counts from 2000-01-01.
+                    const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
                     return Ok(Transaction {
                         end_lsn: end_lsn.0,
+                        commit_time_micros: commit_time_micros + PG_EPOCH_MICROS,
                         changes: std::mem::take(&mut self.changes),
                     });
                 }
                 _ => {}
             }
         }
+    }
+
+    /// The server's WAL position as it last reported it (the end of its
+    /// WAL, or of the last transaction sent).
+    pub fn server_lsn(&self) -> u64 {
+        self.server_lsn
+    }
+
+    /// The position below which the server has sent nothing the caller
+    /// has not already taken.
+    pub fn caught_up_lsn(&self) -> u64 {
+        self.caught_up
     }
 
     /// Everything up to `lsn` is durable in Weir: the upstream may

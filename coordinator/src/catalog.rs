@@ -94,6 +94,17 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Catalog {
     state: RwLock<State>,
+    /// Each source's description and live status, for `weir_catalog.sources`.
+    sources: std::sync::Mutex<BTreeMap<String, SourceInfo>>,
+}
+
+/// A source as the system catalog shows it.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    pub connection: String,
+    pub publication: String,
+    pub tables: Vec<String>,
+    pub status: Arc<std::sync::Mutex<crate::ingest::Status>>,
 }
 
 impl Catalog {
@@ -133,6 +144,23 @@ impl Catalog {
 
     pub fn remove(&self, name: &str) -> Option<Entry> {
         self.state.write().expect("catalog lock").entries.remove(name)
+    }
+
+    pub fn set_source(&self, name: &str, info: Option<SourceInfo>) {
+        let mut sources = self.sources.lock().expect("sources lock");
+        match info {
+            Some(i) => sources.insert(name.to_string(), i),
+            None => sources.remove(name),
+        };
+    }
+
+    pub fn sources(&self) -> Vec<(String, SourceInfo)> {
+        self.sources
+            .lock()
+            .expect("sources lock")
+            .iter()
+            .map(|(n, i)| (n.clone(), i.clone()))
+            .collect()
     }
 
     pub fn object(&self, name: &str) -> Option<Object> {
@@ -220,7 +248,7 @@ impl CatalogReader for Catalog {
     }
 
     fn system_table(&self, schema: &str, name: &str) -> Option<arrow::array::RecordBatch> {
-        crate::system::table(schema, name, &self.entries())
+        crate::system::table(schema, name, &self.entries(), &self.sources())
     }
 
     fn system_table_names(&self, schema: &str) -> Vec<String> {

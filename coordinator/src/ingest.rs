@@ -41,13 +41,43 @@ pub struct Feed {
     pub schema: SchemaRef,
 }
 
-/// What `SHOW SOURCES` reports.
+/// What `SHOW SOURCES` and `weir_catalog.sources` report.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
+    /// `snapshotting`, `connecting`, `streaming`, or `error: ...`.
     pub state: String,
+    /// Rows read by the snapshot.
+    pub snapshot_rows: u64,
     pub lsn_received: u64,
     pub lsn_committed: u64,
+    /// The upstream's WAL position as last reported.
+    pub lsn_upstream: u64,
+    /// Upstream commit time (µs since the epoch) of the newest transaction
+    /// made durable.
+    pub committed_at_micros: i64,
+    /// Rows inserted or deleted since the source started.
     pub rows: u64,
+}
+
+impl Status {
+    /// WAL received from the upstream but not yet durable in Weir, in
+    /// bytes.
+    pub fn lag_bytes(&self) -> u64 {
+        self.lsn_upstream.saturating_sub(self.lsn_committed)
+    }
+
+    /// How far behind the upstream's clock Weir's copy is, in ms: zero
+    /// when nothing is outstanding.
+    pub fn lag_ms(&self) -> i64 {
+        if self.lag_bytes() == 0 || self.committed_at_micros == 0 {
+            return 0;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        (now - self.committed_at_micros).max(0) / 1000
+    }
 }
 
 pub struct Source {
@@ -212,10 +242,17 @@ async fn run(
             .map_err(|e| e.to_string())?;
         stream.ack(snapshot.lsn);
         *position = Some(snapshot.lsn);
+        info!(
+            source_rows = total,
+            lsn = snapshot.lsn,
+            "snapshot durable; streaming"
+        );
         set(status, |s| {
             s.rows += total;
+            s.snapshot_rows = total;
             s.lsn_committed = snapshot.lsn;
             s.lsn_received = snapshot.lsn;
+            s.lsn_upstream = s.lsn_upstream.max(snapshot.lsn);
         });
     }
     set(status, |s| s.state = "streaming".into());
@@ -237,7 +274,12 @@ async fn run(
             }
         }
         let end_lsn = txns.last().map(|t| t.end_lsn).unwrap_or_default();
-        set(status, |s| s.lsn_received = end_lsn);
+        let committed_at = txns.last().map(|t| t.commit_time_micros).unwrap_or_default();
+        let upstream_lsn = stream.server_lsn();
+        set(status, |s| {
+            s.lsn_received = end_lsn;
+            s.lsn_upstream = upstream_lsn.max(end_lsn);
+        });
         // Transactions already durable before a restart: the slot replays
         // from its confirmed position, which may lag Weir's.
         txns.retain(|t| position.is_none_or(|p| t.end_lsn > p));
@@ -360,8 +402,10 @@ async fn run(
             .map_err(|e| e.to_string())?;
         stream.ack(end_lsn);
         *position = Some(end_lsn);
+        let caught_up = stream.caught_up_lsn();
         set(status, |s| {
-            s.lsn_committed = end_lsn;
+            s.lsn_committed = end_lsn.max(caught_up);
+            s.committed_at_micros = committed_at;
             s.rows += changed;
         });
     }

@@ -242,6 +242,15 @@ impl Coordinator {
     }
 
     pub(crate) fn register_source(&self, source: Source) {
+        self.catalog.set_source(
+            &source.name,
+            Some(crate::catalog::SourceInfo {
+                connection: source.connection.clone(),
+                publication: source.publication.clone(),
+                tables: source.feeds.iter().map(|f| f.name.clone()).collect(),
+                status: source.status.clone(),
+            }),
+        );
         self.sources
             .lock()
             .expect("sources lock")
@@ -322,6 +331,7 @@ impl Coordinator {
         let mut ops: Vec<CatalogOp> = doomed.iter().map(|e| CatalogOp::Drop(e.id)).collect();
         ops.push(CatalogOp::Drop(id));
         self.persist_catalog(ops).await?;
+        self.catalog.set_source(name, None);
         if let Some(mut s) = self.sources.lock().expect("sources lock").remove(name)
             && let Some(task) = s.task.take()
         {

@@ -68,7 +68,7 @@ pub fn table_names(schema: &str) -> Vec<String> {
             "pg_views",
         ],
         "information_schema" => &["columns", "schemata", "tables", "views"],
-        "weir_catalog" => &["columns", "dependencies", "relations"],
+        "weir_catalog" => &["columns", "dependencies", "relations", "sources"],
         _ => &[],
     };
     names.iter().map(|s| s.to_string()).collect()
@@ -222,7 +222,12 @@ const TYPES: &[(i64, &str, i64, i64)] = &[
 ];
 
 /// Compute the system relation `schema.name` over `entries`.
-pub fn table(schema: &str, name: &str, entries: &[Entry]) -> Option<RecordBatch> {
+pub fn table(
+    schema: &str,
+    name: &str,
+    entries: &[Entry],
+    sources: &[(String, crate::catalog::SourceInfo)],
+) -> Option<RecordBatch> {
     use DataType::{Boolean as B, Int64 as I, Utf8 as T};
     let b = match (schema, name) {
         ("pg_catalog", "pg_namespace") => batch(
@@ -675,6 +680,41 @@ pub fn table(schema: &str, name: &str, entries: &[Entry]) -> Option<RecordBatch>
                             boolean(nullable(e, i)),
                         ]
                     })
+                })
+                .collect(),
+        ),
+        ("weir_catalog", "sources") => batch(
+            &[
+                ("name", T),
+                ("connection", T),
+                ("publication", T),
+                ("tables", T),
+                ("state", T),
+                ("snapshot_rows", I),
+                ("lsn_received", T),
+                ("lsn_committed", T),
+                ("lag_bytes", I),
+                ("lag_ms", I),
+                ("rows_ingested", I),
+            ],
+            sources
+                .iter()
+                .map(|(name, info)| {
+                    let s = info.status.lock().expect("status lock").clone();
+                    let lsn = |l: u64| format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff);
+                    vec![
+                        text(name),
+                        text(&info.connection),
+                        text(&info.publication),
+                        text(info.tables.join(", ")),
+                        text(&s.state),
+                        int(s.snapshot_rows as i64),
+                        text(lsn(s.lsn_received)),
+                        text(lsn(s.lsn_committed)),
+                        int(s.lag_bytes() as i64),
+                        int(s.lag_ms()),
+                        int(s.rows as i64),
+                    ]
                 })
                 .collect(),
         ),
