@@ -391,3 +391,59 @@ async fn crashes_and_upstream_restarts_lose_and_repeat_nothing() {
         upstream_rows(&up, "SELECT txn, count(*) AS n, sum(v) AS s FROM w GROUP BY txn").await
     );
 }
+
+#[tokio::test]
+async fn upstream_schema_changes_are_reported_not_applied_wrong() {
+    let pg = Postgres::start();
+    let up = pg.connect().await;
+    up.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, v int, w text);
+         CREATE TABLE b (id int PRIMARY KEY, v int);
+         INSERT INTO a VALUES (1, 1, 'x'); INSERT INTO b VALUES (1, 1);
+         CREATE PUBLICATION p FOR ALL TABLES;",
+    )
+    .await
+    .unwrap();
+    let dir = state_dir();
+    let server = Server::on_state(dir.path().to_str().unwrap(), 1, &[]);
+    let c = server.connect().await;
+    exec(
+        &c,
+        &format!(
+            "CREATE SECRET pw AS 'postgres'; {};
+             CREATE SOURCE sa FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR TABLES (a);
+             CREATE SOURCE sb FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR TABLES (b)",
+            connection_sql("pg", pg.port, "postgres", "pw")
+        ),
+    )
+    .await;
+    converge(&c, &up, "SELECT * FROM a").await;
+    converge(&c, &up, "SELECT * FROM b").await;
+    // A dropped column and a retyped one: each source stops with an error
+    // naming table and column, keeping what it had ingested.
+    up.batch_execute(
+        "ALTER TABLE a DROP COLUMN w; INSERT INTO a VALUES (2, 2);
+         ALTER TABLE b ALTER COLUMN v TYPE text; INSERT INTO b VALUES (2, 'two');",
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let states = sorted(&c, "SELECT name, state FROM weir_catalog.sources").await;
+        if states.iter().all(|s| s.contains("error")) {
+            assert!(
+                states[0].contains("public.a") && states[0].contains("\"w\""),
+                "{states:?}"
+            );
+            assert!(
+                states[1].contains("public.b") && states[1].contains("\"v\" changed type"),
+                "{states:?}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{states:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(sorted(&c, "SELECT * FROM a").await, vec!["1|1|x"]);
+    assert_eq!(sorted(&c, "SELECT * FROM b").await, vec!["1|1"]);
+}

@@ -177,6 +177,8 @@ pub struct UpstreamColumn {
     pub name: String,
     /// `format_type` of the column, e.g. `numeric(10,2)`.
     pub type_name: String,
+    /// The type's OID, to notice a column retyped upstream.
+    pub type_oid: u32,
     pub not_null: bool,
 }
 
@@ -230,7 +232,7 @@ pub async fn describe(client: &Client, publication: &str) -> Result<Vec<Upstream
         let identity: String = row.get(3);
         let columns: Vec<(i16, UpstreamColumn)> = client
             .query(
-                "SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
+                "SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atttypid
                  FROM pg_catalog.pg_attribute a
                  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
                 &[&oid],
@@ -245,6 +247,7 @@ pub async fn describe(client: &Client, publication: &str) -> Result<Vec<Upstream
                         name: r.get(1),
                         type_name: r.get(2),
                         not_null: r.get(3),
+                        type_oid: r.get(4),
                     },
                 )
             })

@@ -288,12 +288,9 @@ async fn run(
         }
         let mut inserts: Vec<Vec<String>> = vec![Vec::new(); feeds.len()];
         let mut deletes: Vec<Vec<String>> = vec![Vec::new(); feeds.len()];
-        let table = |relations: &HashMap<u32, usize>, oid: u32| -> Result<usize, String> {
-            relations
-                .get(&oid)
-                .copied()
-                .ok_or_else(|| format!("a change to upstream relation {oid}, which is not in the source"))
-        };
+        // The publication may cover more tables than the source takes:
+        // changes to those are not this source's business.
+        let table = |relations: &HashMap<u32, usize>, oid: u32| relations.get(&oid).copied();
         for change in txns.into_iter().flat_map(|t| t.changes) {
             match change {
                 Change::Relation(r) => {
@@ -317,17 +314,35 @@ async fn run(
                             feeds[i].upstream.qualified()
                         ));
                     }
+                    let feed = &feeds[i];
+                    if let Some((col, _)) = feed
+                        .upstream
+                        .columns
+                        .iter()
+                        .zip(&r.columns)
+                        .find(|(mine, theirs)| mine.type_oid != 0 && mine.type_oid != theirs.type_oid)
+                    {
+                        return Err(format!(
+                            "upstream table {} changed: column \"{}\" changed type; drop and re-create the source",
+                            feed.upstream.qualified(),
+                            col.name
+                        ));
+                    }
                     relations.insert(r.oid, i);
                 }
                 Change::Insert { relation, new } => {
-                    let t = table(&relations, relation)?;
+                    let Some(t) = table(&relations, relation) else {
+                        continue;
+                    };
                     let fields = fit(&feeds[t], text(&new));
                     let line = text_line(fields.iter().map(|v| v.as_deref()));
                     rows[t].add(key_of(&feeds[t], &fields), line.clone());
                     inserts[t].push(line);
                 }
                 Change::Update { relation, old, new } => {
-                    let t = table(&relations, relation)?;
+                    let Some(t) = table(&relations, relation) else {
+                        continue;
+                    };
                     let feed = &feeds[t];
                     let new_fields = fit(feed, text(&new));
                     let old_key = match &old {
@@ -356,7 +371,9 @@ async fn run(
                     inserts[t].push(line);
                 }
                 Change::Delete { relation, old } => {
-                    let t = table(&relations, relation)?;
+                    let Some(t) = table(&relations, relation) else {
+                        continue;
+                    };
                     let key = key_of(&feeds[t], &fit(&feeds[t], text(&old)));
                     let line = rows[t].take(&key).ok_or_else(|| {
                         format!(
@@ -368,7 +385,7 @@ async fn run(
                 }
                 Change::Truncate(oids) => {
                     for oid in oids {
-                        let t = table(&relations, oid)?;
+                        let Some(t) = table(&relations, oid) else { continue };
                         for (_, (line, n)) in std::mem::take(&mut rows[t].by_key) {
                             deletes[t].extend(std::iter::repeat_n(line, n));
                         }

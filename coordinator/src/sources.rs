@@ -504,7 +504,7 @@ fn source_detail(connection: &str, publication: &str, slot: &str, feeds: &[Feed]
                 "upstream": f.upstream.name,
                 "key": f.upstream.key,
                 "columns": f.upstream.columns.iter().map(|c| serde_json::json!({
-                    "name": c.name, "type": c.type_name, "not_null": c.not_null,
+                    "name": c.name, "type": c.type_name, "type_oid": c.type_oid, "not_null": c.not_null,
                 })).collect::<Vec<_>>(),
             })
         })
@@ -544,6 +544,7 @@ pub(crate) fn source_from_detail(
                 Ok(weir_connectors::postgres::UpstreamColumn {
                     name: text(c, "name")?,
                     type_name: text(c, "type")?,
+                    type_oid: c["type_oid"].as_u64().unwrap_or(0) as u32,
                     not_null: c["not_null"].as_bool().unwrap_or(false),
                 })
             })
