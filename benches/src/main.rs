@@ -5,6 +5,9 @@
 //! `cargo run --release -p weir-benches -- load [--rows N] [--batch N] [--workers N]`
 //! `cargo run --release -p weir-benches -- updates [--orders N] [--updates N] [--batch N] [--workers N]`
 //! `cargo run --release -p weir-benches -- durable [--rows N] [--batch N] [--clients N] [--workers N]`
+//! `cargo run --release -p weir-benches -- cdc [--rows N] [--stream-rows N] [--workers N]`
+
+mod pg;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -513,6 +516,235 @@ async fn durable(args: &[String]) -> Result<serde_json::Value> {
     }))
 }
 
+/// Poll `sql` (one bigint, NULL as 0) on `c` until it reaches `target`.
+async fn wait_for(c: &Client, sql: &str, target: i64, limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let v: Option<i64> = c.query_one(sql, &[]).await?.get(0);
+        if v.unwrap_or(0) >= target {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            bail!("{sql} reached {v:?}, not {target}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn source_sql(port: u16, publication: &str) -> String {
+    format!(
+        "CREATE SECRET IF NOT EXISTS pw AS 'unused';
+         CREATE CONNECTION IF NOT EXISTS pg TO POSTGRES (HOST '127.0.0.1', PORT {port}, USER 'postgres',
+            PASSWORD SECRET pw, DATABASE 'postgres', SSL MODE 'disable');
+         CREATE SOURCE src FROM POSTGRES CONNECTION pg (PUBLICATION '{publication}') FOR ALL TABLES"
+    )
+}
+
+/// PostgreSQL change data capture against a throwaway local server:
+/// snapshot rows/s, streaming rows/s draining a backlog (and the same for
+/// `pg_recvlogical` to /dev/null, the ceiling), and commit-to-view
+/// freshness at 1,000 and 10,000 rows/s.
+async fn cdc(args: &[String]) -> Result<serde_json::Value> {
+    let rows = arg(args, "--rows", 1_000_000) as i64;
+    let stream_rows = arg(args, "--stream-rows", 200_000) as i64;
+    let workers = arg(
+        args,
+        "--workers",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+    );
+    let pg = pg::Postgres::start()?;
+    let up = pg.connect().await?;
+    up.batch_execute(&format!(
+        "CREATE TABLE t (id bigint PRIMARY KEY, name text, amount bigint, at timestamp, pad text);
+         INSERT INTO t SELECT g, 'name-' || g, g * 7, '2024-01-01'::timestamp + g * interval '1 second',
+            repeat('x', 40) FROM generate_series(1, {rows}) g;
+         CREATE TABLE s (id bigint PRIMARY KEY, name text, amount bigint, at timestamp, pad text);
+         CREATE TABLE f (id bigint PRIMARY KEY, v int);
+         CREATE PUBLICATION snap FOR TABLE t;
+         CREATE PUBLICATION stream FOR TABLE s;
+         CREATE PUBLICATION fresh FOR TABLE f;
+         CHECKPOINT;"
+    ))
+    .await?;
+    let row_bytes: f64 = up
+        .query_one("SELECT avg(pg_column_size(t.*))::float8 FROM t", &[])
+        .await?
+        .get(0);
+
+    // Snapshot: CREATE SOURCE until a count(*) view shows every row.
+    let weir = Weir::start(workers)?;
+    let c = weir.connect().await?;
+    let started = Instant::now();
+    c.batch_execute(&source_sql(pg.port, "snap")).await?;
+    c.batch_execute("CREATE MATERIALIZED VIEW nt AS SELECT count(*) AS n FROM t")
+        .await?;
+    wait_for(&c, "SELECT n FROM nt", rows, Duration::from_secs(600)).await?;
+    let snapshot_seconds = started.elapsed().as_secs_f64();
+    let snapshot_rss = weir.peak_rss()?;
+    drop(c);
+    drop(weir);
+
+    // Streaming: a backlog of `stream_rows` inserts in transactions of 100
+    // rows, written while the consumer is away, then drained.
+    let load = |from: i64| {
+        let sql = format!(
+            "DO $$ BEGIN FOR b IN 0..{} LOOP
+               INSERT INTO s SELECT g, 'name-' || g, g * 7, now()::timestamp, repeat('x', 40)
+                 FROM generate_series({from} + b * 100 + 1, {from} + b * 100 + 100) g;
+               COMMIT;
+             END LOOP; END $$",
+            stream_rows / 100 - 1
+        );
+        sql
+    };
+    let dir = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
+    let mut weir = Weir::start_on(workers, dir.path())?;
+    let c = weir.connect().await?;
+    c.batch_execute(&source_sql(pg.port, "stream")).await?;
+    c.batch_execute("CREATE MATERIALIZED VIEW ns AS SELECT count(*) AS n FROM s")
+        .await?;
+    wait_for(
+        &c,
+        "SELECT count(*) FROM weir_catalog.sources WHERE state = 'streaming'",
+        1,
+        Duration::from_secs(60),
+    )
+    .await?;
+    drop(c);
+    weir.child.kill()?;
+    weir.child.wait()?;
+    up.batch_execute(&load(0)).await?;
+    let restarted = Instant::now();
+    let weir = Weir::start_on(workers, dir.path())?;
+    let c = weir.connect().await?;
+    wait_for(&c, "SELECT n FROM ns", stream_rows, Duration::from_secs(600)).await?;
+    let weir_stream_seconds = restarted.elapsed().as_secs_f64();
+    drop(c);
+    drop(weir);
+
+    // The ceiling: pg_recvlogical draining the same backlog to /dev/null.
+    up.batch_execute("SELECT pg_create_logical_replication_slot('ceiling', 'pgoutput')")
+        .await?;
+    up.batch_execute(&load(stream_rows)).await?;
+    let end: String = up
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    let recv_started = Instant::now();
+    let status = pg
+        .recvlogical()
+        .args([
+            "--slot",
+            "ceiling",
+            "--start",
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=stream",
+        ])
+        .args(["--endpos", &end, "-f", "/dev/null"])
+        .status()?;
+    if !status.success() {
+        bail!("pg_recvlogical failed: {status}");
+    }
+    let recv_seconds = recv_started.elapsed().as_secs_f64();
+    up.batch_execute("SELECT pg_drop_replication_slot('ceiling')")
+        .await?;
+
+    // Freshness: batches of inserts paced to a rate; the time from each
+    // batch's COMMIT to a view showing it.
+    let dir = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
+    let weir = Weir::start_on(workers, dir.path())?;
+    let c = weir.connect().await?;
+    c.batch_execute(&source_sql(pg.port, "fresh")).await?;
+    c.batch_execute("CREATE MATERIALIZED VIEW nf AS SELECT max(id) AS m FROM f")
+        .await?;
+    wait_for(
+        &c,
+        "SELECT count(*) FROM weir_catalog.sources WHERE state = 'streaming'",
+        1,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let mut freshness = serde_json::Map::new();
+    let mut next_id = 0i64;
+    for rate in [1_000i64, 10_000] {
+        // A loader commits one transaction of rate/100 rows every 10 ms for
+        // 5 seconds, noting when each committed; meanwhile the view is
+        // polled and each batch's first sighting noted.
+        let per_batch = rate / 100;
+        let loader_up = pg.connect().await?;
+        let first_id = next_id;
+        let loader = tokio::spawn(async move {
+            let mut commits: Vec<(i64, Instant)> = Vec::new();
+            let mut id = first_id;
+            let run = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while run.elapsed() < Duration::from_secs(5) {
+                tick.tick().await;
+                let first = id + 1;
+                id += per_batch;
+                loader_up
+                    .batch_execute(&format!(
+                        "INSERT INTO f SELECT g, 0 FROM generate_series({first}, {id}) g"
+                    ))
+                    .await?;
+                commits.push((id, Instant::now()));
+            }
+            Ok::<_, anyhow::Error>((commits, run.elapsed()))
+        });
+        let mut seen: Vec<(i64, Instant)> = Vec::new();
+        while !loader.is_finished() {
+            let m: Option<i64> = c.query_one("SELECT m FROM nf", &[]).await?.get(0);
+            let m = m.unwrap_or(0);
+            if seen.last().is_none_or(|(last, _)| m > *last) {
+                seen.push((m, Instant::now()));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (commits, elapsed) = loader.await??;
+        next_id = commits.last().map(|(id, _)| *id).unwrap_or(next_id);
+        wait_for(&c, "SELECT m FROM nf", next_id, Duration::from_secs(60)).await?;
+        seen.push((next_id, Instant::now()));
+        let mut latencies: Vec<f64> = commits
+            .iter()
+            .filter_map(|(id, at)| {
+                let (_, when) = seen.iter().find(|(m, _)| m >= id)?;
+                Some(when.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+        freshness.insert(
+            format!("{rate}_rows_per_second"),
+            json!({
+                "batches": commits.len(),
+                "achieved_rows_per_second": (commits.len() as i64 * per_batch) as f64 / elapsed.as_secs_f64(),
+                "freshness_ms_p50": pct(0.5),
+                "freshness_ms_p99": pct(0.99),
+                "freshness_ms_max": pct(1.0),
+            }),
+        );
+    }
+    Ok(json!({
+        "benchmark": "cdc",
+        "upstream": "PostgreSQL 15, same machine",
+        "workers": workers,
+        "snapshot_rows": rows,
+        "upstream_row_bytes": row_bytes,
+        "snapshot_seconds": snapshot_seconds,
+        "snapshot_rows_per_second": rows as f64 / snapshot_seconds,
+        "snapshot_peak_rss_bytes": snapshot_rss,
+        "stream_rows": stream_rows,
+        "stream_seconds_including_restart": weir_stream_seconds,
+        "stream_rows_per_second": stream_rows as f64 / weir_stream_seconds,
+        "pg_recvlogical_seconds": recv_seconds,
+        "pg_recvlogical_rows_per_second": stream_rows as f64 / recv_seconds,
+        "stream_ratio_to_pg_recvlogical": recv_seconds / weir_stream_seconds,
+        "freshness": freshness,
+    }))
+}
+
 /// Files and bytes under `dir`.
 fn dir_usage(dir: &std::path::Path) -> Result<(usize, u64)> {
     let mut out = (0, 0);
@@ -538,7 +770,8 @@ fn main() -> Result<()> {
         "load" => runtime.block_on(load(&args))?,
         "updates" => runtime.block_on(updates(&args))?,
         "durable" => runtime.block_on(durable(&args))?,
-        other => bail!("unknown benchmark {other}; available: load, updates, durable"),
+        "cdc" => runtime.block_on(cdc(&args))?,
+        other => bail!("unknown benchmark {other}; available: load, updates, durable, cdc"),
     };
     let text = serde_json::to_string_pretty(&result)?;
     println!("{text}");
