@@ -372,6 +372,8 @@ pub async fn open_stream(
     // then releases WAL promptly, and a server shutting down (which waits
     // for its walsenders to be confirmed) is not held up.
     rc.status_interval = Duration::from_secs(1);
+    // Room for a backlog's worth of changes between two durable steps.
+    rc.buffer_events = 65_536;
     let mut client = pgwire_replication::ReplicationClient::connect_gated(rc)
         .await
         .map_err(replication_error)?;

@@ -67,8 +67,13 @@ fn stopped() -> AdapterError {
 }
 
 impl PendingWrite {
-    pub async fn wait(self) -> Result<Timestamp, AdapterError> {
-        self.0.await.unwrap_or_else(|_| Err(stopped()))
+    pub async fn wait(mut self) -> Result<Timestamp, AdapterError> {
+        self.done().await
+    }
+
+    /// Wait without giving the write up (cancel-safe).
+    pub async fn done(&mut self) -> Result<Timestamp, AdapterError> {
+        (&mut self.0).await.unwrap_or_else(|_| Err(stopped()))
     }
 }
 

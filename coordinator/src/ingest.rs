@@ -15,7 +15,7 @@
 //! This module turns upstream changes into table updates; the connector
 //! owns the wire, the committer owns durability.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -261,11 +261,32 @@ async fn run(
         .enumerate()
         .map(|(i, f)| (f.upstream.oid, i))
         .collect();
+    // Batches handed to the committer and not yet durable, oldest first:
+    // reading goes on while they commit (the committer folds them into
+    // few durable steps), and each is confirmed upstream once durable.
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
     loop {
-        // Every transaction already waiting joins this commit: each still
+        // Every transaction already waiting joins this batch: each still
         // lands whole, at one timestamp, and a busy upstream costs one
         // durable step per batch rather than per transaction.
-        let first = stream.next().await.map_err(|e| e.to_string())?;
+        let first = loop {
+            let full = inflight.len() >= MAX_IN_FLIGHT;
+            let Some(oldest) = inflight.front_mut() else {
+                break stream.next().await.map_err(|e| e.to_string())?;
+            };
+            if full {
+                oldest.write.done().await.map_err(|e| e.to_string())?;
+                settle(inflight.pop_front(), &stream, status);
+                continue;
+            }
+            tokio::select! {
+                t = stream.next() => break t.map_err(|e| e.to_string())?,
+                done = oldest.write.done() => {
+                    done.map_err(|e| e.to_string())?;
+                    settle(inflight.pop_front(), &stream, status);
+                }
+            }
+        };
         let mut txns = vec![first];
         while txns.len() < MAX_TRANSACTIONS_PER_COMMIT {
             match futures::FutureExt::now_or_never(stream.next()) {
@@ -412,20 +433,43 @@ async fn run(
                 });
             }
         }
-        durable
-            .write_at_position(updates, Some((id, end_lsn)))
-            .wait()
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.ack(end_lsn);
-        *position = Some(end_lsn);
-        let caught_up = stream.caught_up_lsn();
-        set(status, |s| {
-            s.lsn_committed = end_lsn.max(caught_up);
-            s.committed_at_micros = committed_at;
-            s.rows += changed;
+        inflight.push_back(InFlight {
+            write: durable.write_at_position(updates, Some((id, end_lsn))),
+            end_lsn,
+            committed_at,
+            changed,
         });
+        // Later retries resume after what was handed over: it becomes
+        // durable unless the server stops (and then restarts from what is).
+        *position = Some(end_lsn);
     }
+}
+
+/// Batches a source may have handed to the committer and not yet seen
+/// durable.
+const MAX_IN_FLIGHT: usize = 8;
+
+struct InFlight {
+    write: crate::durable::PendingWrite,
+    end_lsn: u64,
+    committed_at: i64,
+    changed: u64,
+}
+
+/// A batch is durable: confirm it upstream and report it.
+fn settle(
+    done: Option<InFlight>,
+    stream: &weir_connectors::postgres::ReplicationStream,
+    status: &Mutex<Status>,
+) {
+    let Some(done) = done else { return };
+    stream.ack(done.end_lsn);
+    let caught_up = stream.caught_up_lsn();
+    set(status, |s| {
+        s.lsn_committed = done.end_lsn.max(caught_up);
+        s.committed_at_micros = done.committed_at;
+        s.rows += done.changed;
+    });
 }
 
 /// The values of the source's columns, in its order (an upstream table
