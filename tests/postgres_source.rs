@@ -195,11 +195,11 @@ async fn snapshot_then_stream_exactly_once_across_restarts() {
     assert_eq!(
         sorted(
             &c,
-            "SELECT name, connection, publication, tables, state, snapshot_rows, lsn_committed <> '0/0'
+            "SELECT name, connection, publication, tables, state, snapshot_rows, snapshot_total, lsn_committed <> '0/0'
              FROM weir_catalog.sources"
         )
         .await,
-        vec!["shop|pg|p|events, orders|streaming|103|t"]
+        vec!["shop|pg|p|events, orders|streaming|103|103|t"]
     );
 
     // Streaming: every kind of change, one transaction landing at once.

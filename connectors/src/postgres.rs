@@ -356,6 +356,7 @@ pub async fn open_stream(
     publication: &str,
     tables: &[UpstreamTable],
     resume: Option<u64>,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<(Option<SnapshotData>, ReplicationStream), PgError> {
     let mut rc = pgwire_replication::ReplicationConfig::new(
         config.host.clone(),
@@ -404,6 +405,25 @@ pub async fn open_stream(
                 ))
                 .await
                 .map_err(upstream)?;
+            // Exact row counts at the snapshot, so progress has a total.
+            let mut total = 0u64;
+            for t in tables {
+                let n: i64 = reader
+                    .query_one(
+                        &format!(
+                            "SELECT count(*) FROM {}.{}",
+                            quote_ident(&t.schema),
+                            quote_ident(&t.name)
+                        ),
+                        &[],
+                    )
+                    .await
+                    .map_err(upstream)?
+                    .get(0);
+                total += n.max(0) as u64;
+            }
+            progress(0, total);
+            let mut done = 0u64;
             let mut data = Vec::new();
             for t in tables {
                 let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
@@ -415,11 +435,18 @@ pub async fn open_stream(
                 );
                 let stream = reader.copy_out(&sql).await.map_err(upstream)?;
                 use futures::TryStreamExt;
-                let chunks: Vec<bytes::Bytes> = stream.try_collect().await.map_err(upstream)?;
+                futures::pin_mut!(stream);
                 let mut all = bytes::BytesMut::new();
-                for c in chunks {
-                    all.extend_from_slice(&c);
+                let mut reported = 0u64;
+                while let Some(chunk) = stream.try_next().await.map_err(upstream)? {
+                    done += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+                    all.extend_from_slice(&chunk);
+                    if done - reported >= 100_000 {
+                        reported = done;
+                        progress(done, total);
+                    }
                 }
+                progress(done, total);
                 data.push(all.freeze());
             }
             reader.batch_execute("COMMIT").await.map_err(upstream)?;

@@ -46,8 +46,9 @@ pub struct Feed {
 pub struct Status {
     /// `snapshotting`, `connecting`, `streaming`, or `error: ...`.
     pub state: String,
-    /// Rows read by the snapshot.
+    /// Rows read by the snapshot so far, and how many it holds.
     pub snapshot_rows: u64,
+    pub snapshot_total: u64,
     pub lsn_received: u64,
     pub lsn_committed: u64,
     /// The upstream's WAL position as last reported.
@@ -214,8 +215,15 @@ async fn run(
         // slot: the old one's exported snapshot is gone.
         let _ = weir_connectors::postgres::drop_slot(config, slot).await;
     }
+    let progress = |done: u64, total: u64| {
+        info!(rows_done = done, rows_total = total, "snapshot progress");
+        set(status, |s| {
+            s.snapshot_rows = done;
+            s.snapshot_total = total;
+        });
+    };
     let (snapshot, mut stream) =
-        weir_connectors::postgres::open_stream(config, slot, publication, &upstream, *position)
+        weir_connectors::postgres::open_stream(config, slot, publication, &upstream, *position, &progress)
             .await
             .map_err(|e| e.to_string())?;
     if let Some(snapshot) = snapshot {
