@@ -12,6 +12,27 @@ fn connection_sql(name: &str, port: u16, user: &str, secret: &str) -> String {
     )
 }
 
+/// A Weir server on a fresh state with the connection `pg` to `pg` (as
+/// `postgres`), then `then` run.
+async fn weir_with_connection(
+    pg: &Postgres,
+    workers: usize,
+    then: &str,
+) -> (Server, tokio_postgres::Client, tempfile::TempDir) {
+    let dir = state_dir();
+    let server = Server::on_state(dir.path().to_str().unwrap(), workers, &[]);
+    let c = server.connect().await;
+    exec(
+        &c,
+        &format!(
+            "CREATE SECRET pw AS 'postgres'; {}; {then}",
+            connection_sql("pg", pg.port, "postgres", "pw")
+        ),
+    )
+    .await;
+    (server, c, dir)
+}
+
 #[tokio::test]
 async fn connections_are_validated_and_secrets_never_shown() {
     let pg = Postgres::start();
@@ -286,16 +307,10 @@ async fn common_types_replicate_faithfully() {
     )
     .await
     .unwrap();
-    let dir = state_dir();
-    let server = Server::on_state(dir.path().to_str().unwrap(), 1, &[]);
-    let c = server.connect().await;
-    exec(
-        &c,
-        &format!(
-            "CREATE SECRET pw AS 'postgres'; {};
-             CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR ALL TABLES",
-            connection_sql("pg", pg.port, "postgres", "pw")
-        ),
+    let (_server, c, _dir) = weir_with_connection(
+        &pg,
+        1,
+        "CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR ALL TABLES",
     )
     .await;
     // Columns Weir has no type for arrive as text, in PostgreSQL's spelling.
@@ -404,17 +419,11 @@ async fn upstream_schema_changes_are_reported_not_applied_wrong() {
     )
     .await
     .unwrap();
-    let dir = state_dir();
-    let server = Server::on_state(dir.path().to_str().unwrap(), 1, &[]);
-    let c = server.connect().await;
-    exec(
-        &c,
-        &format!(
-            "CREATE SECRET pw AS 'postgres'; {};
-             CREATE SOURCE sa FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR TABLES (a);
-             CREATE SOURCE sb FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR TABLES (b)",
-            connection_sql("pg", pg.port, "postgres", "pw")
-        ),
+    let (_server, c, _dir) = weir_with_connection(
+        &pg,
+        1,
+        "CREATE SOURCE sa FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR TABLES (a);
+         CREATE SOURCE sb FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR TABLES (b)",
     )
     .await;
     converge(&c, &up, "SELECT * FROM a").await;

@@ -150,12 +150,7 @@ async fn load(args: &[String]) -> Result<serde_json::Value> {
         })
         .collect();
     let started = Instant::now();
-    for chunk in chunks {
-        let sink = c.copy_in("COPY t FROM STDIN").await?;
-        futures::pin_mut!(sink);
-        sink.send(chunk).await?;
-        sink.finish().await?;
-    }
+    copy_chunks(&c, "COPY t FROM STDIN", chunks).await?;
     let loaded = started.elapsed();
     let (groups, total) = loop {
         let row = c.query_one("SELECT count(*), sum(count) FROM m", &[]).await?;
@@ -189,6 +184,18 @@ async fn load(args: &[String]) -> Result<serde_json::Value> {
     }))
 }
 
+/// Run `copy` (a `COPY ... FROM STDIN`) once per chunk: each chunk is one
+/// statement, acknowledged before the next is sent.
+async fn copy_chunks(c: &Client, copy: &str, chunks: Vec<bytes::Bytes>) -> Result<()> {
+    for chunk in chunks {
+        let sink = c.copy_in(copy).await?;
+        futures::pin_mut!(sink);
+        sink.send(chunk).await?;
+        sink.finish().await?;
+    }
+    Ok(())
+}
+
 /// COPY `rows` (tab-separated lines) into `table`, 10,000 lines a time.
 async fn copy_lines(c: &Client, table: &str, rows: impl Iterator<Item = String>) -> Result<()> {
     let mut rows = rows.peekable();
@@ -198,10 +205,12 @@ async fn copy_lines(c: &Client, table: &str, rows: impl Iterator<Item = String>)
             chunk.push_str(&line);
             chunk.push('\n');
         }
-        let sink = c.copy_in(&format!("COPY {table} FROM STDIN")).await?;
-        futures::pin_mut!(sink);
-        sink.send(bytes::Bytes::from(chunk)).await?;
-        sink.finish().await?;
+        copy_chunks(
+            c,
+            &format!("COPY {table} FROM STDIN"),
+            vec![bytes::Bytes::from(chunk)],
+        )
+        .await?;
     }
     Ok(())
 }
@@ -418,12 +427,7 @@ async fn durable(args: &[String]) -> Result<serde_json::Value> {
         })
         .collect();
     let started = Instant::now();
-    for chunk in chunks {
-        let sink = c.copy_in("COPY t FROM STDIN").await?;
-        futures::pin_mut!(sink);
-        sink.send(chunk).await?;
-        sink.finish().await?;
-    }
+    copy_chunks(&c, "COPY t FROM STDIN", chunks).await?;
     let write_seconds = started.elapsed().as_secs_f64();
 
     // Single-row INSERTs, each client one after another, all clients at once.

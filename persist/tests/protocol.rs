@@ -22,6 +22,17 @@ fn table(id: u64) -> CatalogOp {
     })
 }
 
+/// Make table `id`'s catalog entry (and shard) durable.
+async fn create_table(p: &mut Persist, id: u64) {
+    p.commit(Commit {
+        catalog: vec![table(id)],
+        next_id: id + 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 fn append(time: u64, shard: u64, batch: RecordBatch, diff: i64) -> Commit {
     Commit {
         time: Some(time),
@@ -54,13 +65,7 @@ async fn commits_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let (mut p, r) = open(&dir).await.unwrap();
     assert!(r.catalog.is_empty());
-    p.commit(Commit {
-        catalog: vec![table(1)],
-        next_id: 2,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_table(&mut p, 1).await;
     p.commit(append(10, 1, rows([1, 2, 2, 3]), 1)).await.unwrap();
     p.commit(append(11, 1, rows([3]), -1)).await.unwrap();
     drop(p);
@@ -76,13 +81,7 @@ async fn commits_survive_reopening() {
 async fn a_second_owner_fences_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, _) = open(&dir).await.unwrap();
-    a.commit(Commit {
-        catalog: vec![table(1)],
-        next_id: 2,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_table(&mut a, 1).await;
     a.commit(append(5, 1, rows([1]), 1)).await.unwrap();
     let (mut b, r) = open(&dir).await.unwrap();
     // B saw everything A acknowledged.
@@ -121,13 +120,7 @@ async fn a_second_owner_fences_the_first() {
 async fn compaction_bounds_objects_and_keeps_the_rows() {
     let dir = tempfile::tempdir().unwrap();
     let (mut p, _) = open(&dir).await.unwrap();
-    p.commit(Commit {
-        catalog: vec![table(1)],
-        next_id: 2,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_table(&mut p, 1).await;
     p.commit(append(1, 1, rows(0..100), 1)).await.unwrap();
     // 300 updates of one row each: delete k, insert k + 1000.
     for t in 0..300u64 {
@@ -179,13 +172,7 @@ fn walk(dir: &std::path::Path) -> usize {
 async fn missing_and_corrupt_objects_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let (mut p, _) = open(&dir).await.unwrap();
-    p.commit(Commit {
-        catalog: vec![table(7)],
-        next_id: 8,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_table(&mut p, 7).await;
     p.commit(append(1, 7, rows([1]), 1)).await.unwrap();
     let key = p.state().shards[&7][0].key.clone();
     drop(p);
@@ -223,13 +210,7 @@ async fn missing_and_corrupt_objects_are_named() {
 async fn unreferenced_objects_of_old_epochs_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     let (mut p, _) = open(&dir).await.unwrap();
-    p.commit(Commit {
-        catalog: vec![table(1)],
-        next_id: 2,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_table(&mut p, 1).await;
     p.commit(append(1, 1, rows([1]), 1)).await.unwrap();
     drop(p);
     // What a crash between writing a batch and its metadata leaves.
