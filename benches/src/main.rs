@@ -544,6 +544,29 @@ fn source_sql(port: u16, publication: &str) -> String {
     )
 }
 
+/// A Weir on a fresh state directory with a source over `publication`
+/// and then `view` created, once the source is streaming.
+async fn streaming(
+    workers: usize,
+    port: u16,
+    publication: &str,
+    view: &str,
+) -> Result<(Weir, Client, tempfile::TempDir)> {
+    let dir = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
+    let weir = Weir::start_on(workers, dir.path())?;
+    let c = weir.connect().await?;
+    c.batch_execute(&source_sql(port, publication)).await?;
+    c.batch_execute(view).await?;
+    wait_for(
+        &c,
+        "SELECT count(*) FROM weir_catalog.sources WHERE state = 'streaming'",
+        1,
+        Duration::from_secs(60),
+    )
+    .await?;
+    Ok((weir, c, dir))
+}
+
 /// PostgreSQL change data capture against a throwaway local server:
 /// snapshot rows/s, streaming rows/s draining a backlog (and the same for
 /// `pg_recvlogical` to /dev/null, the ceiling), and commit-to-view
@@ -601,17 +624,11 @@ async fn cdc(args: &[String]) -> Result<serde_json::Value> {
         );
         sql
     };
-    let dir = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
-    let mut weir = Weir::start_on(workers, dir.path())?;
-    let c = weir.connect().await?;
-    c.batch_execute(&source_sql(pg.port, "stream")).await?;
-    c.batch_execute("CREATE MATERIALIZED VIEW ns AS SELECT count(*) AS n FROM s")
-        .await?;
-    wait_for(
-        &c,
-        "SELECT count(*) FROM weir_catalog.sources WHERE state = 'streaming'",
-        1,
-        Duration::from_secs(60),
+    let (mut weir, c, dir) = streaming(
+        workers,
+        pg.port,
+        "stream",
+        "CREATE MATERIALIZED VIEW ns AS SELECT count(*) AS n FROM s",
     )
     .await?;
     drop(c);
@@ -657,17 +674,11 @@ async fn cdc(args: &[String]) -> Result<serde_json::Value> {
 
     // Freshness: batches of inserts paced to a rate; the time from each
     // batch's COMMIT to a view showing it.
-    let dir = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
-    let weir = Weir::start_on(workers, dir.path())?;
-    let c = weir.connect().await?;
-    c.batch_execute(&source_sql(pg.port, "fresh")).await?;
-    c.batch_execute("CREATE MATERIALIZED VIEW nf AS SELECT max(id) AS m FROM f")
-        .await?;
-    wait_for(
-        &c,
-        "SELECT count(*) FROM weir_catalog.sources WHERE state = 'streaming'",
-        1,
-        Duration::from_secs(60),
+    let (_weir, c, _dir) = streaming(
+        workers,
+        pg.port,
+        "fresh",
+        "CREATE MATERIALIZED VIEW nf AS SELECT max(id) AS m FROM f",
     )
     .await?;
     let mut freshness = serde_json::Map::new();

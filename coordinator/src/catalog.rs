@@ -94,17 +94,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Catalog {
     state: RwLock<State>,
-    /// Each source's description and live status, for `weir_catalog.sources`.
-    sources: std::sync::Mutex<BTreeMap<String, SourceInfo>>,
-}
-
-/// A source as the system catalog shows it.
-#[derive(Debug, Clone)]
-pub struct SourceInfo {
-    pub connection: String,
-    pub publication: String,
-    pub tables: Vec<String>,
-    pub status: Arc<std::sync::Mutex<crate::ingest::Status>>,
+    /// Sources by name, with their live status and ingestion tasks.
+    sources: std::sync::Mutex<BTreeMap<String, crate::ingest::Source>>,
 }
 
 impl Catalog {
@@ -146,21 +137,9 @@ impl Catalog {
         self.state.write().expect("catalog lock").entries.remove(name)
     }
 
-    pub fn set_source(&self, name: &str, info: Option<SourceInfo>) {
-        let mut sources = self.sources.lock().expect("sources lock");
-        match info {
-            Some(i) => sources.insert(name.to_string(), i),
-            None => sources.remove(name),
-        };
-    }
-
-    pub fn sources(&self) -> Vec<(String, SourceInfo)> {
-        self.sources
-            .lock()
-            .expect("sources lock")
-            .iter()
-            .map(|(n, i)| (n.clone(), i.clone()))
-            .collect()
+    /// The sources, locked (briefly: nothing awaits under this lock).
+    pub fn sources(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, crate::ingest::Source>> {
+        self.sources.lock().expect("sources lock")
     }
 
     pub fn object(&self, name: &str) -> Option<Object> {

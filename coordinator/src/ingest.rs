@@ -81,6 +81,7 @@ impl Status {
     }
 }
 
+#[derive(Debug)]
 pub struct Source {
     pub id: GlobalId,
     pub name: String,

@@ -88,8 +88,6 @@ pub struct Coordinator {
     durable: OnceLock<Durable>,
     /// The task recording each materialized view's output in its shard.
     recorders: std::sync::Mutex<HashMap<GlobalId, tokio::task::JoinHandle<()>>>,
-    /// Sources, by name, with their ingestion tasks.
-    pub(crate) sources: std::sync::Mutex<HashMap<String, crate::ingest::Source>>,
 }
 
 /// What replaying the durable state leaves to start once writes are
@@ -138,7 +136,6 @@ impl Coordinator {
             writes: Mutex::new(HashMap::new()),
             durable: OnceLock::new(),
             recorders: std::sync::Mutex::new(HashMap::new()),
-            sources: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -172,12 +169,6 @@ impl Coordinator {
             self.execute(statement, &[])
                 .await
                 .map_err(|e| failed(e.to_string()))?;
-            if let Some(source) = item.detail.as_deref().and_then(|d| d.strip_prefix("source:"))
-                && let Some(mut entry) = self.catalog.get(&weir_sql::statement::created_name(&item.sql))
-            {
-                entry.source = Some(source.to_string());
-                self.catalog.insert(entry);
-            }
         }
         let mut starts = Vec::new();
         for (id, name, detail) in sources {
@@ -185,6 +176,13 @@ impl Coordinator {
                 .map_err(|e| AdapterError::StateStore(format!("cannot restore source {name}: {e}")))?;
             let current: HashMap<GlobalId, Vec<String>> =
                 source.feeds.iter().map(|f| (f.table, Vec::new())).collect();
+            // Its tables were replayed as plain tables: they are fed.
+            for feed in &source.feeds {
+                if let Some(mut entry) = self.catalog.get(&feed.name) {
+                    entry.source = Some(name.clone());
+                    self.catalog.insert(entry);
+                }
+            }
             starts.push((name.clone(), restored.positions.get(&id).copied(), current));
             self.register_source(source);
         }
@@ -230,11 +228,7 @@ impl Coordinator {
             // A source's ingestion keeps its tables' rows as COPY lines.
             for (_, _, current) in starts.iter_mut() {
                 if let Some(lines) = current.get_mut(&entry.id) {
-                    lines.extend(crate::server::copy_lines(&batch).into_iter().map(|l| {
-                        let mut l = String::from_utf8_lossy(&l).into_owned();
-                        l.pop();
-                        l
-                    }));
+                    lines.extend(crate::server::text_rows(&batch));
                 }
             }
             updates.extend(self.apply_write(&entry, &mut writes, Some(batch), None)?);
@@ -1374,7 +1368,7 @@ pub(crate) fn table_item(entry: &Entry) -> weir_persist::CatalogOp {
         id: entry.id,
         sql: entry.create_sql.clone(),
         shard: true,
-        detail: entry.source.as_ref().map(|s| format!("source:{s}")),
+        detail: None,
     })
 }
 

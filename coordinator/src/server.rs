@@ -295,8 +295,20 @@ where
     Ok(sent)
 }
 
-/// Rows in `COPY` text format: tab-separated, `\N` for NULL, escaped.
-pub(crate) fn copy_lines(batch: &RecordBatch) -> Vec<Vec<u8>> {
+/// Rows in `COPY` text format, each with its newline.
+fn copy_lines(batch: &RecordBatch) -> Vec<Vec<u8>> {
+    text_rows(batch)
+        .into_iter()
+        .map(|mut line| {
+            line.push('\n');
+            line.into_bytes()
+        })
+        .collect()
+}
+
+/// Rows in `COPY` text format (tab-separated, `\N` for NULL, escaped),
+/// without newlines.
+pub(crate) fn text_rows(batch: &RecordBatch) -> Vec<String> {
     let options = arrow::util::display::FormatOptions::default();
     let formatters: Vec<_> = batch
         .columns()
@@ -308,20 +320,13 @@ pub(crate) fn copy_lines(batch: &RecordBatch) -> Vec<Vec<u8>> {
         .collect();
     (0..batch.num_rows())
         .map(|i| {
-            let fields: Vec<String> = batch
+            let fields: Vec<Option<String>> = batch
                 .columns()
                 .iter()
                 .zip(&formatters)
-                .map(|(col, fmt)| match crate::values::cell(col, i, fmt).text() {
-                    None => "\\N".to_string(),
-                    Some(t) => t
-                        .replace('\\', "\\\\")
-                        .replace('\t', "\\t")
-                        .replace('\n', "\\n")
-                        .replace('\r', "\\r"),
-                })
+                .map(|(col, fmt)| crate::values::cell(col, i, fmt).text())
                 .collect();
-            format!("{}\n", fields.join("\t")).into_bytes()
+            weir_connectors::copy::text_line(fields.iter().map(|f| f.as_deref()))
         })
         .collect()
 }

@@ -72,7 +72,7 @@ pub fn show(coord: &Coordinator, show: &Show) -> Result<ExecuteResult, AdapterEr
             .collect(),
         Show::Views => names(coord, RelationKind::View),
         Show::Sources => {
-            let sources = coord.sources.lock().expect("sources lock");
+            let sources = coord.catalog.sources();
             let mut rows: Vec<Vec<String>> = sources
                 .values()
                 .map(|s| {

@@ -92,7 +92,7 @@ impl Coordinator {
                 cascade,
             } => {
                 for name in names {
-                    if !self.sources.lock().expect("sources lock").contains_key(name) {
+                    if !self.catalog.sources().contains_key(name) {
                         if *if_exists {
                             continue;
                         }
@@ -242,19 +242,7 @@ impl Coordinator {
     }
 
     pub(crate) fn register_source(&self, source: Source) {
-        self.catalog.set_source(
-            &source.name,
-            Some(crate::catalog::SourceInfo {
-                connection: source.connection.clone(),
-                publication: source.publication.clone(),
-                tables: source.feeds.iter().map(|f| f.name.clone()).collect(),
-                status: source.status.clone(),
-            }),
-        );
-        self.sources
-            .lock()
-            .expect("sources lock")
-            .insert(source.name.clone(), source);
+        self.catalog.sources().insert(source.name.clone(), source);
     }
 
     /// Start (or restart) ingesting source `name` after `position`.
@@ -267,7 +255,7 @@ impl Coordinator {
         let Some(durable) = self.durable() else {
             return Ok(());
         };
-        let mut sources = self.sources.lock().expect("sources lock");
+        let mut sources = self.catalog.sources();
         let Some(source) = sources.get_mut(name) else {
             return Ok(());
         };
@@ -298,7 +286,7 @@ impl Coordinator {
     /// views over them) and its replication slot upstream.
     async fn drop_source(&self, name: &str, cascade: bool) -> Result<()> {
         let (id, tables, slot, connection) = {
-            let sources = self.sources.lock().expect("sources lock");
+            let sources = self.catalog.sources();
             let s = &sources[name];
             (
                 s.id,
@@ -331,8 +319,7 @@ impl Coordinator {
         let mut ops: Vec<CatalogOp> = doomed.iter().map(|e| CatalogOp::Drop(e.id)).collect();
         ops.push(CatalogOp::Drop(id));
         self.persist_catalog(ops).await?;
-        self.catalog.set_source(name, None);
-        if let Some(mut s) = self.sources.lock().expect("sources lock").remove(name)
+        if let Some(mut s) = self.catalog.sources().remove(name)
             && let Some(task) = s.task.take()
         {
             task.abort();

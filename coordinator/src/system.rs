@@ -226,7 +226,7 @@ pub fn table(
     schema: &str,
     name: &str,
     entries: &[Entry],
-    sources: &[(String, crate::catalog::SourceInfo)],
+    sources: &std::collections::BTreeMap<String, crate::ingest::Source>,
 ) -> Option<RecordBatch> {
     use DataType::{Boolean as B, Int64 as I, Utf8 as T};
     let b = match (schema, name) {
@@ -701,13 +701,14 @@ pub fn table(
             sources
                 .iter()
                 .map(|(name, info)| {
+                    let tables: Vec<&str> = info.feeds.iter().map(|f| f.name.as_str()).collect();
                     let s = info.status.lock().expect("status lock").clone();
                     let lsn = |l: u64| format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff);
                     vec![
                         text(name),
                         text(&info.connection),
                         text(&info.publication),
-                        text(info.tables.join(", ")),
+                        text(tables.join(", ")),
                         text(&s.state),
                         int(s.snapshot_rows as i64),
                         int(s.snapshot_total as i64),

@@ -52,7 +52,7 @@ pub struct CatalogItem {
     /// view's output.
     pub shard: bool,
     /// What the statement alone does not say (a source's resolved
-    /// upstream tables, the source a table is fed by), opaque here.
+    /// upstream tables), opaque here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }

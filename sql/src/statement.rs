@@ -481,27 +481,6 @@ fn parse_copy(sql: &str) -> Result<Statement, SqlError> {
     Ok(Statement::Copy(copy))
 }
 
-/// The name a `CREATE ...` statement creates (its last identifier before
-/// the column list or `AS`), as the catalog keys it.
-pub fn created_name(sql: &str) -> String {
-    match parse_one(sql) {
-        Ok(Statement::Sql(s)) => match s.as_ref() {
-            ast::Statement::CreateTable(ct) => object_last(&ct.name),
-            ast::Statement::CreateView(cv) => object_last(&cv.name),
-            _ => String::new(),
-        },
-        _ => String::new(),
-    }
-}
-
-fn object_last(name: &ast::ObjectName) -> String {
-    let last = name.0.last().map(|p| p.to_string()).unwrap_or_default();
-    match last.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-        Some(quoted) => quoted.to_string(),
-        None => last.to_ascii_lowercase(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
