@@ -456,3 +456,101 @@ async fn upstream_schema_changes_are_reported_not_applied_wrong() {
     assert_eq!(sorted(&c, "SELECT * FROM a").await, vec!["1|1|x"]);
     assert_eq!(sorted(&c, "SELECT * FROM b").await, vec!["1|1"]);
 }
+
+#[tokio::test]
+async fn tls_modes_are_honoured() {
+    let (pg, ca) = Postgres::with_ssl();
+    let up = pg.connect().await;
+    up.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t VALUES (1, 'before');
+         CREATE PUBLICATION p FOR ALL TABLES;",
+    )
+    .await
+    .unwrap();
+    let plain = Postgres::start();
+    let server = Server::on_state(state_dir().path().to_str().unwrap(), 1, &[]);
+    let c = server.connect().await;
+    let connection = |name: &str, host: &str, port: u16, ssl: &str| {
+        format!(
+            "CREATE CONNECTION {name} TO POSTGRES (HOST '{host}', PORT {port}, USER 'postgres', PASSWORD SECRET pw, {ssl})"
+        )
+    };
+    exec(
+        &c,
+        &format!(
+            "CREATE SECRET pw AS 'postgres'; CREATE SECRET ca AS '{ca}'; CREATE SECRET not_a_ca AS 'hello';"
+        ),
+    )
+    .await;
+
+    // `require` encrypts without checking the certificate.
+    exec(&c, &connection("enc", "127.0.0.1", pg.port, "SSL MODE 'require'")).await;
+    // `verify-full` checks the chain against the given CA and the name.
+    exec(
+        &c,
+        &connection(
+            "verified",
+            "localhost",
+            pg.port,
+            "SSL MODE 'verify-full', SSL CERTIFICATE AUTHORITY SECRET ca",
+        ),
+    )
+    .await;
+    // The same with the public web's roots: the throwaway CA is not one.
+    let (code, message, _) = error(
+        &c,
+        &connection("x", "localhost", pg.port, "SSL MODE 'verify-full'"),
+    )
+    .await;
+    assert_eq!(code, "08001", "{message}");
+    assert!(message.contains("TLS with PostgreSQL at localhost"), "{message}");
+    // A server without TLS cannot satisfy `require`.
+    let (code, message, _) = error(
+        &c,
+        &connection("x", "127.0.0.1", plain.port, "SSL MODE 'require'"),
+    )
+    .await;
+    assert_eq!(code, "08001", "{message}");
+    assert!(message.contains("does not support TLS"), "{message}");
+    // A CA that is not PEM, or one given without verification.
+    let (code, message, _) = error(
+        &c,
+        &connection(
+            "x",
+            "localhost",
+            pg.port,
+            "SSL MODE 'verify-full', SSL CERTIFICATE AUTHORITY SECRET not_a_ca",
+        ),
+    )
+    .await;
+    assert_eq!(code, "22023", "{message}");
+    let (code, message, _) = error(
+        &c,
+        &connection(
+            "x",
+            "localhost",
+            pg.port,
+            "SSL MODE 'require', SSL CERTIFICATE AUTHORITY SECRET ca",
+        ),
+    )
+    .await;
+    assert_eq!(code, "22023", "{message}");
+
+    // Snapshot and stream over a verified connection.
+    exec(
+        &c,
+        "CREATE SOURCE s FROM POSTGRES CONNECTION verified (PUBLICATION 'p') FOR ALL TABLES",
+    )
+    .await;
+    up.batch_execute("INSERT INTO t VALUES (2, 'after'); UPDATE t SET v = 'changed' WHERE id = 1")
+        .await
+        .unwrap();
+    converge(&c, &up, "SELECT id, v FROM t").await;
+    let ssl: Vec<String> = sorted(
+        &up,
+        "SELECT ssl::text FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE application_name = 'weir' OR backend_type = 'walsender'",
+    )
+    .await;
+    assert!(!ssl.is_empty() && ssl.iter().all(|s| s == "true"), "{ssl:?}");
+}

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray, StringBuilder};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, SchemaRef};
 
@@ -59,8 +59,7 @@ pub enum CopyError {
 pub fn decode(data: &[u8], schema: &SchemaRef, format: &CopyFormat) -> Result<RecordBatch, CopyError> {
     let text = String::from_utf8_lossy(data);
     let n_cols = schema.fields().len();
-    let mut columns: Vec<Vec<Option<String>>> = vec![Vec::new(); n_cols];
-    let mut lines: Vec<usize> = Vec::new();
+    let mut columns = TextColumns::new(n_cols);
     let records = if format.csv {
         split_csv(&text, format)
     } else {
@@ -84,45 +83,88 @@ pub fn decode(data: &[u8], schema: &SchemaRef, format: &CopyFormat) -> Result<Re
             };
             return Err(CopyError::Malformed { line, message });
         }
-        for (c, f) in fields.into_iter().enumerate() {
-            columns[c].push(f);
-        }
-        lines.push(line);
+        columns.push_row(fields.iter().map(|f| f.as_deref()));
+        columns.lines.push(line);
     }
-    let arrays = columns
-        .into_iter()
-        .zip(schema.fields())
-        .map(|(values, field)| column(&values, field.name(), field.data_type(), &lines))
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new_with_options(
-        schema.clone(),
-        arrays,
-        &arrow::array::RecordBatchOptions::new().with_row_count(Some(lines.len())),
-    )
-    .map_err(|e| CopyError::Malformed {
-        line: 0,
-        message: e.to_string(),
-    })
+    columns.finish(schema)
 }
 
-fn column(
-    values: &[Option<String>],
-    name: &str,
-    ty: &DataType,
-    lines: &[usize],
-) -> Result<ArrayRef, CopyError> {
+/// One table's rows as text values, column by column, turned into a batch
+/// by the same per-type parsers `COPY` uses (so a row built here from a
+/// change stream equals the row its snapshot line gave).
+pub struct TextColumns {
+    columns: Vec<StringBuilder>,
+    /// The line each row came from, for errors (row numbers when empty).
+    lines: Vec<usize>,
+    rows: usize,
+}
+
+impl TextColumns {
+    pub fn new(columns: usize) -> Self {
+        TextColumns {
+            columns: (0..columns).map(|_| StringBuilder::new()).collect(),
+            lines: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    /// Add a row; missing trailing values are NULL, extra ones ignored.
+    pub fn push_row<'a>(&mut self, values: impl IntoIterator<Item = Option<&'a str>>) {
+        let mut values = values.into_iter();
+        for column in &mut self.columns {
+            column.append_option(values.next().flatten());
+        }
+        self.rows += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The rows as a batch of `schema`, or the first value that does not
+    /// parse.
+    pub fn finish(mut self, schema: &SchemaRef) -> Result<RecordBatch, CopyError> {
+        let lines = if self.lines.len() == self.rows {
+            std::mem::take(&mut self.lines)
+        } else {
+            (1..=self.rows).collect()
+        };
+        let arrays = self
+            .columns
+            .iter_mut()
+            .zip(schema.fields())
+            .map(|(values, field)| column(&values.finish(), field.name(), field.data_type(), &lines))
+            .collect::<Result<Vec<_>, _>>()?;
+        RecordBatch::try_new_with_options(
+            schema.clone(),
+            arrays,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(self.rows)),
+        )
+        .map_err(|e| CopyError::Malformed {
+            line: 0,
+            message: e.to_string(),
+        })
+    }
+}
+
+fn column(values: &StringArray, name: &str, ty: &DataType, lines: &[usize]) -> Result<ArrayRef, CopyError> {
+    let invalid = |i: usize, type_name: &str| CopyError::InvalidValue {
+        line: lines[i],
+        column: name.into(),
+        type_name: type_name.into(),
+        value: values.value(i).to_string(),
+    };
     if matches!(ty, DataType::Binary) {
-        let decoded: Vec<Option<Vec<u8>>> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                None => Ok(None),
-                Some(s) => decode_bytea(s).map(Some).ok_or_else(|| CopyError::InvalidValue {
-                    line: lines[i],
-                    column: name.into(),
-                    type_name: "bytea".into(),
-                    value: s.clone(),
-                }),
+        let decoded: Vec<Option<Vec<u8>>> = (0..values.len())
+            .map(|i| match values.is_valid(i) {
+                false => Ok(None),
+                true => decode_bytea(values.value(i))
+                    .map(Some)
+                    .ok_or_else(|| invalid(i, "bytea")),
             })
             .collect::<Result<_, _>>()?;
         return Ok(Arc::new(BinaryArray::from_iter(decoded)));
@@ -130,27 +172,26 @@ fn column(
     if let DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano) = ty {
         // PostgreSQL's interval output ("1 year 2 mons 3 days 04:05:06.7")
         // is not a form Arrow's cast reads.
-        let parsed: Vec<Option<arrow::datatypes::IntervalMonthDayNano>> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                None => Ok(None),
-                Some(s) => pg_interval(s).map(Some).ok_or_else(|| CopyError::InvalidValue {
-                    line: lines[i],
-                    column: name.into(),
-                    type_name: "interval".into(),
-                    value: s.clone(),
-                }),
+        let parsed: Vec<Option<arrow::datatypes::IntervalMonthDayNano>> = (0..values.len())
+            .map(|i| match values.is_valid(i) {
+                false => Ok(None),
+                true => pg_interval(values.value(i))
+                    .map(Some)
+                    .ok_or_else(|| invalid(i, "interval")),
             })
             .collect::<Result<_, _>>()?;
         return Ok(Arc::new(arrow::array::IntervalMonthDayNanoArray::from(parsed)));
     }
-    let strings: ArrayRef = Arc::new(StringArray::from_iter(
-        values.iter().map(|v| v.as_deref().map(normalize_bool)),
-    ));
     if ty == &DataType::Utf8 {
-        return Ok(strings);
+        return Ok(Arc::new(values.clone()));
     }
+    let strings: ArrayRef = if ty == &DataType::Boolean {
+        Arc::new(StringArray::from_iter(
+            values.iter().map(|v| v.map(normalize_bool)),
+        ))
+    } else {
+        Arc::new(values.clone())
+    };
     let safe = CastOptions {
         safe: true,
         ..Default::default()
@@ -160,14 +201,11 @@ fn column(
         message: e.to_string(),
     })?;
     // A value that was present but became NULL did not parse.
-    for i in 0..values.len() {
-        if strings.is_valid(i) && cast.is_null(i) {
-            return Err(CopyError::InvalidValue {
-                line: lines[i],
-                column: name.into(),
-                type_name: ty.to_string().to_lowercase(),
-                value: values[i].clone().unwrap_or_default(),
-            });
+    if cast.null_count() != strings.null_count() {
+        for i in 0..values.len() {
+            if strings.is_valid(i) && cast.is_null(i) {
+                return Err(invalid(i, &ty.to_string().to_lowercase()));
+            }
         }
     }
     Ok(cast)

@@ -140,26 +140,29 @@ impl<'a> Reader<'a> {
         if n < 0 {
             return Err(DecodeError(format!("negative column count {n}")));
         }
+        // Error texts are built only on error: this runs per value.
+        let what = |i: i16| format!("column {i}");
         (0..n)
             .map(|i| {
-                let what = format!("column {i}");
-                match self.u8(&what)? {
+                let at = |e: DecodeError| DecodeError(format!("{}: {}", what(i), e.0));
+                let kind = self.u8("kind").map_err(at)?;
+                match kind {
                     b'n' => Ok(Value::Null),
                     b'u' => Ok(Value::Unchanged),
                     kind @ (b't' | b'b') => {
-                        let len = self.i32(&what)?;
+                        let len = self.i32("length").map_err(at)?;
                         let len = usize::try_from(len)
-                            .map_err(|_| DecodeError(format!("{what} has length {len}")))?;
-                        let bytes = self.take(len, &what)?;
+                            .map_err(|_| DecodeError(format!("{} has length {len}", what(i))))?;
+                        let bytes = self.take(len, "value").map_err(at)?;
                         if kind == b't' {
-                            String::from_utf8(bytes.to_vec())
-                                .map(Value::Text)
-                                .map_err(|_| DecodeError(format!("{what} is not UTF-8 text")))
+                            std::str::from_utf8(bytes)
+                                .map(|s| Value::Text(s.to_owned()))
+                                .map_err(|_| DecodeError(format!("{} is not UTF-8 text", what(i))))
                         } else {
                             Ok(Value::Binary(bytes.to_vec()))
                         }
                     }
-                    other => Err(DecodeError(format!("{what} has kind {:?}", other as char))),
+                    other => Err(DecodeError(format!("{} has kind {:?}", what(i), other as char))),
                 }
             })
             .collect()

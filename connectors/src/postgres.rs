@@ -18,6 +18,9 @@ pub struct PgConfig {
     pub password: Option<String>,
     pub database: String,
     pub ssl_mode: SslMode,
+    /// PEM certificates to trust under `verify-full` (the public web's
+    /// roots when absent).
+    pub ca: Option<String>,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -68,8 +71,8 @@ pub enum PgError {
     NotPublished(String),
     #[error("upstream table {table} has no usable replica identity")]
     NoReplicaIdentity { table: String },
-    #[error("SSL MODE '{0}' for PostgreSQL connections")]
-    UnsupportedSsl(String),
+    #[error("TLS with PostgreSQL at {host}:{port} failed: {reason}")]
+    Tls { host: String, port: u16, reason: String },
     #[error("upstream PostgreSQL: {0}")]
     Upstream(String),
 }
@@ -87,44 +90,98 @@ impl PgError {
             PgError::NoReplicaIdentity { table } => Some(format!(
                 "Give {table} a primary key, or run ALTER TABLE {table} REPLICA IDENTITY FULL upstream."
             )),
-            PgError::UnsupportedSsl(_) | PgError::Upstream(_) => None,
+            PgError::Tls { .. } => Some(
+                "Check SSL MODE (the server must have ssl = on), and under 'verify-full' that HOST is the name in the server's certificate and SSL CERTIFICATE AUTHORITY holds the certificate that signed it.".into(),
+            ),
+            PgError::Upstream(_) => None,
         }
     }
 }
 
-/// Connect with a normal (non-replication) session.
-pub async fn connect(config: &PgConfig) -> Result<Client, PgError> {
-    if config.ssl_mode != SslMode::Disable {
-        let mode = match config.ssl_mode {
-            SslMode::Require => "require",
-            _ => "verify-full",
-        };
-        return Err(PgError::UnsupportedSsl(mode.into()));
+impl PgConfig {
+    /// The TLS settings for this connection, shared by normal and
+    /// replication sessions (the CA is handed over as a file).
+    fn tls(&self) -> Result<pgwire_replication::TlsConfig, PgError> {
+        use pgwire_replication::TlsConfig;
+        Ok(match self.ssl_mode {
+            SslMode::Disable => TlsConfig::disabled(),
+            SslMode::Require => TlsConfig::require(),
+            SslMode::VerifyFull => TlsConfig::verify_full(self.ca.as_deref().map(ca_file).transpose()?),
+        })
     }
+
+    fn tls_error(&self, reason: impl std::fmt::Display) -> PgError {
+        PgError::Tls {
+            host: self.host.clone(),
+            port: self.port,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// `pem` in a file named after its content, in the temporary directory.
+fn ca_file(pem: &str) -> Result<std::path::PathBuf, PgError> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pem.hash(&mut h);
+    let path = std::env::temp_dir().join(format!("weir-ca-{:016x}.pem", h.finish()));
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(pem) {
+        std::fs::write(&path, pem).map_err(|e| {
+            PgError::Upstream(format!(
+                "cannot write the CA certificate to {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(path)
+}
+
+/// Connect with a normal (non-replication) session, over TLS unless
+/// `SSL MODE` is `disable`. TLS is negotiated here, by the same code the
+/// replication session uses, and the session starts over that stream.
+pub async fn connect(config: &PgConfig) -> Result<Client, PgError> {
+    let tls = config.tls()?;
     let mut pg = tokio_postgres::Config::new();
     pg.host(&config.host)
         .port(config.port)
         .user(&config.user)
         .dbname(&config.database)
         .application_name("weir")
-        .connect_timeout(Duration::from_secs(10));
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
     if let Some(p) = &config.password {
         pg.password(p);
     }
-    let (client, connection) = pg.connect(NoTls).await.map_err(|e| match e.as_db_error() {
-        Some(db) if db.code().code().starts_with("28") => PgError::Authentication {
-            user: config.user.clone(),
-            reason: db.message().to_string(),
-        },
-        Some(db) => PgError::Upstream(db.message().to_string()),
-        None => PgError::Unreachable {
-            host: config.host.clone(),
-            port: config.port,
-            reason: std::error::Error::source(&e)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| e.to_string()),
-        },
-    })?;
+    let unreachable = |reason: String| PgError::Unreachable {
+        host: config.host.clone(),
+        port: config.port,
+        reason,
+    };
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((config.host.as_str(), config.port)),
+    )
+    .await
+    .map_err(|_| unreachable("timed out after 10 s".into()))?
+    .map_err(|e| unreachable(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = pgwire_replication::tls::rustls::maybe_upgrade_to_tls(tcp, &tls, &config.host)
+        .await
+        .map_err(|e| config.tls_error(e))?;
+    let (client, connection) = pg
+        .connect_raw(stream, NoTls)
+        .await
+        .map_err(|e| match e.as_db_error() {
+            Some(db) if db.code().code().starts_with("28") => PgError::Authentication {
+                user: config.user.clone(),
+                reason: db.message().to_string(),
+            },
+            Some(db) => PgError::Upstream(db.message().to_string()),
+            None => unreachable(
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.to_string()),
+            ),
+        })?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -367,7 +424,7 @@ pub async fn open_stream(
         publication.to_string(),
     );
     rc.port = config.port;
-    rc.tls = pgwire_replication::TlsConfig::disabled();
+    rc.tls = config.tls()?;
     rc.start_lsn = pgwire_replication::Lsn(resume.unwrap_or(0));
     // Confirm durable progress to the server within a second: the slot
     // then releases WAL promptly, and a server shutting down (which waits

@@ -98,13 +98,12 @@ impl AdapterError {
             AdapterError::Upstream(e) => {
                 use weir_connectors::postgres::PgError;
                 match e {
-                    PgError::Unreachable { .. } => "08001",
+                    PgError::Unreachable { .. } | PgError::Tls { .. } => "08001",
                     PgError::Authentication { .. } => "28P01",
                     PgError::WalLevel { .. } => "55000",
                     PgError::NoReplication { .. } => "42501",
                     PgError::MissingPublication(_) | PgError::NotPublished(_) => "42704",
                     PgError::NoReplicaIdentity { .. } => "55000",
-                    PgError::UnsupportedSsl(_) => "0A000",
                     PgError::Upstream(_) => "58000",
                 }
             }

@@ -4,13 +4,14 @@
 //! it (so a restart neither loses nor repeats a change). The slot's
 //! confirmed position advances only once Weir's copy is durable.
 //!
-//! Rows travel as `COPY` text lines from upstream to the tables' Arrow
-//! types through one decoder, so a delete always names exactly the row its
-//! insert created. Updates and deletes under `REPLICA IDENTITY DEFAULT`
-//! carry only the key, and unchanged TOASTed values arrive as "unchanged":
-//! the task keeps each table's current rows by replica-identity key to
-//! complete them. (That copy lives in memory: a known cost, to be replaced
-//! by keyed reads of the table's own arrangement.)
+//! Rows travel as PostgreSQL's text output of each value, turned into the
+//! tables' Arrow types by the same per-type parsers `COPY` uses, so a
+//! delete always names exactly the row its insert created. Updates and
+//! deletes under `REPLICA IDENTITY DEFAULT` carry only the key, and
+//! unchanged TOASTed values arrive as "unchanged": the task keeps each
+//! table's current rows, packed, by replica-identity key to complete them.
+//! (That copy lives in memory: a known cost, to be replaced by keyed reads
+//! of the table's own arrangement.)
 //!
 //! This module turns upstream changes into table updates; the connector
 //! owns the wire, the committer owns durability.
@@ -20,8 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
+use rustc_hash::FxHashMap;
 use tracing::{info, warn};
-use weir_connectors::copy::{CopyFormat, decode, text_fields, text_line};
+use weir_connectors::copy::{CopyFormat, TextColumns, decode, text_fields};
 use weir_connectors::pgoutput::Value;
 use weir_connectors::postgres::{Change, PgConfig, UpstreamTable};
 use weir_protocol::TableUpdate;
@@ -93,46 +95,101 @@ pub struct Source {
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// A table's current rows, by replica-identity key (all columns under
+/// A row's text values in one allocation: per value a little-endian `u32`
+/// length (`u32::MAX` for NULL), then its bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Packed(Box<[u8]>);
+
+impl Packed {
+    fn new<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> Packed {
+        let mut out = Vec::new();
+        for v in values {
+            match v {
+                None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+                Some(s) => {
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+        Packed(out.into_boxed_slice())
+    }
+
+    fn values(&self) -> Vec<Option<&str>> {
+        let mut out = Vec::new();
+        let mut rest = &self.0[..];
+        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+            let len = u32::from_le_bytes(*len);
+            if len == u32::MAX {
+                out.push(None);
+                rest = tail;
+            } else {
+                let (v, tail) = tail.split_at(len as usize);
+                // Packed from `&str`s, so always UTF-8.
+                out.push(Some(std::str::from_utf8(v).unwrap_or_default()));
+                rest = tail;
+            }
+        }
+        out
+    }
+}
+
+/// A table's current rows, by replica-identity key (the whole row under
 /// REPLICA IDENTITY FULL, where equal rows are counted).
-#[derive(Default)]
 struct Rows {
-    by_key: HashMap<Vec<Option<String>>, (String, usize)>,
+    /// Key columns; empty for the whole row.
+    key: Vec<usize>,
+    columns: usize,
+    by_key: FxHashMap<Packed, (Packed, u32)>,
 }
 
 impl Rows {
-    fn add(&mut self, key: Vec<Option<String>>, line: String) {
-        self.by_key.entry(key).or_insert((line, 0)).1 += 1;
-    }
-
-    fn take(&mut self, key: &[Option<String>]) -> Option<String> {
-        let (line, n) = self.by_key.get_mut(key)?;
-        *n -= 1;
-        let line = line.clone();
-        if *n == 0 {
-            self.by_key.remove(key);
+    fn new(feed: &Feed) -> Self {
+        Rows {
+            key: feed.upstream.key.clone(),
+            columns: feed.upstream.columns.len(),
+            by_key: FxHashMap::default(),
         }
-        Some(line)
+    }
+
+    fn key_of(&self, row: &[Option<&str>]) -> Packed {
+        if self.key.is_empty() {
+            Packed::new((0..self.columns).map(|i| row.get(i).copied().flatten()))
+        } else {
+            Packed::new(self.key.iter().map(|i| row.get(*i).copied().flatten()))
+        }
+    }
+
+    fn add(&mut self, row: &[Option<&str>]) {
+        let key = self.key_of(row);
+        self.by_key
+            .entry(key)
+            .or_insert_with(|| {
+                (
+                    Packed::new((0..self.columns).map(|i| row.get(i).copied().flatten())),
+                    0,
+                )
+            })
+            .1 += 1;
+    }
+
+    fn take(&mut self, key: &Packed) -> Option<Packed> {
+        let (row, n) = self.by_key.get_mut(key)?;
+        *n -= 1;
+        if *n > 0 {
+            return Some(row.clone());
+        }
+        self.by_key.remove(key).map(|(row, _)| row)
     }
 }
 
-fn key_of(feed: &Feed, fields: &[Option<String>]) -> Vec<Option<String>> {
-    if feed.upstream.key.is_empty() {
-        fields.to_vec()
-    } else {
-        feed.upstream
-            .key
-            .iter()
-            .map(|i| fields.get(*i).cloned().flatten())
-            .collect()
-    }
-}
-
-fn text(values: &[Value]) -> Vec<Option<String>> {
+/// A change's values as text, `None` for NULL (and for unchanged TOAST,
+/// which the caller completes from the old row).
+fn text(values: &[Value]) -> Vec<Option<&str>> {
     values
         .iter()
         .map(|v| match v {
-            Value::Text(s) => Some(s.clone()),
+            Value::Text(s) => Some(s.as_str()),
             _ => None,
         })
         .collect()
@@ -158,9 +215,10 @@ pub fn spawn(
         let mut rows: Vec<Rows> = feeds
             .iter()
             .map(|f| {
-                let mut r = Rows::default();
+                let mut r = Rows::new(f);
                 for line in current.get(&f.table).into_iter().flatten() {
-                    r.add(key_of(f, &text_fields(line)), line.clone());
+                    let fields = text_fields(line);
+                    r.add(&fields.iter().map(|f| f.as_deref()).collect::<Vec<_>>());
                 }
                 r
             })
@@ -234,7 +292,8 @@ async fn run(
             let batch = decode(data, &feed.schema, &CopyFormat::text())
                 .map_err(|e| format!("snapshot of {}: {e}", feed.upstream.qualified()))?;
             for line in String::from_utf8_lossy(data).lines() {
-                table_rows.add(key_of(feed, &text_fields(line)), line.to_string());
+                let fields = text_fields(line);
+                table_rows.add(&fields.iter().map(|f| f.as_deref()).collect::<Vec<_>>());
             }
             total += batch.num_rows() as u64;
             info!(table = feed.name, rows = batch.num_rows(), "snapshot read");
@@ -316,12 +375,14 @@ async fn run(
         if txns.is_empty() {
             continue;
         }
-        let mut inserts: Vec<Vec<String>> = vec![Vec::new(); feeds.len()];
-        let mut deletes: Vec<Vec<String>> = vec![Vec::new(); feeds.len()];
+        // Per table, the rows this batch deletes and inserts.
+        let mut inserts: Vec<Option<TextColumns>> = feeds.iter().map(|_| None).collect();
+        let mut deletes: Vec<Option<TextColumns>> = feeds.iter().map(|_| None).collect();
+        let columns = |t: usize| feeds[t].upstream.columns.len();
         // The publication may cover more tables than the source takes:
         // changes to those are not this source's business.
         let table = |relations: &HashMap<u32, usize>, oid: u32| relations.get(&oid).copied();
-        for change in txns.into_iter().flat_map(|t| t.changes) {
+        for change in txns.iter().flat_map(|t| &t.changes) {
             match change {
                 Change::Relation(r) => {
                     let Some(i) = feeds
@@ -330,94 +391,75 @@ async fn run(
                     else {
                         continue;
                     };
-                    let expected: Vec<&str> = feeds[i]
-                        .upstream
-                        .columns
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect();
-                    let got: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
-                    if !got.starts_with(&expected) {
-                        let missing = expected.iter().find(|c| !got.contains(c)).unwrap_or(&"?");
-                        return Err(format!(
-                            "upstream table {} changed: column \"{missing}\" was dropped, renamed or retyped; drop and re-create the source",
-                            feeds[i].upstream.qualified()
-                        ));
-                    }
-                    let feed = &feeds[i];
-                    if let Some((col, _)) = feed
-                        .upstream
-                        .columns
-                        .iter()
-                        .zip(&r.columns)
-                        .find(|(mine, theirs)| mine.type_oid != 0 && mine.type_oid != theirs.type_oid)
-                    {
-                        return Err(format!(
-                            "upstream table {} changed: column \"{}\" changed type; drop and re-create the source",
-                            feed.upstream.qualified(),
-                            col.name
-                        ));
-                    }
+                    check_relation(&feeds[i], r)?;
                     relations.insert(r.oid, i);
                 }
                 Change::Insert { relation, new } => {
-                    let Some(t) = table(&relations, relation) else {
+                    let Some(t) = table(&relations, *relation) else {
                         continue;
                     };
-                    let fields = fit(&feeds[t], text(&new));
-                    let line = text_line(fields.iter().map(|v| v.as_deref()));
-                    rows[t].add(key_of(&feeds[t], &fields), line.clone());
-                    inserts[t].push(line);
+                    let fields = text(new);
+                    rows[t].add(&fields);
+                    inserts[t]
+                        .get_or_insert_with(|| TextColumns::new(columns(t)))
+                        .push_row(fields);
                 }
                 Change::Update { relation, old, new } => {
-                    let Some(t) = table(&relations, relation) else {
+                    let Some(t) = table(&relations, *relation) else {
                         continue;
                     };
-                    let feed = &feeds[t];
-                    let new_fields = fit(feed, text(&new));
-                    let old_key = match &old {
-                        Some(o) => key_of(feed, &fit(feed, text(o))),
-                        None => key_of(feed, &new_fields),
+                    let new_fields = text(new);
+                    let old_key = match old {
+                        Some(o) => rows[t].key_of(&text(o)),
+                        None => rows[t].key_of(&new_fields),
                     };
-                    let old_line = rows[t].take(&old_key).ok_or_else(|| {
+                    let old_row = rows[t].take(&old_key).ok_or_else(|| {
                         format!(
                             "an update of a row of {} that Weir does not have",
-                            feed.upstream.qualified()
+                            feeds[t].upstream.qualified()
                         )
                     })?;
-                    let old_fields = text_fields(&old_line);
+                    let old_fields = old_row.values();
                     // Unchanged TOASTed values keep the old row's value.
-                    let merged: Vec<Option<String>> = new_fields
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, v)| match new.get(i) {
-                            Some(Value::Unchanged) => old_fields.get(i).cloned().flatten(),
-                            _ => v,
+                    let merged: Vec<Option<&str>> = (0..columns(t))
+                        .map(|i| match new.get(i) {
+                            Some(Value::Unchanged) => old_fields.get(i).copied().flatten(),
+                            _ => new_fields.get(i).copied().flatten(),
                         })
                         .collect();
-                    let line = text_line(merged.iter().map(|v| v.as_deref()));
-                    rows[t].add(key_of(feed, &merged), line.clone());
-                    deletes[t].push(old_line);
-                    inserts[t].push(line);
+                    rows[t].add(&merged);
+                    deletes[t]
+                        .get_or_insert_with(|| TextColumns::new(columns(t)))
+                        .push_row(old_fields);
+                    inserts[t]
+                        .get_or_insert_with(|| TextColumns::new(columns(t)))
+                        .push_row(merged);
                 }
                 Change::Delete { relation, old } => {
-                    let Some(t) = table(&relations, relation) else {
+                    let Some(t) = table(&relations, *relation) else {
                         continue;
                     };
-                    let key = key_of(&feeds[t], &fit(&feeds[t], text(&old)));
-                    let line = rows[t].take(&key).ok_or_else(|| {
+                    let key = rows[t].key_of(&text(old));
+                    let row = rows[t].take(&key).ok_or_else(|| {
                         format!(
                             "a delete of a row of {} that Weir does not have",
                             feeds[t].upstream.qualified()
                         )
                     })?;
-                    deletes[t].push(line);
+                    deletes[t]
+                        .get_or_insert_with(|| TextColumns::new(columns(t)))
+                        .push_row(row.values());
                 }
                 Change::Truncate(oids) => {
                     for oid in oids {
-                        let Some(t) = table(&relations, oid) else { continue };
-                        for (_, (line, n)) in std::mem::take(&mut rows[t].by_key) {
-                            deletes[t].extend(std::iter::repeat_n(line, n));
+                        let Some(t) = table(&relations, *oid) else {
+                            continue;
+                        };
+                        let out = deletes[t].get_or_insert_with(|| TextColumns::new(columns(t)));
+                        for (_, (row, n)) in std::mem::take(&mut rows[t].by_key) {
+                            for _ in 0..n {
+                                out.push_row(row.values());
+                            }
                         }
                     }
                 }
@@ -426,13 +468,10 @@ async fn run(
         let mut updates = Vec::new();
         let mut changed = 0u64;
         for (t, feed) in feeds.iter().enumerate() {
-            for (lines, diff) in [(&deletes[t], -1), (&inserts[t], 1)] {
-                if lines.is_empty() {
-                    continue;
-                }
-                let mut data = lines.join("\n");
-                data.push('\n');
-                let batch = decode(data.as_bytes(), &feed.schema, &CopyFormat::text())
+            for (rows, diff) in [(deletes[t].take(), -1), (inserts[t].take(), 1)] {
+                let Some(rows) = rows else { continue };
+                let batch = rows
+                    .finish(&feed.schema)
                     .map_err(|e| format!("a change to {}: {e}", feed.upstream.qualified()))?;
                 changed += batch.num_rows() as u64;
                 updates.push(TableUpdate {
@@ -481,9 +520,31 @@ fn settle(
     });
 }
 
-/// The values of the source's columns, in its order (an upstream table
-/// may have gained columns at the end since the source was created).
-fn fit(feed: &Feed, mut values: Vec<Option<String>>) -> Vec<Option<String>> {
-    values.resize(feed.upstream.columns.len(), None);
-    values
+/// An upstream table's new description still fits the source: every
+/// column the source takes is there, in place, with its type (columns
+/// added at the end are ignored).
+fn check_relation(feed: &Feed, r: &weir_connectors::pgoutput::Relation) -> Result<(), String> {
+    let expected: Vec<&str> = feed.upstream.columns.iter().map(|c| c.name.as_str()).collect();
+    let got: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
+    if !got.starts_with(&expected) {
+        let missing = expected.iter().find(|c| !got.contains(c)).unwrap_or(&"?");
+        return Err(format!(
+            "upstream table {} changed: column \"{missing}\" was dropped, renamed or retyped; drop and re-create the source",
+            feed.upstream.qualified()
+        ));
+    }
+    if let Some((col, _)) = feed
+        .upstream
+        .columns
+        .iter()
+        .zip(&r.columns)
+        .find(|(mine, theirs)| mine.type_oid != 0 && mine.type_oid != theirs.type_oid)
+    {
+        return Err(format!(
+            "upstream table {} changed: column \"{}\" changed type; drop and re-create the source",
+            feed.upstream.qualified(),
+            col.name
+        ));
+    }
+    Ok(())
 }

@@ -384,6 +384,7 @@ impl Coordinator {
         let mut password = None;
         let mut database = None;
         let mut ssl_mode = SslMode::Disable;
+        let mut ca = None;
         let invalid = |m: String| AdapterError::InvalidParameter(m);
         for (key, value) in options {
             let text = match value {
@@ -422,8 +423,21 @@ impl Coordinator {
                         ))
                     })?
                 }
+                "SSL CERTIFICATE AUTHORITY" => {
+                    if !text.contains("-----BEGIN CERTIFICATE-----") {
+                        return Err(invalid(
+                            "SSL CERTIFICATE AUTHORITY must be PEM text (-----BEGIN CERTIFICATE----- ...) or a secret holding it".into(),
+                        ));
+                    }
+                    ca = Some(text)
+                }
                 other => return Err(invalid(format!("unknown connection option {other}"))),
             }
+        }
+        if ca.is_some() && ssl_mode != SslMode::VerifyFull {
+            return Err(invalid(
+                "SSL CERTIFICATE AUTHORITY is used only with SSL MODE 'verify-full'".into(),
+            ));
         }
         let missing = |o: &str| invalid(format!("a POSTGRES connection needs {o}"));
         Ok(PgConfig {
@@ -433,6 +447,7 @@ impl Coordinator {
             password,
             database: database.unwrap_or_else(|| "postgres".into()),
             ssl_mode,
+            ca,
         })
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! This module owns the object format. It never talks to the store.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
@@ -13,6 +13,7 @@ use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use arrow::row::{RowConverter, SortField};
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 
 /// The name of the diff column every batch object ends with.
 pub const DIFF: &str = "_weir_diff";
@@ -96,7 +97,16 @@ pub fn decode(bytes: Bytes) -> Result<Updates, String> {
 
 /// Sum the diffs of equal rows across `parts` (all of `schema`) and keep
 /// the rows whose sum is not zero, in first-seen order.
+///
+/// Without a negative diff nothing can cancel: the parts are concatenated
+/// as they are (equal rows may then stay separate, which means the same).
 pub fn consolidate(schema: &SchemaRef, parts: &[Updates]) -> Result<Updates, String> {
+    if parts.iter().all(|p| p.diffs.iter().all(|d| *d > 0)) {
+        let batches: Vec<RecordBatch> = parts.iter().map(|p| p.batch.clone()).collect();
+        let batch = arrow::compute::concat_batches(schema, &batches).map_err(|e| e.to_string())?;
+        let diffs = parts.iter().flat_map(|p| p.diffs.iter().copied()).collect();
+        return Ok(Updates { batch, diffs });
+    }
     let converter = RowConverter::new(
         schema
             .fields()
@@ -105,32 +115,30 @@ pub fn consolidate(schema: &SchemaRef, parts: &[Updates]) -> Result<Updates, Str
             .collect(),
     )
     .map_err(|e| e.to_string())?;
-    let mut sums: HashMap<Box<[u8]>, (i64, usize, usize)> = HashMap::new();
-    let mut order = Vec::new();
-    for (p, part) in parts.iter().enumerate() {
-        let rows = converter
-            .convert_columns(part.batch.columns())
-            .map_err(|e| e.to_string())?;
+    let encoded = parts
+        .iter()
+        .map(|part| converter.convert_columns(part.batch.columns()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    // Each distinct row's first (part, index), and its summed diff.
+    // Rows come from our own store: a keyed (DoS-resistant) hash buys
+    // nothing here.
+    let mut first: FxHashMap<&[u8], usize> = FxHashMap::default();
+    let mut order: Vec<((usize, usize), i64)> = Vec::new();
+    for (p, rows) in encoded.iter().enumerate() {
         for (i, row) in rows.iter().enumerate() {
-            let key: Box<[u8]> = row.as_ref().into();
-            match sums.get_mut(&key) {
-                Some(entry) => entry.0 += part.diffs[i],
-                None => {
-                    order.push(key.clone());
-                    sums.insert(key, (part.diffs[i], p, i));
+            let diff = parts[p].diffs[i];
+            match first.entry(row.data()) {
+                Entry::Occupied(e) => order[*e.get()].1 += diff,
+                Entry::Vacant(e) => {
+                    e.insert(order.len());
+                    order.push(((p, i), diff));
                 }
             }
         }
     }
-    let mut indices = Vec::new();
-    let mut diffs = Vec::new();
-    for key in order {
-        let (diff, p, i) = sums[&key];
-        if diff != 0 {
-            indices.push((p, i));
-            diffs.push(diff);
-        }
-    }
+    let (indices, diffs): (Vec<(usize, usize)>, Vec<i64>) =
+        order.into_iter().filter(|(_, d)| *d != 0).unzip();
     let columns = (0..schema.fields().len())
         .map(|c| {
             let arrays: Vec<&dyn Array> = parts.iter().map(|u| u.batch.column(c).as_ref()).collect();

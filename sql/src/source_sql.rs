@@ -3,7 +3,8 @@
 //! ```sql
 //! CREATE SECRET [IF NOT EXISTS] name AS 'value'
 //! CREATE CONNECTION [IF NOT EXISTS] name TO POSTGRES (HOST '...', PORT 5432,
-//!     USER '...', PASSWORD SECRET s, DATABASE '...', SSL MODE 'disable')
+//!     USER '...', PASSWORD SECRET s, DATABASE '...', SSL MODE 'disable',
+//!     [SSL CERTIFICATE AUTHORITY 'pem' | SECRET s])
 //! CREATE SOURCE [IF NOT EXISTS] name FROM POSTGRES CONNECTION c
 //!     (PUBLICATION 'p') FOR ALL TABLES | FOR TABLES (schema.a, b AS c)
 //! DROP SOURCE | CONNECTION | SECRET [IF EXISTS] name [, ...] [CASCADE]
@@ -232,10 +233,16 @@ pub fn parse(sql: &str) -> Result<SourceStatement, SqlError> {
             let mut options = Vec::new();
             loop {
                 let mut key = p.ident()?.to_ascii_uppercase();
-                // `SSL MODE` is two words.
+                // `SSL MODE` and `SSL CERTIFICATE AUTHORITY` are several
+                // words.
                 if key == "SSL" {
-                    p.expect_word("MODE")?;
-                    key = "SSL MODE".into();
+                    if p.word("CERTIFICATE") {
+                        p.expect_word("AUTHORITY")?;
+                        key = "SSL CERTIFICATE AUTHORITY".into();
+                    } else {
+                        p.expect_word("MODE")?;
+                        key = "SSL MODE".into();
+                    }
                 }
                 let _ = p.parser.consume_token(&Token::Eq);
                 options.push((key, p.option_value()?));

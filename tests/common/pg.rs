@@ -48,6 +48,18 @@ impl Postgres {
 
     /// Like [`Postgres::start`] with another `wal_level`.
     pub fn with_wal_level(wal_level: &str) -> Postgres {
+        Postgres::configured(wal_level, false)
+    }
+
+    /// Like [`Postgres::start`], also accepting TLS with a certificate for
+    /// `localhost` signed by a throwaway CA, whose PEM is returned.
+    pub fn with_ssl() -> (Postgres, String) {
+        let pg = Postgres::configured("logical", true);
+        let ca = std::fs::read_to_string(pg.dir.path().join("ca.crt")).unwrap();
+        (pg, ca)
+    }
+
+    fn configured(wal_level: &str, ssl: bool) -> Postgres {
         let dir = tempfile::Builder::new().prefix("weir-pg-").tempdir().unwrap();
         let _ = Command::new("chown")
             .args(["-R", "postgres:postgres", dir.path().to_str().unwrap()])
@@ -83,10 +95,17 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = super::free_port();
-        let opts = format!(
+        let mut opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level={wal_level} -c max_wal_senders=10 -c max_replication_slots=10 -c fsync=off",
             dir.path().display()
         );
+        if ssl {
+            certificates(dir.path());
+            opts += &format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                dir.path().display()
+            );
+        }
         let pg = Postgres { dir, port, opts };
         pg.start_server();
         pg
@@ -147,6 +166,35 @@ impl Postgres {
         self.pg_ctl("stop");
         self.start_server();
     }
+}
+
+/// A CA and a server certificate for `localhost` (and 127.0.0.1) it signed,
+/// made with the `openssl` command, readable by the server.
+fn certificates(dir: &std::path::Path) {
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=weir-test-ca",
+        "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost",
+        "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile san.ext",
+    ] {
+        let out = Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let key = dir.join("server.key");
+    let _ = Command::new("chown")
+        .args(["postgres:postgres", key.to_str().unwrap()])
+        .status();
+    let _ = Command::new("chmod")
+        .args(["600", key.to_str().unwrap()])
+        .status();
 }
 
 impl Drop for Postgres {
