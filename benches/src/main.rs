@@ -573,7 +573,7 @@ async fn streaming(
 /// freshness at 1,000 and 10,000 rows/s.
 async fn cdc(args: &[String]) -> Result<serde_json::Value> {
     let rows = arg(args, "--rows", 1_000_000) as i64;
-    let stream_rows = arg(args, "--stream-rows", 200_000) as i64;
+    let stream_rows = arg(args, "--stream-rows", 1_000_000) as i64;
     let workers = arg(
         args,
         "--workers",
