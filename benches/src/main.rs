@@ -673,7 +673,9 @@ async fn cdc(args: &[String]) -> Result<serde_json::Value> {
         .await?;
 
     // Freshness: batches of inserts paced to a rate; the time from each
-    // batch's COMMIT to a view showing it.
+    // batch's COMMIT to a view showing it. The backlogs above are flushed
+    // first, so the upstream's checkpoint does not land in this phase.
+    up.batch_execute("CHECKPOINT").await?;
     let (_weir, c, _dir) = streaming(
         workers,
         pg.port,

@@ -56,7 +56,9 @@ pub fn encode(updates: &Updates) -> Result<Bytes, String> {
     let mut columns: Vec<ArrayRef> = updates.batch.columns().to_vec();
     columns.push(Arc::new(Int64Array::from(updates.diffs.clone())));
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
+    // Sized up front: growing a buffer of many megabytes by doubling
+    // copies it and has the kernel zero fresh pages at every step.
+    let mut out = Vec::with_capacity(batch.get_array_memory_size() + 4096);
     {
         let mut w = FileWriter::try_new(&mut out, &schema).map_err(|e| e.to_string())?;
         w.write(&batch).map_err(|e| e.to_string())?;
