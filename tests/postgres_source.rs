@@ -497,45 +497,52 @@ async fn tls_modes_are_honoured() {
         ),
     )
     .await;
+    // Each refusal: its SQLSTATE and what the message must say.
+    let refused = |sql: String, code: &'static str, says: &'static str| {
+        let c = &c;
+        async move {
+            let (got, message, _) = error(c, &sql).await;
+            assert_eq!(got, code, "{message}");
+            assert!(message.contains(says), "{message}");
+        }
+    };
     // The same with the public web's roots: the throwaway CA is not one.
-    let (code, message, _) = error(
-        &c,
-        &connection("x", "localhost", pg.port, "SSL MODE 'verify-full'"),
+    refused(
+        connection("x", "localhost", pg.port, "SSL MODE 'verify-full'"),
+        "08001",
+        "TLS with PostgreSQL at localhost",
     )
     .await;
-    assert_eq!(code, "08001", "{message}");
-    assert!(message.contains("TLS with PostgreSQL at localhost"), "{message}");
     // A server without TLS cannot satisfy `require`.
-    let (code, message, _) = error(
-        &c,
-        &connection("x", "127.0.0.1", plain.port, "SSL MODE 'require'"),
+    refused(
+        connection("x", "127.0.0.1", plain.port, "SSL MODE 'require'"),
+        "08001",
+        "does not support TLS",
     )
     .await;
-    assert_eq!(code, "08001", "{message}");
-    assert!(message.contains("does not support TLS"), "{message}");
     // A CA that is not PEM, or one given without verification.
-    let (code, message, _) = error(
-        &c,
-        &connection(
+    refused(
+        connection(
             "x",
             "localhost",
             pg.port,
             "SSL MODE 'verify-full', SSL CERTIFICATE AUTHORITY SECRET not_a_ca",
         ),
+        "22023",
+        "must be PEM",
     )
     .await;
-    assert_eq!(code, "22023", "{message}");
-    let (code, message, _) = error(
-        &c,
-        &connection(
+    refused(
+        connection(
             "x",
             "localhost",
             pg.port,
             "SSL MODE 'require', SSL CERTIFICATE AUTHORITY SECRET ca",
         ),
+        "22023",
+        "only with SSL MODE 'verify-full'",
     )
     .await;
-    assert_eq!(code, "22023", "{message}");
 
     // Snapshot and stream over a verified connection.
     exec(
