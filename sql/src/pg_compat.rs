@@ -2,7 +2,8 @@
 //! does not read, and the catalog functions they call.
 //!
 //! [`rewrite`] edits a parsed statement in place: schema-qualified calls
-//! (`pg_catalog.format_type(...)`) lose the schema, `OPERATOR(pg_catalog.~)`
+//! (`pg_catalog.format_type(...)`, `FROM pg_catalog.unnest(...)`) lose the
+//! schema, `unnest(a) x` names its column `x`, `OPERATOR(pg_catalog.~)`
 //! becomes `~`, `COLLATE pg_catalog.default` goes, and casts to
 //! PostgreSQL's catalog types (`regclass`, `oid`, `pg_catalog.text`, ...)
 //! become casts DataFusion knows. [`register_functions`] adds the
@@ -31,6 +32,7 @@ pub fn rewrite(statement: &mut ast::Statement) {
     if let ast::Statement::Query(q) = statement {
         alias_select_list(q);
     }
+    let _ = ast::VisitMut::visit(statement, &mut TableFunctions);
     let _ = visit_expressions_mut(statement, |e| {
         match e {
             SqlExpr::Function(f) => {
@@ -75,6 +77,62 @@ pub fn rewrite(statement: &mut ast::Statement) {
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// Table functions in `FROM`, as PostgreSQL reads them:
+/// `pg_catalog.unnest(...)` is `unnest(...)` (other `pg_catalog.f(...)` lose
+/// the schema), and `unnest(array) x` names its one column `x`.
+struct TableFunctions;
+
+impl ast::VisitorMut for TableFunctions {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut ast::TableFactor) -> ControlFlow<()> {
+        if let ast::TableFactor::Table {
+            name,
+            args: Some(args),
+            alias,
+            ..
+        } = factor
+            && name.0.len() == 2
+            && part_is(&name.0[0], "pg_catalog")
+        {
+            if part_is(&name.0[1], "unnest") {
+                let array_exprs: Vec<SqlExpr> = args
+                    .args
+                    .iter()
+                    .filter_map(|a| match a {
+                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if array_exprs.len() == args.args.len() {
+                    *factor = ast::TableFactor::UNNEST {
+                        alias: alias.take(),
+                        array_exprs,
+                        with_offset: false,
+                        with_offset_alias: None,
+                        with_ordinality: false,
+                    };
+                }
+            } else {
+                name.0.remove(0);
+            }
+        }
+        if let ast::TableFactor::UNNEST {
+            alias: Some(alias),
+            array_exprs,
+            with_offset: false,
+            with_ordinality: false,
+            ..
+        } = factor
+            && array_exprs.len() == 1
+            && alias.columns.is_empty()
+        {
+            alias.columns = vec![ast::TableAliasColumnDef::from_name(alias.name.value.clone())];
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// Give unaliased scalar subqueries, and repeats of an earlier expression,
