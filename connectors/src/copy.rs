@@ -159,27 +159,13 @@ fn column(values: &StringArray, name: &str, ty: &DataType, lines: &[usize]) -> R
         value: values.value(i).to_string(),
     };
     if matches!(ty, DataType::Binary) {
-        let decoded: Vec<Option<Vec<u8>>> = (0..values.len())
-            .map(|i| match values.is_valid(i) {
-                false => Ok(None),
-                true => decode_bytea(values.value(i))
-                    .map(Some)
-                    .ok_or_else(|| invalid(i, "bytea")),
-            })
-            .collect::<Result<_, _>>()?;
+        let decoded: Vec<Option<Vec<u8>>> = parse_each(values, "bytea", decode_bytea, invalid)?;
         return Ok(Arc::new(BinaryArray::from_iter(decoded)));
     }
     if let DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano) = ty {
         // PostgreSQL's interval output ("1 year 2 mons 3 days 04:05:06.7")
         // is not a form Arrow's cast reads.
-        let parsed: Vec<Option<arrow::datatypes::IntervalMonthDayNano>> = (0..values.len())
-            .map(|i| match values.is_valid(i) {
-                false => Ok(None),
-                true => pg_interval(values.value(i))
-                    .map(Some)
-                    .ok_or_else(|| invalid(i, "interval")),
-            })
-            .collect::<Result<_, _>>()?;
+        let parsed = parse_each(values, "interval", pg_interval, invalid)?;
         return Ok(Arc::new(arrow::array::IntervalMonthDayNanoArray::from(parsed)));
     }
     if ty == &DataType::Utf8 {
@@ -209,6 +195,24 @@ fn column(values: &StringArray, name: &str, ty: &DataType, lines: &[usize]) -> R
         }
     }
     Ok(cast)
+}
+
+/// Each present value of `values` through `parse`; the first that does not
+/// parse is an error naming `type_name`.
+fn parse_each<T>(
+    values: &StringArray,
+    type_name: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    invalid: impl Fn(usize, &str) -> CopyError,
+) -> Result<Vec<Option<T>>, CopyError> {
+    (0..values.len())
+        .map(|i| match values.is_valid(i) {
+            false => Ok(None),
+            true => parse(values.value(i))
+                .map(Some)
+                .ok_or_else(|| invalid(i, type_name)),
+        })
+        .collect()
 }
 
 /// An interval in PostgreSQL's output style (`postgres`: `1 year 2 mons

@@ -253,10 +253,6 @@ async fn run(
 /// One shard's updates from several statements as one batch (`parts` is
 /// never empty: it is only created with a first element).
 fn concat(parts: Vec<Updates>) -> Result<Updates, AdapterError> {
-    let schema = parts[0].batch.schema();
-    let batches: Vec<_> = parts.iter().map(|p| p.batch.clone()).collect();
-    let batch = arrow::compute::concat_batches(&schema, &batches)
-        .map_err(|e| AdapterError::Internal(format!("writes to one table disagree on its columns: {e}")))?;
-    let diffs = parts.into_iter().flat_map(|p| p.diffs).collect();
-    Ok(Updates { batch, diffs })
+    weir_persist::batch::concat(&parts[0].batch.schema(), &parts)
+        .map_err(|e| AdapterError::Internal(format!("writes to one table disagree on its columns: {e}")))
 }

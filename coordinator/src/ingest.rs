@@ -115,6 +115,11 @@ impl Packed {
         Packed(out.into_boxed_slice())
     }
 
+    /// A whole row of `columns` values (missing ones NULL).
+    fn row(columns: usize, row: &[Option<&str>]) -> Packed {
+        Packed::new((0..columns).map(|i| row.get(i).copied().flatten()))
+    }
+
     fn values(&self) -> Vec<Option<&str>> {
         let mut out = Vec::new();
         let mut rest = &self.0[..];
@@ -154,7 +159,7 @@ impl Rows {
 
     fn key_of(&self, row: &[Option<&str>]) -> Packed {
         if self.key.is_empty() {
-            Packed::new((0..self.columns).map(|i| row.get(i).copied().flatten()))
+            Packed::row(self.columns, row)
         } else {
             Packed::new(self.key.iter().map(|i| row.get(*i).copied().flatten()))
         }
@@ -162,15 +167,17 @@ impl Rows {
 
     fn add(&mut self, row: &[Option<&str>]) {
         let key = self.key_of(row);
+        let columns = self.columns;
         self.by_key
             .entry(key)
-            .or_insert_with(|| {
-                (
-                    Packed::new((0..self.columns).map(|i| row.get(i).copied().flatten())),
-                    0,
-                )
-            })
+            .or_insert_with(|| (Packed::row(columns, row), 0))
             .1 += 1;
+    }
+
+    /// Add a row given as a `COPY` text line.
+    fn add_line(&mut self, line: &str) {
+        let fields = text_fields(line);
+        self.add(&fields.iter().map(|f| f.as_deref()).collect::<Vec<_>>());
     }
 
     fn take(&mut self, key: &Packed) -> Option<Packed> {
@@ -217,8 +224,7 @@ pub fn spawn(
             .map(|f| {
                 let mut r = Rows::new(f);
                 for line in current.get(&f.table).into_iter().flatten() {
-                    let fields = text_fields(line);
-                    r.add(&fields.iter().map(|f| f.as_deref()).collect::<Vec<_>>());
+                    r.add_line(line);
                 }
                 r
             })
@@ -292,8 +298,7 @@ async fn run(
             let batch = decode(data, &feed.schema, &CopyFormat::text())
                 .map_err(|e| format!("snapshot of {}: {e}", feed.upstream.qualified()))?;
             for line in String::from_utf8_lossy(data).lines() {
-                let fields = text_fields(line);
-                table_rows.add(&fields.iter().map(|f| f.as_deref()).collect::<Vec<_>>());
+                table_rows.add_line(line);
             }
             total += batch.num_rows() as u64;
             info!(table = feed.name, rows = batch.num_rows(), "snapshot read");
@@ -400,9 +405,7 @@ async fn run(
                     };
                     let fields = text(new);
                     rows[t].add(&fields);
-                    inserts[t]
-                        .get_or_insert_with(|| TextColumns::new(columns(t)))
-                        .push_row(fields);
+                    batch(&mut inserts, t, columns(t)).push_row(fields);
                 }
                 Change::Update { relation, old, new } => {
                     let Some(t) = table(&relations, *relation) else {
@@ -428,12 +431,8 @@ async fn run(
                         })
                         .collect();
                     rows[t].add(&merged);
-                    deletes[t]
-                        .get_or_insert_with(|| TextColumns::new(columns(t)))
-                        .push_row(old_fields);
-                    inserts[t]
-                        .get_or_insert_with(|| TextColumns::new(columns(t)))
-                        .push_row(merged);
+                    batch(&mut deletes, t, columns(t)).push_row(old_fields);
+                    batch(&mut inserts, t, columns(t)).push_row(merged);
                 }
                 Change::Delete { relation, old } => {
                     let Some(t) = table(&relations, *relation) else {
@@ -446,16 +445,14 @@ async fn run(
                             feeds[t].upstream.qualified()
                         )
                     })?;
-                    deletes[t]
-                        .get_or_insert_with(|| TextColumns::new(columns(t)))
-                        .push_row(row.values());
+                    batch(&mut deletes, t, columns(t)).push_row(row.values());
                 }
                 Change::Truncate(oids) => {
                     for oid in oids {
                         let Some(t) = table(&relations, *oid) else {
                             continue;
                         };
-                        let out = deletes[t].get_or_insert_with(|| TextColumns::new(columns(t)));
+                        let out = batch(&mut deletes, t, columns(t));
                         for (_, (row, n)) in std::mem::take(&mut rows[t].by_key) {
                             for _ in 0..n {
                                 out.push_row(row.values());
@@ -491,6 +488,11 @@ async fn run(
         // durable unless the server stops (and then restarts from what is).
         *position = Some(end_lsn);
     }
+}
+
+/// Table `t`'s rows on one side of a batch, started on first use.
+fn batch(side: &mut [Option<TextColumns>], t: usize, columns: usize) -> &mut TextColumns {
+    side[t].get_or_insert_with(|| TextColumns::new(columns))
 }
 
 /// Batches a source may have handed to the committer and not yet seen

@@ -97,6 +97,14 @@ pub fn decode(bytes: Bytes) -> Result<Updates, String> {
     Ok(Updates { batch, diffs })
 }
 
+/// `parts` (all of `schema`) one after another, as one batch.
+pub fn concat(schema: &SchemaRef, parts: &[Updates]) -> Result<Updates, String> {
+    let batches: Vec<RecordBatch> = parts.iter().map(|p| p.batch.clone()).collect();
+    let batch = arrow::compute::concat_batches(schema, &batches).map_err(|e| e.to_string())?;
+    let diffs = parts.iter().flat_map(|p| p.diffs.iter().copied()).collect();
+    Ok(Updates { batch, diffs })
+}
+
 /// Sum the diffs of equal rows across `parts` (all of `schema`) and keep
 /// the rows whose sum is not zero, in first-seen order.
 ///
@@ -104,10 +112,7 @@ pub fn decode(bytes: Bytes) -> Result<Updates, String> {
 /// as they are (equal rows may then stay separate, which means the same).
 pub fn consolidate(schema: &SchemaRef, parts: &[Updates]) -> Result<Updates, String> {
     if parts.iter().all(|p| p.diffs.iter().all(|d| *d > 0)) {
-        let batches: Vec<RecordBatch> = parts.iter().map(|p| p.batch.clone()).collect();
-        let batch = arrow::compute::concat_batches(schema, &batches).map_err(|e| e.to_string())?;
-        let diffs = parts.iter().flat_map(|p| p.diffs.iter().copied()).collect();
-        return Ok(Updates { batch, diffs });
+        return concat(schema, parts);
     }
     let converter = RowConverter::new(
         schema
