@@ -6,7 +6,10 @@
 //! `cargo run --release -p weir-benches -- updates [--orders N] [--updates N] [--batch N] [--workers N]`
 //! `cargo run --release -p weir-benches -- durable [--rows N] [--batch N] [--clients N] [--workers N]`
 //! `cargo run --release -p weir-benches -- cdc [--rows N] [--stream-rows N] [--workers N]`
+//! `cargo run --release -p weir-benches -- nexmark [--events N] [--queries q0,q1,..] [--workers 1,2] [--ceiling]`
 
+mod ceiling;
+mod nexmark;
 mod pg;
 
 use std::io::{BufRead, BufReader};
@@ -791,10 +794,14 @@ fn main() -> Result<()> {
         "updates" => runtime.block_on(updates(&args))?,
         "durable" => runtime.block_on(durable(&args))?,
         "cdc" => runtime.block_on(cdc(&args))?,
-        other => bail!("unknown benchmark {other}; available: load, updates, durable, cdc"),
+        "nexmark" => runtime.block_on(nexmark::nexmark(&args))?,
+        other => bail!("unknown benchmark {other}; available: load, updates, durable, cdc, nexmark"),
     };
     let text = serde_json::to_string_pretty(&result)?;
-    println!("{text}");
+    // Nexmark prints its own table as it goes.
+    if which != "nexmark" {
+        println!("{text}");
+    }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&dir)?;
     let stamp = std::time::SystemTime::now()

@@ -2,10 +2,12 @@
 //! edge.
 //!
 //! Today this holds the decoder for `COPY ... FROM STDIN` (PostgreSQL's text
-//! and CSV formats) and the decoder for PostgreSQL's `pgoutput` logical
-//! replication messages (the start of the PostgreSQL source). Connectors turn external bytes into Arrow; they never
-//! plan SQL, touch the catalog or talk to workers.
+//! and CSV formats), the PostgreSQL source (connection, snapshot and
+//! `pgoutput` replication stream) and the load generators. Connectors turn
+//! external bytes (or generated events) into Arrow; they never plan SQL,
+//! touch the catalog or talk to workers.
 
 pub mod copy;
+pub mod generator;
 pub mod pgoutput;
 pub mod postgres;

@@ -87,12 +87,51 @@ impl Status {
 pub struct Source {
     pub id: GlobalId,
     pub name: String,
-    pub connection: String,
-    pub publication: String,
-    pub slot: String,
-    pub feeds: Vec<Feed>,
+    pub kind: SourceKind,
     pub status: Arc<Mutex<Status>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Where a source's rows come from.
+#[derive(Debug)]
+pub enum SourceKind {
+    /// A PostgreSQL publication, read through replication slot `slot`.
+    Postgres {
+        connection: String,
+        publication: String,
+        slot: String,
+        feeds: Vec<Feed>,
+    },
+    /// A load generator feeding `tables` (in the generator's table order).
+    Generator {
+        spec: weir_connectors::generator::Spec,
+        tables: Vec<(GlobalId, String, SchemaRef)>,
+    },
+}
+
+impl Source {
+    /// The Weir tables this source feeds: id and name.
+    pub fn tables(&self) -> Vec<(GlobalId, &str)> {
+        match &self.kind {
+            SourceKind::Postgres { feeds, .. } => feeds.iter().map(|f| (f.table, f.name.as_str())).collect(),
+            SourceKind::Generator { tables, .. } => {
+                tables.iter().map(|(id, n, _)| (*id, n.as_str())).collect()
+            }
+        }
+    }
+
+    /// What `SHOW SOURCES` calls its type, and the connection and
+    /// publication it reads (empty for a load generator).
+    pub fn describe(&self) -> (String, &str, &str) {
+        match &self.kind {
+            SourceKind::Postgres {
+                connection,
+                publication,
+                ..
+            } => ("postgres".into(), connection, publication),
+            SourceKind::Generator { spec, .. } => (format!("load-generator {}", spec.kind.name()), "", ""),
+        }
+    }
 }
 
 /// A row's text values in one allocation: per value a little-endian `u32`

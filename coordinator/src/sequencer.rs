@@ -160,8 +160,10 @@ impl Coordinator {
             };
             // A source is rebuilt from its recorded detail once its tables
             // are back, without asking the upstream anything.
-            if let Statement::Source(weir_sql::source_sql::SourceStatement::CreateSource { name, .. }) =
-                &statement.statement
+            if let Statement::Source(
+                weir_sql::source_sql::SourceStatement::CreateSource { name, .. }
+                | weir_sql::source_sql::SourceStatement::CreateGeneratorSource { name, .. },
+            ) = &statement.statement
             {
                 sources.push((item.id, name.clone(), item.detail.clone().unwrap_or_default()));
                 continue;
@@ -175,10 +177,10 @@ impl Coordinator {
             let source = crate::sources::source_from_detail(id, &name, &detail, &self.catalog)
                 .map_err(|e| AdapterError::StateStore(format!("cannot restore source {name}: {e}")))?;
             let current: HashMap<GlobalId, Vec<String>> =
-                source.feeds.iter().map(|f| (f.table, Vec::new())).collect();
+                source.tables().iter().map(|(id, _)| (*id, Vec::new())).collect();
             // Its tables were replayed as plain tables: they are fed.
-            for feed in &source.feeds {
-                if let Some(mut entry) = self.catalog.get(&feed.name) {
+            for (_, table) in source.tables() {
+                if let Some(mut entry) = self.catalog.get(table) {
                     entry.source = Some(name.clone());
                     self.catalog.insert(entry);
                 }

@@ -39,7 +39,7 @@ fn columns(show: &Show) -> Vec<&'static str> {
             vec!["name", "create_sql"]
         }
         Show::Variable(_) => vec![],
-        Show::Sources => vec!["name", "connection", "publication", "state"],
+        Show::Sources => vec!["name", "type", "connection", "publication", "state"],
         Show::Connections => vec!["name", "type"],
         Show::Secrets => vec!["name"],
     }
@@ -77,10 +77,12 @@ pub fn show(coord: &Coordinator, show: &Show) -> Result<ExecuteResult, AdapterEr
                 .values()
                 .map(|s| {
                     let status = s.status.lock().expect("status lock").clone();
+                    let (kind, connection, publication) = s.describe();
                     vec![
                         s.name.clone(),
-                        s.connection.clone(),
-                        s.publication.clone(),
+                        kind,
+                        connection.to_string(),
+                        publication.to_string(),
                         status.state,
                     ]
                 })

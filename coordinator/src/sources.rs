@@ -12,7 +12,9 @@ use weir_sql::source_sql::{ObjectKind, OptionValue, SourceStatement};
 
 use crate::catalog::Object;
 use crate::error::AdapterError;
-use crate::ingest::{Feed, Source};
+use std::sync::{Arc, Mutex};
+
+use crate::ingest::{Feed, Source, SourceKind, Status};
 use crate::sequencer::{Coordinator, ExecuteResult};
 
 type Result<T> = std::result::Result<T, AdapterError>;
@@ -82,6 +84,19 @@ impl Coordinator {
                     return Ok(command("CREATE SOURCE"));
                 }
                 self.create_source(name, connection, publication, tables.as_deref(), sql)
+                    .await?;
+                Ok(command("CREATE SOURCE"))
+            }
+            SourceStatement::CreateGeneratorSource {
+                name,
+                generator,
+                options,
+                if_not_exists,
+            } => {
+                if self.name_taken(name, *if_not_exists)? {
+                    return Ok(command("CREATE SOURCE"));
+                }
+                self.create_generator_source(name, generator, options, sql)
                     .await?;
                 Ok(command("CREATE SOURCE"))
             }
@@ -181,25 +196,14 @@ impl Coordinator {
                 })
                 .collect::<Result<_>>()?,
         };
-        for (_, weir_name) in &chosen {
-            if self.catalog.get(weir_name).is_some() || self.catalog.object(weir_name).is_some() {
-                return Err(weir_sql::SqlError::DuplicateRelation(weir_name.clone()).into());
-            }
-        }
         let id = self.catalog.allocate_id();
-        let mut entries = Vec::new();
-        for (upstream, weir_name) in &chosen {
-            let table_sql = table_sql(weir_name, upstream);
-            let statements = weir_sql::statement::parse(&table_sql)?;
-            let Some(weir_sql::statement::Statement::Sql(ast)) = statements.first().map(|s| &s.statement)
-            else {
-                return Err(AdapterError::Internal(format!("cannot plan {table_sql}")));
-            };
-            let datafusion::sql::sqlparser::ast::Statement::CreateTable(ct) = ast.as_ref() else {
-                return Err(AdapterError::Internal(format!("cannot plan {table_sql}")));
-            };
-            entries.push(self.table_entry(ct, &table_sql, Some(name.to_string()))?);
-        }
+        let entries = self.source_tables(
+            name,
+            chosen
+                .iter()
+                .map(|(upstream, weir_name)| (weir_name.clone(), table_sql(weir_name, upstream)))
+                .collect(),
+        )?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -216,6 +220,110 @@ impl Coordinator {
             })
             .collect();
         let detail = source_detail(connection, publication, &slot, &feeds);
+        self.install_source(id, sql, detail, entries).await?;
+        self.register_source(Source {
+            id,
+            name: name.to_string(),
+            kind: SourceKind::Postgres {
+                connection: connection.to_string(),
+                publication: publication.to_string(),
+                slot,
+                feeds,
+            },
+            status: Default::default(),
+            task: None,
+        });
+        self.start_source(name, None, std::collections::HashMap::new())?;
+        Ok(())
+    }
+
+    /// `CREATE SOURCE ... FROM LOAD GENERATOR`: its tables, made durable
+    /// with the generator's spec in one step, then generating.
+    async fn create_generator_source(
+        &self,
+        name: &str,
+        generator: &str,
+        options: &[(String, Option<String>)],
+        sql: &str,
+    ) -> Result<()> {
+        use weir_connectors::generator::{Kind, Spec};
+        let kind = Kind::from_name(generator).ok_or_else(|| {
+            AdapterError::InvalidParameter(format!(
+                "there is no load generator {generator}; there are COUNTER and NEXMARK"
+            ))
+        })?;
+        let spec = Spec::new(kind, options, crate::generate::base_time_now())
+            .map_err(|e| AdapterError::InvalidParameter(e.to_string()))?;
+        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let id = self.catalog.allocate_id();
+        let entries = self.source_tables(
+            name,
+            kind.tables()
+                .iter()
+                .map(|(table, columns)| {
+                    let table = table.map(String::from).unwrap_or_else(|| name.to_string());
+                    let create = format!("CREATE TABLE {} ({columns})", q(&table));
+                    (table, create)
+                })
+                .collect(),
+        )?;
+        let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+        let tables = entries
+            .iter()
+            .map(|e| (e.id, e.name.clone(), e.schema.clone()))
+            .collect();
+        self.install_source(id, sql, crate::generate::detail(&spec, &names), entries)
+            .await?;
+        self.register_source(Source {
+            id,
+            name: name.to_string(),
+            kind: SourceKind::Generator { spec, tables },
+            status: Arc::new(Mutex::new(Status {
+                state: "starting".into(),
+                ..Default::default()
+            })),
+            task: None,
+        });
+        self.start_source(name, None, std::collections::HashMap::new())
+    }
+
+    /// The tables a new source `source` feeds, from their names and
+    /// `CREATE TABLE` statements; 42P07 if a name is taken.
+    fn source_tables(
+        &self,
+        source: &str,
+        tables: Vec<(String, String)>,
+    ) -> Result<Vec<crate::catalog::Entry>> {
+        for (name, _) in &tables {
+            if self.catalog.get(name).is_some() || self.catalog.object(name).is_some() {
+                return Err(weir_sql::SqlError::DuplicateRelation(name.clone()).into());
+            }
+        }
+        tables
+            .iter()
+            .map(|(_, create)| {
+                let statements = weir_sql::statement::parse(create)?;
+                let Some(weir_sql::statement::Statement::Sql(ast)) = statements.first().map(|s| &s.statement)
+                else {
+                    return Err(AdapterError::Internal(format!("cannot plan {create}")));
+                };
+                let datafusion::sql::sqlparser::ast::Statement::CreateTable(ct) = ast.as_ref() else {
+                    return Err(AdapterError::Internal(format!("cannot plan {create}")));
+                };
+                self.table_entry(ct, create, Some(source.to_string()))
+            })
+            .collect()
+    }
+
+    /// Make source `id` (its statement, `detail` and its tables) durable
+    /// in one step, and install its tables.
+    async fn install_source(
+        &self,
+        id: u64,
+        sql: &str,
+        detail: String,
+        entries: Vec<crate::catalog::Entry>,
+    ) -> Result<()> {
         let mut ops = vec![CatalogOp::Create(CatalogItem {
             id,
             sql: sql.trim().to_string(),
@@ -227,17 +335,6 @@ impl Coordinator {
         for e in entries {
             self.install_table(e).await;
         }
-        self.register_source(Source {
-            id,
-            name: name.to_string(),
-            connection: connection.to_string(),
-            publication: publication.to_string(),
-            slot,
-            feeds,
-            status: Default::default(),
-            task: None,
-        });
-        self.start_source(name, None, std::collections::HashMap::new())?;
         Ok(())
     }
 
@@ -259,40 +356,67 @@ impl Coordinator {
         let Some(source) = sources.get_mut(name) else {
             return Ok(());
         };
-        let conn = self
-            .catalog
-            .object(&source.connection)
-            .ok_or_else(|| AdapterError::UndefinedObject {
-                kind: "connection",
-                name: source.connection.clone(),
-            })?;
-        let config = self.pg_config(&conn.options)?;
-        source.task = Some(crate::ingest::spawn(
-            source.id,
-            source.name.clone(),
-            config,
-            source.slot.clone(),
-            source.publication.clone(),
-            source.feeds.clone(),
-            position,
-            current,
-            durable,
-            source.status.clone(),
-        ));
+        source.task = Some(match &source.kind {
+            SourceKind::Postgres {
+                connection,
+                publication,
+                slot,
+                feeds,
+            } => {
+                let conn = self
+                    .catalog
+                    .object(connection)
+                    .ok_or_else(|| AdapterError::UndefinedObject {
+                        kind: "connection",
+                        name: connection.clone(),
+                    })?;
+                let config = self.pg_config(&conn.options)?;
+                crate::ingest::spawn(
+                    source.id,
+                    source.name.clone(),
+                    config,
+                    slot.clone(),
+                    publication.clone(),
+                    feeds.clone(),
+                    position,
+                    current,
+                    durable,
+                    source.status.clone(),
+                )
+            }
+            SourceKind::Generator { spec, tables } => crate::generate::spawn(
+                source.id,
+                source.name.clone(),
+                spec.clone(),
+                tables
+                    .iter()
+                    .map(|(id, _, schema)| (*id, schema.clone()))
+                    .collect(),
+                position,
+                durable,
+                source.status.clone(),
+            ),
+        });
         Ok(())
     }
 
     /// `DROP SOURCE`: stop it, drop its tables (and, with CASCADE, the
     /// views over them) and its replication slot upstream.
     async fn drop_source(&self, name: &str, cascade: bool) -> Result<()> {
-        let (id, tables, slot, connection) = {
+        let (id, tables, upstream_slot) = {
             let sources = self.catalog.sources();
             let s = &sources[name];
+            let slot = match &s.kind {
+                SourceKind::Postgres { connection, slot, .. } => Some((connection.clone(), slot.clone())),
+                SourceKind::Generator { .. } => None,
+            };
             (
                 s.id,
-                s.feeds.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
-                s.slot.clone(),
-                s.connection.clone(),
+                s.tables()
+                    .into_iter()
+                    .map(|(_, n)| n.to_string())
+                    .collect::<Vec<_>>(),
+                slot,
             )
         };
         let mut doomed = Vec::new();
@@ -327,7 +451,9 @@ impl Coordinator {
         self.remove_entries(doomed).await;
         // The slot holds WAL upstream: remove it. The source is gone from
         // Weir either way; an unreachable upstream keeps its slot.
-        if let Some(conn) = self.catalog.object(&connection) {
+        if let Some((connection, slot)) = upstream_slot
+            && let Some(conn) = self.catalog.object(&connection)
+        {
             let config = self.pg_config(&conn.options)?;
             if let Err(e) = weir_connectors::postgres::drop_slot(&config, &slot).await {
                 tracing::warn!(source = name, slot, error = %e, "could not drop the replication slot upstream");
@@ -339,7 +465,9 @@ impl Coordinator {
     /// Whether `name` is already used (`Ok(true)`: skip, for IF NOT
     /// EXISTS), or 42710 when it is.
     fn name_taken(&self, name: &str, if_not_exists: bool) -> Result<bool> {
-        let taken = self.catalog.object(name).is_some() || self.catalog.get(name).is_some();
+        let taken = self.catalog.object(name).is_some()
+            || self.catalog.get(name).is_some()
+            || self.catalog.sources().contains_key(name);
         match (taken, if_not_exists) {
             (false, _) => Ok(false),
             (true, true) => Ok(true),
@@ -529,6 +657,9 @@ pub(crate) fn source_from_detail(
     catalog: &crate::catalog::Catalog,
 ) -> std::result::Result<Source, String> {
     let v: serde_json::Value = serde_json::from_str(detail).map_err(|e| e.to_string())?;
+    if let Some(generator) = crate::generate::from_detail(id, name, &v, catalog) {
+        return generator;
+    }
     let text = |v: &serde_json::Value, k: &str| -> std::result::Result<String, String> {
         v[k].as_str().map(String::from).ok_or_else(|| format!("no {k}"))
     };
@@ -572,10 +703,12 @@ pub(crate) fn source_from_detail(
     Ok(Source {
         id,
         name: name.to_string(),
-        connection: text(&v, "connection")?,
-        publication: text(&v, "publication")?,
-        slot: text(&v, "slot")?,
-        feeds,
+        kind: SourceKind::Postgres {
+            connection: text(&v, "connection")?,
+            publication: text(&v, "publication")?,
+            slot: text(&v, "slot")?,
+            feeds,
+        },
         status: Default::default(),
         task: None,
     })

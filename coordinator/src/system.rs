@@ -686,6 +686,7 @@ pub fn table(
         ("weir_catalog", "sources") => batch(
             &[
                 ("name", T),
+                ("type", T),
                 ("connection", T),
                 ("publication", T),
                 ("tables", T),
@@ -701,19 +702,31 @@ pub fn table(
             sources
                 .iter()
                 .map(|(name, info)| {
-                    let tables: Vec<&str> = info.feeds.iter().map(|f| f.name.as_str()).collect();
+                    let tables: Vec<&str> = info.tables().into_iter().map(|(_, n)| n).collect();
                     let s = info.status.lock().expect("status lock").clone();
-                    let lsn = |l: u64| format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff);
+                    let (kind, connection, publication) = info.describe();
+                    // A load generator has no LSNs: its position is its
+                    // event count (rows_ingested).
+                    let postgres = matches!(info.kind, crate::ingest::SourceKind::Postgres { .. });
+                    let lsn = |l: u64| {
+                        if postgres {
+                            text(format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff))
+                        } else {
+                            null_text()
+                        }
+                    };
+                    let optional = |v: &str| if v.is_empty() { null_text() } else { text(v) };
                     vec![
                         text(name),
-                        text(&info.connection),
-                        text(&info.publication),
+                        text(kind),
+                        optional(connection),
+                        optional(publication),
                         text(tables.join(", ")),
                         text(&s.state),
                         int(s.snapshot_rows as i64),
                         int(s.snapshot_total as i64),
-                        text(lsn(s.lsn_received)),
-                        text(lsn(s.lsn_committed)),
+                        lsn(s.lsn_received),
+                        lsn(s.lsn_committed),
                         int(s.lag_bytes() as i64),
                         int(s.lag_ms()),
                         int(s.rows as i64),

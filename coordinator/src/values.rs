@@ -169,6 +169,22 @@ pub fn cell(array: &ArrayRef, i: usize, fallback: &ArrayFormatter<'_>) -> Cell {
             days: 0,
             micros: 0,
         },
+        // timestamp - timestamp: PostgreSQL's interval, whole days split
+        // off the time as its subtraction does.
+        DataType::Duration(unit) => {
+            let micros = match unit {
+                TimeUnit::Second => array.as_primitive::<DurationSecondType>().value(i) * 1_000_000,
+                TimeUnit::Millisecond => array.as_primitive::<DurationMillisecondType>().value(i) * 1000,
+                TimeUnit::Microsecond => array.as_primitive::<DurationMicrosecondType>().value(i),
+                TimeUnit::Nanosecond => array.as_primitive::<DurationNanosecondType>().value(i) / 1000,
+            };
+            const DAY: i64 = 86_400_000_000;
+            Cell::Interval {
+                months: 0,
+                days: (micros / DAY) as i32,
+                micros: micros % DAY,
+            }
+        }
         _ => Cell::Text(fallback.value(i).to_string()),
     }
 }

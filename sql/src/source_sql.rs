@@ -7,6 +7,8 @@
 //!     [SSL CERTIFICATE AUTHORITY 'pem' | SECRET s])
 //! CREATE SOURCE [IF NOT EXISTS] name FROM POSTGRES CONNECTION c
 //!     (PUBLICATION 'p') FOR ALL TABLES | FOR TABLES (schema.a, b AS c)
+//! CREATE SOURCE [IF NOT EXISTS] name FROM LOAD GENERATOR COUNTER | NEXMARK
+//!     [(EVENTS PER SECOND n, MAX EVENTS n, SEED n, PREGENERATE)] [FOR ALL TABLES]
 //! DROP SOURCE | CONNECTION | SECRET [IF EXISTS] name [, ...] [CASCADE]
 //! ```
 //!
@@ -40,6 +42,14 @@ pub enum SourceStatement {
         publication: String,
         /// `None` for `FOR ALL TABLES`.
         tables: Option<Vec<TableRef>>,
+        if_not_exists: bool,
+    },
+    /// `FROM LOAD GENERATOR`: the generator's name as written (upper
+    /// case) and its options (keys upper case; `None` for a bare flag).
+    CreateGeneratorSource {
+        name: String,
+        generator: String,
+        options: Vec<(String, Option<String>)>,
         if_not_exists: bool,
     },
     Drop {
@@ -159,6 +169,39 @@ impl P<'_> {
         }
     }
 
+    /// `KEY WORDS value, FLAG, ...`: each key is one or more words, its
+    /// value a number or a string, or nothing (a flag).
+    fn generator_options(&mut self) -> Result<Vec<(String, Option<String>)>, SqlError> {
+        let mut options = Vec::new();
+        loop {
+            let mut key = vec![self.ident()?.to_ascii_uppercase()];
+            while let Token::Word(_) = self.parser.peek_token().token {
+                key.push(self.ident()?.to_ascii_uppercase());
+            }
+            let _ = self.parser.consume_token(&Token::Eq);
+            let value = match self.parser.peek_token().token {
+                Token::Comma | Token::RParen => None,
+                _ => {
+                    let t = self.parser.next_token();
+                    match t.token {
+                        Token::SingleQuotedString(s) => Some(s),
+                        Token::Number(n, _) => Some(n),
+                        _ => {
+                            return self
+                                .parser
+                                .expected("a number, a string, ',' or ')'", t)
+                                .map_err(|e| parser_error(e, self.sql));
+                        }
+                    }
+                }
+            };
+            options.push((key.join(" "), value));
+            if !self.parser.consume_token(&Token::Comma) {
+                return Ok(options);
+            }
+        }
+    }
+
     fn option_value(&mut self) -> Result<OptionValue, SqlError> {
         if self.word("SECRET") {
             return Ok(OptionValue::Secret(self.ident()?));
@@ -263,6 +306,30 @@ pub fn parse(sql: &str) -> Result<SourceStatement, SqlError> {
             let if_not_exists = p.if_not_exists()?;
             let name = p.ident()?;
             p.expect_word("FROM")?;
+            if p.word("LOAD") {
+                p.expect_word("GENERATOR")?;
+                let generator = p.ident()?.to_ascii_uppercase();
+                let options = if p.parser.consume_token(&Token::LParen) {
+                    let options = p.generator_options()?;
+                    p.parser
+                        .expect_token(&Token::RParen)
+                        .map_err(|e| parser_error(e, sql))?;
+                    options
+                } else {
+                    Vec::new()
+                };
+                if p.word("FOR") {
+                    p.expect_word("ALL")?;
+                    p.expect_word("TABLES")?;
+                }
+                p.end()?;
+                return Ok(SourceStatement::CreateGeneratorSource {
+                    name,
+                    generator,
+                    options,
+                    if_not_exists,
+                });
+            }
             p.expect_word("POSTGRES")?;
             p.expect_word("CONNECTION")?;
             let connection = p.ident()?;
@@ -372,6 +439,25 @@ mod tests {
             parse("CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR ALL TABLES").unwrap(),
             SourceStatement::CreateSource { tables: None, .. }
         ));
+        assert_eq!(
+            parse("CREATE SOURCE n FROM LOAD GENERATOR nexmark (EVENTS PER SECOND 100, MAX EVENTS = 5, PREGENERATE) FOR ALL TABLES")
+                .unwrap(),
+            SourceStatement::CreateGeneratorSource {
+                name: "n".into(),
+                generator: "NEXMARK".into(),
+                options: vec![
+                    ("EVENTS PER SECOND".into(), Some("100".into())),
+                    ("MAX EVENTS".into(), Some("5".into())),
+                    ("PREGENERATE".into(), None),
+                ],
+                if_not_exists: false
+            }
+        );
+        assert!(matches!(
+            parse("CREATE SOURCE c FROM LOAD GENERATOR COUNTER").unwrap(),
+            SourceStatement::CreateGeneratorSource { ref options, .. } if options.is_empty()
+        ));
+        assert!(parse("CREATE SOURCE c FROM LOAD GENERATOR COUNTER (SEED 1 2)").is_err());
         assert_eq!(
             parse("DROP SOURCE IF EXISTS a, b CASCADE").unwrap(),
             SourceStatement::Drop {

@@ -1,0 +1,2 @@
+-- Nexmark q0: passthrough. Standard form.
+SELECT auction, bidder, price, date_time, extra FROM bid

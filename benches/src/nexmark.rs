@@ -1,0 +1,212 @@
+//! Nexmark: each query of `benches/nexmark/` as a materialized view fed by
+//! the Nexmark load generator, events generated ahead (`PREGENERATE`, so
+//! producing them is not measured), on a fresh server per query and
+//! worker count.
+//!
+//! A run reports events/s from the moment the source starts emitting to
+//! the moment the view has absorbed every event (a read of the view after
+//! the source's last step, which waits for the view to reach it), events/s
+//! per worker, the server's peak RSS, and the view's row count, checked
+//! against the same query answered one-shot (DataFusion over the tables):
+//! a wrong fast answer fails the run.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use crate::{Weir, arg};
+
+/// The queries under `benches/nexmark/`, in order.
+fn available() -> Result<Vec<String>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nexmark");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".sql").map(String::from))
+        .collect();
+    names.sort_by_key(|n| n.trim_start_matches('q').parse::<u32>().unwrap_or(u32::MAX));
+    Ok(names)
+}
+
+/// Query `name`'s SQL, comments removed.
+fn query(name: &str) -> Result<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("nexmark")
+        .join(format!("{name}.sql"));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+fn list(args: &[String], name: &str, default: &str) -> Vec<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or(default)
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// One query on a fresh server: events/s and the checked row count.
+async fn run_one(name: &str, sql: &str, events: usize, workers: usize) -> Result<serde_json::Value> {
+    let weir = Weir::start(workers)?;
+    let c = weir.connect().await?;
+    let generate_started = Instant::now();
+    c.batch_execute(&format!(
+        "CREATE SOURCE nexmark FROM LOAD GENERATOR NEXMARK (MAX EVENTS {events}, PREGENERATE)"
+    ))
+    .await?;
+    c.batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {sql}"))
+        .await
+        .with_context(|| format!("creating {name}"))?;
+    let state = || async {
+        let row = c
+            .query_one(
+                "SELECT state, rows_ingested FROM weir_catalog.sources WHERE name = 'nexmark'",
+                &[],
+            )
+            .await?;
+        Ok::<_, anyhow::Error>((row.get::<_, String>(0), row.get::<_, i64>(1)))
+    };
+    // The view must exist before the first event flows, or part of the
+    // work would be the view's initial load rather than streaming.
+    let (first, _) = state().await?;
+    let view_first = first == "generating" || first == "starting";
+    // Emission starts when generating ends; poll for it (10 ms).
+    let limit = Duration::from_secs(3600);
+    let emitting = loop {
+        let (s, _) = state().await?;
+        if s != "generating" && s != "starting" {
+            break Instant::now();
+        }
+        if generate_started.elapsed() > limit {
+            bail!("the generator did not finish generating");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let generate_s = emitting.duration_since(generate_started).as_secs_f64();
+    loop {
+        let (s, rows) = state().await?;
+        if s == "finished" {
+            break;
+        }
+        if s.starts_with("error") {
+            bail!("the source failed: {s}");
+        }
+        if emitting.elapsed() > limit {
+            bail!("the source did not finish: {s}, {rows} events");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Reads wait for the view to reach the latest write: this returns once
+    // every event is in.
+    let rows: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+        .await?
+        .get(0);
+    let elapsed = emitting.elapsed().as_secs_f64();
+    let peak_rss = weir.peak_rss()?;
+    let expected: i64 = c
+        .query_one(&format!("SELECT count(*) FROM ({sql}) AS q"), &[])
+        .await
+        .with_context(|| format!("{name} one-shot"))?
+        .get(0);
+    if rows != expected {
+        bail!("{name}: the view has {rows} rows, the same query one-shot {expected}");
+    }
+    let per_s = events as f64 / elapsed;
+    Ok(json!({
+        "query": name,
+        "workers": workers,
+        "events": events,
+        "seconds": elapsed,
+        "events_per_s": per_s.round(),
+        "events_per_s_per_worker": (per_s / workers as f64).round(),
+        "peak_rss_bytes": peak_rss,
+        "view_rows": rows,
+        "view_rows_checked": expected,
+        "generate_seconds": generate_s,
+        "view_created_before_events": view_first,
+    }))
+}
+
+pub async fn nexmark(args: &[String]) -> Result<serde_json::Value> {
+    let events = arg(args, "--events", 1_000_000);
+    let all = available()?;
+    let queries = list(args, "--queries", &all.join(","));
+    let workers: Vec<usize> = list(args, "--workers", "2")
+        .iter()
+        .map(|w| w.parse().context("--workers takes numbers"))
+        .collect::<Result<_>>()?;
+    for q in &queries {
+        if !all.contains(q) {
+            bail!("no query {q}; there are {}", all.join(", "));
+        }
+    }
+    println!("query  workers  events/s  per worker  peak RSS  view rows ({events} events each)");
+    let mut runs = Vec::new();
+    for &w in &workers {
+        for q in &queries {
+            let sql = query(q)?;
+            let run = run_one(q, &sql, events, w).await?;
+            println!(
+                "{q:>4}  {w} workers  {:>12} events/s  {:>10} /worker  {:>6} MB peak  {:>9} rows",
+                run["events_per_s"],
+                run["events_per_s_per_worker"],
+                run["peak_rss_bytes"].as_u64().unwrap_or(0) / 1_000_000,
+                run["view_rows"],
+            );
+            runs.push(run);
+        }
+    }
+    // The hand-written differential ceiling, on the same events, after
+    // Weir (never at the same time).
+    let mut ceiling = Vec::new();
+    if args.iter().any(|a| a == "--ceiling") {
+        let started = Instant::now();
+        let generated = std::sync::Arc::new(crate::ceiling::generate(events));
+        let generate_s = started.elapsed().as_secs_f64();
+        println!("ceiling (hand-written differential; {events} events generated in {generate_s:.1} s, not timed)");
+        for &w in &workers {
+            for q in queries.iter().filter(|q| crate::ceiling::QUERIES.contains(&q.as_str())) {
+                let (seconds, rows) = crate::ceiling::run(q, generated.clone(), w)?;
+                let per_s = events as f64 / seconds;
+                let weir = runs
+                    .iter()
+                    .find(|r| r["query"] == q.as_str() && r["workers"] == w)
+                    .and_then(|r| r["events_per_s"].as_f64());
+                let ratio = weir.map(|x| x / per_s);
+                println!(
+                    "{q:>4}  {w} workers  {:>12} events/s  {:>10} /worker  {:>9} rows  Weir at {}",
+                    per_s.round(),
+                    (per_s / w as f64).round(),
+                    rows,
+                    ratio.map_or("-".into(), |r| format!("{:.1}%", r * 100.0)),
+                );
+                ceiling.push(json!({
+                    "query": q,
+                    "workers": w,
+                    "events": events,
+                    "seconds": seconds,
+                    "events_per_s": per_s.round(),
+                    "events_per_s_per_worker": (per_s / w as f64).round(),
+                    "rows": rows,
+                    "weir_over_ceiling": ratio,
+                }));
+            }
+        }
+    }
+    Ok(json!({
+        "benchmark": "nexmark",
+        "events": events,
+        "runs": runs,
+        "ceiling": ceiling,
+    }))
+}

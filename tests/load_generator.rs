@@ -1,0 +1,175 @@
+//! Load generators end to end: `COUNTER` and `NEXMARK` as sources of
+//! tables and views, paced and unpaced, reproducible, exactly once across
+//! `kill -9`, and their errors.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Server, error, exec, sorted, state_dir};
+use tokio_postgres::Client;
+
+/// Wait until source `name` reports `state`.
+async fn wait_state(c: &Client, name: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = sorted(c, &format!("SELECT state FROM weir_catalog.sources WHERE name = '{name}'")).await;
+        if got == vec![state.to_string()] {
+            return;
+        }
+        assert!(Instant::now() < deadline, "source {name} is {got:?}, not {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every generated column but the event times (which follow the
+/// source's creation time).
+const BIDS: &str = "SELECT auction, bidder, price, channel, url, extra FROM bid";
+const PEOPLE: &str = "SELECT id, name, email_address, credit_card, city, state, extra FROM person";
+const AUCTIONS: &str =
+    "SELECT id, item_name, description, initial_bid, reserve, seller, category, extra FROM auction";
+
+#[tokio::test]
+async fn nexmark_is_reproducible_and_exactly_once_across_kill() {
+    let state = state_dir();
+    let path = state.path().to_str().unwrap();
+    let mut a = Server::on_state(path, 2, &[]);
+    let c = a.connect().await;
+    // Paced: 20,000 events at 10,000/s take two seconds; kill it midway.
+    exec(
+        &c,
+        "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (EVENTS PER SECOND 10000, MAX EVENTS 20000, SEED 0) FOR ALL TABLES;
+         CREATE MATERIALIZED VIEW per_table AS
+           SELECT 'bid' AS t, count(*) AS n FROM bid UNION ALL
+           SELECT 'auction', count(*) FROM auction UNION ALL
+           SELECT 'person', count(*) FROM person",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let midway = sorted(&c, "SELECT rows_ingested FROM weir_catalog.sources").await;
+    a.kill();
+    drop(c);
+    let a = Server::on_state(path, 2, &[]);
+    let c = a.connect().await;
+    wait_state(&c, "nx", "finished").await;
+    // 1:3:46, every event once: none lost, none repeated by the restart.
+    assert_eq!(
+        sorted(&c, "SELECT * FROM per_table").await,
+        vec!["auction|1200", "bid|18400", "person|400"],
+        "killed after {midway:?} events"
+    );
+    assert_eq!(sorted(&c, "SELECT count(DISTINCT id) FROM person").await, vec!["400"]);
+    // Event times advance with the rate: 20,000 events span two seconds.
+    let span = sorted(
+        &c,
+        "SELECT extract(epoch FROM max(date_time) - min(date_time)) BETWEEN 1.9 AND 2.0, max(date_time) - min(date_time) FROM bid",
+    )
+    .await;
+    assert!(span[0].starts_with("t|"), "{span:?}");
+    // Hot auctions and bidders: the busiest auction draws far more than
+    // its 1/1200 share of the bids (about 15): half go to a few hot ones.
+    let hot = sorted(
+        &c,
+        "SELECT max(n) > 300 FROM (SELECT auction, count(*) AS n FROM bid GROUP BY auction) x",
+    )
+    .await;
+    assert_eq!(hot, vec!["t"]);
+
+    // The same spec unpaced on another server draws the same events; a
+    // new seed draws others.
+    let b = Server::start();
+    let d = b.connect().await;
+    exec(&d, "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (MAX EVENTS 20000)").await;
+    wait_state(&d, "nx", "finished").await;
+    for sql in [BIDS, PEOPLE, AUCTIONS] {
+        assert_eq!(sorted(&c, sql).await, sorted(&d, sql).await, "{sql}");
+    }
+    exec(&d, "DROP SOURCE nx").await;
+    assert_eq!(error(&d, "SELECT * FROM bid").await.0, "42P01");
+    exec(
+        &d,
+        "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (MAX EVENTS 20000, SEED 7, PREGENERATE)",
+    )
+    .await;
+    wait_state(&d, "nx", "finished").await;
+    assert_eq!(sorted(&d, "SELECT count(*) FROM bid").await, vec!["18400"]);
+    assert_ne!(sorted(&c, BIDS).await, sorted(&d, BIDS).await);
+}
+
+#[tokio::test]
+async fn counter_counts_at_its_rate_and_stops_at_max() {
+    let s = Server::start();
+    let c = s.connect().await;
+    exec(
+        &c,
+        "CREATE SOURCE ticks FROM LOAD GENERATOR COUNTER (EVENTS PER SECOND 200);
+         CREATE MATERIALIZED VIEW seen AS SELECT count(*) AS n, max(counter) AS top, min(counter) AS bottom FROM ticks",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let row = &common::rows(&c, "SELECT n, top, bottom FROM seen").await[0];
+    let n: i64 = row[0].as_deref().unwrap().parse().unwrap();
+    // No gaps, counting from 1, at about the rate.
+    assert_eq!(row[1].as_deref(), row[0].as_deref());
+    assert_eq!(row[2].as_deref(), Some("1"));
+    assert!((150..=500).contains(&n), "{n} ticks in 1.5 s at 200/s");
+    assert_eq!(
+        sorted(&c, "SHOW SOURCES").await,
+        vec!["ticks|load-generator COUNTER|||running"]
+    );
+
+    exec(&c, "CREATE SOURCE upto FROM LOAD GENERATOR COUNTER (MAX EVENTS 1000)").await;
+    wait_state(&c, "upto", "finished").await;
+    assert_eq!(
+        sorted(&c, "SELECT count(*), sum(counter), max(counter) FROM upto").await,
+        vec!["1000|500500|1000"]
+    );
+    assert_eq!(
+        sorted(&c, "SELECT rows_ingested, lsn_received IS NULL FROM weir_catalog.sources WHERE name = 'upto'").await,
+        vec!["1000|t"]
+    );
+}
+
+#[tokio::test]
+async fn bad_generators_are_refused_clearly() {
+    let s = Server::start();
+    let c = s.connect().await;
+    let cases: &[(&str, &str, &str)] = &[
+        ("CREATE SOURCE x FROM LOAD GENERATOR TPCH", "22023", "no load generator TPCH"),
+        (
+            "CREATE SOURCE x FROM LOAD GENERATOR COUNTER (TICK INTERVAL '1s')",
+            "22023",
+            "unknown option TICK INTERVAL",
+        ),
+        (
+            "CREATE SOURCE x FROM LOAD GENERATOR COUNTER (MAX EVENTS 'many')",
+            "22023",
+            "non-negative integer",
+        ),
+        (
+            "CREATE SOURCE x FROM LOAD GENERATOR NEXMARK (PREGENERATE)",
+            "22023",
+            "PREGENERATE needs MAX EVENTS",
+        ),
+        ("CREATE SOURCE x FROM LOAD GENERATOR", "42601", "syntax error"),
+    ];
+    for (sql, code, message) in cases {
+        let (got, text, _) = error(&c, sql).await;
+        assert_eq!(got, *code, "{sql}: {text}");
+        assert!(text.contains(message), "{sql}: {text}");
+    }
+    exec(&c, "CREATE TABLE bid (a int)").await;
+    assert_eq!(
+        error(&c, "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK").await.0,
+        "42P07"
+    );
+    exec(&c, "DROP TABLE bid").await;
+    exec(&c, "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (MAX EVENTS 100)").await;
+    assert_eq!(error(&c, "CREATE SOURCE nx FROM LOAD GENERATOR COUNTER").await.0, "42710");
+    exec(&c, "CREATE SOURCE IF NOT EXISTS nx FROM LOAD GENERATOR COUNTER").await;
+    let (code, _, _) = error(&c, "INSERT INTO bid VALUES (1, 1, 1, 'c', 'u', now(), 'e')").await;
+    assert_eq!(code, "42809");
+    // Nothing was lost to the refusals.
+    wait_state(&c, "nx", "finished").await;
+    assert_eq!(sorted(&c, "SELECT count(*) FROM bid").await, vec!["92"]);
+}
