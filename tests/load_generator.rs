@@ -13,7 +13,11 @@ use tokio_postgres::Client;
 async fn wait_state(c: &Client, name: &str, state: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let got = sorted(c, &format!("SELECT state FROM weir_catalog.sources WHERE name = '{name}'")).await;
+        let got = sorted(
+            c,
+            &format!("SELECT state FROM weir_catalog.sources WHERE name = '{name}'"),
+        )
+        .await;
         if got == vec![state.to_string()] {
             return;
         }
@@ -58,7 +62,10 @@ async fn nexmark_is_reproducible_and_exactly_once_across_kill() {
         vec!["auction|1200", "bid|18400", "person|400"],
         "killed after {midway:?} events"
     );
-    assert_eq!(sorted(&c, "SELECT count(DISTINCT id) FROM person").await, vec!["400"]);
+    assert_eq!(
+        sorted(&c, "SELECT count(DISTINCT id) FROM person").await,
+        vec!["400"]
+    );
     // Event times advance with the rate: 20,000 events span two seconds.
     let span = sorted(
         &c,
@@ -79,7 +86,11 @@ async fn nexmark_is_reproducible_and_exactly_once_across_kill() {
     // new seed draws others.
     let b = Server::start();
     let d = b.connect().await;
-    exec(&d, "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (MAX EVENTS 20000)").await;
+    exec(
+        &d,
+        "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (MAX EVENTS 20000)",
+    )
+    .await;
     wait_state(&d, "nx", "finished").await;
     for sql in [BIDS, PEOPLE, AUCTIONS] {
         assert_eq!(sorted(&c, sql).await, sorted(&d, sql).await, "{sql}");
@@ -118,14 +129,22 @@ async fn counter_counts_at_its_rate_and_stops_at_max() {
         vec!["ticks|load-generator COUNTER|||running"]
     );
 
-    exec(&c, "CREATE SOURCE upto FROM LOAD GENERATOR COUNTER (MAX EVENTS 1000)").await;
+    exec(
+        &c,
+        "CREATE SOURCE upto FROM LOAD GENERATOR COUNTER (MAX EVENTS 1000)",
+    )
+    .await;
     wait_state(&c, "upto", "finished").await;
     assert_eq!(
         sorted(&c, "SELECT count(*), sum(counter), max(counter) FROM upto").await,
         vec!["1000|500500|1000"]
     );
     assert_eq!(
-        sorted(&c, "SELECT rows_ingested, lsn_received IS NULL FROM weir_catalog.sources WHERE name = 'upto'").await,
+        sorted(
+            &c,
+            "SELECT rows_ingested, lsn_received IS NULL FROM weir_catalog.sources WHERE name = 'upto'"
+        )
+        .await,
         vec!["1000|t"]
     );
 }
@@ -135,7 +154,11 @@ async fn bad_generators_are_refused_clearly() {
     let s = Server::start();
     let c = s.connect().await;
     let cases: &[(&str, &str, &str)] = &[
-        ("CREATE SOURCE x FROM LOAD GENERATOR TPCH", "22023", "no load generator TPCH"),
+        (
+            "CREATE SOURCE x FROM LOAD GENERATOR TPCH",
+            "22023",
+            "no load generator TPCH",
+        ),
         (
             "CREATE SOURCE x FROM LOAD GENERATOR COUNTER (TICK INTERVAL '1s')",
             "22023",
@@ -164,8 +187,15 @@ async fn bad_generators_are_refused_clearly() {
         "42P07"
     );
     exec(&c, "DROP TABLE bid").await;
-    exec(&c, "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (MAX EVENTS 100)").await;
-    assert_eq!(error(&c, "CREATE SOURCE nx FROM LOAD GENERATOR COUNTER").await.0, "42710");
+    exec(
+        &c,
+        "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (MAX EVENTS 100)",
+    )
+    .await;
+    assert_eq!(
+        error(&c, "CREATE SOURCE nx FROM LOAD GENERATOR COUNTER").await.0,
+        "42710"
+    );
     exec(&c, "CREATE SOURCE IF NOT EXISTS nx FROM LOAD GENERATOR COUNTER").await;
     let (code, _, _) = error(&c, "INSERT INTO bid VALUES (1, 1, 1, 'c', 'u', now(), 'e')").await;
     assert_eq!(code, "42809");

@@ -25,11 +25,7 @@ fn paste(sql: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("psql is installed");
-    psql.stdin
-        .take()
-        .unwrap()
-        .write_all(sql.as_bytes())
-        .unwrap();
+    psql.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
     let out = psql.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(

@@ -69,15 +69,19 @@ pub fn run(query: &str, events: Arc<Vec<Event>>, workers: usize) -> Result<(f64,
             let count = move |d: isize| counted.set(counted.get() + d as i64);
             match query.as_str() {
                 "q0" => {
-                    bids.map(|(auction, bidder, price, _, _, time, extra)| (auction, bidder, price, time, extra))
-                        .inspect(move |x| count(x.2))
-                        .probe_with(&probe);
+                    bids.map(|(auction, bidder, price, _, _, time, extra)| {
+                        (auction, bidder, price, time, extra)
+                    })
+                    .inspect(move |x| count(x.2))
+                    .probe_with(&probe);
                 }
                 "q1" => {
                     // 0.908 * price, in thousandths: exact, as SQL's numeric.
-                    bids.map(|(auction, bidder, price, _, _, time, extra)| (auction, bidder, price * 908, time, extra))
-                        .inspect(move |x| count(x.2))
-                        .probe_with(&probe);
+                    bids.map(|(auction, bidder, price, _, _, time, extra)| {
+                        (auction, bidder, price * 908, time, extra)
+                    })
+                    .inspect(move |x| count(x.2))
+                    .probe_with(&probe);
                 }
                 "q2" => {
                     bids.filter(|b| b.0 % 123 == 0)
@@ -86,7 +90,8 @@ pub fn run(query: &str, events: Arc<Vec<Event>>, workers: usize) -> Result<(f64,
                         .probe_with(&probe);
                 }
                 "q4" => {
-                    let open = auctions.map(|(id, _, category, start, expires)| (id, (category, start, expires)));
+                    let open =
+                        auctions.map(|(id, _, category, start, expires)| (id, (category, start, expires)));
                     let offers = bids.map(|b| (b.0, (b.2, b.5)));
                     open.join(offers)
                         .filter(|(_, ((_, start, expires), (_, time)))| start <= time && time <= expires)
@@ -110,15 +115,17 @@ pub fn run(query: &str, events: Arc<Vec<Event>>, workers: usize) -> Result<(f64,
                         .map(|b| (b.5 / 10_000, b.2))
                         .reduce(|_, input, output| output.push((*input[input.len() - 1].0, 1isize)))
                         .map(|(window, price)| (price, window));
-                    bids.map(|(auction, bidder, price, _, _, time, extra)| (price, (auction, bidder, time, extra)))
-                        .join(highest)
-                        .filter(|(_, ((_, _, time, _), window))| {
-                            let end = (window + 1) * 10_000;
-                            end - 10_000 <= *time && *time <= end
-                        })
-                        .map(|(price, ((auction, bidder, time, extra), _))| (auction, price, bidder, time, extra))
-                        .inspect(move |x| count(x.2))
-                        .probe_with(&probe);
+                    bids.map(|(auction, bidder, price, _, _, time, extra)| {
+                        (price, (auction, bidder, time, extra))
+                    })
+                    .join(highest)
+                    .filter(|(_, ((_, _, time, _), window))| {
+                        let end = (window + 1) * 10_000;
+                        end - 10_000 <= *time && *time <= end
+                    })
+                    .map(|(price, ((auction, bidder, time, extra), _))| (auction, price, bidder, time, extra))
+                    .inspect(move |x| count(x.2))
+                    .probe_with(&probe);
                 }
             }
         });
@@ -139,9 +146,13 @@ pub fn run(query: &str, events: Arc<Vec<Event>>, workers: usize) -> Result<(f64,
                         b.date_time,
                         b.extra.clone(),
                     )),
-                    Event::Auction(a) => {
-                        auctions.insert((a.id as u64, a.seller as u64, a.category as u64, a.date_time, a.expires))
-                    }
+                    Event::Auction(a) => auctions.insert((
+                        a.id as u64,
+                        a.seller as u64,
+                        a.category as u64,
+                        a.date_time,
+                        a.expires,
+                    )),
                     Event::Person(_) => {}
                 }
             }

@@ -6,9 +6,10 @@
 //! `cargo run --release -p weir-benches -- updates [--orders N] [--updates N] [--batch N] [--workers N]`
 //! `cargo run --release -p weir-benches -- durable [--rows N] [--batch N] [--clients N] [--workers N]`
 //! `cargo run --release -p weir-benches -- cdc [--rows N] [--stream-rows N] [--workers N]`
-//! `cargo run --release -p weir-benches -- nexmark [--events N] [--queries q0,q1,..] [--workers 1,2] [--ceiling]`
+//! `cargo run --release -p weir-benches -- nexmark [--events N] [--queries q0,q1,..] [--workers 1,2] [--ceiling] [--flink]`
 
 mod ceiling;
+mod flink;
 mod nexmark;
 mod pg;
 

@@ -168,21 +168,33 @@ pub async fn nexmark(args: &[String]) -> Result<serde_json::Value> {
     }
     // The hand-written differential ceiling, on the same events, after
     // Weir (never at the same time).
+    let want_ceiling = args.iter().any(|a| a == "--ceiling");
+    let want_flink = args.iter().any(|a| a == "--flink");
+    let started = Instant::now();
+    let generated = if want_ceiling || want_flink {
+        std::sync::Arc::new(crate::ceiling::generate(events))
+    } else {
+        Default::default()
+    };
+    let generate_s = started.elapsed().as_secs_f64();
+    let weir_rate = |q: &str, w: usize| {
+        runs.iter()
+            .find(|r| r["query"] == q && r["workers"] == w)
+            .and_then(|r| r["events_per_s"].as_f64())
+    };
     let mut ceiling = Vec::new();
-    if args.iter().any(|a| a == "--ceiling") {
-        let started = Instant::now();
-        let generated = std::sync::Arc::new(crate::ceiling::generate(events));
-        let generate_s = started.elapsed().as_secs_f64();
-        println!("ceiling (hand-written differential; {events} events generated in {generate_s:.1} s, not timed)");
+    if want_ceiling {
+        println!(
+            "ceiling (hand-written differential; {events} events generated in {generate_s:.1} s, not timed)"
+        );
         for &w in &workers {
-            for q in queries.iter().filter(|q| crate::ceiling::QUERIES.contains(&q.as_str())) {
+            for q in queries
+                .iter()
+                .filter(|q| crate::ceiling::QUERIES.contains(&q.as_str()))
+            {
                 let (seconds, rows) = crate::ceiling::run(q, generated.clone(), w)?;
                 let per_s = events as f64 / seconds;
-                let weir = runs
-                    .iter()
-                    .find(|r| r["query"] == q.as_str() && r["workers"] == w)
-                    .and_then(|r| r["events_per_s"].as_f64());
-                let ratio = weir.map(|x| x / per_s);
+                let ratio = weir_rate(q, w).map(|x| x / per_s);
                 println!(
                     "{q:>4}  {w} workers  {:>12} events/s  {:>10} /worker  {:>9} rows  Weir at {}",
                     per_s.round(),
@@ -203,10 +215,55 @@ pub async fn nexmark(args: &[String]) -> Result<serde_json::Value> {
             }
         }
     }
+    let mut flink = Vec::new();
+    if want_flink {
+        let dir = tempfile::Builder::new().prefix("weir-nexmark-csv-").tempdir()?;
+        let empty = tempfile::Builder::new().prefix("weir-nexmark-empty-").tempdir()?;
+        let files = workers.iter().copied().max().unwrap_or(1);
+        crate::flink::write_csv(&generated, dir.path(), files)?;
+        crate::flink::write_csv(&[], empty.path(), files)?;
+        println!(
+            "flink (PyFlink 2.3, local mini-cluster, mini-batch on, blackhole sink; the same events as CSV)"
+        );
+        for &w in &workers {
+            for r in crate::flink::run(dir.path(), empty.path(), &queries, w)? {
+                let q = r["query"].as_str().unwrap_or("?").to_string();
+                let (Some(total), Some(empty_s)) = (r["seconds"].as_f64(), r["empty_seconds"].as_f64())
+                else {
+                    let why = r["error"].as_str().unwrap_or("not supported by Flink");
+                    println!("{q:>4}  {w} workers  no figure: {why}");
+                    flink.push(json!({"query": q, "workers": w, "error": why}));
+                    continue;
+                };
+                let seconds = (total - empty_s).max(1e-3);
+                let per_s = events as f64 / seconds;
+                let ratio = weir_rate(&q, w).map(|x| x / per_s);
+                println!(
+                    "{q:>4}  {w} workers  {:>12} events/s  {:>10} /worker  Weir at {}",
+                    per_s.round(),
+                    (per_s / w as f64).round(),
+                    ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+                );
+                flink.push(json!({
+                    "query": q,
+                    "workers": w,
+                    "events": events,
+                    "seconds": seconds,
+                    "job_seconds": total,
+                    "empty_job_seconds": empty_s,
+                    "events_per_s": per_s.round(),
+                    "events_per_s_per_worker": (per_s / w as f64).round(),
+                    "weir_over_flink": ratio,
+                }));
+            }
+        }
+    }
     Ok(json!({
         "benchmark": "nexmark",
         "events": events,
+        "events_generate_seconds": generate_s,
         "runs": runs,
         "ceiling": ceiling,
+        "flink": flink,
     }))
 }

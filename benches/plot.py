@@ -1,0 +1,53 @@
+"""Plot a Nexmark run: events/s per query for Weir, Flink and the
+hand-written differential ceiling, from one `weir-bench nexmark` JSON.
+
+    python3 benches/plot.py benches/results/nexmark-<stamp>.json [out.png] [--workers N]
+
+Needs matplotlib (`python3 -m pip install matplotlib`). Writes
+benches/nexmark.png unless told otherwise.
+"""
+
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    workers = 2
+    if "--workers" in sys.argv:
+        workers = int(sys.argv[sys.argv.index("--workers") + 1])
+    run = json.load(open(args[0]))
+    out = args[1] if len(args) > 1 else "benches/nexmark.png"
+
+    def rates(key):
+        return {
+            r["query"]: r["events_per_s"]
+            for r in run.get(key, [])
+            if r.get("workers") == workers and r.get("events_per_s")
+        }
+
+    series = [("Weir", rates("runs")), ("Flink (PyFlink 2.3)", rates("flink")), ("differential, by hand", rates("ceiling"))]
+    queries = [r["query"] for r in run["runs"] if r["workers"] == workers]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(8, len(queries) * 0.7), 4.5))
+    for i, (name, values) in enumerate(series):
+        xs = [q for q in range(len(queries)) if queries[q] in values]
+        ax.bar([x + (i - 1) * width for x in xs], [values[queries[x]] for x in xs], width, label=name)
+    ax.set_xticks(range(len(queries)), queries)
+    ax.set_yscale("log")
+    ax.set_ylabel("events/s (log scale)")
+    ax.set_title(f"Nexmark, {run['events']:,} events, {workers} worker threads")
+    ax.legend()
+    ax.grid(axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
