@@ -42,7 +42,7 @@ def main():
     ax.set_yscale("log")
     ax.set_ylabel("events/s (log scale)")
     ax.set_title(f"Nexmark, {run['events']:,} events, {workers} worker threads")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(series), frameon=False)
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

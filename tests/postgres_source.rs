@@ -266,7 +266,7 @@ async fn snapshot_then_stream_exactly_once_across_restarts() {
         upstream_rows(&up, per_customer).await
     );
     let shown = sorted(&c, "SHOW SOURCES").await;
-    assert_eq!(shown, vec!["shop|pg|p|streaming"]);
+    assert_eq!(shown, vec!["shop|postgres|pg|p|streaming"]);
     // Caught up: no lag, and the changes counted.
     let status = sorted(
         &c,

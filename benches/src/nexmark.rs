@@ -121,20 +121,43 @@ async fn run_one(name: &str, sql: &str, events: usize, workers: usize) -> Result
     if rows != expected {
         bail!("{name}: the view has {rows} rows, the same query one-shot {expected}");
     }
-    let per_s = events as f64 / elapsed;
-    Ok(json!({
-        "query": name,
+    Ok(figure(
+        name,
+        workers,
+        events,
+        elapsed,
+        json!({
+            "peak_rss_bytes": peak_rss,
+            "view_rows": rows,
+            "view_rows_checked": expected,
+            "generate_seconds": generate_s,
+            "view_created_before_events": view_first,
+        }),
+    ))
+}
+
+/// One system's figure for one query: `events` in `seconds` on `workers`,
+/// with `extra` fields.
+fn figure(
+    query: &str,
+    workers: usize,
+    events: usize,
+    seconds: f64,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let per_s = events as f64 / seconds;
+    let mut v = json!({
+        "query": query,
         "workers": workers,
         "events": events,
-        "seconds": elapsed,
-        "events_per_s": per_s.round(),
-        "events_per_s_per_worker": (per_s / workers as f64).round(),
-        "peak_rss_bytes": peak_rss,
-        "view_rows": rows,
-        "view_rows_checked": expected,
-        "generate_seconds": generate_s,
-        "view_created_before_events": view_first,
-    }))
+        "seconds": seconds,
+        "events_per_s": per_s.round() as u64,
+        "events_per_s_per_worker": (per_s / workers as f64).round() as u64,
+    });
+    if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+        v.extend(extra);
+    }
+    v
 }
 
 pub async fn nexmark(args: &[String]) -> Result<serde_json::Value> {
@@ -197,21 +220,18 @@ pub async fn nexmark(args: &[String]) -> Result<serde_json::Value> {
                 let ratio = weir_rate(q, w).map(|x| x / per_s);
                 println!(
                     "{q:>4}  {w} workers  {:>12} events/s  {:>10} /worker  {:>9} rows  Weir at {}",
-                    per_s.round(),
-                    (per_s / w as f64).round(),
+                    per_s.round() as u64,
+                    (per_s / w as f64).round() as u64,
                     rows,
                     ratio.map_or("-".into(), |r| format!("{:.1}%", r * 100.0)),
                 );
-                ceiling.push(json!({
-                    "query": q,
-                    "workers": w,
-                    "events": events,
-                    "seconds": seconds,
-                    "events_per_s": per_s.round(),
-                    "events_per_s_per_worker": (per_s / w as f64).round(),
-                    "rows": rows,
-                    "weir_over_ceiling": ratio,
-                }));
+                ceiling.push(figure(
+                    q,
+                    w,
+                    events,
+                    seconds,
+                    json!({"rows": rows, "weir_over_ceiling": ratio}),
+                ));
             }
         }
     }
@@ -240,21 +260,17 @@ pub async fn nexmark(args: &[String]) -> Result<serde_json::Value> {
                 let ratio = weir_rate(&q, w).map(|x| x / per_s);
                 println!(
                     "{q:>4}  {w} workers  {:>12} events/s  {:>10} /worker  Weir at {}",
-                    per_s.round(),
-                    (per_s / w as f64).round(),
+                    per_s.round() as u64,
+                    (per_s / w as f64).round() as u64,
                     ratio.map_or("-".into(), |r| format!("{r:.2}x")),
                 );
-                flink.push(json!({
-                    "query": q,
-                    "workers": w,
-                    "events": events,
-                    "seconds": seconds,
-                    "job_seconds": total,
-                    "empty_job_seconds": empty_s,
-                    "events_per_s": per_s.round(),
-                    "events_per_s_per_worker": (per_s / w as f64).round(),
-                    "weir_over_flink": ratio,
-                }));
+                flink.push(figure(
+                    &q,
+                    w,
+                    events,
+                    seconds,
+                    json!({"job_seconds": total, "empty_job_seconds": empty_s, "weir_over_flink": ratio}),
+                ));
             }
         }
     }
