@@ -119,12 +119,16 @@ fn weir_binary() -> Result<PathBuf> {
     Ok(dir.join("weir"))
 }
 
-fn arg(args: &[String], name: &str, default: usize) -> usize {
+/// The value after flag `name`, if given.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .map(String::as_str)
+}
+
+fn arg(args: &[String], name: &str, default: usize) -> usize {
+    flag(args, name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Load rows with COPY into a table a grouped view is defined over; report

@@ -43,10 +43,7 @@ fn query(name: &str) -> Result<String> {
 }
 
 fn list(args: &[String], name: &str, default: &str) -> Vec<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
+    crate::flag(args, name)
         .unwrap_or(default)
         .split(',')
         .filter(|s| !s.is_empty())

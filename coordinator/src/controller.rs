@@ -53,7 +53,7 @@ pub struct Controller {
 /// with these encoded primary keys.
 pub type PeekTarget = (GlobalId, SchemaRef, Option<Arc<Vec<Vec<u8>>>>);
 
-fn now_ms() -> Timestamp {
+pub(crate) fn now_ms() -> Timestamp {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as Timestamp)

@@ -23,8 +23,9 @@ use weir_connectors::generator::{Kind, Spec};
 use weir_protocol::TableUpdate;
 use weir_sql::GlobalId;
 
+use crate::controller::now_ms;
 use crate::durable::{Durable, PendingWrite};
-use crate::ingest::{Source, SourceKind, Status};
+use crate::ingest::{Source, SourceKind, Status, set};
 
 /// Events per durable step when running unpaced.
 const CHUNK: u64 = 100_000;
@@ -34,17 +35,6 @@ const TICK: Duration = Duration::from_millis(10);
 
 /// Steps handed to the committer and not yet durable.
 const MAX_IN_FLIGHT: usize = 4;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn set(status: &Mutex<Status>, f: impl FnOnce(&mut Status)) {
-    f(&mut status.lock().expect("status lock"));
-}
 
 /// Start generating into `tables` (the generator's tables in order, with
 /// their schemas) after `position` events.
@@ -74,10 +64,16 @@ async fn run(
     status: &Mutex<Status>,
 ) -> Result<(), String> {
     let schemas: Vec<SchemaRef> = tables.iter().map(|(_, s)| s.clone()).collect();
+    // Drawing events is CPU work: off the async threads.
     let generate = |from: u64, to: u64| {
         let spec = spec.clone();
         let schemas = schemas.clone();
-        tokio::task::spawn_blocking(move || spec.generate(from, to, &schemas))
+        async move {
+            tokio::task::spawn_blocking(move || spec.generate(from, to, &schemas))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        }
     };
     let mut ahead: VecDeque<(u64, Vec<RecordBatch>)> = VecDeque::new();
     if spec.pregenerate {
@@ -87,8 +83,7 @@ async fn run(
         let mut from = next;
         while from < max {
             let to = (from + CHUNK).min(max);
-            let batches = generate(from, to).await.map_err(|e| e.to_string())?;
-            ahead.push_back((to, batches.map_err(|e| e.to_string())?));
+            ahead.push_back((to, generate(from, to).await?));
             from = to;
         }
         info!(
@@ -124,10 +119,7 @@ async fn run(
         }
         let batches = match ahead.pop_front() {
             Some((_, batches)) => batches,
-            None => generate(next, to)
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?,
+            None => generate(next, to).await?,
         };
         let updates: Vec<TableUpdate> = tables
             .iter()
@@ -208,8 +200,4 @@ pub(crate) fn from_detail(
         })
     };
     Some(parse())
-}
-
-pub(crate) fn base_time_now() -> u64 {
-    now_ms()
 }

@@ -290,7 +290,7 @@ pub fn spawn(
     })
 }
 
-fn set(status: &Mutex<Status>, f: impl FnOnce(&mut Status)) {
+pub(crate) fn set(status: &Mutex<Status>, f: impl FnOnce(&mut Status)) {
     f(&mut status.lock().expect("status lock"));
 }
 

@@ -176,8 +176,14 @@ impl Coordinator {
         for (id, name, detail) in sources {
             let source = crate::sources::source_from_detail(id, &name, &detail, &self.catalog)
                 .map_err(|e| AdapterError::StateStore(format!("cannot restore source {name}: {e}")))?;
-            let current: HashMap<GlobalId, Vec<String>> =
-                source.tables().iter().map(|(id, _)| (*id, Vec::new())).collect();
+            // Only a PostgreSQL source keeps its tables' current rows (to
+            // complete key-only updates); a generator needs none.
+            let current: HashMap<GlobalId, Vec<String>> = match &source.kind {
+                crate::ingest::SourceKind::Postgres { feeds, .. } => {
+                    feeds.iter().map(|f| (f.table, Vec::new())).collect()
+                }
+                crate::ingest::SourceKind::Generator { .. } => HashMap::new(),
+            };
             // Its tables were replayed as plain tables: they are fed.
             for (_, table) in source.tables() {
                 if let Some(mut entry) = self.catalog.get(table) {

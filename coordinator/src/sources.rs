@@ -6,14 +6,14 @@
 //! when it is created (reachable, authenticates, `wal_level = logical`,
 //! may replicate), not when the catalog is replayed at startup.
 
+use std::sync::{Arc, Mutex};
+
 use weir_connectors::postgres::{PgConfig, PgError, SslMode};
 use weir_persist::{CatalogItem, CatalogOp};
 use weir_sql::source_sql::{ObjectKind, OptionValue, SourceStatement};
 
 use crate::catalog::Object;
 use crate::error::AdapterError;
-use std::sync::{Arc, Mutex};
-
 use crate::ingest::{Feed, Source, SourceKind, Status};
 use crate::sequencer::{Coordinator, ExecuteResult};
 
@@ -252,9 +252,8 @@ impl Coordinator {
                 "there is no load generator {generator}; there are COUNTER and NEXMARK"
             ))
         })?;
-        let spec = Spec::new(kind, options, crate::generate::base_time_now())
+        let spec = Spec::new(kind, options, crate::controller::now_ms())
             .map_err(|e| AdapterError::InvalidParameter(e.to_string()))?;
-        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
         let id = self.catalog.allocate_id();
         let entries = self.source_tables(
             name,
@@ -262,7 +261,7 @@ impl Coordinator {
                 .iter()
                 .map(|(table, columns)| {
                     let table = table.map(String::from).unwrap_or_else(|| name.to_string());
-                    let create = format!("CREATE TABLE {} ({columns})", q(&table));
+                    let create = format!("CREATE TABLE {} ({columns})", quoted(&table));
                     (table, create)
                 })
                 .collect(),
@@ -590,21 +589,26 @@ impl From<PgError> for AdapterError {
 /// Weir's types (text where Weir has no such type), NOT NULL as upstream,
 /// and its replica identity as primary key.
 fn table_sql(name: &str, t: &weir_connectors::postgres::UpstreamTable) -> String {
-    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let mut parts: Vec<String> = t
         .columns
         .iter()
         .map(|c| {
             let ty = weir_type(&c.type_name);
             let null = if c.not_null { " NOT NULL" } else { "" };
-            format!("{} {ty}{null}", q(&c.name))
+            format!("{} {ty}{null}", quoted(&c.name))
         })
         .collect();
     if !t.key.is_empty() {
-        let key: Vec<String> = t.key.iter().map(|i| q(&t.columns[*i].name)).collect();
+        let key: Vec<String> = t.key.iter().map(|i| quoted(&t.columns[*i].name)).collect();
         parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
     }
-    format!("CREATE TABLE {} ({})", q(name), parts.join(", "))
+    format!("CREATE TABLE {} ({})", quoted(name), parts.join(", "))
+}
+
+/// `s` as a quoted identifier (always quoted: upstream names may be
+/// keywords).
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// Weir's name for upstream type `pg` (`format_type` output).
