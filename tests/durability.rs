@@ -5,11 +5,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Server, error, exec, free_port, sorted, state_dir};
+use common::{Server, error, exec, sorted, state_dir};
 use tokio_postgres::Client;
 
 /// A state location and the environment a server needs to reach it.
@@ -41,54 +40,12 @@ impl Store {
     }
 }
 
-/// A moto S3 server on a free loopback port, killed on drop.
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// An empty bucket on a fresh moto server. `scripts/test` installs
-/// `moto[server]` from PyPI when it is missing.
+/// A prefix of bucket `weir` on a fresh moto server.
 fn s3(prefix: &str) -> Store {
-    let port = free_port();
-    let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 -m moto.server (pip install 'moto[server]')");
-    let moto = Moto(child);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    // Create the bucket with a plain HTTP PUT once the server listens.
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::{Read, Write};
-            let req = format!(
-                "PUT /weir HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            s.write_all(req.as_bytes()).unwrap();
-            let mut resp = String::new();
-            let _ = s.read_to_string(&mut resp);
-            assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "moto did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let env = [
-        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
-        ("AWS_ALLOW_HTTP", "true".to_string()),
-    ];
+    let moto = common::Moto::start("weir");
     Store {
         url: format!("s3://weir/{prefix}"),
-        env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        env: moto.env(),
         _keep: Box::new(moto),
     }
 }

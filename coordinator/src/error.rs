@@ -55,6 +55,9 @@ pub enum AdapterError {
     SourceFed { table: String, feeder: String },
     #[error(transparent)]
     Upstream(weir_connectors::postgres::PgError),
+    /// A file source's files cannot be listed or read.
+    #[error("could not read files: {0}")]
+    FileStore(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -107,6 +110,7 @@ impl AdapterError {
                     PgError::Upstream(_) => "58000",
                 }
             }
+            AdapterError::FileStore(_) => "58030",
             AdapterError::Internal(_) => "XX000",
         }
     }

@@ -107,6 +107,13 @@ pub enum SourceKind {
         spec: weir_connectors::generator::Spec,
         tables: Vec<(GlobalId, String, SchemaRef)>,
     },
+    /// Files matching a URL pattern, feeding `table`, with what was
+    /// ingested of each in `progress`.
+    Files {
+        spec: crate::files::FileSpec,
+        table: (GlobalId, String, SchemaRef),
+        progress: (GlobalId, String, SchemaRef),
+    },
 }
 
 impl Source {
@@ -116,6 +123,9 @@ impl Source {
             SourceKind::Postgres { feeds, .. } => feeds.iter().map(|f| (f.table, f.name.as_str())).collect(),
             SourceKind::Generator { tables, .. } => {
                 tables.iter().map(|(id, n, _)| (*id, n.as_str())).collect()
+            }
+            SourceKind::Files { table, progress, .. } => {
+                vec![(table.0, table.1.as_str()), (progress.0, progress.1.as_str())]
             }
         }
     }
@@ -130,6 +140,7 @@ impl Source {
                 ..
             } => ("postgres".into(), connection, publication),
             SourceKind::Generator { spec, .. } => (format!("load-generator {}", spec.kind.name()), "", ""),
+            SourceKind::Files { spec, .. } => (format!("files {}", spec.format.name()), &spec.url, ""),
         }
     }
 }

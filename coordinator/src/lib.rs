@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod controller;
 pub mod durable;
 pub mod error;
+pub mod files;
 pub mod generate;
 pub mod ingest;
 pub mod record;

@@ -162,7 +162,8 @@ impl Coordinator {
             // are back, without asking the upstream anything.
             if let Statement::Source(
                 weir_sql::source_sql::SourceStatement::CreateSource { name, .. }
-                | weir_sql::source_sql::SourceStatement::CreateGeneratorSource { name, .. },
+                | weir_sql::source_sql::SourceStatement::CreateGeneratorSource { name, .. }
+                | weir_sql::source_sql::SourceStatement::CreateFileSource { name, .. },
             ) = &statement.statement
             {
                 sources.push((item.id, name.clone(), item.detail.clone().unwrap_or_default()));
@@ -176,13 +177,15 @@ impl Coordinator {
         for (id, name, detail) in sources {
             let source = crate::sources::source_from_detail(id, &name, &detail, &self.catalog)
                 .map_err(|e| AdapterError::StateStore(format!("cannot restore source {name}: {e}")))?;
-            // Only a PostgreSQL source keeps its tables' current rows (to
-            // complete key-only updates); a generator needs none.
+            // A PostgreSQL source keeps its tables' current rows (to
+            // complete key-only updates), a file source its progress; a
+            // generator needs none.
             let current: HashMap<GlobalId, Vec<String>> = match &source.kind {
                 crate::ingest::SourceKind::Postgres { feeds, .. } => {
                     feeds.iter().map(|f| (f.table, Vec::new())).collect()
                 }
                 crate::ingest::SourceKind::Generator { .. } => HashMap::new(),
+                crate::ingest::SourceKind::Files { progress, .. } => HashMap::from([(progress.0, Vec::new())]),
             };
             // Its tables were replayed as plain tables: they are fed.
             for (_, table) in source.tables() {

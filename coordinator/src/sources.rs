@@ -100,6 +100,20 @@ impl Coordinator {
                     .await?;
                 Ok(command("CREATE SOURCE"))
             }
+            SourceStatement::CreateFileSource {
+                name,
+                url,
+                columns,
+                options,
+                if_not_exists,
+            } => {
+                if self.name_taken(name, *if_not_exists)? {
+                    return Ok(command("CREATE SOURCE"));
+                }
+                self.create_file_source(name, url, columns.as_deref(), options, sql)
+                    .await?;
+                Ok(command("CREATE SOURCE"))
+            }
             SourceStatement::Drop {
                 kind: ObjectKind::Source,
                 names,
@@ -286,6 +300,116 @@ impl Coordinator {
         self.start_source(name, None, std::collections::HashMap::new())
     }
 
+    /// `CREATE SOURCE ... FROM FILES`: the table (its columns declared, or
+    /// taken from the first file), its progress table, durable with the
+    /// source in one step; then reading.
+    async fn create_file_source(
+        &self,
+        name: &str,
+        url: &str,
+        columns: Option<&str>,
+        options: &[(String, Option<String>)],
+        sql: &str,
+    ) -> Result<()> {
+        use weir_connectors::files::{FileError, Files, Format, column_sql_type, infer_schema};
+        let invalid = |m: String| AdapterError::InvalidParameter(m);
+        let mut format = None;
+        let (mut header, mut delimiter, mut watch) = (false, b',', false);
+        for (key, value) in options {
+            match (key.as_str(), value.as_deref()) {
+                ("FORMAT", Some(f)) => format = Some(f.to_ascii_uppercase()),
+                ("HEADER", None) => header = true,
+                ("DELIMITER", Some(d)) if d.len() == 1 => delimiter = d.as_bytes()[0],
+                ("DELIMITER", _) => return Err(invalid("DELIMITER must be one character, as 'c'".into())),
+                ("WATCH", None) => watch = true,
+                _ => {
+                    return Err(invalid(format!(
+                        "unknown file source option {key}; there are FORMAT, HEADER, DELIMITER and WATCH"
+                    )));
+                }
+            }
+        }
+        let format = format
+            .or_else(|| Format::from_extension(url).map(String::from))
+            .ok_or_else(|| invalid(format!("name the format of '{url}': FORMAT PARQUET | CSV | JSON")))?;
+        let format = Format::from_name(&format, header, delimiter)
+            .ok_or_else(|| invalid(format!("unknown file format {format}; there are PARQUET, CSV and JSON")))?;
+        if (header || delimiter != b',') && !matches!(format, Format::Csv { .. }) {
+            return Err(invalid("HEADER and DELIMITER apply to FORMAT CSV only".into()));
+        }
+        let file_error = |e: FileError| match e {
+            FileError::InvalidUrl { .. } => invalid(e.to_string()),
+            FileError::Store(_) => AdapterError::FileStore(e.to_string()),
+            FileError::Malformed { .. } => AdapterError::BadCopyFile(e.to_string()),
+        };
+        let files = Files::open(url).map_err(file_error)?;
+        // Listing now also checks the location is reachable.
+        let listed = files.list().await.map_err(file_error)?;
+        let columns = match columns {
+            Some(c) => c.to_string(),
+            None => {
+                let first = listed.first().ok_or_else(|| {
+                    invalid(format!(
+                        "no files match '{url}' to take the columns from; declare them: CREATE SOURCE {name} (column type, ...) FROM FILES ..."
+                    ))
+                })?;
+                let data = files.fetch(first).await.map_err(file_error)?;
+                let schema = infer_schema(&format, &data, &first.url).map_err(file_error)?;
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        let ty = column_sql_type(f.data_type()).ok_or_else(|| {
+                            AdapterError::Unsupported(format!(
+                                "column \"{}\" of type {} in {}",
+                                f.name(),
+                                f.data_type(),
+                                first.url
+                            ))
+                        })?;
+                        Ok(format!("{} {ty}", quoted(f.name())))
+                    })
+                    .collect::<Result<Vec<_>>>()?
+                    .join(", ")
+            }
+        };
+        let progress = format!("{name}_progress");
+        let id = self.catalog.allocate_id();
+        let entries = self.source_tables(
+            name,
+            vec![
+                (name.to_string(), format!("CREATE TABLE {} ({columns})", quoted(name))),
+                (
+                    progress.clone(),
+                    format!("CREATE TABLE {} ({})", quoted(&progress), crate::files::PROGRESS_COLUMNS),
+                ),
+            ],
+        )?;
+        let spec = crate::files::FileSpec {
+            url: url.to_string(),
+            format,
+            watch,
+        };
+        let [table, progress] = [&entries[0], &entries[1]].map(|e| (e.id, e.name.clone(), e.schema.clone()));
+        self.install_source(id, sql, crate::files::detail(&spec, &table.1, &progress.1), entries)
+            .await?;
+        self.register_source(Source {
+            id,
+            name: name.to_string(),
+            kind: SourceKind::Files {
+                spec,
+                table,
+                progress,
+            },
+            status: Arc::new(Mutex::new(Status {
+                state: "starting".into(),
+                ..Default::default()
+            })),
+            task: None,
+        });
+        self.start_source(name, None, std::collections::HashMap::new())
+    }
+
     /// The tables a new source `source` feeds, from their names and
     /// `CREATE TABLE` statements; 42P07 if a name is taken.
     fn source_tables(
@@ -395,6 +519,21 @@ impl Coordinator {
                 durable,
                 source.status.clone(),
             ),
+            SourceKind::Files {
+                spec,
+                table,
+                progress,
+            } => crate::files::spawn(
+                source.id,
+                source.name.clone(),
+                spec.clone(),
+                (table.0, table.2.clone()),
+                (progress.0, progress.2.clone()),
+                crate::files::progress_from_lines(current.get(&progress.0).map_or(&[][..], |l| l.as_slice())),
+                position == Some(1),
+                durable,
+                source.status.clone(),
+            ),
         });
         Ok(())
     }
@@ -407,7 +546,7 @@ impl Coordinator {
             let s = &sources[name];
             let slot = match &s.kind {
                 SourceKind::Postgres { connection, slot, .. } => Some((connection.clone(), slot.clone())),
-                SourceKind::Generator { .. } => None,
+                SourceKind::Generator { .. } | SourceKind::Files { .. } => None,
             };
             (
                 s.id,
@@ -663,6 +802,9 @@ pub(crate) fn source_from_detail(
     let v: serde_json::Value = serde_json::from_str(detail).map_err(|e| e.to_string())?;
     if let Some(generator) = crate::generate::from_detail(id, name, &v, catalog) {
         return generator;
+    }
+    if let Some(files) = crate::files::from_detail(id, name, &v, catalog) {
+        return files;
     }
     let text = |v: &serde_json::Value, k: &str| -> std::result::Result<String, String> {
         v[k].as_str().map(String::from).ok_or_else(|| format!("no {k}"))

@@ -9,6 +9,9 @@
 //!     (PUBLICATION 'p') FOR ALL TABLES | FOR TABLES (schema.a, b AS c)
 //! CREATE SOURCE [IF NOT EXISTS] name FROM LOAD GENERATOR COUNTER | NEXMARK
 //!     [(EVENTS PER SECOND n, MAX EVENTS n, SEED n, PREGENERATE)] [FOR ALL TABLES]
+//! CREATE SOURCE [IF NOT EXISTS] name [(column type [NOT NULL], ...)]
+//!     FROM FILES 'file:///dir/*.csv' | 's3://bucket/prefix/*.parquet'
+//!     [(FORMAT PARQUET | CSV | JSON, HEADER, DELIMITER ',', WATCH)] [WATCH]
 //! DROP SOURCE | CONNECTION | SECRET [IF EXISTS] name [, ...] [CASCADE]
 //! ```
 //!
@@ -49,6 +52,18 @@ pub enum SourceStatement {
     CreateGeneratorSource {
         name: String,
         generator: String,
+        options: Vec<(String, Option<String>)>,
+        if_not_exists: bool,
+    },
+    /// `FROM FILES`: the URL pattern, the declared columns (`None`:
+    /// taken from the files) as the text of a column list, and the
+    /// options (keys upper case; `FORMAT CSV` is the key `FORMAT` with the
+    /// value `CSV`; `None` for a bare flag). A trailing `WATCH` is the
+    /// option `WATCH`.
+    CreateFileSource {
+        name: String,
+        url: String,
+        columns: Option<String>,
         options: Vec<(String, Option<String>)>,
         if_not_exists: bool,
     },
@@ -305,7 +320,48 @@ pub fn parse(sql: &str) -> Result<SourceStatement, SqlError> {
             p.expect_word("SOURCE")?;
             let if_not_exists = p.if_not_exists()?;
             let name = p.ident()?;
+            let columns = if p.parser.peek_token().token == Token::LParen {
+                let (columns, constraints) = p.parser.parse_columns().map_err(|e| parser_error(e, sql))?;
+                let mut parts: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+                parts.extend(constraints.iter().map(|c| c.to_string()));
+                Some(parts.join(", "))
+            } else {
+                None
+            };
             p.expect_word("FROM")?;
+            if p.word("FILES") {
+                let url = p.string()?;
+                let mut options = if p.parser.consume_token(&Token::LParen) {
+                    let options = p.generator_options()?;
+                    p.parser
+                        .expect_token(&Token::RParen)
+                        .map_err(|e| parser_error(e, sql))?;
+                    options
+                        .into_iter()
+                        .flat_map(|(key, value)| file_option(key, value))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                if p.word("WATCH") {
+                    options.push(("WATCH".into(), None));
+                }
+                p.end()?;
+                return Ok(SourceStatement::CreateFileSource {
+                    name,
+                    url,
+                    columns,
+                    options,
+                    if_not_exists,
+                });
+            }
+            if columns.is_some() {
+                let found = p.parser.peek_token();
+                return p
+                    .parser
+                    .expected("FILES (only a file source declares its columns)", found)
+                    .map_err(|e| parser_error(e, sql));
+            }
             if p.word("LOAD") {
                 p.expect_word("GENERATOR")?;
                 let generator = p.ident()?.to_ascii_uppercase();
@@ -383,6 +439,18 @@ pub fn parse(sql: &str) -> Result<SourceStatement, SqlError> {
     Ok(statement)
 }
 
+/// A file source option as parsed (its words as one key): `FORMAT CSV
+/// HEADER` is `FORMAT` = `CSV` and the flag `HEADER`.
+fn file_option(key: String, value: Option<String>) -> Vec<(String, Option<String>)> {
+    let words: Vec<&str> = key.split(' ').collect();
+    match words.as_slice() {
+        ["FORMAT", format, flags @ ..] if value.is_none() => std::iter::once(("FORMAT".to_string(), Some(format.to_string())))
+            .chain(flags.iter().map(|f| (f.to_string(), None)))
+            .collect(),
+        _ => vec![(key, value)],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,6 +526,27 @@ mod tests {
             SourceStatement::CreateGeneratorSource { ref options, .. } if options.is_empty()
         ));
         assert!(parse("CREATE SOURCE c FROM LOAD GENERATOR COUNTER (SEED 1 2)").is_err());
+        assert_eq!(
+            parse("CREATE SOURCE f (id bigint NOT NULL, name text) FROM FILES 's3://b/p/*.csv' (FORMAT CSV HEADER, DELIMITER ';') WATCH")
+                .unwrap(),
+            SourceStatement::CreateFileSource {
+                name: "f".into(),
+                url: "s3://b/p/*.csv".into(),
+                columns: Some("id BIGINT NOT NULL, name TEXT".into()),
+                options: vec![
+                    ("FORMAT".into(), Some("CSV".into())),
+                    ("HEADER".into(), None),
+                    ("DELIMITER".into(), Some(";".into())),
+                    ("WATCH".into(), None),
+                ],
+                if_not_exists: false
+            }
+        );
+        assert!(matches!(
+            parse("CREATE SOURCE f FROM FILES 'file:///d/*.parquet'").unwrap(),
+            SourceStatement::CreateFileSource { columns: None, ref options, .. } if options.is_empty()
+        ));
+        assert!(parse("CREATE SOURCE f (a int) FROM LOAD GENERATOR COUNTER").is_err());
         assert_eq!(
             parse("DROP SOURCE IF EXISTS a, b CASCADE").unwrap(),
             SourceStatement::Drop {

@@ -285,3 +285,72 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A moto S3 server (a real S3 HTTP API) on a free loopback port with one
+/// empty bucket, killed on drop. `scripts/test` installs `moto[server]`
+/// from PyPI when it is missing.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start(bucket: &str) -> Moto {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server (pip install 'moto[server]')");
+        let moto = Moto { child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // Create the bucket once the server listens.
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                moto.put(bucket, b"");
+                return moto;
+            }
+            assert!(std::time::Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// PUT `body` at `path` (`bucket` creates a bucket, `bucket/key` an
+    /// object) with a plain HTTP request.
+    pub fn put(&self, path: &str, body: &[u8]) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("moto listens");
+        let head = format!(
+            "PUT /{path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(resp.starts_with("HTTP/1.1 200"), "PUT /{path}: {resp}");
+    }
+
+    /// The environment a server needs to reach this S3.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
