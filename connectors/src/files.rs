@@ -23,8 +23,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 /// Rows per decoded batch.
 const BATCH_ROWS: usize = 8192;
@@ -38,7 +38,10 @@ pub enum Format {
     Parquet,
     /// Columns are taken in order; with `header`, the first line is
     /// skipped (and names the columns of an inferred schema).
-    Csv { header: bool, delimiter: u8 },
+    Csv {
+        header: bool,
+        delimiter: u8,
+    },
     /// Newline-delimited JSON objects; fields are matched by name.
     Json,
 }
@@ -159,14 +162,16 @@ impl Files {
         })
     }
 
-    /// Every file the pattern matches now, in URL order. A prefix that
-    /// does not exist (yet) matches nothing.
+    /// Every file the pattern matches now, in URL order. A directory that
+    /// does not exist (yet) matches nothing; a bucket that does not is an
+    /// error.
     pub async fn list(&self) -> Result<Vec<FileRef>, FileError> {
         let wild = self.pattern.contains(['*', '?']);
+        let local = self.root == "file:///";
         let listed: Vec<object_store::ObjectMeta> =
             match self.store.list(Some(&self.prefix)).try_collect().await {
                 Ok(l) => l,
-                Err(object_store::Error::NotFound { .. }) => Vec::new(),
+                Err(object_store::Error::NotFound { .. }) if local => Vec::new(),
                 Err(e) => return Err(e.into()),
             };
         let mut files: Vec<FileRef> = listed
@@ -236,12 +241,13 @@ pub fn infer_schema(format: &Format, data: &Bytes, file: &str) -> Result<SchemaR
     };
     match format {
         Format::Parquet => {
-            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data.clone())
-                .map_err(|e| FileError::Malformed {
-                    file: file.to_string(),
-                    line: None,
-                    message: e.to_string(),
-                })?;
+            let builder =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data.clone())
+                    .map_err(|e| FileError::Malformed {
+                        file: file.to_string(),
+                        line: None,
+                        message: e.to_string(),
+                    })?;
             Ok(builder.schema().clone())
         }
         Format::Csv { header, delimiter } => {
@@ -269,9 +275,25 @@ pub struct Decoded {
     pub error: Option<FileError>,
 }
 
-/// Decode `data` (file `file`) into batches of `schema`, skipping its
-/// first `skip` rows (already ingested).
-pub fn decode(format: &Format, data: &Bytes, file: &str, schema: &SchemaRef, skip: u64) -> Decoded {
+/// What a table's column demands of a value beyond its type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub not_null: bool,
+    /// `varchar(n)`: at most this many characters.
+    pub max_chars: Option<u64>,
+}
+
+/// Decode `data` (file `file`) into batches of `schema`, whose columns
+/// keep `rules` (one per column), skipping the file's first `skip` rows
+/// (already ingested).
+pub fn decode(
+    format: &Format,
+    data: &Bytes,
+    file: &str,
+    schema: &SchemaRef,
+    rules: &[Rule],
+    skip: u64,
+) -> Decoded {
     let mut batches = Vec::new();
     // Readers produce nullable columns of types they parse; NOT NULL and
     // the remaining types are settled here, row by row, with lines.
@@ -288,7 +310,7 @@ pub fn decode(format: &Format, data: &Bytes, file: &str, schema: &SchemaRef, ski
     let mut row = 0u64;
     for (batch, lines) in batches {
         let n = batch.num_rows() as u64;
-        match conform(&batch, schema) {
+        match conform(&batch, schema, rules) {
             Ok(b) => {
                 if row + n > skip {
                     let from = skip.saturating_sub(row) as usize;
@@ -297,7 +319,7 @@ pub fn decode(format: &Format, data: &Bytes, file: &str, schema: &SchemaRef, ski
             }
             Err((at, message)) => {
                 // Rows before the bad one still count.
-                if let Ok(good) = conform(&batch.slice(0, at), schema)
+                if let Ok(good) = conform(&batch.slice(0, at), schema, rules)
                     && row + at as u64 > skip
                 {
                     let from = skip.saturating_sub(row) as usize;
@@ -350,7 +372,11 @@ fn read_schema(format: &Format, schema: &SchemaRef) -> SchemaRef {
                         | DataType::Timestamp(..)
                 ),
             };
-            let ty = if parses { f.data_type().clone() } else { DataType::Utf8 };
+            let ty = if parses {
+                f.data_type().clone()
+            } else {
+                DataType::Utf8
+            };
             Field::new(f.name(), ty, true)
         })
         .collect();
@@ -358,11 +384,12 @@ fn read_schema(format: &Format, schema: &SchemaRef) -> SchemaRef {
 }
 
 /// `batch` as a batch of `schema`: columns by name (CSV's come in order
-/// already), cast to the table's types, NOT NULL checked. On failure, the
+/// already), cast to the table's types, `rules` checked. On failure, the
 /// first bad row and why.
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, (usize, String)> {
+fn conform(batch: &RecordBatch, schema: &SchemaRef, rules: &[Rule]) -> Result<RecordBatch, (usize, String)> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for field in schema.fields() {
+    for (i, field) in schema.fields().iter().enumerate() {
+        let rule = rules.get(i).copied().unwrap_or_default();
         let column = match batch.schema().index_of(field.name()) {
             Ok(i) => batch.column(i).clone(),
             Err(_) => new_null_array(field.data_type(), batch.num_rows()),
@@ -380,27 +407,38 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, (usiz
                     // Find the row: the first that does not cast alone.
                     let at = (0..column.len())
                         .find(|&i| {
-                            arrow::compute::cast_with_options(&column.slice(i, 1), field.data_type(), &options)
-                                .is_err()
+                            arrow::compute::cast_with_options(
+                                &column.slice(i, 1),
+                                field.data_type(),
+                                &options,
+                            )
+                            .is_err()
                         })
                         .unwrap_or(0);
-                    return Err((
-                        at,
-                        format!(
-                            "column \"{}\": {}",
-                            field.name(),
-                            arrow_message(&e)
-                        ),
-                    ));
+                    return Err((at, format!("column \"{}\": {}", field.name(), arrow_message(&e))));
                 }
             }
         };
-        if !field.is_nullable() && column.null_count() > 0 {
+        if (rule.not_null || !field.is_nullable()) && column.null_count() > 0 {
             let at = (0..column.len()).find(|&i| column.is_null(i)).unwrap_or(0);
             return Err((
                 at,
                 format!(
                     "null value in column \"{}\" violates not-null constraint",
+                    field.name()
+                ),
+            ));
+        }
+        if let (Some(max), Some(text)) = (
+            rule.max_chars,
+            column.as_any().downcast_ref::<arrow::array::StringArray>(),
+        ) && let Some(at) =
+            (0..text.len()).find(|&i| text.is_valid(i) && text.value(i).chars().count() as u64 > max)
+        {
+            return Err((
+                at,
+                format!(
+                    "value too long for type character varying({max}) in column \"{}\"",
                     field.name()
                 ),
             ));
@@ -460,7 +498,9 @@ fn decode_csv(
     // The header is one line (names with line breaks in them are not
     // supported in headers).
     let start = if header {
-        data.iter().position(|&c| c == b'\n').map_or(data.len(), |i| i + 1)
+        data.iter()
+            .position(|&c| c == b'\n')
+            .map_or(data.len(), |i| i + 1)
     } else {
         0
     };
@@ -556,7 +596,9 @@ fn first_bad_record(
                 pos += n;
                 match decoder.flush() {
                     Err(e) => return done(good, start, e),
-                    Ok(None) => return done(good, start, ArrowError::CsvError("unexpected end of file".into())),
+                    Ok(None) => {
+                        return done(good, start, ArrowError::CsvError("unexpected end of file".into()));
+                    }
                     Ok(Some(batch)) => good.push(batch),
                 }
             }
@@ -713,18 +755,23 @@ mod tests {
             header: true,
             delimiter: b',',
         };
-        let d = decode(&format, &data, "f.csv", &s, 0);
+        let d = decode(&format, &data, "f.csv", &s, &[], 0);
         assert_eq!(d.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
         let e = d.error.unwrap().to_string();
         assert!(e.starts_with("f.csv line 6: "), "{e}");
-        let d = decode(&format, &Bytes::from("a,b\n1,x\n,y\n"), "f.csv", &s, 0);
+        let d = decode(&format, &Bytes::from("a,b\n1,x\n,y\n"), "f.csv", &s, &[], 0);
         assert_eq!(
             d.error.unwrap().to_string(),
             "f.csv line 3: null value in column \"a\" violates not-null constraint"
         );
-        let d = decode(&format, &Bytes::from("a,b\n1,x\n2\n"), "f.csv", &s, 0);
-        assert!(d.error.unwrap().to_string().starts_with("f.csv line 3: incorrect number of fields"));
-        let d = decode(&format, &Bytes::from("a,b\n1,x\n2,y\n3,z"), "f.csv", &s, 1);
+        let d = decode(&format, &Bytes::from("a,b\n1,x\n2\n"), "f.csv", &s, &[], 0);
+        assert!(
+            d.error
+                .unwrap()
+                .to_string()
+                .starts_with("f.csv line 3: incorrect number of fields")
+        );
+        let d = decode(&format, &Bytes::from("a,b\n1,x\n2,y\n3,z"), "f.csv", &s, &[], 1);
         assert!(d.error.is_none());
         assert_eq!(d.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
     }
@@ -733,7 +780,7 @@ mod tests {
     fn json_error_names_the_line() {
         let s = schema(&[("a", DataType::Int64, true), ("b", DataType::Utf8, true)]);
         let data = Bytes::from("{\"a\": 1, \"b\": \"x\"}\n\n{\"b\": \"y\", \"a\": 2}\n{\"a\": \n");
-        let d = decode(&Format::Json, &data, "f.json", &s, 0);
+        let d = decode(&Format::Json, &data, "f.json", &s, &[], 0);
         assert_eq!(d.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
         assert!(d.error.unwrap().to_string().starts_with("f.json line 4: "));
     }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use arrow::array::{BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
 use tracing::{info, warn};
-use weir_connectors::files::{Files, Format, decode};
+use weir_connectors::files::{Files, Format, Rule, decode};
 use weir_protocol::TableUpdate;
 use weir_sql::GlobalId;
 
@@ -36,7 +36,8 @@ const CHUNK: usize = 100_000;
 const POLL: Duration = Duration::from_secs(1);
 
 /// The progress table's columns.
-pub(crate) const PROGRESS_COLUMNS: &str = "file text NOT NULL, rows_ingested bigint NOT NULL, complete boolean NOT NULL";
+pub(crate) const PROGRESS_COLUMNS: &str =
+    "file text NOT NULL, rows_ingested bigint NOT NULL, complete boolean NOT NULL";
 
 /// What a file source reads.
 #[derive(Debug, Clone)]
@@ -72,7 +73,7 @@ pub fn spawn(
     id: GlobalId,
     name: String,
     spec: FileSpec,
-    table: (GlobalId, SchemaRef),
+    table: (GlobalId, SchemaRef, Vec<Rule>),
     progress: (GlobalId, SchemaRef),
     done: Progress,
     finished: bool,
@@ -94,7 +95,7 @@ pub fn spawn(
 async fn run(
     id: GlobalId,
     spec: &FileSpec,
-    table: &(GlobalId, SchemaRef),
+    table: &(GlobalId, SchemaRef, Vec<Rule>),
     progress_table: &(GlobalId, SchemaRef),
     mut progress: Progress,
     durable: &Durable,
@@ -127,10 +128,16 @@ async fn run(
                     continue;
                 }
             };
-            let (format, schema, url) = (spec.format.clone(), table.1.clone(), file.url.clone());
-            let decoded = tokio::task::spawn_blocking(move || decode(&format, &data, &url, &schema, before))
-                .await
-                .map_err(|e| e.to_string())?;
+            let (format, schema, rules, url) = (
+                spec.format.clone(),
+                table.1.clone(),
+                table.2.clone(),
+                file.url.clone(),
+            );
+            let decoded =
+                tokio::task::spawn_blocking(move || decode(&format, &data, &url, &schema, &rules, before))
+                    .await
+                    .map_err(|e| e.to_string())?;
             let error = decoded.error.map(|e| e.to_string());
             let rows = ingest(
                 &file.url,
@@ -155,7 +162,9 @@ async fn run(
             }
         }
         let state = match failed.values().next() {
-            Some(first) if failed.len() > 1 => format!("error: {first} (and {} more files)", failed.len() - 1),
+            Some(first) if failed.len() > 1 => {
+                format!("error: {first} (and {} more files)", failed.len() - 1)
+            }
             Some(first) => format!("error: {first}"),
             None if spec.watch => "watching".into(),
             None => "finished".into(),
@@ -283,7 +292,10 @@ pub(crate) fn from_detail(
 ) -> Option<Result<Source, String>> {
     let url = v["files"].as_str()?;
     let parse = || -> Result<Source, String> {
-        let delimiter = v["delimiter"].as_str().and_then(|d| d.bytes().next()).unwrap_or(b',');
+        let delimiter = v["delimiter"]
+            .as_str()
+            .and_then(|d| d.bytes().next())
+            .unwrap_or(b',');
         let format = Format::from_name(
             v["format"].as_str().ok_or("no format")?,
             v["header"].as_bool().unwrap_or(false),

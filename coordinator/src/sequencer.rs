@@ -185,7 +185,9 @@ impl Coordinator {
                     feeds.iter().map(|f| (f.table, Vec::new())).collect()
                 }
                 crate::ingest::SourceKind::Generator { .. } => HashMap::new(),
-                crate::ingest::SourceKind::Files { progress, .. } => HashMap::from([(progress.0, Vec::new())]),
+                crate::ingest::SourceKind::Files { progress, .. } => {
+                    HashMap::from([(progress.0, Vec::new())])
+                }
             };
             // Its tables were replayed as plain tables: they are fed.
             for (_, table) in source.tables() {

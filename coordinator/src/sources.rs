@@ -332,8 +332,11 @@ impl Coordinator {
         let format = format
             .or_else(|| Format::from_extension(url).map(String::from))
             .ok_or_else(|| invalid(format!("name the format of '{url}': FORMAT PARQUET | CSV | JSON")))?;
-        let format = Format::from_name(&format, header, delimiter)
-            .ok_or_else(|| invalid(format!("unknown file format {format}; there are PARQUET, CSV and JSON")))?;
+        let format = Format::from_name(&format, header, delimiter).ok_or_else(|| {
+            invalid(format!(
+                "unknown file format {format}; there are PARQUET, CSV and JSON"
+            ))
+        })?;
         if (header || delimiter != b',') && !matches!(format, Format::Csv { .. }) {
             return Err(invalid("HEADER and DELIMITER apply to FORMAT CSV only".into()));
         }
@@ -378,10 +381,17 @@ impl Coordinator {
         let entries = self.source_tables(
             name,
             vec![
-                (name.to_string(), format!("CREATE TABLE {} ({columns})", quoted(name))),
+                (
+                    name.to_string(),
+                    format!("CREATE TABLE {} ({columns})", quoted(name)),
+                ),
                 (
                     progress.clone(),
-                    format!("CREATE TABLE {} ({})", quoted(&progress), crate::files::PROGRESS_COLUMNS),
+                    format!(
+                        "CREATE TABLE {} ({})",
+                        quoted(&progress),
+                        crate::files::PROGRESS_COLUMNS
+                    ),
                 ),
             ],
         )?;
@@ -391,8 +401,13 @@ impl Coordinator {
             watch,
         };
         let [table, progress] = [&entries[0], &entries[1]].map(|e| (e.id, e.name.clone(), e.schema.clone()));
-        self.install_source(id, sql, crate::files::detail(&spec, &table.1, &progress.1), entries)
-            .await?;
+        self.install_source(
+            id,
+            sql,
+            crate::files::detail(&spec, &table.1, &progress.1),
+            entries,
+        )
+        .await?;
         self.register_source(Source {
             id,
             name: name.to_string(),
@@ -527,7 +542,7 @@ impl Coordinator {
                 source.id,
                 source.name.clone(),
                 spec.clone(),
-                (table.0, table.2.clone()),
+                (table.0, table.2.clone(), self.column_rules(&table.1)),
                 (progress.0, progress.2.clone()),
                 crate::files::progress_from_lines(current.get(&progress.0).map_or(&[][..], |l| l.as_slice())),
                 position == Some(1),
@@ -536,6 +551,22 @@ impl Coordinator {
             ),
         });
         Ok(())
+    }
+
+    /// What table `name`'s columns demand beyond their types.
+    fn column_rules(&self, name: &str) -> Vec<weir_connectors::files::Rule> {
+        self.catalog
+            .get(name)
+            .map(|e| {
+                e.columns
+                    .iter()
+                    .map(|c| weir_connectors::files::Rule {
+                        not_null: !c.nullable,
+                        max_chars: c.max_length,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// `DROP SOURCE`: stop it, drop its tables (and, with CASCADE, the

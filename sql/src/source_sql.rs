@@ -444,9 +444,11 @@ pub fn parse(sql: &str) -> Result<SourceStatement, SqlError> {
 fn file_option(key: String, value: Option<String>) -> Vec<(String, Option<String>)> {
     let words: Vec<&str> = key.split(' ').collect();
     match words.as_slice() {
-        ["FORMAT", format, flags @ ..] if value.is_none() => std::iter::once(("FORMAT".to_string(), Some(format.to_string())))
-            .chain(flags.iter().map(|f| (f.to_string(), None)))
-            .collect(),
+        ["FORMAT", format, flags @ ..] if value.is_none() => {
+            std::iter::once(("FORMAT".to_string(), Some(format.to_string())))
+                .chain(flags.iter().map(|f| (f.to_string(), None)))
+                .collect()
+        }
         _ => vec![(key, value)],
     }
 }
