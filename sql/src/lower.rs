@@ -48,7 +48,10 @@ impl Lowering<'_> {
                     ))
                 };
                 let name = relation_name(&scan.table_name).ok_or_else(system)?;
-                let (node, arrow_schema) = if self.recursive.iter().any(|r| r == name) {
+                let (node, arrow_schema) = if let Some(batch) = table_function_rows(scan)? {
+                    let schema = batch.schema();
+                    (PlanNode::Constant { batch }, schema)
+                } else if self.recursive.iter().any(|r| r == name) {
                     let node = PlanNode::RecursiveRef {
                         name: name.to_string(),
                     };
@@ -680,4 +683,40 @@ pub fn values_batch(values: &[Vec<Expr>], schema: &DFSchemaRef) -> Result<Record
         &RecordBatchOptions::new().with_row_count(Some(values.len())),
     )
     .map_err(|e| SqlError::Plan(e.to_string()))
+}
+
+/// The most rows a table function may give a view (they are computed once
+/// and held as constants).
+const MAX_CONSTANT_ROWS: usize = 1_000_000;
+
+/// The rows of a table function called with constants
+/// (`generate_series(0, 9999)`), computed once when the view is created;
+/// `None` for a scan of anything else.
+fn table_function_rows(scan: &datafusion::logical_expr::TableScan) -> Result<Option<RecordBatch>, SqlError> {
+    use datafusion::datasource::DefaultTableSource;
+    use datafusion::functions_table::generate_series::GenerateSeriesTable;
+    let Some(source) = scan.source.as_ref().downcast_ref::<DefaultTableSource>() else {
+        return Ok(None);
+    };
+    let Some(table) = (source.table_provider.as_ref() as &dyn std::any::Any).downcast_ref::<GenerateSeriesTable>() else {
+        return Ok(None);
+    };
+    let failed = |e: datafusion::error::DataFusionError| SqlError::Plan(e.to_string());
+    let generator = table.as_generator(8192).map_err(failed)?;
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    while let Some(batch) = generator.write().generate_next_batch().map_err(failed)? {
+        rows += batch.num_rows();
+        if rows > MAX_CONSTANT_ROWS {
+            return Err(SqlError::Unsupported(format!(
+                "{} of more than {MAX_CONSTANT_ROWS} rows in a view",
+                scan.table_name
+            )));
+        }
+        batches.push(batch);
+    }
+    let schema = datafusion::catalog::TableProvider::schema(table);
+    arrow::compute::concat_batches(&schema, &batches)
+        .map(Some)
+        .map_err(|e| SqlError::Plan(e.to_string()))
 }

@@ -305,13 +305,12 @@ impl Moto {
             .expect("python3 -m moto.server (pip install 'moto[server]')");
         let moto = Moto { child, port };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        // Create the bucket once the server listens.
+        // Create the bucket once the server answers.
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                moto.put(bucket, b"");
-                return moto;
+            match moto.try_put(bucket, b"") {
+                Ok(()) => return moto,
+                Err(e) => assert!(std::time::Instant::now() < deadline, "moto did not start: {e}"),
             }
-            assert!(std::time::Instant::now() < deadline, "moto did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -319,18 +318,26 @@ impl Moto {
     /// PUT `body` at `path` (`bucket` creates a bucket, `bucket/key` an
     /// object) with a plain HTTP request.
     pub fn put(&self, path: &str, body: &[u8]) {
+        self.try_put(path, body).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn try_put(&self, path: &str, body: &[u8]) -> Result<(), String> {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("moto listens");
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
         let head = format!(
             "PUT /{path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.port,
             body.len()
         );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
+        s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+        s.write_all(body).map_err(|e| e.to_string())?;
         let mut resp = String::new();
         let _ = s.read_to_string(&mut resp);
-        assert!(resp.starts_with("HTTP/1.1 200"), "PUT /{path}: {resp}");
+        if resp.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(format!("PUT /{path}: {resp}"))
+        }
     }
 
     /// The environment a server needs to reach this S3.
