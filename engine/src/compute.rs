@@ -122,7 +122,7 @@ impl ComputeState {
                 let (mut input, trace) = if key.is_empty() {
                     let mut input = InputSession::new();
                     let trace = worker.dataflow_named::<Time, _, _>(&format!("table {name}"), |scope| {
-                        input.to_collection(scope).arrange_by_self_named(&arrange).trace
+                        crate::render::arrange_rows(input.to_collection(scope), &arrange)
                     });
                     (TableInput::Rows(input), Arranged::Rows(trace))
                 } else {
@@ -139,7 +139,7 @@ impl ComputeState {
                     let mut input = InputSession::new();
                     let trace: KeyedTrace = worker
                         .dataflow_named::<Time, _, _>(&format!("table {name}"), |scope| {
-                            input.to_collection(scope).arrange_by_key_named(&arrange).trace
+                            crate::render::arrange_keyed(input.to_collection(scope), &arrange)
                         });
                     (
                         TableInput::Keyed {
@@ -187,7 +187,7 @@ impl ComputeState {
                                 (crate::render::empty(scope), errs.to_stream(scope).as_collection())
                             }
                         };
-                        let ok = ok.arrange_by_self_named(&format!("Arrange {name}")).trace;
+                        let ok = crate::render::arrange_rows(ok, &format!("Arrange {name}"));
                         let err = err.arrange_by_self_named(&format!("Arrange {name} errors")).trace;
                         (ok, err)
                     });
@@ -467,7 +467,7 @@ struct Gathered {
 }
 
 impl Gathered {
-    fn push(&mut self, row: &Row, count: Diff) -> Result<(), String> {
+    fn push(&mut self, row: &[u8], count: Diff) -> Result<(), String> {
         if count < 0 {
             return Err("internal error: negative multiplicity".into());
         }
@@ -475,7 +475,7 @@ impl Gathered {
             for _ in 0..count {
                 self.take.push(self.rows.len() as u32);
             }
-            self.rows.push(row.clone());
+            self.rows.push(row.to_vec());
         }
         Ok(())
     }
@@ -531,8 +531,8 @@ fn read_keyed(
             sorted.sort();
             sorted.dedup();
             for k in sorted {
-                cursor.seek_key(&storage, k);
-                if cursor.get_key(&storage) == Some(k) {
+                cursor.seek_key(&storage, k.as_slice());
+                if cursor.get_key(&storage) == Some(k.as_slice()) {
                     gather_vals!();
                 }
             }

@@ -153,3 +153,101 @@ mod tests {
         assert!(a.is_null(1) && b.is_null(1));
     }
 }
+
+/// The rows of one arrangement batch in one byte buffer: row `i` is
+/// `bytes[end(i - 1)..end(i)]`. A row costs its bytes plus a 4-byte end
+/// offset (while the batch stays under 4 GiB), where a `Vec<Row>` costs an
+/// allocation and a 24-byte header per row.
+pub struct RowContainer {
+    bytes: Vec<u8>,
+    ends: differential_dataflow::trace::implementations::OffsetList,
+}
+
+impl RowContainer {
+    fn end(&self, index: usize) -> usize {
+        self.ends.index(index)
+    }
+}
+
+impl Default for RowContainer {
+    fn default() -> Self {
+        <Self as differential_dataflow::trace::implementations::BatchContainer>::with_capacity(0)
+    }
+}
+
+impl differential_dataflow::trace::implementations::BatchContainer for RowContainer {
+    type Owned = Row;
+    type ReadItem<'a> = &'a [u8];
+
+    fn into_owned<'a>(item: &'a [u8]) -> Row {
+        item.to_vec()
+    }
+
+    fn clone_onto<'a>(item: &'a [u8], other: &mut Row) {
+        other.clear();
+        other.extend_from_slice(item);
+    }
+
+    fn push_ref(&mut self, item: &[u8]) {
+        self.bytes.extend_from_slice(item);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn push_own(&mut self, item: &Row) {
+        self.push_ref(item);
+    }
+
+    fn clear(&mut self) {
+        *self = Self::with_capacity(0);
+    }
+
+    fn with_capacity(size: usize) -> Self {
+        RowContainer {
+            bytes: Vec::new(),
+            ends: differential_dataflow::trace::implementations::OffsetList::with_capacity(size),
+        }
+    }
+
+    fn merge_capacity(a: &Self, b: &Self) -> Self {
+        RowContainer {
+            bytes: Vec::with_capacity(a.bytes.len() + b.bytes.len()),
+            ends: differential_dataflow::trace::implementations::OffsetList::with_capacity(
+                a.ends.len() + b.ends.len(),
+            ),
+        }
+    }
+
+    fn reborrow<'b, 'a: 'b>(item: &'a [u8]) -> &'b [u8] {
+        item
+    }
+
+    fn index(&self, index: usize) -> &[u8] {
+        let start = if index == 0 { 0 } else { self.end(index - 1) };
+        &self.bytes[start..self.end(index)]
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+}
+
+impl timely::container::PushInto<Row> for RowContainer {
+    fn push_into(&mut self, item: Row) {
+        use differential_dataflow::trace::implementations::BatchContainer;
+        self.push_ref(&item);
+    }
+}
+
+impl timely::container::PushInto<&Row> for RowContainer {
+    fn push_into(&mut self, item: &Row) {
+        use differential_dataflow::trace::implementations::BatchContainer;
+        self.push_ref(item);
+    }
+}
+
+impl<'a> timely::container::PushInto<&'a [u8]> for RowContainer {
+    fn push_into(&mut self, item: &'a [u8]) {
+        use differential_dataflow::trace::implementations::BatchContainer;
+        self.push_ref(item);
+    }
+}

@@ -698,7 +698,9 @@ fn table_function_rows(scan: &datafusion::logical_expr::TableScan) -> Result<Opt
     let Some(source) = scan.source.as_ref().downcast_ref::<DefaultTableSource>() else {
         return Ok(None);
     };
-    let Some(table) = (source.table_provider.as_ref() as &dyn std::any::Any).downcast_ref::<GenerateSeriesTable>() else {
+    let Some(table) =
+        (source.table_provider.as_ref() as &dyn std::any::Any).downcast_ref::<GenerateSeriesTable>()
+    else {
         return Ok(None);
     };
     let failed = |e: datafusion::error::DataFusionError| SqlError::Plan(e.to_string());
