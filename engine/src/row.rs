@@ -119,41 +119,6 @@ pub fn codec(schema: &arrow::datatypes::Schema) -> Result<RowCodec, EngineError>
     RowCodec::new(Arc::new(schema.clone()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::{Array, Int64Array, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema};
-
-    #[test]
-    fn concatenated_rows_decode_as_the_joined_schema() {
-        let left = codec(&Schema::new(vec![Field::new("a", DataType::Int64, true)])).unwrap();
-        let right = codec(&Schema::new(vec![Field::new("b", DataType::Utf8, true)])).unwrap();
-        let both = codec(&Schema::new(vec![
-            Field::new("a", DataType::Int64, true),
-            Field::new("b", DataType::Utf8, true),
-        ]))
-        .unwrap();
-        let l = left
-            .encode(&[Arc::new(Int64Array::from(vec![Some(7), None]))], 2)
-            .unwrap();
-        let r = right
-            .encode(&[Arc::new(StringArray::from(vec![Some("x"), None]))], 2)
-            .unwrap();
-        let joined: Vec<Row> = l
-            .iter()
-            .zip(&r)
-            .map(|(a, b)| [a.as_slice(), b.as_slice()].concat())
-            .collect();
-        let batch = both.decode(joined.iter().map(|r| r.as_slice())).unwrap();
-        let a = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-        let b = batch.column(1).as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!(a.value(0), 7);
-        assert_eq!(b.value(0), "x");
-        assert!(a.is_null(1) && b.is_null(1));
-    }
-}
-
 /// The rows of one arrangement batch in one byte buffer: row `i` is
 /// `bytes[end(i - 1)..end(i)]`. A row costs its bytes plus a 4-byte end
 /// offset (while the batch stays under 4 GiB), where a `Vec<Row>` costs an
@@ -179,11 +144,11 @@ impl differential_dataflow::trace::implementations::BatchContainer for RowContai
     type Owned = Row;
     type ReadItem<'a> = &'a [u8];
 
-    fn into_owned<'a>(item: &'a [u8]) -> Row {
+    fn into_owned(item: &[u8]) -> Row {
         item.to_vec()
     }
 
-    fn clone_onto<'a>(item: &'a [u8], other: &mut Row) {
+    fn clone_onto(item: &[u8], other: &mut Row) {
         other.clear();
         other.extend_from_slice(item);
     }
@@ -249,5 +214,40 @@ impl<'a> timely::container::PushInto<&'a [u8]> for RowContainer {
     fn push_into(&mut self, item: &'a [u8]) {
         use differential_dataflow::trace::implementations::BatchContainer;
         self.push_ref(item);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn concatenated_rows_decode_as_the_joined_schema() {
+        let left = codec(&Schema::new(vec![Field::new("a", DataType::Int64, true)])).unwrap();
+        let right = codec(&Schema::new(vec![Field::new("b", DataType::Utf8, true)])).unwrap();
+        let both = codec(&Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]))
+        .unwrap();
+        let l = left
+            .encode(&[Arc::new(Int64Array::from(vec![Some(7), None]))], 2)
+            .unwrap();
+        let r = right
+            .encode(&[Arc::new(StringArray::from(vec![Some("x"), None]))], 2)
+            .unwrap();
+        let joined: Vec<Row> = l
+            .iter()
+            .zip(&r)
+            .map(|(a, b)| [a.as_slice(), b.as_slice()].concat())
+            .collect();
+        let batch = both.decode(joined.iter().map(|r| r.as_slice())).unwrap();
+        let a = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let b = batch.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(a.value(0), 7);
+        assert_eq!(b.value(0), "x");
+        assert!(a.is_null(1) && b.is_null(1));
     }
 }
