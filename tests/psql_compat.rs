@@ -89,6 +89,20 @@ fn backslash_commands_describe_the_catalog() {
         "{described}"
     );
     assert!(described.contains(" total  | numeric(18,2)"), "{described}");
+    // The `+` forms: storage columns, the view's definition, ACLs.
+    let described = psql(&server, &["\\d+ orders"]);
+    assert!(
+        described.contains(" id     | integer               |           | not null |         | plain   |"),
+        "{described}"
+    );
+    let described = psql(&server, &["\\d+ big"]);
+    assert!(
+        described.contains("View definition:") && described.contains("WHERE amount > 100"),
+        "{described}"
+    );
+    for command in ["\\dt+", "\\dv+", "\\dm+", "\\dn+", "\\l+"] {
+        psql(&server, &[command]);
+    }
 
     let expanded = psql(
         &server,

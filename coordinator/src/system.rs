@@ -143,6 +143,11 @@ fn null_text() -> ScalarValue {
     ScalarValue::Utf8(None)
 }
 
+/// PostgreSQL's `text[]`, as the ACL and option columns are.
+fn text_array() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
+}
+
 /// Build a batch from rows of scalars (columns typed by `cols`).
 fn batch(cols: &[Col], rows: Vec<Vec<ScalarValue>>) -> RecordBatch {
     let schema = Arc::new(Schema::new(
@@ -231,7 +236,12 @@ pub fn table(
     use DataType::{Boolean as B, Int64 as I, Utf8 as T};
     let b = match (schema, name) {
         ("pg_catalog", "pg_namespace") => batch(
-            &[("oid", I), ("nspname", T), ("nspowner", I), ("nspacl", T)],
+            &[
+                ("oid", I),
+                ("nspname", T),
+                ("nspowner", I),
+                ("nspacl", text_array()),
+            ],
             [
                 (PG_CATALOG_OID, "pg_catalog"),
                 (PUBLIC_OID, "public"),
@@ -268,8 +278,8 @@ pub fn table(
                 ("relreplident", T),
                 ("relispartition", B),
                 ("relpartbound", T),
-                ("reloptions", T),
-                ("relacl", T),
+                ("reloptions", text_array()),
+                ("relacl", text_array()),
             ],
             entries
                 .iter()
@@ -320,6 +330,10 @@ pub fn table(
                 ("attgenerated", T),
                 ("attisdropped", B),
                 ("attcollation", I),
+                ("attstorage", T),
+                ("attcompression", T),
+                ("attstattarget", I),
+                ("attacl", text_array()),
             ],
             entries
                 .iter()
@@ -340,6 +354,12 @@ pub fn table(
                             text(""),
                             boolean(false),
                             int(0),
+                            // Plain storage, no compression, default
+                            // statistics target: what psql's \d+ shows.
+                            text("p"),
+                            text(""),
+                            int(-1),
+                            null_text(),
                         ]
                     })
                 })
@@ -396,7 +416,7 @@ pub fn table(
                 ("datcollate", T),
                 ("datctype", T),
                 ("daticulocale", T),
-                ("datacl", DataType::List(Arc::new(Field::new_list_field(T, true)))),
+                ("datacl", text_array()),
             ],
             vec![vec![
                 int(16384),

@@ -40,6 +40,13 @@ pub fn rewrite(statement: &mut ast::Statement) {
                     f.name.0.remove(0);
                 }
                 if f.name.0.len() == 1
+                    && part_is(&f.name.0[0], "pg_get_viewdef")
+                    && let Some(rewritten) = view_definition(f)
+                {
+                    *e = rewritten;
+                    return ControlFlow::<()>::Continue(());
+                }
+                if f.name.0.len() == 1
                     && part_is(&f.name.0[0], "array")
                     && let ast::FunctionArguments::Subquery(q) = &f.args
                     && let Some(rewritten) = array_subquery(q)
@@ -176,6 +183,9 @@ fn alias_select_list(q: &mut ast::Query) {
 fn array_subquery(q: &ast::Query) -> Option<SqlExpr> {
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::parser::Parser;
+    if let Some(e) = prefix_each(q) {
+        return Some(e);
+    }
     let mut q = q.clone();
     let order = q.order_by.take();
     let ast::SetExpr::Select(select) = q.body.as_mut() else {
@@ -214,6 +224,92 @@ fn array_subquery(q: &ast::Query) -> Option<SqlExpr> {
         .ok()?;
     select.projection = vec![ast::SelectItem::UnnamedExpr(agg)];
     Some(SqlExpr::Subquery(Box::new(q)))
+}
+
+/// `pg_get_viewdef(oid [, pretty])` (psql's `\d+` of a view) as a lookup
+/// of the view's definition in `pg_views` and `pg_matviews` by the name
+/// `pg_class` gives the oid.
+fn view_definition(f: &ast::Function) -> Option<SqlExpr> {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let ast::FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(oid))) = list.args.first() else {
+        return None;
+    };
+    let text = format!(
+        "(SELECT d.definition FROM pg_catalog.pg_class c JOIN \
+         (SELECT viewname AS n, definition FROM pg_catalog.pg_views \
+          UNION ALL SELECT matviewname, definition FROM pg_catalog.pg_matviews) d \
+         ON d.n = c.relname WHERE c.oid = {oid})"
+    );
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&text)
+        .ok()?
+        .parse_expr()
+        .ok()
+}
+
+/// `ARRAY(SELECT 'p' || x FROM unnest(a) x)` (psql's `\d+` asks so for
+/// TOAST options) is each element of `a` prefixed with `'p'`: a correlated
+/// `unnest` DataFusion cannot plan, written instead with array and string
+/// functions (elements joined on a unit separator, prefixed, split again).
+fn prefix_each(q: &ast::Query) -> Option<SqlExpr> {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let ast::SetExpr::Select(select) = q.body.as_ref() else {
+        return None;
+    };
+    if select.selection.is_some()
+        || q.order_by.is_some()
+        || select.from.len() != 1
+        || !select.from[0].joins.is_empty()
+    {
+        return None;
+    }
+    let ast::TableFactor::UNNEST {
+        alias: Some(alias),
+        array_exprs,
+        ..
+    } = &select.from[0].relation
+    else {
+        return None;
+    };
+    let [array] = array_exprs.as_slice() else {
+        return None;
+    };
+    let [
+        ast::SelectItem::UnnamedExpr(SqlExpr::BinaryOp {
+            left,
+            op: BinaryOperator::StringConcat,
+            right,
+        }),
+    ] = select.projection.as_slice()
+    else {
+        return None;
+    };
+    let SqlExpr::Identifier(x) = right.as_ref() else {
+        return None;
+    };
+    if x.value != alias.name.value {
+        return None;
+    }
+    let SqlExpr::Value(v) = left.as_ref() else {
+        return None;
+    };
+    let ast::Value::SingleQuotedString(prefix) = &v.value else {
+        return None;
+    };
+    let p = prefix.replace('\'', "''");
+    let text = format!(
+        "CASE WHEN cardinality({array}) > 0 THEN string_to_array('{p}' || array_to_string({array}, chr(31) || '{p}'), chr(31)) ELSE {array} END"
+    );
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&text)
+        .ok()?
+        .parse_expr()
+        .ok()
 }
 
 fn part_is(part: &ObjectNamePart, name: &str) -> bool {
