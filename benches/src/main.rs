@@ -9,6 +9,7 @@
 //! `cargo run --release -p weir-benches -- nexmark [--events N] [--queries q0,q1,..] [--workers 1,2] [--ceiling] [--flink]`
 
 mod ceiling;
+mod files;
 mod flink;
 mod nexmark;
 mod pg;
@@ -800,7 +801,8 @@ fn main() -> Result<()> {
         "durable" => runtime.block_on(durable(&args))?,
         "cdc" => runtime.block_on(cdc(&args))?,
         "nexmark" => runtime.block_on(nexmark::nexmark(&args))?,
-        other => bail!("unknown benchmark {other}; available: load, updates, durable, cdc, nexmark"),
+        "files" => runtime.block_on(files::files(&args))?,
+        other => bail!("unknown benchmark {other}; available: load, updates, durable, cdc, nexmark, files"),
     };
     let text = serde_json::to_string_pretty(&result)?;
     // Nexmark prints its own table as it goes.
