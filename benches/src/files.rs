@@ -10,7 +10,7 @@ use anyhow::Result;
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
-use crate::{Weir, arg, wait_for};
+use crate::{Weir, arg, wait_for, workers};
 
 /// Rows `from..to`: id, name, amount, at, pad (40 characters).
 fn rows(from: i64, to: i64) -> RecordBatch {
@@ -26,8 +26,12 @@ fn rows(from: i64, to: i64) -> RecordBatch {
         schema,
         vec![
             Arc::new(Int64Array::from_iter_values(ids.clone())),
-            Arc::new(StringArray::from_iter_values(ids.clone().map(|i| format!("name-{i}")))),
-            Arc::new(Float64Array::from_iter_values(ids.clone().map(|i| i as f64 * 0.25))),
+            Arc::new(StringArray::from_iter_values(
+                ids.clone().map(|i| format!("name-{i}")),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                ids.clone().map(|i| i as f64 * 0.25),
+            )),
             Arc::new(TimestampMicrosecondArray::from_iter_values(
                 ids.clone().map(|i| 1_704_067_200_000_000 + i * 1_000_000),
             )),
@@ -69,18 +73,18 @@ fn write(dir: &std::path::Path, format: &str, total: i64, files: i64) -> Result<
 pub async fn files(args: &[String]) -> Result<serde_json::Value> {
     let total = arg(args, "--rows", 2_000_000) as i64;
     let files = arg(args, "--files", 20) as i64;
-    let workers = arg(
-        args,
-        "--workers",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-    );
+    let workers = workers(args);
     let mut results = serde_json::Map::new();
     for format in ["csv", "json", "parquet"] {
         let dir = tempfile::Builder::new().prefix("weir-files-").tempdir()?;
         let bytes = write(dir.path(), format, total, files)?;
         let weir = Weir::start(workers)?;
         let c = weir.connect().await?;
-        let options = if format == "csv" { "(FORMAT CSV, HEADER)" } else { "" };
+        let options = if format == "csv" {
+            "(FORMAT CSV, HEADER)"
+        } else {
+            ""
+        };
         let started = Instant::now();
         c.batch_execute(&format!(
             "CREATE SOURCE f FROM FILES 'file://{}/*.{format}' {options};

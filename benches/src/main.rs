@@ -132,16 +132,21 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
     flag(args, name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// `--workers N`, by default one per core.
+fn workers(args: &[String]) -> usize {
+    arg(
+        args,
+        "--workers",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+    )
+}
+
 /// Load rows with COPY into a table a grouped view is defined over; report
 /// rows/s until the view reflects every row, and the server's peak RSS.
 async fn load(args: &[String]) -> Result<serde_json::Value> {
     let rows = arg(args, "--rows", 1_000_000);
     let batch = arg(args, "--batch", 10_000);
-    let workers = arg(
-        args,
-        "--workers",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-    );
+    let workers = workers(args);
     let weir = Weir::start(workers)?;
     let c = weir.connect().await?;
     c.batch_execute("CREATE TABLE t (k bigint, v bigint)").await?;
@@ -261,11 +266,7 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
     let products = arg(args, "--products", 1_000) as u64;
     let total_updates = arg(args, "--updates", 1_000_000);
     let batch = arg(args, "--batch", 1_000);
-    let workers = arg(
-        args,
-        "--workers",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-    );
+    let workers = workers(args);
     let weir = Weir::start(workers)?;
     let pid = weir.child.id();
     let c = weir.connect().await?;
@@ -408,11 +409,7 @@ async fn durable(args: &[String]) -> Result<serde_json::Value> {
     let batch = arg(args, "--batch", 10_000);
     let clients = arg(args, "--clients", 16);
     let inserts = arg(args, "--inserts", 250);
-    let workers = arg(
-        args,
-        "--workers",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-    );
+    let workers = workers(args);
     let dir = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
     let mut weir = Weir::start_on(workers, dir.path())?;
     let c = weir.connect().await?;
@@ -586,11 +583,7 @@ async fn streaming(
 async fn cdc(args: &[String]) -> Result<serde_json::Value> {
     let rows = arg(args, "--rows", 1_000_000) as i64;
     let stream_rows = arg(args, "--stream-rows", 1_000_000) as i64;
-    let workers = arg(
-        args,
-        "--workers",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-    );
+    let workers = workers(args);
     let pg = pg::Postgres::start()?;
     let up = pg.connect().await?;
     up.batch_execute(&format!(
