@@ -167,6 +167,7 @@ pub struct Persist {
     version: u64,
     /// Names batch objects uniquely within this epoch.
     counter: Arc<AtomicU64>,
+    buffers: batch::Buffers,
 }
 
 fn meta_path(version: u64) -> Path {
@@ -224,6 +225,7 @@ impl Persist {
             state,
             version,
             counter: Arc::new(AtomicU64::new(0)),
+            buffers: batch::Buffers::default(),
         };
         let restored = persist.restore().await?;
         persist.collect_garbage().await?;
@@ -359,10 +361,11 @@ impl Persist {
                     continue;
                 }
                 let key = self.batch_key(shard);
-                let bytes = batch::encode(&updates).map_err(|reason| PersistError::Encode {
-                    path: key.clone(),
-                    reason,
-                })?;
+                let bytes =
+                    batch::encode_into(&updates, &self.buffers).map_err(|reason| PersistError::Encode {
+                        path: key.clone(),
+                        reason,
+                    })?;
                 let batch = BatchRef {
                     key,
                     lower,
@@ -371,8 +374,12 @@ impl Persist {
                     bytes: bytes.len() as u64,
                 };
                 let location = &self.location;
+                let buffers = &self.buffers;
                 writes.push(async move {
-                    location.put(&Path::from(batch.key.as_str()), bytes).await?;
+                    location
+                        .put(&Path::from(batch.key.as_str()), bytes.clone())
+                        .await?;
+                    buffers.give_back(bytes);
                     Ok::<_, PersistError>((shard, batch))
                 });
             }
