@@ -63,6 +63,40 @@ pub type RowTrace = TraceAgent<RowSpine>;
 /// A keyed table's rows, by encoded primary key.
 pub type KeyedTrace = TraceAgent<KeyedSpine>;
 
+/// A reduction's results by group key.
+type ResultLayout<T> = (
+    RowContainer,
+    Vec<Result<Row, String>>,
+    Vec<T>,
+    Vec<Diff>,
+    OffsetList,
+);
+type ResultSpine<T> = Spine<Rc<OrdValBatch<ResultLayout<T>>>>;
+type ResultBuilder<T> = OrdValBuilder<ResultLayout<T>, Vec<((Row, Result<Row, String>), T, Diff)>>;
+
+/// `reduce_named` over rows keyed by rows, with the input (every row of
+/// every group) and the output arranged in the row container.
+fn reduce_rows<'s, L>(
+    input: Keyed<'s>,
+    name: &str,
+    logic: L,
+) -> VecCollection<'s, Time, (Row, Result<Row, String>), Diff>
+where
+    L: FnMut(&[u8], &[(&[u8], Diff)], &mut Vec<(Result<Row, String>, Diff)>) + 'static,
+{
+    input
+        .arrange_named::<KeyedBatcher, KeyedSpine>(&format!("Arrange: {name}"), KeyedBatcher::new)
+        .reduce_abelian::<_, ResultBuilder<Time>, ResultSpine<Time>, _, _>(
+            name,
+            logic,
+            |out, key, updates| {
+                out.clear();
+                out.extend(updates.drain(..).map(|(v, t, d)| ((key.to_vec(), v), t, d)));
+            },
+        )
+        .as_collection(|k, v| (k.to_vec(), v.clone()))
+}
+
 /// Arrange `rows` by the whole row, as a table's or view's arrangement.
 pub fn arrange_rows<'s>(rows: Coll<'s>, name: &str) -> RowTrace {
     rows.map(|r| (r, ()))
@@ -221,13 +255,14 @@ pub fn render<'s>(
                 .collect();
             let eval = PartitionEval::new(&input.schema, functions, fields)?;
             let (keyed, kerr) = keyed(ok, &input.schema, partition_by, true, "WindowPartition")?;
-            let results = keyed.reduce_named(
+            let results = reduce_rows(
+                keyed,
                 "Window",
-                move |_key, rows: &[(&Row, Diff)], output: &mut Vec<(Result<Row, String>, Diff)>| match eval
-                    .evaluate(rows)
-                {
-                    Ok(out) => output.extend(out.into_iter().map(|(r, d)| (Ok(r), d))),
-                    Err(e) => output.push((Err(e), 1)),
+                move |_key: &[u8], rows: &[(&[u8], Diff)], output: &mut Vec<(Result<Row, String>, Diff)>| {
+                    match eval.evaluate(rows) {
+                        Ok(out) => output.extend(out.into_iter().map(|(r, d)| (Ok(r), d))),
+                        Err(e) => output.push((Err(e), 1)),
+                    }
                 },
             );
             let (rows, eval_errs): (RowStream<'s>, ErrStream<'s>) =
@@ -794,23 +829,23 @@ fn render_reduce<'s>(
         let agg_codec = agg_codec.clone();
         let folder = folder.clone();
         let pairs: VecCollection<'s, Time, (Row, Row), Diff> = pairs.as_collection();
-        let results = pairs
-            .reduce_named(
-                "ReduceHierarchical",
-                move |_key, input: &[(&Row, Diff)], output: &mut Vec<(Result<Row, String>, Diff)>| {
-                    let res = arg_codec2
-                        .decode(input.iter().map(|(r, _)| r.as_slice()))
-                        .map_err(|e| e.to_string())
-                        .and_then(|batch| {
-                            let counts: Vec<Diff> = input.iter().map(|(_, c)| *c).collect();
-                            let (accums, extremes) = folder.fold(&batch, &counts)?;
-                            let cols = finalize(&aggs, &accums, &extremes)?;
-                            Ok(agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0))
-                        });
-                    output.push((res, 1));
-                },
-            )
-            .map(|(key, res)| res.map(|agg_row| [key, agg_row].concat()));
+        let results = reduce_rows(
+            pairs,
+            "ReduceHierarchical",
+            move |_key: &[u8], input: &[(&[u8], Diff)], output: &mut Vec<(Result<Row, String>, Diff)>| {
+                let res = arg_codec2
+                    .decode(input.iter().map(|(r, _)| *r))
+                    .map_err(|e| e.to_string())
+                    .and_then(|batch| {
+                        let counts: Vec<Diff> = input.iter().map(|(_, c)| *c).collect();
+                        let (accums, extremes) = folder.fold(&batch, &counts)?;
+                        let cols = finalize(&aggs, &accums, &extremes)?;
+                        Ok(agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0))
+                    });
+                output.push((res, 1));
+            },
+        )
+        .map(|(key, res)| res.map(|agg_row| [key, agg_row].concat()));
         (results, e)
     };
     let (rows, eval_errs): (RowStream<'s>, ErrStream<'s>) = results.inner.ok_err(|(r, t, d)| match r {

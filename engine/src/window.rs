@@ -50,10 +50,10 @@ impl PartitionEval {
 
     /// The partition's rows, each followed by its window values. `rows` are
     /// the partition's distinct rows in encoded order with their counts.
-    pub fn evaluate(&self, rows: &[(&Row, Diff)]) -> Result<Vec<(Row, Diff)>, String> {
+    pub fn evaluate(&self, rows: &[(&[u8], Diff)]) -> Result<Vec<(Row, Diff)>, String> {
         let expanded: Vec<&[u8]> = rows
             .iter()
-            .flat_map(|(r, c)| std::iter::repeat_n(r.as_slice(), (*c).max(0) as usize))
+            .flat_map(|(r, c)| std::iter::repeat_n(*r, (*c).max(0) as usize))
             .collect();
         let n = expanded.len();
         if n == 0 {
