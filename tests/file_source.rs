@@ -231,6 +231,9 @@ async fn malformed_rows_are_reported_by_file_and_line_and_resumed_when_fixed() {
         state.ends_with("c.csv line 2: null value in column \"n\" violates not-null constraint"),
         "{state}"
     );
+    // A failing file that is removed is no longer an error.
+    std::fs::remove_file(d.join("c.csv")).unwrap();
+    wait_state(&c, "nums", |s| s == "watching").await;
     write(
         d,
         "x.json",

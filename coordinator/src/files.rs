@@ -115,6 +115,8 @@ async fn run(
             }
             Err(e) => return Err(format!("listing {}: {e}", spec.url)),
         };
+        // A file that failed and is gone since is no longer an error.
+        failed.retain(|url, _| listed.iter().any(|f| &f.url == url));
         for file in listed {
             let (before, complete) = progress.get(&file.url).copied().unwrap_or((0, false));
             if complete {
