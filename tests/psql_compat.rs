@@ -103,6 +103,8 @@ fn backslash_commands_describe_the_catalog() {
     for command in ["\\dt+", "\\dv+", "\\dm+", "\\dn+", "\\l+"] {
         psql(&server, &[command]);
     }
+    let roles = psql(&server, &["\\du"]);
+    assert!(roles.contains(" weir      | Superuser"), "{roles}");
 
     let expanded = psql(
         &server,

@@ -41,6 +41,7 @@ pub fn table_names(schema: &str) -> Vec<String> {
         "pg_catalog" => &[
             "pg_am",
             "pg_attrdef",
+            "pg_auth_members",
             "pg_attribute",
             "pg_class",
             "pg_collation",
@@ -441,7 +442,15 @@ pub fn table(
                 ("rolsuper", B),
                 ("usesuper", B),
                 ("rolcanlogin", B),
+                ("rolinherit", B),
+                ("rolcreaterole", B),
+                ("rolcreatedb", B),
+                ("rolconnlimit", I),
+                ("rolvaliduntil", T),
+                ("rolreplication", B),
+                ("rolbypassrls", B),
             ],
+            // The one role: a superuser (psql's `\du`).
             vec![vec![
                 int(OWNER_OID),
                 text(OWNER),
@@ -449,8 +458,16 @@ pub fn table(
                 boolean(true),
                 boolean(true),
                 boolean(true),
+                boolean(true),
+                boolean(true),
+                boolean(true),
+                int(-1),
+                null_text(),
+                boolean(true),
+                boolean(true),
             ]],
         ),
+        ("pg_catalog", "pg_auth_members") => empty(&[("roleid", I), ("member", I), ("admin_option", B)]),
         ("pg_catalog", "pg_am") => batch(
             &[("oid", I), ("amname", T), ("amtype", T)],
             vec![
