@@ -12,27 +12,8 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{Moto, Server, error, exec, sorted, state_dir};
+use common::{Moto, Server, error, exec, sorted, state_dir, wait_state};
 use tokio_postgres::Client;
-
-/// Wait until source `name`'s state satisfies `ok`; returns it.
-async fn wait_state(c: &Client, name: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = sorted(
-            c,
-            &format!("SELECT state FROM weir_catalog.sources WHERE name = '{name}'"),
-        )
-        .await;
-        if let [state] = got.as_slice()
-            && ok(state)
-        {
-            return state.clone();
-        }
-        assert!(Instant::now() < deadline, "source {name} is {got:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Wait until `sql` answers `want`.
 async fn wait_for(c: &Client, sql: &str, want: &[&str]) {

@@ -4,27 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Server, error, exec, sorted, state_dir};
-use tokio_postgres::Client;
-
-/// Wait until source `name` reports `state`.
-async fn wait_state(c: &Client, name: &str, state: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = sorted(
-            c,
-            &format!("SELECT state FROM weir_catalog.sources WHERE name = '{name}'"),
-        )
-        .await;
-        if got == vec![state.to_string()] {
-            return;
-        }
-        assert!(Instant::now() < deadline, "source {name} is {got:?}, not {state}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use common::{Server, error, exec, sorted, state_dir, wait_state};
 
 /// Every generated column but the event times (which follow the
 /// source's creation time).
@@ -55,7 +37,7 @@ async fn nexmark_is_reproducible_and_exactly_once_across_kill() {
     drop(c);
     let a = Server::on_state(path, 2, &[]);
     let c = a.connect().await;
-    wait_state(&c, "nx", "finished").await;
+    wait_state(&c, "nx", |s| s == "finished").await;
     // 1:3:46, every event once: none lost, none repeated by the restart.
     assert_eq!(
         sorted(&c, "SELECT * FROM per_table").await,
@@ -91,7 +73,7 @@ async fn nexmark_is_reproducible_and_exactly_once_across_kill() {
         "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (MAX EVENTS 20000)",
     )
     .await;
-    wait_state(&d, "nx", "finished").await;
+    wait_state(&d, "nx", |s| s == "finished").await;
     for sql in [BIDS, PEOPLE, AUCTIONS] {
         assert_eq!(sorted(&c, sql).await, sorted(&d, sql).await, "{sql}");
     }
@@ -102,7 +84,7 @@ async fn nexmark_is_reproducible_and_exactly_once_across_kill() {
         "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (MAX EVENTS 20000, SEED 7, PREGENERATE)",
     )
     .await;
-    wait_state(&d, "nx", "finished").await;
+    wait_state(&d, "nx", |s| s == "finished").await;
     assert_eq!(sorted(&d, "SELECT count(*) FROM bid").await, vec!["18400"]);
     assert_ne!(sorted(&c, BIDS).await, sorted(&d, BIDS).await);
 }
@@ -134,7 +116,7 @@ async fn counter_counts_at_its_rate_and_stops_at_max() {
         "CREATE SOURCE upto FROM LOAD GENERATOR COUNTER (MAX EVENTS 1000)",
     )
     .await;
-    wait_state(&c, "upto", "finished").await;
+    wait_state(&c, "upto", |s| s == "finished").await;
     assert_eq!(
         sorted(&c, "SELECT count(*), sum(counter), max(counter) FROM upto").await,
         vec!["1000|500500|1000"]
@@ -200,7 +182,7 @@ async fn bad_generators_are_refused_clearly() {
     let (code, _, _) = error(&c, "INSERT INTO bid VALUES (1, 1, 1, 'c', 'u', now(), 'e')").await;
     assert_eq!(code, "42809");
     // Nothing was lost to the refusals.
-    wait_state(&c, "nx", "finished").await;
+    wait_state(&c, "nx", |s| s == "finished").await;
     assert_eq!(sorted(&c, "SELECT count(*) FROM bid").await, vec!["92"]);
 }
 
@@ -216,7 +198,7 @@ async fn nexmark_queries_as_views_equal_one_shot() {
         "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (MAX EVENTS 3000)",
     )
     .await;
-    wait_state(&c, "nx", "finished").await;
+    wait_state(&c, "nx", |s| s == "finished").await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/nexmark");
     let mut queries: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

@@ -309,42 +309,38 @@ pub fn decode(
     let mut out = Vec::new();
     let mut row = 0u64;
     for (batch, lines) in batches {
-        let n = batch.num_rows() as u64;
-        match conform(&batch, schema, rules) {
-            Ok(b) => {
-                if row + n > skip {
-                    let from = skip.saturating_sub(row) as usize;
-                    out.push(b.slice(from, b.num_rows() - from));
-                }
+        // A bad row ends the file; the rows before it still count.
+        let (good, failed) = match conform(&batch, schema, rules) {
+            Ok(b) => (Some(b), None),
+            Err((at, message)) => (
+                conform(&batch.slice(0, at), schema, rules).ok(),
+                Some((at, message)),
+            ),
+        };
+        if let Some(good) = good {
+            let n = good.num_rows() as u64;
+            if row + n > skip {
+                let from = skip.saturating_sub(row) as usize;
+                out.push(good.slice(from, good.num_rows() - from));
             }
-            Err((at, message)) => {
-                // Rows before the bad one still count.
-                if let Ok(good) = conform(&batch.slice(0, at), schema, rules)
-                    && row + at as u64 > skip
-                {
-                    let from = skip.saturating_sub(row) as usize;
-                    out.push(good.slice(from, good.num_rows() - from));
-                }
-                error = Some(FileError::Malformed {
-                    file: file.to_string(),
-                    line: match &lines {
-                        Lines::Unknown => None,
-                        Lines::Listed(l) => l.get(at).copied(),
-                        Lines::CsvFrom(from, delimiter) => {
-                            let builder = |rows: usize| {
-                                arrow::csv::ReaderBuilder::new(read_schema.clone())
-                                    .with_delimiter(*delimiter)
-                                    .with_batch_size(rows)
-                            };
-                            record_lines(data, *from, at + 1, &builder).last().copied()
-                        }
-                    },
-                    message,
-                });
-                break;
-            }
+            row += n;
         }
-        row += n;
+        if let Some((at, message)) = failed {
+            error = Some(FileError::Malformed {
+                file: file.to_string(),
+                line: match &lines {
+                    Lines::Unknown => None,
+                    Lines::Listed(l) => l.get(at).copied(),
+                    Lines::CsvFrom(from, delimiter) => {
+                        record_lines(data, *from, at + 1, &read_schema, *delimiter)
+                            .last()
+                            .copied()
+                    }
+                },
+                message,
+            });
+            break;
+        }
     }
     Decoded { batches: out, error }
 }
@@ -482,6 +478,25 @@ fn line_at(data: &[u8], offset: usize) -> u64 {
     1 + data[..offset].iter().filter(|&&c| c == b'\n').count() as u64
 }
 
+/// A CSV decoder of `schema`'s columns, `rows` records per batch.
+fn csv_decoder(schema: &SchemaRef, delimiter: u8, rows: usize) -> arrow::csv::reader::Decoder {
+    arrow::csv::ReaderBuilder::new(schema.clone())
+        .with_delimiter(delimiter)
+        .with_batch_size(rows)
+        .build_decoder()
+}
+
+/// Past the line breaks at `pos` (blank lines are no record): the next
+/// position and how many lines were passed.
+fn skip_blank(data: &[u8], mut pos: usize) -> (usize, u64) {
+    let mut lines = 0;
+    while let Some(&c) = data.get(pos).filter(|&&c| c == b'\n' || c == b'\r') {
+        lines += u64::from(c == b'\n');
+        pos += 1;
+    }
+    (pos, lines)
+}
+
 fn decode_csv(
     data: &Bytes,
     file: &str,
@@ -490,11 +505,6 @@ fn decode_csv(
     delimiter: u8,
     out: &mut Vec<Lined>,
 ) -> Result<(), FileError> {
-    let builder = |rows: usize| {
-        arrow::csv::ReaderBuilder::new(schema.clone())
-            .with_delimiter(delimiter)
-            .with_batch_size(rows)
-    };
     // The header is one line (names with line breaks in them are not
     // supported in headers).
     let start = if header {
@@ -505,7 +515,7 @@ fn decode_csv(
         0
     };
     let data = data.as_ref();
-    let mut decoder = builder(BATCH_ROWS).build_decoder();
+    let mut decoder = csv_decoder(schema, delimiter, BATCH_ROWS);
     let mut pos = start;
     let mut batch_start = start;
     loop {
@@ -527,7 +537,7 @@ fn decode_csv(
             Err(_) => {
                 // Find the record that fails on its own, keeping the rows
                 // before it.
-                let (good, offset, e) = first_bad_record(data, batch_start, &builder);
+                let (good, offset, e) = first_bad_record(data, batch_start, schema, delimiter);
                 if let Some(batch) = good {
                     out.push((batch, Lines::CsvFrom(batch_start, delimiter)));
                 }
@@ -542,24 +552,15 @@ fn decode_csv(
 }
 
 /// The lines the `rows` records starting at byte `from` start on.
-fn record_lines(
-    data: &[u8],
-    from: usize,
-    rows: usize,
-    builder: &dyn Fn(usize) -> arrow::csv::ReaderBuilder,
-) -> Vec<u64> {
-    let mut decoder = builder(1).build_decoder();
+fn record_lines(data: &[u8], from: usize, rows: usize, schema: &SchemaRef, delimiter: u8) -> Vec<u64> {
+    let mut decoder = csv_decoder(schema, delimiter, 1);
     let mut lines = Vec::with_capacity(rows);
     let mut pos = from;
     let mut line = line_at(data, from);
     for _ in 0..rows {
-        // Blank lines before a record are not part of it.
-        while data.get(pos) == Some(&b'\n') || data.get(pos) == Some(&b'\r') {
-            if data[pos] == b'\n' {
-                line += 1;
-            }
-            pos += 1;
-        }
+        let (next, blank) = skip_blank(data, pos);
+        pos = next;
+        line += blank;
         lines.push(line);
         let n = decoder.decode(&data[pos..]).unwrap_or(data.len() - pos);
         let _ = decoder.flush();
@@ -574,9 +575,10 @@ fn record_lines(
 fn first_bad_record(
     data: &[u8],
     from: usize,
-    builder: &dyn Fn(usize) -> arrow::csv::ReaderBuilder,
+    schema: &SchemaRef,
+    delimiter: u8,
 ) -> (Option<RecordBatch>, usize, ArrowError) {
-    let mut decoder = builder(1).build_decoder();
+    let mut decoder = csv_decoder(schema, delimiter, 1);
     let mut pos = from;
     let mut good = Vec::new();
     let done = |good: Vec<RecordBatch>, start: usize, e: ArrowError| {
@@ -586,9 +588,7 @@ fn first_bad_record(
         (batch, start, e)
     };
     loop {
-        while data.get(pos) == Some(&b'\n') || data.get(pos) == Some(&b'\r') {
-            pos += 1;
-        }
+        pos = skip_blank(data, pos).0;
         let start = pos;
         match decoder.decode(&data[pos..]) {
             Err(e) => return done(good, start, e),
@@ -694,34 +694,6 @@ fn arrow_message(e: &ArrowError) -> String {
         (Some(a), Some(b)) if a < b => format!("{}{}", &text[..a], &text[b..]),
         _ => text,
     }
-}
-
-/// The Weir column type (as SQL) that holds Arrow type `dt` read from a
-/// file, or `None` when there is none.
-pub fn column_sql_type(dt: &DataType) -> Option<String> {
-    Some(match dt {
-        DataType::Boolean => "boolean".into(),
-        DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint".into(),
-        DataType::Int32 | DataType::UInt16 => "integer".into(),
-        DataType::Int64 | DataType::UInt32 => "bigint".into(),
-        DataType::UInt64 => "numeric(20,0)".into(),
-        DataType::Float16 | DataType::Float32 => "real".into(),
-        DataType::Float64 => "double precision".into(),
-        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) => {
-            format!("numeric({p},{s})")
-        }
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => "text".into(),
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
-            "bytea".into()
-        }
-        DataType::Date32 | DataType::Date64 => "date".into(),
-        DataType::Timestamp(_, None) => "timestamp".into(),
-        DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
-        DataType::Dictionary(_, value) => return column_sql_type(value),
-        // Everything else Arrow can print is kept as its text.
-        other if arrow::compute::can_cast_types(other, &DataType::Utf8) => "text".into(),
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

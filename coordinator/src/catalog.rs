@@ -125,6 +125,12 @@ impl Catalog {
             .cloned()
     }
 
+    /// A source's table restored before it: id, name and schema.
+    pub(crate) fn source_table(&self, name: &str) -> Result<(GlobalId, String, SchemaRef), String> {
+        let entry = self.get(name).ok_or_else(|| format!("table {name} is missing"))?;
+        Ok((entry.id, entry.name, entry.schema))
+    }
+
     pub fn insert(&self, entry: Entry) {
         self.state
             .write()

@@ -304,11 +304,7 @@ pub(crate) fn from_detail(
             delimiter,
         )
         .ok_or("unknown format")?;
-        let table = |k: &str| -> Result<(GlobalId, String, SchemaRef), String> {
-            let t = v[k].as_str().ok_or_else(|| format!("no {k}"))?;
-            let entry = catalog.get(t).ok_or_else(|| format!("table {t} is missing"))?;
-            Ok((entry.id, t.to_string(), entry.schema.clone()))
-        };
+        let table = |k: &str| catalog.source_table(v[k].as_str().ok_or_else(|| format!("no {k}"))?);
         Ok(Source {
             id,
             name: name.to_string(),

@@ -185,11 +185,7 @@ pub(crate) fn from_detail(
             .as_array()
             .ok_or("no tables")?
             .iter()
-            .map(|t| {
-                let t = t.as_str().ok_or("a table name")?;
-                let entry = catalog.get(t).ok_or_else(|| format!("table {t} is missing"))?;
-                Ok((entry.id, t.to_string(), entry.schema.clone()))
-            })
+            .map(|t| catalog.source_table(t.as_str().ok_or("a table name")?))
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Source {
             id,

@@ -311,7 +311,7 @@ impl Coordinator {
         options: &[(String, Option<String>)],
         sql: &str,
     ) -> Result<()> {
-        use weir_connectors::files::{FileError, Files, Format, column_sql_type, infer_schema};
+        use weir_connectors::files::{FileError, Files, Format, infer_schema};
         let invalid = |m: String| AdapterError::InvalidParameter(m);
         let mut format = None;
         let (mut header, mut delimiter, mut watch) = (false, b',', false);
@@ -362,7 +362,7 @@ impl Coordinator {
                     .fields()
                     .iter()
                     .map(|f| {
-                        let ty = column_sql_type(f.data_type()).ok_or_else(|| {
+                        let ty = weir_sql::types::storable_type_name(f.data_type()).ok_or_else(|| {
                             AdapterError::Unsupported(format!(
                                 "column \"{}\" of type {} in {}",
                                 f.name(),
@@ -842,10 +842,7 @@ pub(crate) fn source_from_detail(
     };
     let mut feeds = Vec::new();
     for f in v["feeds"].as_array().ok_or("no feeds")? {
-        let table_name = text(f, "name")?;
-        let entry = catalog
-            .get(&table_name)
-            .ok_or_else(|| format!("table {table_name} is missing"))?;
+        let (table, table_name, schema) = catalog.source_table(&text(f, "name")?)?;
         let columns = f["columns"]
             .as_array()
             .ok_or("no columns")?
@@ -872,9 +869,9 @@ pub(crate) fn source_from_detail(
                     .filter_map(|k| k.as_u64().map(|k| k as usize))
                     .collect(),
             },
-            table: entry.id,
+            table,
             name: table_name,
-            schema: entry.schema.clone(),
+            schema,
         });
     }
     Ok(Source {

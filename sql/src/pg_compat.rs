@@ -181,8 +181,6 @@ fn alias_select_list(q: &mut ast::Query) {
 /// `ARRAY(SELECT x FROM ... ORDER BY o)` is `(SELECT array_agg(x ORDER BY o)
 /// FROM ...)` (except that no rows give NULL rather than an empty array).
 fn array_subquery(q: &ast::Query) -> Option<SqlExpr> {
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
     if let Some(e) = prefix_each(q) {
         return Some(e);
     }
@@ -217,11 +215,7 @@ fn array_subquery(q: &ast::Query) -> Option<SqlExpr> {
         Some(_) => return None,
     };
     let text = format!("array_agg({item}{order})");
-    let agg = Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&text)
-        .ok()?
-        .parse_expr()
-        .ok()?;
+    let agg = parse_expr(&text)?;
     select.projection = vec![ast::SelectItem::UnnamedExpr(agg)];
     Some(SqlExpr::Subquery(Box::new(q)))
 }
@@ -230,8 +224,6 @@ fn array_subquery(q: &ast::Query) -> Option<SqlExpr> {
 /// of the view's definition in `pg_views` and `pg_matviews` by the name
 /// `pg_class` gives the oid.
 fn view_definition(f: &ast::Function) -> Option<SqlExpr> {
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
     let ast::FunctionArguments::List(list) = &f.args else {
         return None;
     };
@@ -244,11 +236,7 @@ fn view_definition(f: &ast::Function) -> Option<SqlExpr> {
           UNION ALL SELECT matviewname, definition FROM pg_catalog.pg_matviews) d \
          ON d.n = c.relname WHERE c.oid = {oid})"
     );
-    Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&text)
-        .ok()?
-        .parse_expr()
-        .ok()
+    parse_expr(&text)
 }
 
 /// `ARRAY(SELECT 'p' || x FROM unnest(a) x)` (psql's `\d+` asks so for
@@ -256,8 +244,6 @@ fn view_definition(f: &ast::Function) -> Option<SqlExpr> {
 /// `unnest` DataFusion cannot plan, written instead with array and string
 /// functions (elements joined on a unit separator, prefixed, split again).
 fn prefix_each(q: &ast::Query) -> Option<SqlExpr> {
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
     let ast::SetExpr::Select(select) = q.body.as_ref() else {
         return None;
     };
@@ -305,8 +291,15 @@ fn prefix_each(q: &ast::Query) -> Option<SqlExpr> {
     let text = format!(
         "CASE WHEN cardinality({array}) > 0 THEN string_to_array('{p}' || array_to_string({array}, chr(31) || '{p}'), chr(31)) ELSE {array} END"
     );
+    parse_expr(&text)
+}
+
+/// `text` parsed as one PostgreSQL expression (the rewrites' output).
+fn parse_expr(text: &str) -> Option<SqlExpr> {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
     Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&text)
+        .try_with_sql(text)
         .ok()?
         .parse_expr()
         .ok()

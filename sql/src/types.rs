@@ -139,6 +139,43 @@ pub fn sql_type_name(dt: &DataType) -> String {
     }
 }
 
+/// The column type (as SQL) a table declares to hold values of Arrow type
+/// `dt` read from outside (a file's schema): the type [`sql_type_name`]
+/// names where Weir stores it, text for anything else Arrow can print, and
+/// `None` for what it cannot.
+pub fn storable_type_name(dt: &DataType) -> Option<String> {
+    Some(match dt {
+        DataType::UInt64 => "numeric(20,0)".into(),
+        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) => format!("numeric({p},{s})"),
+        DataType::Null => "text".into(),
+        DataType::FixedSizeBinary(_) => "bytea".into(),
+        DataType::Dictionary(_, value) => return storable_type_name(value),
+        DataType::Boolean
+        | DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::Float16
+        | DataType::Float32
+        | DataType::Float64
+        | DataType::Decimal128(..)
+        | DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Utf8View
+        | DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::Date32
+        | DataType::Date64
+        | DataType::Timestamp(..) => sql_type_name(dt),
+        other if arrow::compute::can_cast_types(other, &DataType::Utf8) => "text".into(),
+        _ => return None,
+    })
+}
+
 /// Parse PostgreSQL's interval input (`1 year 2 mons 3 days 04:05:06.5`,
 /// `-1 day`, `2 hours ago`), which Arrow's parser does not fully accept.
 pub fn parse_interval(s: &str) -> Option<arrow::datatypes::IntervalMonthDayNano> {

@@ -361,3 +361,22 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// Wait until source `name`'s state satisfies `ok`; returns it.
+pub async fn wait_state(c: &Client, name: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = sorted(
+            c,
+            &format!("SELECT state FROM weir_catalog.sources WHERE name = '{name}'"),
+        )
+        .await;
+        if let [state] = got.as_slice()
+            && ok(state)
+        {
+            return state.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "source {name} is {got:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
