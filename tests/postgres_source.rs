@@ -382,6 +382,15 @@ async fn crashes_and_upstream_restarts_lose_and_repeat_nothing() {
             assert!(partial.is_empty(), "partial transactions visible: {partial:?}");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        if round == 1 {
+            // A column added under load: the table's next version, made
+            // while Weir is killed over and over.
+            let admin = pg.connect().await;
+            admin
+                .batch_execute("ALTER TABLE w ADD COLUMN extra int DEFAULT 1")
+                .await
+                .unwrap();
+        }
         if round == 3 {
             pg.restart();
         }
@@ -455,6 +464,171 @@ async fn upstream_schema_changes_are_reported_not_applied_wrong() {
     }
     assert_eq!(sorted(&c, "SELECT * FROM a").await, vec!["1|1|x"]);
     assert_eq!(sorted(&c, "SELECT * FROM b").await, vec!["1|1"]);
+}
+
+/// Wait until source `name`'s state contains `want`, and return it.
+async fn source_state(c: &tokio_postgres::Client, name: &str, want: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let state = sorted(
+            c,
+            &format!("SELECT state FROM weir_catalog.sources WHERE name = '{name}'"),
+        )
+        .await;
+        if let Some(s) = state.first().filter(|s| s.contains(want)) {
+            return s.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{state:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn upstream_added_columns_appear_and_old_views_keep_theirs() {
+    let pg = Postgres::start();
+    let up = pg.connect().await;
+    up.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, v int);
+         CREATE TABLE f (k int, v text);
+         ALTER TABLE f REPLICA IDENTITY FULL;
+         INSERT INTO a VALUES (1, 1), (2, 2); INSERT INTO f VALUES (1, 'one'), (1, 'one'), (2, 'two');
+         CREATE PUBLICATION p FOR ALL TABLES;",
+    )
+    .await
+    .unwrap();
+    let dir = state_dir();
+    let state = dir.path().to_str().unwrap().to_string();
+    let mut server = Server::on_state(&state, 2, &[]);
+    let c = server.connect().await;
+    exec(
+        &c,
+        &format!(
+            "CREATE SECRET pw AS 'postgres'; {};
+             CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR ALL TABLES;
+             CREATE MATERIALIZED VIEW old_a AS SELECT * FROM a;
+             CREATE VIEW old_f AS SELECT * FROM f;
+             CREATE MATERIALIZED VIEW sums AS SELECT sum(v) AS s, count(*) AS n FROM a",
+            connection_sql("pg", pg.port, "postgres", "pw")
+        ),
+    )
+    .await;
+    converge(&c, &up, "SELECT * FROM a").await;
+    converge(&c, &up, "SELECT * FROM f").await;
+
+    // Columns added upstream: without a default (existing rows NULL), with
+    // a constant one (existing rows take it), under REPLICA IDENTITY FULL
+    // too; changes before and after in one stream.
+    up.batch_execute(
+        "INSERT INTO a VALUES (5, 5);
+         ALTER TABLE a ADD COLUMN note text;
+         ALTER TABLE a ADD COLUMN score int NOT NULL DEFAULT 7;
+         INSERT INTO a VALUES (3, 3, 'three', 9);
+         UPDATE a SET note = 'one' WHERE id = 1;
+         ALTER TABLE f ADD COLUMN extra int DEFAULT 5;
+         DELETE FROM f WHERE k = 2;
+         INSERT INTO f VALUES (9, 'nine', 10);
+         UPDATE f SET extra = 6 WHERE k = 1;",
+    )
+    .await
+    .unwrap();
+    converge(&c, &up, "SELECT * FROM a").await;
+    converge(&c, &up, "SELECT * FROM f").await;
+    // Views created before keep their columns and stay current.
+    converge(&c, &up, "SELECT id, v FROM a").await;
+    assert_eq!(
+        sorted(&c, "SELECT * FROM old_a").await,
+        upstream_rows(&up, "SELECT id, v FROM a").await
+    );
+    assert_eq!(
+        sorted(&c, "SELECT * FROM old_f").await,
+        upstream_rows(&up, "SELECT k, v FROM f").await
+    );
+    assert_eq!(
+        sorted(&c, "SELECT * FROM sums").await,
+        upstream_rows(&up, "SELECT sum(v) AS s, count(*) AS n FROM a").await
+    );
+    // A view created now sees the new columns; the catalog shows them.
+    exec(&c, "CREATE MATERIALIZED VIEW new_a AS SELECT * FROM a").await;
+    assert_eq!(
+        sorted(&c, "SELECT * FROM new_a").await,
+        upstream_rows(&up, "SELECT * FROM a").await
+    );
+    assert_eq!(
+        sorted(
+            &c,
+            "SELECT column_name || ' ' || data_type || ' ' || is_nullable FROM information_schema.columns WHERE table_name = 'a'"
+        )
+        .await,
+        vec!["id integer NO", "note text YES", "score integer NO", "v integer YES"]
+    );
+
+    // A crash, and changes while Weir is down: every version comes back
+    // and resumes exactly once.
+    drop(c);
+    server.kill();
+    up.batch_execute(
+        "UPDATE a SET score = 1, v = 20 WHERE id = 2; DELETE FROM a WHERE id = 3;
+         INSERT INTO f VALUES (10, 'ten', DEFAULT); DELETE FROM f WHERE k = 1;",
+    )
+    .await
+    .unwrap();
+    let server = Server::on_state(&state, 2, &[]);
+    let c = server.connect().await;
+    // A second column for f, in a transaction of its own: a third version.
+    up.batch_execute("ALTER TABLE f ADD COLUMN g text").await.unwrap();
+    up.batch_execute("INSERT INTO f VALUES (11, 'eleven', 1, 'g')")
+        .await
+        .unwrap();
+    converge(&c, &up, "SELECT * FROM a").await;
+    converge(&c, &up, "SELECT * FROM f").await;
+    for (view, upstream) in [
+        ("old_a", "SELECT id, v FROM a"),
+        ("old_f", "SELECT k, v FROM f"),
+        ("new_a", "SELECT * FROM a"),
+        ("sums", "SELECT sum(v) AS s, count(*) AS n FROM a"),
+    ] {
+        converge(&c, &up, upstream).await;
+        assert_eq!(
+            sorted(&c, &format!("SELECT * FROM {view}")).await,
+            upstream_rows(&up, upstream).await,
+            "{view}"
+        );
+    }
+
+    // A volatile default rewrote the table upstream: the old rows' values
+    // are not in the stream, so the source stops, naming the column, and
+    // keeps what it has.
+    up.batch_execute(
+        "ALTER TABLE a ADD COLUMN at timestamptz DEFAULT clock_timestamp();
+         INSERT INTO a (id, v) VALUES (30, 30);",
+    )
+    .await
+    .unwrap();
+    let stopped = source_state(&c, "s", "error").await;
+    assert!(
+        stopped.contains("\"at\"") && stopped.contains("volatile"),
+        "{stopped}"
+    );
+    assert_eq!(
+        sorted(&c, "SELECT * FROM old_a").await,
+        upstream_rows(&up, "SELECT id, v FROM a WHERE id <> 30").await
+    );
+
+    // Dropping the source drops every version of its tables.
+    exec(&c, "DROP SOURCE s CASCADE").await;
+    let (code, _, _) = error(&c, "SELECT * FROM a").await;
+    assert_eq!(code, "42P01");
+    assert_eq!(
+        upstream_rows(&up, "SELECT count(*) FROM pg_replication_slots").await,
+        vec!["0"]
+    );
+    // And nothing of them comes back after a restart.
+    drop(c);
+    drop(server);
+    let server = Server::on_state(&state, 2, &[]);
+    let c = server.connect().await;
+    assert_eq!(sorted(&c, "SHOW SOURCES").await, Vec::<String>::new());
+    exec(&c, "CREATE TABLE a (x int)").await;
 }
 
 #[tokio::test]

@@ -105,6 +105,14 @@ fn backslash_commands_describe_the_catalog() {
     }
     let roles = psql(&server, &["\\du"]);
     assert!(roles.contains(" weir      | Superuser"), "{roles}");
+    // Privileges: the owner's defaults, no column grants, no policies
+    // (PostgreSQL prints empty cells for all three).
+    let privileges = psql(&server, &["\\dp orders"]);
+    assert!(
+        privileges.contains(" public | orders | table |                   |                   | "),
+        "{privileges}"
+    );
+    assert!(psql(&server, &["\\z"]).contains(" big "));
 
     let expanded = psql(
         &server,

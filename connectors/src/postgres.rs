@@ -237,6 +237,12 @@ pub struct UpstreamColumn {
     /// The type's OID, to notice a column retyped upstream.
     pub type_oid: u32,
     pub not_null: bool,
+    /// For a column added after Weir first read the table: the value rows
+    /// written before it existed have (`None`: NULL), and the end LSN of
+    /// the transaction in whose changes it first appeared (0: there from
+    /// the start).
+    pub missing: Option<String>,
+    pub added_in: u64,
 }
 
 /// An upstream table a publication covers.
@@ -287,28 +293,7 @@ pub async fn describe(client: &Client, publication: &str) -> Result<Vec<Upstream
         let schema: String = row.get(1);
         let name: String = row.get(2);
         let identity: String = row.get(3);
-        let columns: Vec<(i16, UpstreamColumn)> = client
-            .query(
-                "SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atttypid
-                 FROM pg_catalog.pg_attribute a
-                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                &[&oid],
-            )
-            .await
-            .map_err(upstream)?
-            .into_iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    UpstreamColumn {
-                        name: r.get(1),
-                        type_name: r.get(2),
-                        not_null: r.get(3),
-                        type_oid: r.get(4),
-                    },
-                )
-            })
-            .collect();
+        let columns = table_columns(client, oid).await?;
         let key_query = match identity.as_str() {
             "d" => Some("indisprimary"),
             "i" => Some("indisreplident"),
@@ -349,6 +334,101 @@ pub async fn describe(client: &Client, publication: &str) -> Result<Vec<Upstream
     Ok(out)
 }
 
+/// Describe columns `names` of upstream table `oid`, added in the
+/// transaction ending at `added_in`, after Weir read the table. Rows that
+/// were there before keep no trace of the new column in the replication
+/// stream, so their value comes from the catalog: NULL
+/// when the column has no default, the stored "missing value" when it was
+/// added with a constant default. A default that is not stored that way
+/// (a volatile one rewrote the table, or it was set after the column was
+/// added) leaves the old rows' values unknowable from here: an error.
+pub async fn added_columns(
+    config: &PgConfig,
+    oid: u32,
+    names: &[String],
+    added_in: u64,
+) -> Result<Vec<UpstreamColumn>, PgError> {
+    let client = connect(config).await?;
+    let mut out = Vec::new();
+    for name in names {
+        let row = client
+            .query_opt(
+                "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atttypid,
+                        a.atthasdef, a.atthasmissing, a.attmissingval::text,
+                        (SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c
+                           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = a.attrelid)
+                 FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&oid, name],
+            )
+            .await
+            .map_err(upstream)?
+            .ok_or_else(|| {
+                PgError::Upstream(format!(
+                    "column \"{name}\" of the table with OID {oid} is gone again; drop and re-create the source"
+                ))
+            })?;
+        let type_name: String = row.get(0);
+        let (has_default, has_missing): (bool, bool) = (row.get(3), row.get(4));
+        let table: Option<String> = row.get(6);
+        let missing = if has_missing {
+            // The missing value is a one-element array of the column's type.
+            let array: String = row.get(5);
+            client
+                .query_one(&format!("SELECT ($1::text::{type_name}[])[1]::text"), &[&array])
+                .await
+                .map_err(upstream)?
+                .get(0)
+        } else if has_default {
+            return Err(PgError::Upstream(format!(
+                "column \"{name}\" was added to {} with a default whose value for the existing rows is not in the \
+                 replication stream (a volatile default, or one set after the column was added); drop and re-create the source",
+                table.unwrap_or_else(|| format!("the table with OID {oid}"))
+            )));
+        } else {
+            None
+        };
+        out.push(UpstreamColumn {
+            name: name.clone(),
+            type_name,
+            not_null: row.get(1),
+            type_oid: row.get(2),
+            missing,
+            added_in,
+        });
+    }
+    Ok(out)
+}
+
+/// Table `oid`'s columns, with their attribute numbers, as `client`'s
+/// snapshot sees them.
+async fn table_columns(client: &Client, oid: u32) -> Result<Vec<(i16, UpstreamColumn)>, PgError> {
+    Ok(client
+        .query(
+            "SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atttypid
+             FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(upstream)?
+        .into_iter()
+        .map(|r| {
+            (
+                r.get(0),
+                UpstreamColumn {
+                    name: r.get(1),
+                    type_name: r.get(2),
+                    not_null: r.get(3),
+                    type_oid: r.get(4),
+                    missing: None,
+                    added_in: 0,
+                },
+            )
+        })
+        .collect())
+}
+
 /// A change read from the replication stream.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -378,9 +458,12 @@ pub struct Transaction {
     pub changes: Vec<Change>,
 }
 
-/// A table's rows at the slot's consistent point, as `COPY` text.
+/// The tables at the slot's consistent point: each one's columns then (it
+/// may have gained some since the source was created) and its rows in all
+/// of them, as `COPY` text.
 pub struct SnapshotData {
     pub lsn: u64,
+    pub columns: Vec<Vec<UpstreamColumn>>,
     pub tables: Vec<bytes::Bytes>,
 }
 
@@ -462,6 +545,16 @@ pub async fn open_stream(
                 ))
                 .await
                 .map_err(upstream)?;
+            let mut columns = Vec::new();
+            for t in tables {
+                columns.push(
+                    table_columns(&reader, t.oid)
+                        .await?
+                        .into_iter()
+                        .map(|(_, c)| c)
+                        .collect::<Vec<_>>(),
+                );
+            }
             // Exact row counts at the snapshot, so progress has a total.
             let mut total = 0u64;
             for t in tables {
@@ -482,8 +575,8 @@ pub async fn open_stream(
             progress(0, total);
             let mut done = 0u64;
             let mut data = Vec::new();
-            for t in tables {
-                let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+            for (t, columns) in tables.iter().zip(&columns) {
+                let cols: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
                 let sql = format!(
                     "COPY (SELECT {} FROM {}.{}) TO STDOUT",
                     cols.join(", "),
@@ -509,6 +602,7 @@ pub async fn open_stream(
             reader.batch_execute("COMMIT").await.map_err(upstream)?;
             Some(SnapshotData {
                 lsn: lsn.0,
+                columns,
                 tables: data,
             })
         }

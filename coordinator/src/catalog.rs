@@ -89,6 +89,10 @@ struct State {
     next_id: GlobalId,
     entries: BTreeMap<String, Entry>,
     objects: BTreeMap<String, Object>,
+    /// Earlier versions of source tables that gained columns upstream, by
+    /// id: views created before still read them, so they stay fed, but no
+    /// name reaches them any more.
+    retired: BTreeMap<GlobalId, Entry>,
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +145,41 @@ impl Catalog {
 
     pub fn remove(&self, name: &str) -> Option<Entry> {
         self.state.write().expect("catalog lock").entries.remove(name)
+    }
+
+    /// Remove `entry`, by name or as a retired version.
+    pub fn remove_entry(&self, entry: &Entry) {
+        let mut s = self.state.write().expect("catalog lock");
+        if s.retired.remove(&entry.id).is_none()
+            && s.entries.get(&entry.name).is_some_and(|e| e.id == entry.id)
+        {
+            s.entries.remove(&entry.name);
+        }
+    }
+
+    /// Make table `name` a retired version (its name is about to name the
+    /// table's next version).
+    pub fn retire(&self, name: &str) -> Option<Entry> {
+        let mut s = self.state.write().expect("catalog lock");
+        let entry = s.entries.remove(name)?;
+        s.retired.insert(entry.id, entry.clone());
+        Some(entry)
+    }
+
+    /// Retired table version `id`.
+    pub fn retired(&self, id: GlobalId) -> Option<Entry> {
+        self.state.read().expect("catalog lock").retired.get(&id).cloned()
+    }
+
+    /// Every table holding rows: the named ones and the retired versions.
+    pub fn all_tables(&self) -> Vec<Entry> {
+        let s = self.state.read().expect("catalog lock");
+        s.entries
+            .values()
+            .filter(|e| e.kind == RelationKind::Table)
+            .chain(s.retired.values())
+            .cloned()
+            .collect()
     }
 
     /// The sources, locked (briefly: nothing awaits under this lock).

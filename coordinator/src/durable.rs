@@ -32,6 +32,9 @@ enum Request {
         updates: Vec<TableUpdate>,
         /// A source's new resume position, durable with the updates.
         position: Option<(u64, u64)>,
+        /// Catalog changes durable with the updates (and the next id).
+        catalog: Vec<CatalogOp>,
+        next_id: u64,
         done: Reply<Timestamp>,
     },
     Catalog {
@@ -100,10 +103,33 @@ impl Durable {
     /// Like [`Durable::write`], recording source `position.0`'s resume
     /// position `position.1` in the same step.
     pub fn write_at_position(&self, updates: Vec<TableUpdate>, position: Option<(u64, u64)>) -> PendingWrite {
+        self.send_write(updates, position, Vec::new(), 0)
+    }
+
+    /// Like [`Durable::write`], with catalog changes `ops` in the same
+    /// step: a table created together with its first rows.
+    pub fn write_with_catalog(
+        &self,
+        updates: Vec<TableUpdate>,
+        ops: Vec<CatalogOp>,
+        next_id: u64,
+    ) -> PendingWrite {
+        self.send_write(updates, None, ops, next_id)
+    }
+
+    fn send_write(
+        &self,
+        updates: Vec<TableUpdate>,
+        position: Option<(u64, u64)>,
+        catalog: Vec<CatalogOp>,
+        next_id: u64,
+    ) -> PendingWrite {
         let (done, rx) = oneshot::channel();
         let _ = self.tx.send(Request::Write {
             updates,
             position,
+            catalog,
+            next_id,
             done,
         });
         PendingWrite(rx)
@@ -167,9 +193,13 @@ async fn run(
                 Request::Write {
                     updates,
                     position,
+                    catalog,
+                    next_id,
                     done,
                 } => {
                     commit.positions.extend(position);
+                    commit.catalog.extend(catalog);
+                    commit.next_id = commit.next_id.max(next_id);
                     for u in &updates {
                         appends
                             .entry(u.table)

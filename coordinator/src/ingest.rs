@@ -41,6 +41,52 @@ pub struct Feed {
     pub table: GlobalId,
     pub name: String,
     pub schema: SchemaRef,
+    /// The table's earlier versions, from before columns were added
+    /// upstream: each gets the first columns of every change.
+    pub retired: Vec<(GlobalId, SchemaRef)>,
+}
+
+impl Feed {
+    /// `batch` (in this feed's columns) as updates of the table and, in
+    /// their first columns, of its earlier versions.
+    fn updates(
+        &self,
+        batch: arrow::array::RecordBatch,
+        diff: i64,
+        out: &mut Vec<TableUpdate>,
+    ) -> Result<(), String> {
+        for (version, schema) in &self.retired {
+            let columns = batch.columns()[..schema.fields().len()].to_vec();
+            let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns)
+                .map_err(|e| format!("a change to {}: {e}", self.upstream.qualified()))?;
+            out.push(TableUpdate {
+                table: *version,
+                batch,
+                diff,
+            });
+        }
+        out.push(TableUpdate {
+            table: self.table,
+            batch,
+            diff,
+        });
+        Ok(())
+    }
+
+    /// A change's values as text, `None` for NULL (and for unchanged
+    /// TOAST, which the caller completes from the old row); a change from
+    /// before columns were added gets their value in older rows.
+    fn values<'a>(&'a self, values: &'a [Value]) -> Vec<Option<&'a str>> {
+        let mut out = text(values);
+        out.extend(
+            self.upstream
+                .columns
+                .iter()
+                .skip(values.len())
+                .map(|c| c.missing.as_deref()),
+        );
+        out
+    }
 }
 
 /// What `SHOW SOURCES` and `weir_catalog.sources` report.
@@ -97,6 +143,9 @@ pub struct Source {
 pub enum SourceKind {
     /// A PostgreSQL publication, read through replication slot `slot`.
     Postgres {
+        /// The `CREATE SOURCE` statement (its catalog item is rewritten
+        /// when a table gets a new version).
+        sql: String,
         connection: String,
         publication: String,
         slot: String,
@@ -230,6 +279,19 @@ impl Rows {
         self.add(&fields.iter().map(|f| f.as_deref()).collect::<Vec<_>>());
     }
 
+    /// Give every row the values `extra` in columns added at the end.
+    fn widen(&mut self, extra: &[Option<&str>]) {
+        let old = std::mem::take(&mut self.by_key);
+        self.columns += extra.len();
+        for (_, (row, n)) in old {
+            let mut values = row.values();
+            values.extend(extra);
+            // Under REPLICA IDENTITY FULL the key is the whole row.
+            let key = self.key_of(&values);
+            self.by_key.insert(key, (Packed::row(self.columns, &values), n));
+        }
+    }
+
     fn take(&mut self, key: &Packed) -> Option<Packed> {
         let (row, n) = self.by_key.get_mut(key)?;
         *n -= 1;
@@ -252,21 +314,26 @@ fn text(values: &[Value]) -> Vec<Option<&str>> {
         .collect()
 }
 
-/// Start the task feeding `feeds` from the slot `slot`, after `position`
+/// What a running PostgreSQL source needs besides its tables.
+pub struct Ingest {
+    pub id: GlobalId,
+    pub name: String,
+    pub config: PgConfig,
+    pub slot: String,
+    pub publication: String,
+    pub durable: Durable,
+    pub status: Arc<Mutex<Status>>,
+    pub widener: Widener,
+}
+
+/// Start the task feeding `feeds` from the source's slot, after `position`
 /// (none: take the snapshot first). `current` holds each table's rows as
 /// `COPY` text lines, after a restart.
-#[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    id: GlobalId,
-    name: String,
-    config: PgConfig,
-    slot: String,
-    publication: String,
-    feeds: Vec<Feed>,
+    task: Ingest,
+    mut feeds: Vec<Feed>,
     position: Option<u64>,
     current: HashMap<GlobalId, Vec<String>>,
-    durable: Durable,
-    status: Arc<Mutex<Status>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut rows: Vec<Rows> = feeds
@@ -281,21 +348,11 @@ pub fn spawn(
             .collect();
         let mut position = position;
         loop {
-            let run = run(
-                id,
-                &config,
-                &slot,
-                &publication,
-                &feeds,
-                &mut position,
-                &mut rows,
-                &durable,
-                &status,
-            )
-            .await;
-            let Err(e) = run else { return };
-            warn!(source = name, error = %e, "source stopped; retrying in 1 s");
-            status.lock().expect("status lock").state = format!("error: {e}");
+            let Err(e) = run(&task, &mut feeds, &mut position, &mut rows).await else {
+                return;
+            };
+            warn!(source = task.name, error = %e, "source stopped; retrying in 1 s");
+            task.status.lock().expect("status lock").state = format!("error: {e}");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     })
@@ -305,18 +362,23 @@ pub(crate) fn set(status: &Mutex<Status>, f: impl FnOnce(&mut Status)) {
     f(&mut status.lock().expect("status lock"));
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run(
-    id: GlobalId,
-    config: &PgConfig,
-    slot: &str,
-    publication: &str,
-    feeds: &[Feed],
+    task: &Ingest,
+    feeds: &mut [Feed],
     position: &mut Option<u64>,
     rows: &mut [Rows],
-    durable: &Durable,
-    status: &Mutex<Status>,
 ) -> Result<(), String> {
+    let Ingest {
+        id,
+        name,
+        config,
+        slot,
+        publication,
+        durable,
+        status,
+        ..
+    } = task;
+    let id = *id;
     let upstream: Vec<UpstreamTable> = feeds.iter().map(|f| f.upstream.clone()).collect();
     set(status, |s| {
         s.state = if position.is_none() {
@@ -342,6 +404,16 @@ async fn run(
             .await
             .map_err(|e| e.to_string())?;
     if let Some(snapshot) = snapshot {
+        // Columns added upstream since the source was created (and before
+        // the snapshot): the table's next version holds them.
+        for (i, now) in snapshot.columns.iter().enumerate() {
+            let theirs: Vec<(&str, u32)> = now.iter().map(|c| (c.name.as_str(), c.type_oid)).collect();
+            check_columns(&feeds[i], &theirs, snapshot.lsn)?;
+            if now.len() > feeds[i].upstream.columns.len() {
+                let added = now[feeds[i].upstream.columns.len()..].to_vec();
+                new_version(task, feeds, rows, i, added).await?;
+            }
+        }
         let mut updates = Vec::new();
         let mut total = 0u64;
         for ((feed, data), table_rows) in feeds.iter().zip(&snapshot.tables).zip(rows.iter_mut()) {
@@ -352,11 +424,7 @@ async fn run(
             }
             total += batch.num_rows() as u64;
             info!(table = feed.name, rows = batch.num_rows(), "snapshot read");
-            updates.push(TableUpdate {
-                table: feed.table,
-                batch,
-                diff: 1,
-            });
+            feed.updates(batch, 1, &mut updates)?;
         }
         durable
             .write_at_position(updates, Some((id, snapshot.lsn)))
@@ -418,7 +486,6 @@ async fn run(
             }
         }
         let end_lsn = txns.last().map(|t| t.end_lsn).unwrap_or_default();
-        let committed_at = txns.last().map(|t| t.commit_time_micros).unwrap_or_default();
         let upstream_lsn = stream.server_lsn();
         set(status, |s| {
             s.lsn_received = end_lsn;
@@ -430,120 +497,290 @@ async fn run(
         if txns.is_empty() {
             continue;
         }
-        // Per table, the rows this batch deletes and inserts.
-        let mut inserts: Vec<Option<TextColumns>> = feeds.iter().map(|_| None).collect();
-        let mut deletes: Vec<Option<TextColumns>> = feeds.iter().map(|_| None).collect();
-        let columns = |t: usize| feeds[t].upstream.columns.len();
-        // The publication may cover more tables than the source takes:
-        // changes to those are not this source's business.
-        let table = |relations: &HashMap<u32, usize>, oid: u32| relations.get(&oid).copied();
-        for change in txns.iter().flat_map(|t| &t.changes) {
-            match change {
-                Change::Relation(r) => {
-                    let Some(i) = feeds
-                        .iter()
-                        .position(|f| f.upstream.schema == r.namespace && f.upstream.name == r.name)
-                    else {
-                        continue;
-                    };
-                    check_relation(&feeds[i], r)?;
-                    relations.insert(r.oid, i);
+        // Per table, the rows this batch deletes and inserts. A table that
+        // gained columns upstream gets its next version just before the
+        // transaction that first shows them (what came before is handed
+        // over first); that transaction's changes from before the columns
+        // existed get the value the new columns have in older rows.
+        let mut changes = Changes::new(feeds.len());
+        let mut last: Option<&weir_connectors::postgres::Transaction> = None;
+        for txn in &txns {
+            let widened = widenings(feeds, txn)?;
+            if !widened.is_empty() {
+                if let Some(done) = last.take() {
+                    let updates = changes.finish(feeds)?;
+                    hand_over(updates, done, id, durable, &mut inflight, position);
+                    changes = Changes::new(feeds.len());
                 }
-                Change::Insert { relation, new } => {
-                    let Some(t) = table(&relations, *relation) else {
-                        continue;
-                    };
-                    let fields = text(new);
-                    rows[t].add(&fields);
-                    batch(&mut inserts, t, columns(t)).push_row(fields);
-                }
-                Change::Update { relation, old, new } => {
-                    let Some(t) = table(&relations, *relation) else {
-                        continue;
-                    };
-                    let new_fields = text(new);
-                    let old_key = match old {
-                        Some(o) => rows[t].key_of(&text(o)),
-                        None => rows[t].key_of(&new_fields),
-                    };
-                    let old_row = rows[t].take(&old_key).ok_or_else(|| {
-                        format!(
-                            "an update of a row of {} that Weir does not have",
-                            feeds[t].upstream.qualified()
-                        )
-                    })?;
-                    let old_fields = old_row.values();
-                    // Unchanged TOASTed values keep the old row's value.
-                    let merged: Vec<Option<&str>> = (0..columns(t))
-                        .map(|i| match new.get(i) {
-                            Some(Value::Unchanged) => old_fields.get(i).copied().flatten(),
-                            _ => new_fields.get(i).copied().flatten(),
-                        })
-                        .collect();
-                    rows[t].add(&merged);
-                    batch(&mut deletes, t, columns(t)).push_row(old_fields);
-                    batch(&mut inserts, t, columns(t)).push_row(merged);
-                }
-                Change::Delete { relation, old } => {
-                    let Some(t) = table(&relations, *relation) else {
-                        continue;
-                    };
-                    let key = rows[t].key_of(&text(old));
-                    let row = rows[t].take(&key).ok_or_else(|| {
-                        format!(
-                            "a delete of a row of {} that Weir does not have",
-                            feeds[t].upstream.qualified()
-                        )
-                    })?;
-                    batch(&mut deletes, t, columns(t)).push_row(row.values());
-                }
-                Change::Truncate(oids) => {
-                    for oid in oids {
-                        let Some(t) = table(&relations, *oid) else {
-                            continue;
-                        };
-                        let out = batch(&mut deletes, t, columns(t));
-                        for (_, (row, n)) in std::mem::take(&mut rows[t].by_key) {
-                            for _ in 0..n {
-                                out.push_row(row.values());
-                            }
-                        }
-                    }
+                for (i, relation) in widened {
+                    widen(task, feeds, rows, i, &relation, txn.end_lsn).await?;
+                    info!(
+                        source = name,
+                        table = feeds[i].name,
+                        "upstream columns added: table has a new version"
+                    );
                 }
             }
+            for change in &txn.changes {
+                apply(change, txn.end_lsn, feeds, rows, &mut relations, &mut changes)?;
+            }
+            last = Some(txn);
         }
+        if let Some(done) = last {
+            let updates = changes.finish(feeds)?;
+            hand_over(updates, done, id, durable, &mut inflight, position);
+        }
+    }
+}
+
+/// Hand a batch of table updates, ending with transaction `done`, to the
+/// committer, to become durable with the position after it.
+fn hand_over(
+    (updates, changed): (Vec<TableUpdate>, u64),
+    done: &weir_connectors::postgres::Transaction,
+    id: GlobalId,
+    durable: &Durable,
+    inflight: &mut VecDeque<InFlight>,
+    position: &mut Option<u64>,
+) {
+    inflight.push_back(InFlight {
+        write: durable.write_at_position(updates, Some((id, done.end_lsn))),
+        end_lsn: done.end_lsn,
+        committed_at: done.commit_time_micros,
+        changed,
+    });
+    // Later retries resume after what was handed over: it becomes
+    // durable unless the server stops (and then restarts from what is).
+    *position = Some(done.end_lsn);
+}
+
+/// Per table, the rows a batch of transactions deletes and inserts.
+struct Changes {
+    inserts: Vec<Option<TextColumns>>,
+    deletes: Vec<Option<TextColumns>>,
+}
+
+impl Changes {
+    fn new(tables: usize) -> Changes {
+        Changes {
+            inserts: (0..tables).map(|_| None).collect(),
+            deletes: (0..tables).map(|_| None).collect(),
+        }
+    }
+
+    /// Table `t`'s inserts (`insert`) or deletes, started on first use.
+    fn side(&mut self, t: usize, insert: bool, columns: usize) -> &mut TextColumns {
+        let side = if insert {
+            &mut self.inserts
+        } else {
+            &mut self.deletes
+        };
+        side[t].get_or_insert_with(|| TextColumns::new(columns))
+    }
+
+    /// The changes as table updates (a table's earlier versions get its
+    /// first columns), and how many rows they change.
+    fn finish(mut self, feeds: &[Feed]) -> Result<(Vec<TableUpdate>, u64), String> {
         let mut updates = Vec::new();
         let mut changed = 0u64;
         for (t, feed) in feeds.iter().enumerate() {
-            for (rows, diff) in [(deletes[t].take(), -1), (inserts[t].take(), 1)] {
+            for (rows, diff) in [(self.deletes[t].take(), -1), (self.inserts[t].take(), 1)] {
                 let Some(rows) = rows else { continue };
                 let batch = rows
                     .finish(&feed.schema)
                     .map_err(|e| format!("a change to {}: {e}", feed.upstream.qualified()))?;
                 changed += batch.num_rows() as u64;
-                updates.push(TableUpdate {
-                    table: feed.table,
-                    batch,
-                    diff,
-                });
+                feed.updates(batch, diff, &mut updates)?;
             }
         }
-        inflight.push_back(InFlight {
-            write: durable.write_at_position(updates, Some((id, end_lsn))),
-            end_lsn,
-            committed_at,
-            changed,
-        });
-        // Later retries resume after what was handed over: it becomes
-        // durable unless the server stops (and then restarts from what is).
-        *position = Some(end_lsn);
+        Ok((updates, changed))
     }
 }
 
-/// Table `t`'s rows on one side of a batch, started on first use.
-fn batch(side: &mut [Option<TextColumns>], t: usize, columns: usize) -> &mut TextColumns {
-    side[t].get_or_insert_with(|| TextColumns::new(columns))
+/// Apply one upstream change, of the transaction ending at `end_lsn`, to
+/// the tables' current rows and the batch.
+fn apply(
+    change: &Change,
+    end_lsn: u64,
+    feeds: &[Feed],
+    rows: &mut [Rows],
+    relations: &mut HashMap<u32, usize>,
+    out: &mut Changes,
+) -> Result<(), String> {
+    let columns = |t: usize| feeds[t].upstream.columns.len();
+    // The publication may cover more tables than the source takes:
+    // changes to those are not this source's business.
+    let table = |relations: &HashMap<u32, usize>, oid: u32| relations.get(&oid).copied();
+    match change {
+        Change::Relation(r) => {
+            if let Some(i) = feed_of(feeds, r) {
+                check_relation(&feeds[i], r, end_lsn)?;
+                relations.insert(r.oid, i);
+            }
+        }
+        Change::Insert { relation, new } => {
+            let Some(t) = table(relations, *relation) else {
+                return Ok(());
+            };
+            let fields = feeds[t].values(new);
+            rows[t].add(&fields);
+            out.side(t, true, columns(t)).push_row(fields);
+        }
+        Change::Update { relation, old, new } => {
+            let Some(t) = table(relations, *relation) else {
+                return Ok(());
+            };
+            let new_fields = feeds[t].values(new);
+            let old_key = match old {
+                Some(o) => rows[t].key_of(&feeds[t].values(o)),
+                None => rows[t].key_of(&new_fields),
+            };
+            let old_row = rows[t].take(&old_key).ok_or_else(|| {
+                format!(
+                    "an update of a row of {} that Weir does not have",
+                    feeds[t].upstream.qualified()
+                )
+            })?;
+            let old_fields = old_row.values();
+            // Unchanged TOASTed values keep the old row's value.
+            let merged: Vec<Option<&str>> = (0..columns(t))
+                .map(|i| match new.get(i) {
+                    Some(Value::Unchanged) => old_fields.get(i).copied().flatten(),
+                    _ => new_fields.get(i).copied().flatten(),
+                })
+                .collect();
+            rows[t].add(&merged);
+            out.side(t, false, columns(t)).push_row(old_fields);
+            out.side(t, true, columns(t)).push_row(merged);
+        }
+        Change::Delete { relation, old } => {
+            let Some(t) = table(relations, *relation) else {
+                return Ok(());
+            };
+            let key = rows[t].key_of(&feeds[t].values(old));
+            let row = rows[t].take(&key).ok_or_else(|| {
+                format!(
+                    "a delete of a row of {} that Weir does not have",
+                    feeds[t].upstream.qualified()
+                )
+            })?;
+            out.side(t, false, columns(t)).push_row(row.values());
+        }
+        Change::Truncate(oids) => {
+            for oid in oids {
+                let Some(t) = table(relations, *oid) else {
+                    continue;
+                };
+                let side = out.side(t, false, columns(t));
+                for (_, (row, n)) in std::mem::take(&mut rows[t].by_key) {
+                    for _ in 0..n {
+                        side.push_row(row.values());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
+
+/// The feed an upstream relation description is about, if any.
+fn feed_of(feeds: &[Feed], r: &weir_connectors::pgoutput::Relation) -> Option<usize> {
+    feeds
+        .iter()
+        .position(|f| f.upstream.schema == r.namespace && f.upstream.name == r.name)
+}
+
+/// The tables `txn` describes with columns added at the end, each with
+/// its widest description.
+fn widenings(
+    feeds: &[Feed],
+    txn: &weir_connectors::postgres::Transaction,
+) -> Result<Vec<(usize, weir_connectors::pgoutput::Relation)>, String> {
+    let mut out: Vec<(usize, weir_connectors::pgoutput::Relation)> = Vec::new();
+    for change in &txn.changes {
+        if let Change::Relation(r) = change
+            && let Some(i) = feed_of(feeds, r)
+        {
+            check_relation(&feeds[i], r, txn.end_lsn)?;
+            if r.columns.len() > feeds[i].upstream.columns.len() {
+                out.retain(|(j, _)| *j != i);
+                out.push((i, r.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Give feed `i`'s table its next version, with the columns `relation`
+/// adds: the coordinator creates it holding the current rows (the added
+/// columns at the value upstream gives existing rows) in one durable
+/// step; earlier versions stay fed for the views that read them.
+async fn widen(
+    task: &Ingest,
+    feeds: &mut [Feed],
+    rows: &mut [Rows],
+    i: usize,
+    relation: &weir_connectors::pgoutput::Relation,
+    end_lsn: u64,
+) -> Result<(), String> {
+    let names: Vec<String> = relation.columns[feeds[i].upstream.columns.len()..]
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let added = weir_connectors::postgres::added_columns(&task.config, relation.oid, &names, end_lsn)
+        .await
+        .map_err(|e| e.to_string())?;
+    new_version(task, feeds, rows, i, added).await
+}
+
+/// Ask the coordinator for feed `i`'s table's next version, with columns
+/// `added` (see [`widen`]).
+async fn new_version(
+    task: &Ingest,
+    feeds: &mut [Feed],
+    rows: &mut [Rows],
+    i: usize,
+    added: Vec<weir_connectors::postgres::UpstreamColumn>,
+) -> Result<(), String> {
+    let mut upstream = feeds[i].upstream.clone();
+    upstream.columns.extend(added.iter().cloned());
+    let extra: Vec<Option<&str>> = added.iter().map(|c| c.missing.as_deref()).collect();
+    let mut current = TextColumns::new(upstream.columns.len());
+    for (row, n) in rows[i].by_key.values() {
+        let mut values = row.values();
+        values.extend(&extra);
+        for _ in 0..*n {
+            current.push_row(values.iter().copied());
+        }
+    }
+    let (done, reply) = tokio::sync::oneshot::channel();
+    task.widener
+        .send(Widen {
+            source: task.name.clone(),
+            feed: i,
+            upstream,
+            rows: current,
+            done,
+        })
+        .map_err(|_| "the server is stopping".to_string())?;
+    feeds[i] = reply.await.map_err(|_| "the server is stopping".to_string())??;
+    rows[i].widen(&extra);
+    Ok(())
+}
+
+/// A request to the coordinator: give source `source`'s table of feed
+/// `feed` its next version, described upstream as `upstream`, holding
+/// `rows`; answered with the feed of the new version.
+pub struct Widen {
+    pub source: String,
+    pub feed: usize,
+    pub upstream: UpstreamTable,
+    pub rows: TextColumns,
+    pub done: tokio::sync::oneshot::Sender<Result<Feed, String>>,
+}
+
+/// Where ingestion sends [`Widen`] requests.
+pub type Widener = tokio::sync::mpsc::UnboundedSender<Widen>;
 
 /// Batches a source may have handed to the committer and not yet seen
 /// durable.
@@ -574,10 +811,25 @@ fn settle(
 
 /// An upstream table's new description still fits the source: every
 /// column the source takes is there, in place, with its type (columns
-/// added at the end are ignored).
-fn check_relation(feed: &Feed, r: &weir_connectors::pgoutput::Relation) -> Result<(), String> {
-    let expected: Vec<&str> = feed.upstream.columns.iter().map(|c| c.name.as_str()).collect();
-    let got: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
+/// added at the end make the table's next version). A description of the
+/// transaction ending at `end_lsn` may lack columns added in that
+/// transaction or later: it comes from before they existed.
+fn check_relation(feed: &Feed, r: &weir_connectors::pgoutput::Relation, end_lsn: u64) -> Result<(), String> {
+    let got: Vec<(&str, u32)> = r.columns.iter().map(|c| (c.name.as_str(), c.type_oid)).collect();
+    check_columns(feed, &got, end_lsn)
+}
+
+/// [`check_relation`] for columns given by name and type.
+fn check_columns(feed: &Feed, theirs: &[(&str, u32)], end_lsn: u64) -> Result<(), String> {
+    let columns = &feed.upstream.columns;
+    let before_added =
+        theirs.len() < columns.len() && columns[theirs.len()..].iter().all(|c| c.added_in >= end_lsn);
+    let expected: Vec<&str> = columns
+        .iter()
+        .take(if before_added { theirs.len() } else { columns.len() })
+        .map(|c| c.name.as_str())
+        .collect();
+    let got: Vec<&str> = theirs.iter().map(|(name, _)| *name).collect();
     if !got.starts_with(&expected) {
         let missing = expected.iter().find(|c| !got.contains(c)).unwrap_or(&"?");
         return Err(format!(
@@ -589,8 +841,8 @@ fn check_relation(feed: &Feed, r: &weir_connectors::pgoutput::Relation) -> Resul
         .upstream
         .columns
         .iter()
-        .zip(&r.columns)
-        .find(|(mine, theirs)| mine.type_oid != 0 && mine.type_oid != theirs.type_oid)
+        .zip(theirs)
+        .find(|(mine, (_, oid))| mine.type_oid != 0 && mine.type_oid != *oid)
     {
         return Err(format!(
             "upstream table {} changed: column \"{}\" changed type; drop and re-create the source",

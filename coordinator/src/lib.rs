@@ -57,6 +57,7 @@ pub async fn restore(
     info!(items, shards = tables, "catalog and tables restored");
     let (fatal_tx, fatal) = watch::channel(None);
     coord.set_durable(durable::Durable::start(persist, controller, fatal_tx));
+    coord.serve_widening();
     coord.record_views(replayed.outputs)?;
     for (name, position, current) in replayed.sources {
         coord.start_source(&name, position, current)?;

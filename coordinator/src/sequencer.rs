@@ -88,6 +88,10 @@ pub struct Coordinator {
     durable: OnceLock<Durable>,
     /// The task recording each materialized view's output in its shard.
     recorders: std::sync::Mutex<HashMap<GlobalId, tokio::task::JoinHandle<()>>>,
+    /// Where PostgreSQL sources ask for a table's next version, and (until
+    /// [`Coordinator::serve_widening`] takes it) where those requests wait.
+    pub(crate) widener: crate::ingest::Widener,
+    widen_requests: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::ingest::Widen>>>,
 }
 
 /// What replaying the durable state leaves to start once writes are
@@ -128,7 +132,10 @@ impl Coordinator {
     pub fn new(controller: Arc<Controller>) -> Self {
         let catalog = Arc::new(Catalog::default());
         let planner = Planner::new(catalog.clone());
+        let (widener, widen_requests) = tokio::sync::mpsc::unbounded_channel();
         Coordinator {
+            widener,
+            widen_requests: std::sync::Mutex::new(Some(widen_requests)),
             catalog,
             planner,
             controller,
@@ -166,16 +173,38 @@ impl Coordinator {
                 | weir_sql::source_sql::SourceStatement::CreateFileSource { name, .. },
             ) = &statement.statement
             {
-                sources.push((item.id, name.clone(), item.detail.clone().unwrap_or_default()));
+                sources.push((
+                    item.id,
+                    name.clone(),
+                    item.sql.clone(),
+                    item.detail.clone().unwrap_or_default(),
+                ));
                 continue;
+            }
+            // A source table's next version (it gained columns upstream)
+            // takes over the name; views replayed so far keep reading the
+            // version they were created on.
+            if let Some(retired) = replaced_table(item.detail.as_deref()) {
+                let Some(name) = self
+                    .catalog
+                    .entries()
+                    .into_iter()
+                    .find(|e| e.id == retired)
+                    .map(|e| e.name)
+                else {
+                    return Err(failed(format!(
+                        "the table version {retired} it replaces is missing"
+                    )));
+                };
+                self.catalog.retire(&name);
             }
             self.execute(statement, &[])
                 .await
                 .map_err(|e| failed(e.to_string()))?;
         }
         let mut starts = Vec::new();
-        for (id, name, detail) in sources {
-            let source = crate::sources::source_from_detail(id, &name, &detail, &self.catalog)
+        for (id, name, sql, detail) in sources {
+            let source = crate::sources::source_from_detail(id, &name, &sql, &detail, &self.catalog)
                 .map_err(|e| AdapterError::StateStore(format!("cannot restore source {name}: {e}")))?;
             // A PostgreSQL source keeps its tables' current rows (to
             // complete key-only updates), a file source its progress; a
@@ -201,10 +230,7 @@ impl Coordinator {
         }
         let mut writes = self.writes.lock().await;
         let mut updates = Vec::new();
-        for entry in self.catalog.entries() {
-            if entry.kind != RelationKind::Table {
-                continue;
-            }
+        for entry in self.catalog.all_tables() {
             let Some(Some(rows)) = restored.shards.remove(&entry.id) else {
                 continue;
             };
@@ -256,6 +282,32 @@ impl Coordinator {
         })
     }
 
+    /// Answer the sources' requests for new table versions (see
+    /// [`crate::ingest::Widen`]) for as long as the coordinator lives.
+    pub fn serve_widening(self: &Arc<Self>) {
+        let Some(mut requests) = self.widen_requests.lock().expect("widen lock").take() else {
+            return;
+        };
+        let coord = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(request) = requests.recv().await {
+                let Some(coord) = coord.upgrade() else { return };
+                let crate::ingest::Widen {
+                    source,
+                    feed,
+                    upstream,
+                    rows,
+                    done,
+                } = request;
+                let result = coord
+                    .add_table_version(&source, feed, upstream, rows)
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = done.send(result);
+            }
+        });
+    }
+
     /// The committer, once replay is over.
     pub(crate) fn durable(&self) -> Option<Durable> {
         self.durable.get().cloned()
@@ -265,7 +317,7 @@ impl Coordinator {
     pub(crate) async fn remove_entries(&self, doomed: Vec<Entry>) {
         for e in doomed {
             self.stop_recording(e.id);
-            self.catalog.remove(&e.name);
+            self.catalog.remove_entry(&e);
             if e.kind != RelationKind::View {
                 self.controller.send(weir_protocol::Command::Drop { id: e.id });
             }
@@ -697,6 +749,12 @@ impl Coordinator {
     /// Create the input of table `entry` on the workers and enter it in
     /// the catalog (its catalog item already durable).
     pub(crate) async fn install_table(&self, entry: Entry) {
+        self.create_table_input(&entry).await;
+        self.catalog.insert(entry);
+    }
+
+    /// Create the input of table `entry` on the workers.
+    pub(crate) async fn create_table_input(&self, entry: &Entry) {
         self.controller.send(weir_protocol::Command::CreateTable {
             id: entry.id,
             name: entry.name.clone(),
@@ -710,7 +768,6 @@ impl Coordinator {
                 writes.insert((entry.id, c), HashSet::new());
             }
         }
-        self.catalog.insert(entry);
     }
 
     async fn create_view(&self, cv: &ast::CreateView, sql: &str) -> Result<ExecuteResult> {
@@ -1383,6 +1440,23 @@ pub(crate) fn table_item(entry: &Entry) -> weir_persist::CatalogOp {
         shard: true,
         detail: None,
     })
+}
+
+/// The catalog item of `entry`, a source table's next version replacing
+/// table version `replaces`.
+pub(crate) fn table_version_item(entry: &Entry, replaces: GlobalId) -> weir_persist::CatalogOp {
+    weir_persist::CatalogOp::Create(weir_persist::CatalogItem {
+        id: entry.id,
+        sql: entry.create_sql.clone(),
+        shard: true,
+        detail: Some(serde_json::json!({ "replaces": replaces }).to_string()),
+    })
+}
+
+/// The table version a table's catalog item replaces, if any.
+fn replaced_table(detail: Option<&str>) -> Option<GlobalId> {
+    let v: serde_json::Value = serde_json::from_str(detail?).ok()?;
+    v["replaces"].as_u64()
 }
 
 /// Whether `plan` scans any relation.

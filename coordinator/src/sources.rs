@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use weir_connectors::postgres::{PgConfig, PgError, SslMode};
 use weir_persist::{CatalogItem, CatalogOp};
+use weir_sql::GlobalId;
 use weir_sql::source_sql::{ObjectKind, OptionValue, SourceStatement};
 
 use crate::catalog::Object;
@@ -231,6 +232,7 @@ impl Coordinator {
                 table: e.id,
                 name: e.name.clone(),
                 schema: e.schema.clone(),
+                retired: Vec::new(),
             })
             .collect();
         let detail = source_detail(connection, publication, &slot, &feeds);
@@ -239,6 +241,7 @@ impl Coordinator {
             id,
             name: name.to_string(),
             kind: SourceKind::Postgres {
+                sql: sql.trim().to_string(),
                 connection: connection.to_string(),
                 publication: publication.to_string(),
                 slot,
@@ -439,18 +442,107 @@ impl Coordinator {
         }
         tables
             .iter()
-            .map(|(_, create)| {
-                let statements = weir_sql::statement::parse(create)?;
-                let Some(weir_sql::statement::Statement::Sql(ast)) = statements.first().map(|s| &s.statement)
-                else {
-                    return Err(AdapterError::Internal(format!("cannot plan {create}")));
-                };
-                let datafusion::sql::sqlparser::ast::Statement::CreateTable(ct) = ast.as_ref() else {
-                    return Err(AdapterError::Internal(format!("cannot plan {create}")));
-                };
-                self.table_entry(ct, create, Some(source.to_string()))
-            })
+            .map(|(_, create)| self.source_table_entry(source, create))
             .collect()
+    }
+
+    /// The catalog entry of a table source `source` feeds, from its
+    /// `CREATE TABLE` statement (with a fresh id).
+    fn source_table_entry(&self, source: &str, create: &str) -> Result<crate::catalog::Entry> {
+        let statements = weir_sql::statement::parse(create)?;
+        let Some(weir_sql::statement::Statement::Sql(ast)) = statements.first().map(|s| &s.statement) else {
+            return Err(AdapterError::Internal(format!("cannot plan {create}")));
+        };
+        let datafusion::sql::sqlparser::ast::Statement::CreateTable(ct) = ast.as_ref() else {
+            return Err(AdapterError::Internal(format!("cannot plan {create}")));
+        };
+        self.table_entry(ct, create, Some(source.to_string()))
+    }
+
+    /// Give the table of source `source`'s feed `feed` its next version,
+    /// with the columns `upstream` adds, holding `rows`: the version and
+    /// its rows, the source's new description and the old version's
+    /// retirement become durable in one step. Views created before keep
+    /// reading the old version, which the source goes on feeding; the
+    /// name (and so every later statement) means the new one.
+    pub(crate) async fn add_table_version(
+        &self,
+        source: &str,
+        feed: usize,
+        upstream: weir_connectors::postgres::UpstreamTable,
+        rows: weir_connectors::copy::TextColumns,
+    ) -> Result<Feed> {
+        let _ddl = self.ddl.lock().await;
+        let durable = self
+            .durable()
+            .ok_or_else(|| AdapterError::Internal("no committer while restoring".into()))?;
+        let gone = || AdapterError::Internal(format!("source {source} is gone"));
+        let (sql, connection, publication, slot, mut feeds) =
+            match self.catalog.sources().get(source).map(|s| &s.kind) {
+                Some(SourceKind::Postgres {
+                    sql,
+                    connection,
+                    publication,
+                    slot,
+                    feeds,
+                }) => (
+                    sql.clone(),
+                    connection.clone(),
+                    publication.clone(),
+                    slot.clone(),
+                    feeds.clone(),
+                ),
+                _ => return Err(gone()),
+            };
+        let source_id = self
+            .catalog
+            .sources()
+            .get(source)
+            .map(|s| s.id)
+            .ok_or_else(gone)?;
+        let old = feeds.get(feed).cloned().ok_or_else(gone)?;
+        let entry = self.source_table_entry(source, &table_sql(&old.name, &upstream))?;
+        let batch = rows
+            .finish(&entry.schema)
+            .map_err(|e| AdapterError::Internal(format!("the rows of {}: {e}", old.name)))?;
+        let mut retired = old.retired.clone();
+        retired.push((old.table, old.schema.clone()));
+        feeds[feed] = Feed {
+            upstream,
+            table: entry.id,
+            name: old.name.clone(),
+            schema: entry.schema.clone(),
+            retired,
+        };
+        let ops = vec![
+            crate::sequencer::table_version_item(&entry, old.table),
+            CatalogOp::Create(CatalogItem {
+                id: source_id,
+                sql: sql.clone(),
+                shard: false,
+                detail: Some(source_detail(&connection, &publication, &slot, &feeds)),
+            }),
+        ];
+        // The workers get the table before its rows; statements see the
+        // new version only once it is durable.
+        self.create_table_input(&entry).await;
+        let update = weir_protocol::TableUpdate {
+            table: entry.id,
+            batch,
+            diff: 1,
+        };
+        durable
+            .write_with_catalog(vec![update], ops, self.catalog.next_id())
+            .wait()
+            .await?;
+        self.catalog.retire(&old.name);
+        self.catalog.insert(entry);
+        if let Some(s) = self.catalog.sources().get_mut(source)
+            && let SourceKind::Postgres { feeds: live, .. } = &mut s.kind
+        {
+            *live = feeds.clone();
+        }
+        Ok(feeds.swap_remove(feed))
     }
 
     /// Make source `id` (its statement, `detail` and its tables) durable
@@ -500,6 +592,7 @@ impl Coordinator {
                 publication,
                 slot,
                 feeds,
+                ..
             } => {
                 let conn = self
                     .catalog
@@ -509,18 +602,17 @@ impl Coordinator {
                         name: connection.clone(),
                     })?;
                 let config = self.pg_config(&conn.options)?;
-                crate::ingest::spawn(
-                    source.id,
-                    source.name.clone(),
+                let task = crate::ingest::Ingest {
+                    id: source.id,
+                    name: source.name.clone(),
                     config,
-                    slot.clone(),
-                    publication.clone(),
-                    feeds.clone(),
-                    position,
-                    current,
+                    slot: slot.clone(),
+                    publication: publication.clone(),
                     durable,
-                    source.status.clone(),
-                )
+                    status: source.status.clone(),
+                    widener: self.widener.clone(),
+                };
+                crate::ingest::spawn(task, feeds.clone(), position, current)
             }
             SourceKind::Generator { spec, tables } => crate::generate::spawn(
                 source.id,
@@ -572,9 +664,16 @@ impl Coordinator {
     /// `DROP SOURCE`: stop it, drop its tables (and, with CASCADE, the
     /// views over them) and its replication slot upstream.
     async fn drop_source(&self, name: &str, cascade: bool) -> Result<()> {
-        let (id, tables, upstream_slot) = {
+        let (id, tables, retired, upstream_slot) = {
             let sources = self.catalog.sources();
             let s = &sources[name];
+            let retired: Vec<GlobalId> = match &s.kind {
+                SourceKind::Postgres { feeds, .. } => feeds
+                    .iter()
+                    .flat_map(|f| f.retired.iter().map(|(id, _)| *id))
+                    .collect(),
+                SourceKind::Generator { .. } | SourceKind::Files { .. } => Vec::new(),
+            };
             let slot = match &s.kind {
                 SourceKind::Postgres { connection, slot, .. } => Some((connection.clone(), slot.clone())),
                 SourceKind::Generator { .. } | SourceKind::Files { .. } => None,
@@ -585,6 +684,7 @@ impl Coordinator {
                     .into_iter()
                     .map(|(_, n)| n.to_string())
                     .collect::<Vec<_>>(),
+                retired,
                 slot,
             )
         };
@@ -609,6 +709,7 @@ impl Coordinator {
             });
         }
         doomed.extend(tables.iter().filter_map(|t| self.catalog.get(t)));
+        doomed.extend(retired.into_iter().filter_map(|id| self.catalog.retired(id)));
         let mut ops: Vec<CatalogOp> = doomed.iter().map(|e| CatalogOp::Drop(e.id)).collect();
         ops.push(CatalogOp::Drop(id));
         self.persist_catalog(ops).await?;
@@ -809,7 +910,9 @@ fn source_detail(connection: &str, publication: &str, slot: &str, feeds: &[Feed]
                 "key": f.upstream.key,
                 "columns": f.upstream.columns.iter().map(|c| serde_json::json!({
                     "name": c.name, "type": c.type_name, "type_oid": c.type_oid, "not_null": c.not_null,
+                    "missing": c.missing, "added_in": c.added_in,
                 })).collect::<Vec<_>>(),
+                "retired": f.retired.iter().map(|(id, _)| id).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -827,6 +930,7 @@ fn source_detail(connection: &str, publication: &str, slot: &str, feeds: &[Feed]
 pub(crate) fn source_from_detail(
     id: u64,
     name: &str,
+    sql: &str,
     detail: &str,
     catalog: &crate::catalog::Catalog,
 ) -> std::result::Result<Source, String> {
@@ -853,6 +957,8 @@ pub(crate) fn source_from_detail(
                     type_name: text(c, "type")?,
                     type_oid: c["type_oid"].as_u64().unwrap_or(0) as u32,
                     not_null: c["not_null"].as_bool().unwrap_or(false),
+                    missing: c["missing"].as_str().map(String::from),
+                    added_in: c["added_in"].as_u64().unwrap_or(0),
                 })
             })
             .collect::<std::result::Result<Vec<_>, String>>()?;
@@ -872,12 +978,25 @@ pub(crate) fn source_from_detail(
             table,
             name: table_name,
             schema,
+            retired: f["retired"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    let id = v.as_u64().ok_or("bad retired version")?;
+                    let e = catalog
+                        .retired(id)
+                        .ok_or_else(|| format!("table version {id} is missing"))?;
+                    Ok((e.id, e.schema))
+                })
+                .collect::<std::result::Result<_, String>>()?,
         });
     }
     Ok(Source {
         id,
         name: name.to_string(),
         kind: SourceKind::Postgres {
+            sql: sql.to_string(),
             connection: text(&v, "connection")?,
             publication: text(&v, "publication")?,
             slot: text(&v, "slot")?,

@@ -167,6 +167,9 @@ fn batch(cols: &[Col], rows: Vec<Vec<ScalarValue>>) -> RecordBatch {
             let array = ScalarValue::iter_to_array(values).expect("system rows are well typed");
             if array.data_type() == t {
                 array
+            } else if array.null_count() == array.len() {
+                // A cast would make NULL text a list holding one NULL.
+                new_null_array(t, array.len())
             } else {
                 arrow::compute::cast(&array, t).expect("system rows cast to their column types")
             }
