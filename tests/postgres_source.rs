@@ -466,23 +466,6 @@ async fn upstream_schema_changes_are_reported_not_applied_wrong() {
     assert_eq!(sorted(&c, "SELECT * FROM b").await, vec!["1|1"]);
 }
 
-/// Wait until source `name`'s state contains `want`, and return it.
-async fn source_state(c: &tokio_postgres::Client, name: &str, want: &str) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let state = sorted(
-            c,
-            &format!("SELECT state FROM weir_catalog.sources WHERE name = '{name}'"),
-        )
-        .await;
-        if let Some(s) = state.first().filter(|s| s.contains(want)) {
-            return s.clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "{state:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn upstream_added_columns_appear_and_old_views_keep_theirs() {
     let pg = Postgres::start();
@@ -604,7 +587,7 @@ async fn upstream_added_columns_appear_and_old_views_keep_theirs() {
     )
     .await
     .unwrap();
-    let stopped = source_state(&c, "s", "error").await;
+    let stopped = common::wait_state(&c, "s", |s| s.contains("error")).await;
     assert!(
         stopped.contains("\"at\"") && stopped.contains("volatile"),
         "{stopped}"
