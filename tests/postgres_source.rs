@@ -530,6 +530,13 @@ async fn upstream_added_columns_appear_and_old_views_keep_theirs() {
         sorted(&c, "SELECT * FROM sums").await,
         upstream_rows(&up, "SELECT sum(v) AS s, count(*) AS n FROM a").await
     );
+    // A materialized view over a view created before still gets that
+    // view's columns.
+    exec(&c, "CREATE MATERIALIZED VIEW over_old_f AS SELECT * FROM old_f").await;
+    assert_eq!(
+        sorted(&c, "SELECT * FROM over_old_f").await,
+        upstream_rows(&up, "SELECT k, v FROM f").await
+    );
     // A view created now sees the new columns; the catalog shows them.
     exec(&c, "CREATE MATERIALIZED VIEW new_a AS SELECT * FROM a").await;
     assert_eq!(
@@ -567,6 +574,7 @@ async fn upstream_added_columns_appear_and_old_views_keep_theirs() {
     for (view, upstream) in [
         ("old_a", "SELECT id, v FROM a"),
         ("old_f", "SELECT k, v FROM f"),
+        ("over_old_f", "SELECT k, v FROM f"),
         ("new_a", "SELECT * FROM a"),
         ("sums", "SELECT sum(v) AS s, count(*) AS n FROM a"),
     ] {
