@@ -479,22 +479,16 @@ async fn upstream_added_columns_appear_and_old_views_keep_theirs() {
     )
     .await
     .unwrap();
-    let dir = state_dir();
-    let state = dir.path().to_str().unwrap().to_string();
-    let mut server = Server::on_state(&state, 2, &[]);
-    let c = server.connect().await;
-    exec(
-        &c,
-        &format!(
-            "CREATE SECRET pw AS 'postgres'; {};
-             CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR ALL TABLES;
-             CREATE MATERIALIZED VIEW old_a AS SELECT * FROM a;
-             CREATE VIEW old_f AS SELECT * FROM f;
-             CREATE MATERIALIZED VIEW sums AS SELECT sum(v) AS s, count(*) AS n FROM a",
-            connection_sql("pg", pg.port, "postgres", "pw")
-        ),
+    let (mut server, c, dir) = weir_with_connection(
+        &pg,
+        2,
+        "CREATE SOURCE s FROM POSTGRES CONNECTION pg (PUBLICATION 'p') FOR ALL TABLES;
+         CREATE MATERIALIZED VIEW old_a AS SELECT * FROM a;
+         CREATE VIEW old_f AS SELECT * FROM f;
+         CREATE MATERIALIZED VIEW sums AS SELECT sum(v) AS s, count(*) AS n FROM a",
     )
     .await;
+    let state = dir.path().to_str().unwrap().to_string();
     converge(&c, &up, "SELECT * FROM a").await;
     converge(&c, &up, "SELECT * FROM f").await;
 
