@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
-use rustc_hash::FxHashMap;
 use tracing::{info, warn};
 use weir_connectors::copy::{CopyFormat, TextColumns, decode, text_fields};
 use weir_connectors::pgoutput::Value;
@@ -196,13 +195,14 @@ impl Source {
 
 /// A row's text values in one allocation: per value a little-endian `u32`
 /// length (`u32::MAX` for NULL), then its bytes.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 struct Packed(Box<[u8]>);
 
 impl Packed {
-    fn new<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> Packed {
+    /// A whole row of `columns` values (missing ones NULL).
+    fn row(columns: usize, row: &[Option<&str>]) -> Packed {
         let mut out = Vec::new();
-        for v in values {
+        for v in (0..columns).map(|i| row.get(i).copied().flatten()) {
             match v {
                 None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
                 Some(s) => {
@@ -214,63 +214,109 @@ impl Packed {
         Packed(out.into_boxed_slice())
     }
 
-    /// A whole row of `columns` values (missing ones NULL).
-    fn row(columns: usize, row: &[Option<&str>]) -> Packed {
-        Packed::new((0..columns).map(|i| row.get(i).copied().flatten()))
+    /// The values, in order, without allocating.
+    fn iter(&self) -> impl Iterator<Item = Option<&str>> {
+        let mut rest = &self.0[..];
+        std::iter::from_fn(move || {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = u32::from_le_bytes(*len);
+            if len == u32::MAX {
+                rest = tail;
+                return Some(None);
+            }
+            let (v, tail) = tail.split_at(len as usize);
+            rest = tail;
+            // Packed from `&str`s, so always UTF-8.
+            Some(Some(std::str::from_utf8(v).unwrap_or_default()))
+        })
     }
 
     fn values(&self) -> Vec<Option<&str>> {
-        let mut out = Vec::new();
-        let mut rest = &self.0[..];
-        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
-            let len = u32::from_le_bytes(*len);
-            if len == u32::MAX {
-                out.push(None);
-                rest = tail;
-            } else {
-                let (v, tail) = tail.split_at(len as usize);
-                // Packed from `&str`s, so always UTF-8.
-                out.push(Some(std::str::from_utf8(v).unwrap_or_default()));
-                rest = tail;
-            }
-        }
-        out
+        self.iter().collect()
     }
 }
 
-/// A table's current rows, by replica-identity key (the whole row under
-/// REPLICA IDENTITY FULL, where equal rows are counted).
+/// A table's current rows, each once with its count, found by its
+/// replica-identity key (the whole row under REPLICA IDENTITY FULL, where
+/// equal rows are counted). The key is hashed from the row's own values,
+/// so a row costs one allocation, not a key's and a row's.
 struct Rows {
+    key: Key,
+    rows: hashbrown::HashTable<(Packed, u32)>,
+}
+
+/// Which columns identify a row.
+struct Key {
     /// Key columns; empty for the whole row.
-    key: Vec<usize>,
-    columns: usize,
-    by_key: FxHashMap<Packed, (Packed, u32)>,
+    columns: Vec<usize>,
+    /// The row's width.
+    width: usize,
+}
+
+impl Key {
+    fn hash<'a>(values: impl Iterator<Item = Option<&'a str>>) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = rustc_hash::FxHasher::default();
+        for v in values {
+            v.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// The hash of the key of a row given as values.
+    fn of_values(&self, row: &[Option<&str>]) -> u64 {
+        let value = |i: usize| row.get(i).copied().flatten();
+        if self.columns.is_empty() {
+            Key::hash((0..self.width).map(value))
+        } else {
+            Key::hash(self.columns.iter().map(|i| value(*i)))
+        }
+    }
+
+    /// The hash of the key of a stored row.
+    fn of_packed(&self, row: &Packed) -> u64 {
+        if self.columns.is_empty() {
+            Key::hash(row.iter())
+        } else {
+            Key::hash(self.columns.iter().map(|i| row.iter().nth(*i).flatten()))
+        }
+    }
+
+    /// Whether stored `row` has the key of `probe`.
+    fn matches(&self, row: &Packed, probe: &[Option<&str>]) -> bool {
+        let value = |i: usize| probe.get(i).copied().flatten();
+        if self.columns.is_empty() {
+            row.iter().eq((0..self.width).map(value))
+        } else {
+            self.columns
+                .iter()
+                .all(|i| row.iter().nth(*i).flatten() == value(*i))
+        }
+    }
 }
 
 impl Rows {
     fn new(feed: &Feed) -> Self {
         Rows {
-            key: feed.upstream.key.clone(),
-            columns: feed.upstream.columns.len(),
-            by_key: FxHashMap::default(),
-        }
-    }
-
-    fn key_of(&self, row: &[Option<&str>]) -> Packed {
-        if self.key.is_empty() {
-            Packed::row(self.columns, row)
-        } else {
-            Packed::new(self.key.iter().map(|i| row.get(*i).copied().flatten()))
+            key: Key {
+                columns: feed.upstream.key.clone(),
+                width: feed.upstream.columns.len(),
+            },
+            rows: hashbrown::HashTable::new(),
         }
     }
 
     fn add(&mut self, row: &[Option<&str>]) {
-        let key = self.key_of(row);
-        let columns = self.columns;
-        self.by_key
-            .entry(key)
-            .or_insert_with(|| (Packed::row(columns, row), 0))
-            .1 += 1;
+        let Rows { key, rows } = self;
+        let hash = key.of_values(row);
+        match rows.find_mut(hash, |(stored, _)| key.matches(stored, row)) {
+            Some((_, n)) => *n += 1,
+            None => {
+                rows.insert_unique(hash, (Packed::row(key.width, row), 1), |(stored, _)| {
+                    key.of_packed(stored)
+                });
+            }
+        }
     }
 
     /// Add a row given as a `COPY` text line.
@@ -281,24 +327,39 @@ impl Rows {
 
     /// Give every row the values `extra` in columns added at the end.
     fn widen(&mut self, extra: &[Option<&str>]) {
-        let old = std::mem::take(&mut self.by_key);
-        self.columns += extra.len();
-        for (_, (row, n)) in old {
+        let old = std::mem::take(&mut self.rows);
+        self.key.width += extra.len();
+        for (row, n) in old {
             let mut values = row.values();
             values.extend(extra);
             // Under REPLICA IDENTITY FULL the key is the whole row.
-            let key = self.key_of(&values);
-            self.by_key.insert(key, (Packed::row(self.columns, &values), n));
+            for _ in 0..n {
+                self.add(&values);
+            }
         }
     }
 
-    fn take(&mut self, key: &Packed) -> Option<Packed> {
-        let (row, n) = self.by_key.get_mut(key)?;
-        *n -= 1;
-        if *n > 0 {
+    /// Remove one row with the key of `probe` (a row whose key columns
+    /// are set), returning it.
+    fn take(&mut self, probe: &[Option<&str>]) -> Option<Packed> {
+        let Rows { key, rows } = self;
+        let hash = key.of_values(probe);
+        let entry = rows
+            .find_entry(hash, |(stored, _)| key.matches(stored, probe))
+            .ok()?;
+        if entry.get().1 > 1 {
+            let (row, n) = entry.into_mut();
+            *n -= 1;
             return Some(row.clone());
         }
-        self.by_key.remove(key).map(|(row, _)| row)
+        Some(entry.remove().0.0)
+    }
+
+    /// Every row, once per copy.
+    fn each(&self) -> impl Iterator<Item = &Packed> {
+        self.rows
+            .iter()
+            .flat_map(|(row, n)| std::iter::repeat_n(row, *n as usize))
     }
 }
 
@@ -632,8 +693,8 @@ fn apply(
             };
             let new_fields = feeds[t].values(new);
             let old_key = match old {
-                Some(o) => rows[t].key_of(&feeds[t].values(o)),
-                None => rows[t].key_of(&new_fields),
+                Some(o) => feeds[t].values(o),
+                None => new_fields.clone(),
             };
             let old_row = rows[t].take(&old_key).ok_or_else(|| {
                 format!(
@@ -657,8 +718,7 @@ fn apply(
             let Some(t) = table(relations, *relation) else {
                 return Ok(());
             };
-            let key = rows[t].key_of(&feeds[t].values(old));
-            let row = rows[t].take(&key).ok_or_else(|| {
+            let row = rows[t].take(&feeds[t].values(old)).ok_or_else(|| {
                 format!(
                     "a delete of a row of {} that Weir does not have",
                     feeds[t].upstream.qualified()
@@ -672,11 +732,10 @@ fn apply(
                     continue;
                 };
                 let side = out.side(t, false, columns(t));
-                for (_, (row, n)) in std::mem::take(&mut rows[t].by_key) {
-                    for _ in 0..n {
-                        side.push_row(row.values());
-                    }
+                for row in rows[t].each() {
+                    side.push_row(row.iter());
                 }
+                rows[t].rows.clear();
             }
         }
     }
@@ -746,12 +805,8 @@ async fn new_version(
     upstream.columns.extend(added.iter().cloned());
     let extra: Vec<Option<&str>> = added.iter().map(|c| c.missing.as_deref()).collect();
     let mut current = TextColumns::new(upstream.columns.len());
-    for (row, n) in rows[i].by_key.values() {
-        let mut values = row.values();
-        values.extend(&extra);
-        for _ in 0..*n {
-            current.push_row(values.iter().copied());
-        }
+    for row in rows[i].each() {
+        current.push_row(row.iter().chain(extra.iter().copied()));
     }
     let (done, reply) = tokio::sync::oneshot::channel();
     task.widener
