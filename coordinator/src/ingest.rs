@@ -333,9 +333,12 @@ impl Rows {
             let mut values = row.values();
             values.extend(extra);
             // Under REPLICA IDENTITY FULL the key is the whole row.
-            for _ in 0..n {
-                self.add(&values);
-            }
+            let widened = Packed::row(self.key.width, &values);
+            let key = &self.key;
+            self.rows
+                .insert_unique(key.of_values(&values), (widened, n), |(stored, _)| {
+                    key.of_packed(stored)
+                });
         }
     }
 

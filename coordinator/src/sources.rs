@@ -477,15 +477,21 @@ impl Coordinator {
             .durable()
             .ok_or_else(|| AdapterError::Internal("no committer while restoring".into()))?;
         let gone = || AdapterError::Internal(format!("source {source} is gone"));
-        let (sql, connection, publication, slot, mut feeds) =
-            match self.catalog.sources().get(source).map(|s| &s.kind) {
-                Some(SourceKind::Postgres {
-                    sql,
-                    connection,
-                    publication,
-                    slot,
-                    feeds,
+        let (source_id, sql, connection, publication, slot, mut feeds) =
+            match self.catalog.sources().get(source) {
+                Some(Source {
+                    id,
+                    kind:
+                        SourceKind::Postgres {
+                            sql,
+                            connection,
+                            publication,
+                            slot,
+                            feeds,
+                        },
+                    ..
                 }) => (
+                    *id,
                     sql.clone(),
                     connection.clone(),
                     publication.clone(),
@@ -494,12 +500,6 @@ impl Coordinator {
                 ),
                 _ => return Err(gone()),
             };
-        let source_id = self
-            .catalog
-            .sources()
-            .get(source)
-            .map(|s| s.id)
-            .ok_or_else(gone)?;
         let old = feeds.get(feed).cloned().ok_or_else(gone)?;
         let entry = self.source_table_entry(source, &table_sql(&old.name, &upstream))?;
         let batch = rows
