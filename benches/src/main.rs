@@ -73,6 +73,23 @@ impl Weir {
         })
     }
 
+    /// CPU time the server has used so far (user and system), in seconds.
+    fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name (which may hold spaces) start at
+        // state, field 3; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').context("stat")?.1;
+        let field = |n: usize| -> Result<f64> {
+            Ok(rest
+                .split_whitespace()
+                .nth(n - 3)
+                .context("stat field")?
+                .parse::<f64>()?)
+        };
+        // Clock ticks are 100 per second on Linux.
+        Ok((field(14)? + field(15)?) / 100.0)
+    }
+
     /// Peak resident set size of the server, in bytes.
     fn peak_rss(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
@@ -603,79 +620,105 @@ async fn cdc(args: &[String]) -> Result<serde_json::Value> {
         .await?
         .get(0);
 
+    let phases = flag(args, "--phases").unwrap_or("snapshot,stream,freshness");
+    let mut out = json!({
+        "benchmark": "cdc",
+        "upstream": "PostgreSQL 15, same machine",
+        "workers": workers,
+        "upstream_row_bytes": row_bytes,
+    });
+
     // Snapshot: CREATE SOURCE until a count(*) view shows every row.
-    let weir = Weir::start(workers)?;
-    let c = weir.connect().await?;
-    let started = Instant::now();
-    c.batch_execute(&source_sql(pg.port, "snap")).await?;
-    c.batch_execute("CREATE MATERIALIZED VIEW nt AS SELECT count(*) AS n FROM t")
-        .await?;
-    wait_for(&c, "SELECT n FROM nt", rows, Duration::from_secs(600)).await?;
-    let snapshot_seconds = started.elapsed().as_secs_f64();
-    let snapshot_rss = weir.peak_rss()?;
-    drop(c);
-    drop(weir);
+    if phases.contains("snapshot") {
+        let weir = Weir::start(workers)?;
+        let c = weir.connect().await?;
+        let cpu = weir.cpu_seconds()?;
+        let started = Instant::now();
+        c.batch_execute(&source_sql(pg.port, "snap")).await?;
+        c.batch_execute("CREATE MATERIALIZED VIEW nt AS SELECT count(*) AS n FROM t")
+            .await?;
+        wait_for(&c, "SELECT n FROM nt", rows, Duration::from_secs(600)).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = weir.cpu_seconds()? - cpu;
+        out["snapshot_rows"] = json!(rows);
+        out["snapshot_seconds"] = json!(seconds);
+        out["snapshot_rows_per_second"] = json!(rows as f64 / seconds);
+        out["snapshot_weir_cpu_seconds"] = json!(cpu);
+        out["snapshot_peak_rss_bytes"] = json!(weir.peak_rss()?);
+    }
 
     // Streaming: a backlog of `stream_rows` inserts in transactions of 100
     // rows, written while the consumer is away, then drained.
     let load = |from: i64| {
-        let sql = format!(
+        format!(
             "DO $$ BEGIN FOR b IN 0..{} LOOP
                INSERT INTO s SELECT g, 'name-' || g, g * 7, now()::timestamp, repeat('x', 40)
                  FROM generate_series({from} + b * 100 + 1, {from} + b * 100 + 100) g;
                COMMIT;
              END LOOP; END $$",
             stream_rows / 100 - 1
-        );
-        sql
+        )
     };
-    let (mut weir, c, dir) = streaming(
-        workers,
-        pg.port,
-        "stream",
-        "CREATE MATERIALIZED VIEW ns AS SELECT count(*) AS n FROM s",
-    )
-    .await?;
-    drop(c);
-    weir.child.kill()?;
-    weir.child.wait()?;
-    up.batch_execute(&load(0)).await?;
-    let restarted = Instant::now();
-    let weir = Weir::start_on(workers, dir.path())?;
-    let c = weir.connect().await?;
-    wait_for(&c, "SELECT n FROM ns", stream_rows, Duration::from_secs(600)).await?;
-    let weir_stream_seconds = restarted.elapsed().as_secs_f64();
-    drop(c);
-    drop(weir);
+    if phases.contains("stream") {
+        let (mut weir, c, dir) = streaming(
+            workers,
+            pg.port,
+            "stream",
+            "CREATE MATERIALIZED VIEW ns AS SELECT count(*) AS n FROM s",
+        )
+        .await?;
+        drop(c);
+        weir.child.kill()?;
+        weir.child.wait()?;
+        up.batch_execute(&load(0)).await?;
+        let restarted = Instant::now();
+        let weir = Weir::start_on(workers, dir.path())?;
+        let c = weir.connect().await?;
+        wait_for(&c, "SELECT n FROM ns", stream_rows, Duration::from_secs(600)).await?;
+        let weir_seconds = restarted.elapsed().as_secs_f64();
+        let cpu = weir.cpu_seconds()?;
+        drop(c);
+        drop(weir);
 
-    // The ceiling: pg_recvlogical draining the same backlog to /dev/null.
-    up.batch_execute("SELECT pg_create_logical_replication_slot('ceiling', 'pgoutput')")
-        .await?;
-    up.batch_execute(&load(stream_rows)).await?;
-    let end: String = up
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await?
-        .get(0);
-    let recv_started = Instant::now();
-    let status = pg
-        .recvlogical()
-        .args([
-            "--slot",
-            "ceiling",
-            "--start",
-            "-o",
-            "proto_version=1",
-            "-o",
-            "publication_names=stream",
-        ])
-        .args(["--endpos", &end, "-f", "/dev/null"])
-        .status()?;
-    if !status.success() {
-        bail!("pg_recvlogical failed: {status}");
+        // The ceiling: pg_recvlogical draining the same backlog to /dev/null.
+        up.batch_execute("SELECT pg_create_logical_replication_slot('ceiling', 'pgoutput')")
+            .await?;
+        up.batch_execute(&load(stream_rows)).await?;
+        let end: String = up
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?
+            .get(0);
+        let recv_started = Instant::now();
+        let status = pg
+            .recvlogical()
+            .args([
+                "--slot",
+                "ceiling",
+                "--start",
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=stream",
+            ])
+            .args(["--endpos", &end, "-f", "/dev/null"])
+            .status()?;
+        if !status.success() {
+            bail!("pg_recvlogical failed: {status}");
+        }
+        let recv_seconds = recv_started.elapsed().as_secs_f64();
+        up.batch_execute("SELECT pg_drop_replication_slot('ceiling')")
+            .await?;
+        out["stream_rows"] = json!(stream_rows);
+        out["stream_seconds_including_restart"] = json!(weir_seconds);
+        out["stream_rows_per_second"] = json!(stream_rows as f64 / weir_seconds);
+        out["stream_weir_cpu_seconds_including_restart"] = json!(cpu);
+        out["pg_recvlogical_seconds"] = json!(recv_seconds);
+        out["pg_recvlogical_rows_per_second"] = json!(stream_rows as f64 / recv_seconds);
+        out["stream_ratio_to_pg_recvlogical"] = json!(recv_seconds / weir_seconds);
     }
-    let recv_seconds = recv_started.elapsed().as_secs_f64();
-    up.batch_execute("SELECT pg_drop_replication_slot('ceiling')")
-        .await?;
+    if !phases.contains("freshness") {
+        return Ok(out);
+    }
 
     // Freshness: batches of inserts paced to a rate; the time from each
     // batch's COMMIT to a view showing it. The backlogs above are flushed
@@ -748,23 +791,8 @@ async fn cdc(args: &[String]) -> Result<serde_json::Value> {
             }),
         );
     }
-    Ok(json!({
-        "benchmark": "cdc",
-        "upstream": "PostgreSQL 15, same machine",
-        "workers": workers,
-        "snapshot_rows": rows,
-        "upstream_row_bytes": row_bytes,
-        "snapshot_seconds": snapshot_seconds,
-        "snapshot_rows_per_second": rows as f64 / snapshot_seconds,
-        "snapshot_peak_rss_bytes": snapshot_rss,
-        "stream_rows": stream_rows,
-        "stream_seconds_including_restart": weir_stream_seconds,
-        "stream_rows_per_second": stream_rows as f64 / weir_stream_seconds,
-        "pg_recvlogical_seconds": recv_seconds,
-        "pg_recvlogical_rows_per_second": stream_rows as f64 / recv_seconds,
-        "stream_ratio_to_pg_recvlogical": recv_seconds / weir_stream_seconds,
-        "freshness": freshness,
-    }))
+    out["freshness"] = json!(freshness);
+    Ok(out)
 }
 
 /// Files and bytes under `dir`.

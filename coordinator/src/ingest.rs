@@ -544,7 +544,10 @@ async fn run(
         };
         let mut txns = vec![first];
         while txns.len() < MAX_TRANSACTIONS_PER_COMMIT {
-            match futures::FutureExt::now_or_never(stream.next()) {
+            // Unconstrained: tokio's cooperative budget (128 receives
+            // per poll) would otherwise end a batch after about one
+            // transaction of 100 rows, even with thousands waiting.
+            match futures::FutureExt::now_or_never(tokio::task::unconstrained(stream.next())) {
                 Some(t) => txns.push(t.map_err(|e| e.to_string())?),
                 None => break,
             }
