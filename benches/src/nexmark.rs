@@ -89,6 +89,7 @@ async fn run_one(name: &str, sql: &str, events: usize, workers: usize) -> Result
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let generate_s = emitting.duration_since(generate_started).as_secs_f64();
+    let cpu_at_start = weir.cpu_seconds()?;
     loop {
         let (s, rows) = state().await?;
         if s == "finished" {
@@ -109,6 +110,7 @@ async fn run_one(name: &str, sql: &str, events: usize, workers: usize) -> Result
         .await?
         .get(0);
     let elapsed = emitting.elapsed().as_secs_f64();
+    let cpu = weir.cpu_seconds()? - cpu_at_start;
     let peak_rss = weir.peak_rss()?;
     let expected: i64 = c
         .query_one(&format!("SELECT count(*) FROM ({sql}) AS q"), &[])
@@ -125,6 +127,7 @@ async fn run_one(name: &str, sql: &str, events: usize, workers: usize) -> Result
         elapsed,
         json!({
             "peak_rss_bytes": peak_rss,
+            "weir_cpu_seconds": cpu,
             "view_rows": rows,
             "view_rows_checked": expected,
             "generate_seconds": generate_s,
@@ -177,9 +180,10 @@ pub async fn nexmark(args: &[String]) -> Result<serde_json::Value> {
             let sql = query(q)?;
             let run = run_one(q, &sql, events, w).await?;
             println!(
-                "{q:>4}  {w} workers  {:>12} events/s  {:>10} /worker  {:>6} MB peak  {:>9} rows",
+                "{q:>4}  {w} workers  {:>12} events/s  {:>10} /worker  {:>5.1} s CPU  {:>6} MB peak  {:>9} rows",
                 run["events_per_s"],
                 run["events_per_s_per_worker"],
+                run["weir_cpu_seconds"].as_f64().unwrap_or(0.0),
                 run["peak_rss_bytes"].as_u64().unwrap_or(0) / 1_000_000,
                 run["view_rows"],
             );
