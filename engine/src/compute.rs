@@ -502,41 +502,73 @@ fn read_keyed(
     let batches = trace
         .batches_through(Antichain::new().borrow())
         .unwrap_or_default();
+    if let Some(keys) = keys {
+        return read_keys(&batches, time, codec, keys);
+    }
     let (mut cursor, storage) = cursor_list(batches);
     let mut out = Gathered::default();
-    // Every value (row) under the cursor's current key.
-    macro_rules! gather_vals {
-        () => {
-            while cursor.val_valid(&storage) {
+    while cursor.key_valid(&storage) {
+        // Every value (row) under the cursor's current key.
+        while cursor.val_valid(&storage) {
+            let mut count: Diff = 0;
+            cursor.map_times(&storage, |t, d| {
+                if *t <= time {
+                    count += *d;
+                }
+            });
+            out.push(cursor.val(&storage), count)?;
+            cursor.step_val(&storage);
+        }
+        cursor.step_key(&storage);
+    }
+    out.into_batch(codec)
+}
+
+/// [`read_keyed`] for `keys`: each batch of the spine is searched on its
+/// own and the rows' counts summed after. A cursor over the whole list of
+/// batches re-compares every batch's position at each step, which made a
+/// 1,000-key read of a 600,000-row part of a table cost ~2.5 ms.
+fn read_keys(
+    batches: &[<KeyedTrace as TraceReader>::Batch],
+    time: Time,
+    codec: &RowCodec,
+    keys: &[Row],
+) -> Result<RecordBatch, String> {
+    use differential_dataflow::trace::Navigable;
+    let mut sorted: Vec<&Row> = keys.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut found: Vec<(&[u8], Diff)> = Vec::new();
+    for batch in batches {
+        let batch = &**batch;
+        let mut cursor = batch.cursor();
+        for k in &sorted {
+            cursor.seek_key(batch, k.as_slice());
+            if cursor.get_key(batch) != Some(k.as_slice()) {
+                continue;
+            }
+            while cursor.val_valid(batch) {
                 let mut count: Diff = 0;
-                cursor.map_times(&storage, |t, d| {
+                cursor.map_times(batch, |t, d| {
                     if *t <= time {
                         count += *d;
                     }
                 });
-                out.push(cursor.val(&storage), count)?;
-                cursor.step_val(&storage);
-            }
-        };
-    }
-    match keys {
-        None => {
-            while cursor.key_valid(&storage) {
-                gather_vals!();
-                cursor.step_key(&storage);
-            }
-        }
-        Some(keys) => {
-            let mut sorted: Vec<&Row> = keys.iter().collect();
-            sorted.sort();
-            sorted.dedup();
-            for k in sorted {
-                cursor.seek_key(&storage, k.as_slice());
-                if cursor.get_key(&storage) == Some(k.as_slice()) {
-                    gather_vals!();
+                if count != 0 {
+                    found.push((cursor.val(batch), count));
                 }
+                cursor.step_val(batch);
             }
         }
+    }
+    found.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut out = Gathered::default();
+    let mut rows = found.into_iter().peekable();
+    while let Some((row, mut count)) = rows.next() {
+        while let Some((_, more)) = rows.next_if(|(next, _)| *next == row) {
+            count += more;
+        }
+        out.push(row, count)?;
     }
     out.into_batch(codec)
 }
