@@ -698,11 +698,10 @@ fn apply(
                 return Ok(());
             };
             let new_fields = feeds[t].values(new);
-            let old_key = match old {
-                Some(o) => feeds[t].values(o),
-                None => new_fields.clone(),
-            };
-            let old_row = rows[t].take(&old_key).ok_or_else(|| {
+            // Without an old key the key did not change: the new row names it.
+            let old_values = old.as_ref().map(|o| feeds[t].values(o));
+            let old_key = old_values.as_deref().unwrap_or(&new_fields);
+            let old_row = rows[t].take(old_key).ok_or_else(|| {
                 format!(
                     "an update of a row of {} that Weir does not have",
                     feeds[t].upstream.qualified()

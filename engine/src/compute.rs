@@ -444,12 +444,7 @@ fn read_errors(trace: &mut ErrTrace, time: Time) -> Option<String> {
         .unwrap_or_default();
     let (mut cursor, storage) = cursor_list(batches);
     while cursor.key_valid(&storage) {
-        let mut count: Diff = 0;
-        cursor.map_times(&storage, |t, d| {
-            if *t <= time {
-                count += *d;
-            }
-        });
+        let count = count_at(&mut cursor, &storage, time);
         if count > 0 {
             return Some(cursor.key(&storage).clone());
         }
@@ -491,6 +486,20 @@ impl Gathered {
     }
 }
 
+/// The net count at `time` of the update the cursor is on.
+fn count_at<C>(cursor: &mut C, storage: &C::Storage, time: Time) -> Diff
+where
+    C: for<'a> Cursor<TimeGat<'a> = &'a Time, DiffGat<'a> = &'a Diff>,
+{
+    let mut count: Diff = 0;
+    cursor.map_times(storage, |t, d| {
+        if *t <= time {
+            count += *d;
+        }
+    });
+    count
+}
+
 /// This worker's rows of a keyed table at `time`: all, or those with
 /// `keys`.
 fn read_keyed(
@@ -510,12 +519,7 @@ fn read_keyed(
     while cursor.key_valid(&storage) {
         // Every value (row) under the cursor's current key.
         while cursor.val_valid(&storage) {
-            let mut count: Diff = 0;
-            cursor.map_times(&storage, |t, d| {
-                if *t <= time {
-                    count += *d;
-                }
-            });
+            let count = count_at(&mut cursor, &storage, time);
             out.push(cursor.val(&storage), count)?;
             cursor.step_val(&storage);
         }
@@ -548,12 +552,7 @@ fn read_keys(
                 continue;
             }
             while cursor.val_valid(batch) {
-                let mut count: Diff = 0;
-                cursor.map_times(batch, |t, d| {
-                    if *t <= time {
-                        count += *d;
-                    }
-                });
+                let count = count_at(&mut cursor, batch, time);
                 if count != 0 {
                     found.push((cursor.val(batch), count));
                 }
@@ -581,12 +580,7 @@ fn read_rows(trace: &mut RowTrace, time: Time, codec: &RowCodec) -> Result<Recor
     let (mut cursor, storage) = cursor_list(batches);
     let mut out = Gathered::default();
     while cursor.key_valid(&storage) {
-        let mut count: Diff = 0;
-        cursor.map_times(&storage, |t, d| {
-            if *t <= time {
-                count += *d;
-            }
-        });
+        let count = count_at(&mut cursor, &storage, time);
         out.push(cursor.key(&storage), count)?;
         cursor.step_key(&storage);
     }
