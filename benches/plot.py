@@ -1,7 +1,9 @@
 """Plot a Nexmark run: events/s per query for Weir, Flink and the
-hand-written differential ceiling, from one `weir-bench nexmark` JSON.
+hand-written differential ceiling, from `weir-bench nexmark` JSON files
+(one run, or several runs of the same event count over different
+queries, taken together).
 
-    python3 benches/plot.py benches/results/nexmark-<stamp>.json [out.png] [--workers N]
+    python3 benches/plot.py benches/results/nexmark-<stamp>.json [more.json ...] [--out out.png] [--workers N]
 
 Needs matplotlib (`python3 -m pip install matplotlib`). Writes
 benches/nexmark.png unless told otherwise.
@@ -17,12 +19,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    workers = 2
-    if "--workers" in sys.argv:
-        workers = int(sys.argv[sys.argv.index("--workers") + 1])
-    run = json.load(open(args[0]))
-    out = args[1] if len(args) > 1 else "benches/nexmark.png"
+    argv = sys.argv[1:]
+    workers, out, files = 2, "benches/nexmark.png", []
+    while argv:
+        a = argv.pop(0)
+        if a == "--workers":
+            workers = int(argv.pop(0))
+        elif a == "--out":
+            out = argv.pop(0)
+        elif a.endswith(".png"):
+            out = a
+        else:
+            files.append(a)
+    runs = [json.load(open(f)) for f in files]
+    if len({r["events"] for r in runs}) != 1:
+        sys.exit("the runs differ in their event counts")
+    run = {"events": runs[0]["events"]}
+    for key in ("runs", "flink", "ceiling"):
+        run[key] = [x for r in runs for x in r.get(key, [])]
 
     def rates(key):
         return {

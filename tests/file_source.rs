@@ -313,6 +313,107 @@ async fn exactly_once_across_kill() {
     assert_eq!(sorted(&c, "SELECT count(*) FROM big").await, vec![total]);
 }
 
+/// A file of many pieces (the reader fetches 8 MiB at a time): quoted
+/// line breaks across piece ends, a `kill -9` in the middle of the file,
+/// a bad row in a later piece named by its line, resumed once fixed.
+#[tokio::test]
+async fn a_large_file_is_read_in_pieces_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rows = 600_000;
+    let bad_at: usize = 550_000;
+    // Every 7th row's note spans two lines; a row is ~40 bytes, so the
+    // file is ~23 MB: three pieces.
+    let body = |bad: bool| {
+        let (mut out, mut line, mut bad_line) = (String::new(), 1, 0);
+        for id in 0..rows {
+            if bad && id == bad_at {
+                bad_line = line;
+                out.push_str("oops,not a number\n");
+                line += 1;
+            }
+            if id % 7 == 0 {
+                out.push_str(&format!("{id},\"note {id}\nsecond line, \"\"quoted\"\"\"\n"));
+                line += 2;
+            } else {
+                out.push_str(&format!("{id},plain note number {id:>12}\n"));
+                line += 1;
+            }
+        }
+        (out, bad_line)
+    };
+    let (broken, bad_line) = body(true);
+    assert!(broken.len() > 2 * (8 << 20), "{} bytes", broken.len());
+    write(d, "big.csv", broken.as_bytes());
+    let state = state_dir();
+    let path = state.path().to_str().unwrap();
+    let mut a = Server::on_state(path, 2, &[]);
+    let c = a.connect().await;
+    exec(
+        &c,
+        &format!(
+            "CREATE SOURCE big (id bigint NOT NULL, note text) FROM FILES 'file://{}/big.csv' (FORMAT CSV)",
+            d.display()
+        ),
+    )
+    .await;
+    // Kill once part of the file is in.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = sorted(&c, "SELECT coalesce(sum(rows_ingested), 0) FROM big_progress").await;
+        if n != vec!["0"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing ingested");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.kill();
+    drop(c);
+    let a = Server::on_state(path, 2, &[]);
+    let c = a.connect().await;
+    let url = format!("file://{}/big.csv", d.display());
+    let st = wait_state(&c, "big", |s| s.starts_with("error")).await;
+    assert!(
+        st.starts_with(&format!("error: {url} line {bad_line}: ")),
+        "{st}, want line {bad_line}"
+    );
+    assert_eq!(
+        sorted(
+            &c,
+            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM big"
+        )
+        .await,
+        vec![format!("{bad_at}|{bad_at}|0|{}", bad_at - 1)]
+    );
+    assert_eq!(
+        sorted(
+            &c,
+            "SELECT count(*) FROM big WHERE note LIKE '%second line, \"quoted\"'"
+        )
+        .await,
+        vec![bad_at.div_ceil(7).to_string()]
+    );
+    // Fixed in place: a restart reads on from the bad row.
+    write(d, "big.csv", body(false).0.as_bytes());
+    drop(c);
+    drop(a);
+    let a = Server::on_state(path, 2, &[]);
+    let c = a.connect().await;
+    wait_state(&c, "big", |s| s == "finished").await;
+    assert_eq!(
+        sorted(
+            &c,
+            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM big"
+        )
+        .await,
+        vec![format!("{rows}|{rows}|0|{}", rows - 1)]
+    );
+    assert_eq!(
+        sorted(&c, "SELECT rows_ingested, complete FROM big_progress").await,
+        vec![format!("{rows}|t")]
+    );
+}
+
 #[tokio::test]
 async fn s3_files_are_read_and_watched() {
     let moto = Moto::start("lake");

@@ -22,9 +22,16 @@ use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::TryStreamExt;
+use futures::future::BoxFuture;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStream};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 /// Rows per decoded batch.
 const BATCH_ROWS: usize = 8192;
@@ -205,9 +212,309 @@ impl Files {
         Ok(files)
     }
 
-    /// A file's bytes.
-    pub async fn fetch(&self, file: &FileRef) -> Result<Bytes, FileError> {
-        Ok(self.store.get(&file.location).await?.bytes().await?)
+    /// The schema of `file` in `format`: Parquet's from its footer, CSV's
+    /// and JSON's inferred from the records in its first piece.
+    pub async fn infer_schema(&self, file: &FileRef, format: &Format) -> Result<SchemaRef, FileError> {
+        if let Format::Parquet = format {
+            let builder = ParquetRecordBatchStreamBuilder::new(self.parquet(file))
+                .await
+                .map_err(|e| parquet_error(&file.url, e))?;
+            return Ok(builder.schema().clone());
+        }
+        let end = file.size.min(PIECE_BYTES as u64);
+        let data = self.store.get_range(&file.location, 0..end).await?;
+        // A piece may end inside a record: infer from the whole lines.
+        let data = match data.iter().rposition(|&c| c == b'\n') {
+            Some(i) if end < file.size => data.slice(..=i),
+            _ => data,
+        };
+        infer_schema(format, &data, &file.url)
+    }
+
+    /// A reader of `file`'s rows as batches of `schema` (columns keeping
+    /// `rules`), after its first `skip` rows, a piece at a time.
+    pub async fn reader(
+        &self,
+        file: &FileRef,
+        format: &Format,
+        schema: SchemaRef,
+        rules: Vec<Rule>,
+        skip: u64,
+    ) -> Result<FileReader, FileError> {
+        let body = match format {
+            Format::Parquet => {
+                let stream = ParquetRecordBatchStreamBuilder::new(self.parquet(file))
+                    .await
+                    .map(|b| b.with_batch_size(BATCH_ROWS).with_offset(skip as usize))
+                    .and_then(|b| b.build())
+                    .map_err(|e| parquet_error(&file.url, e))?;
+                Body::Parquet(stream)
+            }
+            Format::Csv { .. } | Format::Json => Body::Text {
+                store: self.store.clone(),
+                location: file.location.clone(),
+                size: file.size,
+                read: 0,
+                buf: Vec::new(),
+                line: 1,
+            },
+        };
+        Ok(FileReader {
+            url: file.url.clone(),
+            format: format.clone(),
+            schema,
+            rules: rules.into(),
+            skip: if matches!(format, Format::Parquet) {
+                0
+            } else {
+                skip
+            },
+            body,
+            piece_bytes: PIECE_BYTES,
+            over: false,
+        })
+    }
+
+    fn parquet(&self, file: &FileRef) -> ParquetFile {
+        ParquetFile {
+            store: self.store.clone(),
+            location: file.location.clone(),
+            size: file.size,
+        }
+    }
+}
+
+/// A Parquet file in an object store, read by byte ranges (its footer,
+/// then a row group's column chunks).
+struct ParquetFile {
+    store: Arc<dyn ObjectStore>,
+    location: Path,
+    size: u64,
+}
+
+impl AsyncFileReader for ParquetFile {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.store
+                .get_range(&self.location, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// Bytes of a CSV or JSON file read per piece; a piece's rows end at the
+/// last whole record in it, the rest starts the next piece.
+const PIECE_BYTES: usize = 8 << 20;
+
+/// One file's rows, read and decoded a piece at a time, so a file of any
+/// size takes memory for a few pieces only.
+pub struct FileReader {
+    url: String,
+    format: Format,
+    schema: SchemaRef,
+    rules: Arc<[Rule]>,
+    /// Rows still to pass over (ingested before a restart).
+    skip: u64,
+    body: Body,
+    piece_bytes: usize,
+    /// The file is read to its end, or to an error.
+    over: bool,
+}
+
+enum Body {
+    /// Parquet: a row group per piece.
+    Parquet(ParquetRecordBatchStream<ParquetFile>),
+    /// CSV and JSON: byte ranges, cut at record boundaries.
+    Text {
+        store: Arc<dyn ObjectStore>,
+        location: Path,
+        size: u64,
+        /// Bytes fetched so far.
+        read: u64,
+        /// Fetched bytes not yet decoded; they start at a record.
+        buf: Vec<u8>,
+        /// The line `buf` starts on.
+        line: u64,
+    },
+}
+
+impl FileReader {
+    /// Read pieces of at most about `bytes` (CSV and JSON; for tests).
+    pub fn with_piece_bytes(mut self, bytes: usize) -> FileReader {
+        self.piece_bytes = bytes.max(1);
+        self
+    }
+
+    /// The next piece's rows and, if one ended the file there, the error;
+    /// `None` once the file is over. Decoding runs on a blocking thread.
+    pub async fn next(&mut self) -> Option<Decoded> {
+        if self.over {
+            return None;
+        }
+        let decoded = match self.next_piece().await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                self.over = true;
+                return None;
+            }
+            Err(e) => Decoded {
+                batches: Vec::new(),
+                error: Some(e),
+                skipped: 0,
+            },
+        };
+        self.skip -= decoded.skipped.min(self.skip);
+        self.over |= decoded.error.is_some();
+        Some(decoded)
+    }
+
+    async fn next_piece(&mut self) -> Result<Option<Decoded>, FileError> {
+        let (schema, rules, url, skip) = (
+            self.schema.clone(),
+            self.rules.clone(),
+            self.url.clone(),
+            self.skip,
+        );
+        let file = url.clone();
+        let blocking = |f: Box<dyn FnOnce() -> Decoded + Send>| async move {
+            tokio::task::spawn_blocking(f)
+                .await
+                .map_err(|e| FileError::Malformed {
+                    file,
+                    line: None,
+                    message: e.to_string(),
+                })
+        };
+        match &mut self.body {
+            Body::Parquet(stream) => {
+                let Some(group) = stream
+                    .next_row_group()
+                    .await
+                    .map_err(|e| parquet_error(&url, e))?
+                else {
+                    return Ok(None);
+                };
+                let decoded = blocking(Box::new(move || {
+                    let mut lined = Vec::new();
+                    let mut raw = Ok(());
+                    for batch in group {
+                        match batch {
+                            Ok(b) => lined.push((b, Lines::Unknown)),
+                            Err(e) => {
+                                raw = Err(FileError::Malformed {
+                                    file: url.clone(),
+                                    line: None,
+                                    message: arrow_message(&e),
+                                });
+                                break;
+                            }
+                        }
+                    }
+                    settle(lined, raw, &[], &url, &schema, &schema, &rules, 0, 1)
+                }))
+                .await?;
+                Ok(Some(decoded))
+            }
+            Body::Text {
+                store,
+                location,
+                size,
+                read,
+                buf,
+                line,
+            } => {
+                // Fetch until the buffer holds a whole record past a piece's
+                // worth, or the file's end.
+                let cut = loop {
+                    let end = *read == *size;
+                    if end || buf.len() >= self.piece_bytes {
+                        let cut = match self.format {
+                            Format::Csv { .. } => last_csv_record_end(buf),
+                            _ => buf.iter().rposition(|&c| c == b'\n').map(|i| i + 1),
+                        };
+                        match cut {
+                            _ if end => break buf.len(),
+                            Some(cut) => break cut,
+                            None => {}
+                        }
+                    }
+                    let to = (*read + self.piece_bytes as u64).min(*size);
+                    buf.extend_from_slice(&store.get_range(location, *read..to).await?);
+                    *read = to;
+                };
+                if cut == 0 {
+                    return Ok(None);
+                }
+                let data = Bytes::from(buf.drain(..cut).collect::<Vec<u8>>());
+                let first = *line;
+                *line += data.iter().filter(|&&c| c == b'\n').count() as u64;
+                // Only the file's first piece has the header line.
+                let format = match self.format {
+                    Format::Csv { header, delimiter } => Format::Csv {
+                        header: header && first == 1,
+                        delimiter,
+                    },
+                    ref f => f.clone(),
+                };
+                let decoded = blocking(Box::new(move || {
+                    decode(&format, &data, &url, &schema, &rules, skip, first)
+                }))
+                .await?;
+                Ok(Some(decoded))
+            }
+        }
+    }
+}
+
+/// The end of `data`'s last whole CSV record (just past its line break),
+/// `data` starting at a record: a line break outside quotes. Quotes come
+/// in pairs within a quoted field (`""` escapes one), so the count's
+/// parity says whether a line break is inside one.
+fn last_csv_record_end(data: &[u8]) -> Option<usize> {
+    let mut quoted = false;
+    let mut last = None;
+    for (i, &c) in data.iter().enumerate() {
+        match c {
+            b'"' => quoted = !quoted,
+            b'\n' if !quoted => last = Some(i + 1),
+            _ => {}
+        }
+    }
+    last
+}
+
+fn parquet_error(file: &str, e: ParquetError) -> FileError {
+    match e {
+        ParquetError::External(e) => match e.downcast::<object_store::Error>() {
+            Ok(e) => FileError::Store(*e),
+            Err(e) => FileError::Malformed {
+                file: file.to_string(),
+                line: None,
+                message: e.to_string(),
+            },
+        },
+        e => FileError::Malformed {
+            file: file.to_string(),
+            line: None,
+            message: e.to_string(),
+        },
     }
 }
 
@@ -267,12 +574,15 @@ pub fn infer_schema(format: &Format, data: &Bytes, file: &str) -> Result<SchemaR
     }
 }
 
-/// What decoding a file gave: its rows after the first `skip`, in
-/// batches of `schema`, up to the first malformed row, and the error
-/// that stopped it (if one did).
+/// What decoding a file (or a piece of one) gave: its rows after the
+/// first `skip`, in batches of `schema`, up to the first malformed row,
+/// and the error that stopped it (if one did).
+#[derive(Default)]
 pub struct Decoded {
     pub batches: Vec<RecordBatch>,
     pub error: Option<FileError>,
+    /// Good rows passed over (of the `skip` asked for).
+    pub skipped: u64,
 }
 
 /// What a table's column demands of a value beyond its type.
@@ -283,9 +593,9 @@ pub struct Rule {
     pub max_chars: Option<u64>,
 }
 
-/// Decode `data` (file `file`) into batches of `schema`, whose columns
-/// keep `rules` (one per column), skipping the file's first `skip` rows
-/// (already ingested).
+/// Decode `data` (of file `file`, starting on its line `first_line`)
+/// into batches of `schema`, whose columns keep `rules` (one per
+/// column), skipping the first `skip` rows (already ingested).
 pub fn decode(
     format: &Format,
     data: &Bytes,
@@ -293,6 +603,7 @@ pub fn decode(
     schema: &SchemaRef,
     rules: &[Rule],
     skip: u64,
+    first_line: u64,
 ) -> Decoded {
     let mut batches = Vec::new();
     // Readers produce nullable columns of types they parse; NOT NULL and
@@ -305,6 +616,34 @@ pub fn decode(
         }
         Format::Json => decode_json(data, file, &read_schema, &mut batches),
     };
+    settle(
+        batches,
+        raw,
+        data,
+        file,
+        schema,
+        &read_schema,
+        rules,
+        skip,
+        first_line,
+    )
+}
+
+/// Decoded batches conformed to `schema` and `rules`, up to the first
+/// row that does not; `data` is what CSV batches' offsets point into, and
+/// its lines (and `raw`'s) count from `first_line`.
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    batches: Vec<Lined>,
+    raw: Result<(), FileError>,
+    data: &[u8],
+    file: &str,
+    schema: &SchemaRef,
+    read_schema: &SchemaRef,
+    rules: &[Rule],
+    skip: u64,
+    first_line: u64,
+) -> Decoded {
     let mut error = raw.err();
     let mut out = Vec::new();
     let mut row = 0u64;
@@ -332,7 +671,7 @@ pub fn decode(
                     Lines::Unknown => None,
                     Lines::Listed(l) => l.get(at).copied(),
                     Lines::CsvFrom(from, delimiter) => {
-                        record_lines(data, *from, at + 1, &read_schema, *delimiter)
+                        record_lines(data, *from, at + 1, read_schema, *delimiter)
                             .last()
                             .copied()
                     }
@@ -342,7 +681,14 @@ pub fn decode(
             break;
         }
     }
-    Decoded { batches: out, error }
+    if let Some(FileError::Malformed { line: Some(line), .. }) = &mut error {
+        *line += first_line - 1;
+    }
+    Decoded {
+        batches: out,
+        error,
+        skipped: row.min(skip),
+    }
 }
 
 /// The schema a format's reader decodes into for table `schema`: every
@@ -727,23 +1073,31 @@ mod tests {
             header: true,
             delimiter: b',',
         };
-        let d = decode(&format, &data, "f.csv", &s, &[], 0);
+        let d = decode(&format, &data, "f.csv", &s, &[], 0, 1);
         assert_eq!(d.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
         let e = d.error.unwrap().to_string();
         assert!(e.starts_with("f.csv line 6: "), "{e}");
-        let d = decode(&format, &Bytes::from("a,b\n1,x\n,y\n"), "f.csv", &s, &[], 0);
+        let d = decode(&format, &Bytes::from("a,b\n1,x\n,y\n"), "f.csv", &s, &[], 0, 1);
         assert_eq!(
             d.error.unwrap().to_string(),
             "f.csv line 3: null value in column \"a\" violates not-null constraint"
         );
-        let d = decode(&format, &Bytes::from("a,b\n1,x\n2\n"), "f.csv", &s, &[], 0);
+        let d = decode(&format, &Bytes::from("a,b\n1,x\n2\n"), "f.csv", &s, &[], 0, 1);
         assert!(
             d.error
                 .unwrap()
                 .to_string()
                 .starts_with("f.csv line 3: incorrect number of fields")
         );
-        let d = decode(&format, &Bytes::from("a,b\n1,x\n2,y\n3,z"), "f.csv", &s, &[], 1);
+        let d = decode(
+            &format,
+            &Bytes::from("a,b\n1,x\n2,y\n3,z"),
+            "f.csv",
+            &s,
+            &[],
+            1,
+            1,
+        );
         assert!(d.error.is_none());
         assert_eq!(d.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
     }
@@ -752,8 +1106,135 @@ mod tests {
     fn json_error_names_the_line() {
         let s = schema(&[("a", DataType::Int64, true), ("b", DataType::Utf8, true)]);
         let data = Bytes::from("{\"a\": 1, \"b\": \"x\"}\n\n{\"b\": \"y\", \"a\": 2}\n{\"a\": \n");
-        let d = decode(&Format::Json, &data, "f.json", &s, &[], 0);
+        let d = decode(&Format::Json, &data, "f.json", &s, &[], 0, 1);
         assert_eq!(d.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
         assert!(d.error.unwrap().to_string().starts_with("f.json line 4: "));
+    }
+
+    /// Every row and error a reader gives, its pieces put together.
+    async fn read_all(
+        url: &str,
+        format: &Format,
+        s: &SchemaRef,
+        skip: u64,
+        piece: usize,
+    ) -> (RecordBatch, Option<String>) {
+        let files = Files::open(url).unwrap();
+        let file = files.list().await.unwrap().remove(0);
+        let mut reader = files
+            .reader(&file, format, s.clone(), Vec::new(), skip)
+            .await
+            .unwrap()
+            .with_piece_bytes(piece);
+        let (mut batches, mut error, mut pieces) = (Vec::new(), None, 0);
+        while let Some(d) = reader.next().await {
+            pieces += 1;
+            batches.extend(d.batches);
+            error = d.error.map(|e| e.to_string());
+        }
+        assert!(pieces > 3 || piece > 1000, "{pieces} pieces");
+        (arrow::compute::concat_batches(s, &batches).unwrap(), error)
+    }
+
+    /// The same file read whole and in small pieces (records across
+    /// piece ends, quoted line breaks, blank lines, a bad row at the end,
+    /// a restart's skip) gives the same rows and the same error line.
+    #[tokio::test]
+    async fn pieces_read_like_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = schema(&[("a", DataType::Int64, false), ("b", DataType::Utf8, true)]);
+        let mut csv = String::from("a,b\n");
+        let mut json = String::new();
+        for i in 0..400 {
+            match i % 5 {
+                0 => csv.push_str(&format!("{i},\"two\nlines, \"\"quoted\"\"\"\n")),
+                1 => csv.push_str(&format!("\n{i},\n")),
+                _ => csv.push_str(&format!("{i},word{i}\n")),
+            }
+            json.push_str(&format!("{{\"a\": {i}, \"b\": \"w{i}\"}}\n"));
+            if i % 7 == 0 {
+                json.push('\n');
+            }
+        }
+        csv.push_str("zz,y\n401,x\n");
+        json.push_str("{\"a\": \n{\"a\": 402}\n");
+        let cases = [
+            (
+                "f.csv",
+                csv,
+                Format::Csv {
+                    header: true,
+                    delimiter: b',',
+                },
+            ),
+            ("f.json", json, Format::Json),
+        ];
+        for (name, text, format) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, &text).unwrap();
+            let url = format!("file://{}", path.display());
+            let data = Bytes::from(text);
+            for skip in [0, 123] {
+                let whole = decode(&format, &data, &url, &s, &[], skip, 1);
+                let whole_rows = arrow::compute::concat_batches(&s, &whole.batches).unwrap();
+                let whole_error = whole.error.map(|e| e.to_string());
+                assert!(
+                    whole_error.as_deref().unwrap().contains(" line "),
+                    "{whole_error:?}"
+                );
+                for piece in [1, 37, 256] {
+                    let (rows, error) = read_all(&url, &format, &s, skip, piece).await;
+                    assert_eq!(rows, whole_rows, "{name} skip {skip} piece {piece}");
+                    assert_eq!(error, whole_error, "{name} skip {skip} piece {piece}");
+                }
+            }
+        }
+    }
+
+    /// Parquet is read a row group at a time, after a restart's skip.
+    #[tokio::test]
+    async fn parquet_by_row_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = schema(&[("a", DataType::Int64, false)]);
+        let path = dir.path().join("f.parquet");
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(100))
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            s.clone(),
+            Some(props),
+        )
+        .unwrap();
+        let values: Vec<i64> = (0..1000).collect();
+        w.write(
+            &RecordBatch::try_new(s.clone(), vec![Arc::new(arrow::array::Int64Array::from(values))]).unwrap(),
+        )
+        .unwrap();
+        w.close().unwrap();
+        let url = format!("file://{}", path.display());
+        let files = Files::open(&url).unwrap();
+        let file = files.list().await.unwrap().remove(0);
+        assert_eq!(
+            files
+                .infer_schema(&file, &Format::Parquet)
+                .await
+                .unwrap()
+                .field(0)
+                .name(),
+            "a"
+        );
+        let (rows, error) = read_all(&url, &Format::Parquet, &s, 250, 1).await;
+        assert_eq!(error, None);
+        let expected: Vec<i64> = (250..1000).collect();
+        assert_eq!(
+            rows.column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec(),
+            expected
+        );
     }
 }

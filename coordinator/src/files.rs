@@ -15,18 +15,18 @@
 //! This module lists, paces and hands batches to the committer; the
 //! connector decodes, the committer owns durability.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::{BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
 use tracing::{info, warn};
-use weir_connectors::files::{Files, Format, Rule, decode};
+use weir_connectors::files::{FileError, FileReader, Files, Format, Rule};
 use weir_protocol::TableUpdate;
 use weir_sql::GlobalId;
 
-use crate::durable::Durable;
+use crate::durable::{Durable, PendingWrite};
 use crate::ingest::{Source, SourceKind, Status, set};
 
 /// Rows per durable step.
@@ -123,35 +123,25 @@ async fn run(
                 continue;
             }
             set(status, |s| s.state = format!("reading {}", file.url));
-            let data = match files.fetch(&file).await {
-                Ok(d) => d,
-                Err(e) => {
-                    failed.insert(file.url.clone(), format!("{}: {e}", file.url));
-                    continue;
+            let reader = files
+                .reader(&file, &spec.format, table.1.clone(), table.2.clone(), before)
+                .await;
+            let (rows, error) = match reader {
+                Ok(reader) => {
+                    read_file(
+                        reader,
+                        &file.url,
+                        table.0,
+                        progress_table,
+                        &mut progress,
+                        durable,
+                        status,
+                    )
+                    .await?
                 }
+                Err(e @ FileError::Malformed { .. }) => (0, Some(e.to_string())),
+                Err(e) => (0, Some(format!("{}: {e}", file.url))),
             };
-            let (format, schema, rules, url) = (
-                spec.format.clone(),
-                table.1.clone(),
-                table.2.clone(),
-                file.url.clone(),
-            );
-            let decoded =
-                tokio::task::spawn_blocking(move || decode(&format, &data, &url, &schema, &rules, before))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            let error = decoded.error.map(|e| e.to_string());
-            let rows = ingest(
-                &file.url,
-                decoded.batches,
-                error.is_none(),
-                table.0,
-                progress_table,
-                &mut progress,
-                durable,
-            )
-            .await?;
-            set(status, |s| s.rows += rows);
             match error {
                 Some(e) => {
                     warn!(file = file.url, error = e, "malformed file");
@@ -187,19 +177,83 @@ async fn run(
     }
 }
 
-/// Make `batches` of `file` durable in steps of [`CHUNK`] rows, each with
-/// the file's progress row; `complete`: nothing of the file is left after
-/// them. Returns the rows written.
+/// Pieces decoded ahead of the one being written: decoding the next
+/// overlaps writing this one, and memory stays a few pieces.
+const PIECES_AHEAD: usize = 1;
+
+/// Durable steps in flight at once.
+const STEPS_IN_FLIGHT: usize = 4;
+
+/// Read `file` a piece at a time into `table`, each step with the file's
+/// progress row. Returns the rows written and the error that ended the
+/// file early, if one did.
 #[allow(clippy::too_many_arguments)]
-async fn ingest(
+async fn read_file(
+    mut reader: FileReader,
+    file: &str,
+    table: GlobalId,
+    progress_table: &(GlobalId, SchemaRef),
+    progress: &mut Progress,
+    durable: &Durable,
+    status: &Mutex<Status>,
+) -> Result<(u64, Option<String>), String> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(PIECES_AHEAD);
+    // Dropping `rx` (an error, or this task ending) stops the reading.
+    tokio::spawn(async move {
+        while let Some(piece) = reader.next().await {
+            if tx.send(piece).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut in_flight: VecDeque<(PendingWrite, u64)> = VecDeque::new();
+    let mut written = 0u64;
+    let mut error = None;
+    // An empty file is one empty piece: it still completes.
+    let mut next = Some(rx.recv().await.unwrap_or_default());
+    while let Some(piece) = next {
+        error = piece.error.map(|e| match e {
+            FileError::Malformed { .. } => e.to_string(),
+            e => format!("{file}: {e}"),
+        });
+        next = match error {
+            Some(_) => None,
+            None => rx.recv().await,
+        };
+        // The file is complete with its last piece, if that read cleanly.
+        let complete = error.is_none() && next.is_none();
+        for (write, rows) in steps(file, piece.batches, complete, table, progress_table, progress)? {
+            in_flight.push_back((durable.write(write), rows));
+            while in_flight.len() > STEPS_IN_FLIGHT {
+                written += settle_step(in_flight.pop_front(), status).await?;
+            }
+        }
+    }
+    while !in_flight.is_empty() {
+        written += settle_step(in_flight.pop_front(), status).await?;
+    }
+    Ok((written, error))
+}
+
+/// Wait for a step to be durable; its rows count as ingested then.
+async fn settle_step(step: Option<(PendingWrite, u64)>, status: &Mutex<Status>) -> Result<u64, String> {
+    let Some((write, rows)) = step else { return Ok(0) };
+    write.wait().await.map_err(|e| e.to_string())?;
+    set(status, |s| s.rows += rows);
+    Ok(rows)
+}
+
+/// `batches` of `file` as durable steps of at most [`CHUNK`] rows, each
+/// with the file's progress row updated in `progress`; `complete`:
+/// nothing of the file is left after them. Each step with its rows.
+fn steps(
     file: &str,
     batches: Vec<RecordBatch>,
     complete: bool,
     table: GlobalId,
     progress_table: &(GlobalId, SchemaRef),
     progress: &mut Progress,
-    durable: &Durable,
-) -> Result<u64, String> {
+) -> Result<Vec<(Vec<TableUpdate>, u64)>, String> {
     let mut steps: Vec<Vec<RecordBatch>> = vec![Vec::new()];
     let mut in_step = 0;
     for batch in batches {
@@ -227,8 +281,7 @@ async fn ingest(
         .map_err(|e| e.to_string())
     };
     let last = steps.len() - 1;
-    let mut written = 0u64;
-    let mut pending = Vec::new();
+    let mut out = Vec::new();
     for (i, step) in steps.into_iter().enumerate() {
         let rows: u64 = step.iter().map(|b| b.num_rows() as u64).sum();
         let old = progress.get(file).copied();
@@ -256,14 +309,10 @@ async fn ingest(
             batch: row(new.0, new.1)?,
             diff: 1,
         });
-        pending.push(durable.write(updates));
         progress.insert(file.to_string(), new);
-        written += rows;
+        out.push((updates, rows));
     }
-    for write in pending {
-        write.wait().await.map_err(|e| e.to_string())?;
-    }
-    Ok(written)
+    Ok(out)
 }
 
 /// What a file source's catalog item records beyond its statement.

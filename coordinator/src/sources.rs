@@ -314,7 +314,7 @@ impl Coordinator {
         options: &[(String, Option<String>)],
         sql: &str,
     ) -> Result<()> {
-        use weir_connectors::files::{FileError, Files, Format, infer_schema};
+        use weir_connectors::files::{FileError, Files, Format};
         let invalid = |m: String| AdapterError::InvalidParameter(m);
         let mut format = None;
         let (mut header, mut delimiter, mut watch) = (false, b',', false);
@@ -359,8 +359,7 @@ impl Coordinator {
                         "no files match '{url}' to take the columns from; declare them: CREATE SOURCE {name} (column type, ...) FROM FILES ..."
                     ))
                 })?;
-                let data = files.fetch(first).await.map_err(file_error)?;
-                let schema = infer_schema(&format, &data, &first.url).map_err(file_error)?;
+                let schema = files.infer_schema(first, &format).await.map_err(file_error)?;
                 schema
                     .fields()
                     .iter()
