@@ -335,10 +335,26 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
     let load_seconds = load_started.elapsed().as_secs_f64();
     let loaded_rss = rss(pid)?;
 
-    // Updates: move orders between products and change quantities.
-    let mut latencies: Vec<f64> = Vec::new();
+    // Updates: move orders between products and change quantities. By
+    // default the next batch goes as soon as the last one commits, as a
+    // feed would send it, and a second session reads the view after each
+    // commit to time when the view reflects it (a read waits for every
+    // write committed before it); `--serial` waits for the view before
+    // sending the next batch.
+    let serial = args.iter().any(|a| a == "--serial");
+    let (commits, mut committed_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let reader = weir.connect().await?;
+    let checker = tokio::spawn(async move {
+        let mut latencies = Vec::new();
+        while let Some(committed) = committed_rx.recv().await {
+            reader.query_one("SELECT count(*) FROM sales", &[]).await?;
+            latencies.push(committed.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok::<_, anyhow::Error>(latencies)
+    });
     let mut statements: Vec<f64> = Vec::new();
     let started = Instant::now();
+    let cpu_at_start = weir.cpu_seconds()?;
     let mut done = 0;
     while done < total_updates {
         let size = batch.min(total_updates - done);
@@ -358,12 +374,18 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
         .await?;
         let committed = Instant::now();
         statements.push(committed.duration_since(sent).as_secs_f64() * 1000.0);
-        // Reads wait until the view reflects every committed write.
-        c.query_one("SELECT count(*) FROM sales", &[]).await?;
-        latencies.push(committed.elapsed().as_secs_f64() * 1000.0);
+        commits.send(committed)?;
+        if serial {
+            // Reads wait until the view reflects every committed write.
+            c.query_one("SELECT count(*) FROM sales", &[]).await?;
+        }
         done += ids.len();
     }
+    drop(commits);
+    // The last latency ends when the view has every update.
+    let mut latencies = checker.await??;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = weir.cpu_seconds()? - cpu_at_start;
     let final_rss = rss(pid)?;
 
     // Check the view against the model.
@@ -400,6 +422,7 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
     let memory = loaded_rss.saturating_sub(baseline_rss);
     Ok(json!({
         "benchmark": "updates",
+        "mode": if serial { "serial" } else { "pipelined" },
         "workers": workers,
         "orders": orders,
         "customers": customers,
@@ -409,6 +432,7 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
         "seconds_to_load_and_maintain": load_seconds,
         "seconds_for_updates": elapsed,
         "updates_per_second": done as f64 / elapsed,
+        "weir_cpu_seconds_for_updates": cpu,
         "latency_ms_p50": pct(0.5),
         "update_statement_ms_p50": statement_p50,
         "latency_ms_p99": pct(0.99),

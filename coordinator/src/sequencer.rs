@@ -550,10 +550,11 @@ impl Coordinator {
         plan: LogicalPlan,
         restriction: Option<(GlobalId, Arc<Vec<Vec<u8>>>)>,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let plan = match &plan {
-            // DML input plans are shaped for their table; leave them be.
-            LogicalPlan::Dml(_) => plan,
-            _ => self.planner.optimize_oneshot(&plan, "")?,
+        // DML input plans are shaped for their table; leave them be.
+        let optimized = !matches!(plan, LogicalPlan::Dml(_));
+        let plan = match optimized {
+            true => self.planner.optimize_oneshot(&plan, "")?,
+            false => plan,
         };
         // Scans of a WITH RECURSIVE name read DataFusion's work table.
         let mut recursive: Vec<String> = Vec::new();
@@ -614,6 +615,16 @@ impl Coordinator {
                 other => Ok(Transformed::no(other)),
             })?
             .data;
+        if optimized {
+            // Planned physically as it is: executing the logical plan would
+            // run the optimizer over it a second time (for a 1,000-key
+            // UPDATE as long as the first pass).
+            let state = self.planner.state();
+            let physical = state.query_planner().create_physical_plan(&plan, state).await?;
+            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+            let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await?;
+            return Ok((schema, batches));
+        }
         let ctx = SessionContext::new_with_state(self.planner.state().clone());
         let df = ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -985,8 +996,13 @@ impl Coordinator {
                 ("INSERT 0", Some(batch), None)
             }
             WriteOp::Delete => {
-                let keys = key_restriction(&entry, input.as_ref())?;
-                let batch = self.run_as_table(&entry, input.as_ref().clone(), keys).await?;
+                let batch = match key_restriction(&entry, input.as_ref())? {
+                    Some(r) => {
+                        self.run_as_table(&entry, r.reader(input.as_ref()), Some(r.keys))
+                            .await?
+                    }
+                    None => self.run_as_table(&entry, input.as_ref().clone(), None).await?,
+                };
                 ("DELETE", None, Some(batch))
             }
             WriteOp::Update => {
@@ -996,10 +1012,12 @@ impl Coordinator {
                 if p.input.schema().fields().len() != entry.schema.fields().len() {
                     return Err(unsupported("UPDATE ... FROM"));
                 }
-                let keys = key_restriction(&entry, p.input.as_ref())?;
-                let old = self
-                    .run_as_table(&entry, p.input.as_ref().clone(), keys.clone())
-                    .await?;
+                let restriction = key_restriction(&entry, p.input.as_ref())?;
+                let (reader, keys) = match &restriction {
+                    Some(r) => (r.reader(p.input.as_ref()), Some(r.keys.clone())),
+                    None => (p.input.as_ref().clone(), None),
+                };
+                let old = self.run_as_table(&entry, reader, keys.clone()).await?;
                 let new = match self.updated_rows(&entry, p, &old).await? {
                     Some(new) => new,
                     None => self.run_as_table(&entry, input.as_ref().clone(), keys).await?,
@@ -1528,10 +1546,31 @@ fn key_values(entry: &Entry, cols: &[usize], batch: &RecordBatch) -> Result<Vec<
         .collect())
 }
 
-/// The primary keys a `DELETE`/`UPDATE` can touch, when its `WHERE` pins
-/// the (single-column) key with `=` or `IN` to constants: then only those
-/// rows need reading, by key, instead of the whole table.
-fn key_restriction(entry: &Entry, plan: &LogicalPlan) -> Result<Option<Arc<Vec<Vec<u8>>>>> {
+/// The rows a `DELETE`/`UPDATE` touches when its `WHERE` pins the
+/// (single-column) primary key with `=` or `IN` to constants.
+struct KeyRestriction {
+    /// The encoded keys: only these rows need reading, by key, instead of
+    /// the whole table.
+    keys: Arc<Vec<Vec<u8>>>,
+    /// The `WHERE` is nothing but that test, on constants of the key's
+    /// own type: the rows read by key are exactly the rows it keeps.
+    whole: bool,
+}
+
+impl KeyRestriction {
+    /// What reads the rows `plan` (a `Filter` over the table, as
+    /// [`key_restriction`] found it) keeps.
+    fn reader(&self, plan: &LogicalPlan) -> LogicalPlan {
+        match plan {
+            LogicalPlan::Filter(f) if self.whole => f.input.as_ref().clone(),
+            other => other.clone(),
+        }
+    }
+}
+
+/// The key restriction of a `DELETE`'s or `UPDATE`'s filtered scan
+/// `plan`, if its `WHERE` has one.
+fn key_restriction(entry: &Entry, plan: &LogicalPlan) -> Result<Option<KeyRestriction>> {
     use datafusion::logical_expr::Expr;
     let [k] = entry.primary_key.as_slice() else {
         return Ok(None);
@@ -1544,16 +1583,27 @@ fn key_restriction(entry: &Entry, plan: &LogicalPlan) -> Result<Option<Arc<Vec<V
     }
     let field = entry.schema.field(*k);
     let is_key = |e: &Expr| matches!(e, Expr::Column(c) if c.name == *field.name());
-    let constant = |e: &Expr| match e {
-        Expr::Literal(v, _) => Some(v.clone()),
+    // A literal of the key's own type compares as the key does; others
+    // are cast for the lookup and the filter still decides.
+    let mut exact = true;
+    let mut constant = |e: &Expr| match e {
+        Expr::Literal(v, _) => {
+            exact &= v.data_type() == *field.data_type();
+            Some(v.clone())
+        }
         Expr::Cast(c) => match c.expr.as_ref() {
-            Expr::Literal(v, _) => Some(v.clone()),
+            Expr::Literal(v, _) => {
+                exact = false;
+                Some(v.clone())
+            }
             _ => None,
         },
         _ => None,
     };
+    let conjuncts = datafusion::logical_expr::utils::split_conjunction(&filter.predicate);
+    let alone = conjuncts.len() == 1;
     let mut values: Option<Vec<ScalarValue>> = None;
-    for conjunct in datafusion::logical_expr::utils::split_conjunction(&filter.predicate) {
+    for conjunct in conjuncts {
         let found = match conjunct {
             Expr::BinaryExpr(b) if b.op == datafusion::logical_expr::Operator::Eq => {
                 match (is_key(&b.left), is_key(&b.right)) {
@@ -1562,7 +1612,7 @@ fn key_restriction(entry: &Entry, plan: &LogicalPlan) -> Result<Option<Arc<Vec<V
                     _ => None,
                 }
             }
-            Expr::InList(l) if !l.negated && is_key(&l.expr) => l.list.iter().map(constant).collect(),
+            Expr::InList(l) if !l.negated && is_key(&l.expr) => l.list.iter().map(&mut constant).collect(),
             _ => None,
         };
         if found.is_some() {
@@ -1595,7 +1645,10 @@ fn key_restriction(entry: &Entry, plan: &LogicalPlan) -> Result<Option<Arc<Vec<V
     columns[*k] = array;
     let batch = RecordBatch::try_new(entry.schema.clone(), columns)
         .map_err(|e| AdapterError::Internal(e.to_string()))?;
-    Ok(Some(Arc::new(key_rows(entry, &batch)?)))
+    Ok(Some(KeyRestriction {
+        keys: Arc::new(key_rows(entry, &batch)?),
+        whole: alone && exact,
+    }))
 }
 
 /// `Key (a, b)=(1, x) already exists.`

@@ -391,6 +391,7 @@ impl ComputeState {
     /// Answer every peek whose data is complete.
     pub fn poll(&mut self, worker: &Worker) {
         let index = worker.index();
+        let peers = worker.peers();
         let mut pending = std::mem::take(&mut self.peeks);
         pending.retain(|peek| {
             let Some((ok, err)) = self.traces.get_mut(&peek.target) else {
@@ -423,7 +424,15 @@ impl ComputeState {
             let codec = &self.arrangements[&peek.target].codec;
             let result = match ok {
                 Arranged::Rows(t) => read_rows(t, peek.time, codec),
-                Arranged::Keyed(t) => read_keyed(t, peek.time, codec, peek.keys.as_deref()),
+                Arranged::Keyed(t) => {
+                    // Only the keys this worker's part of the table can hold.
+                    let keys = peek.keys.as_deref().map(|keys| {
+                        keys.iter()
+                            .filter(|k| owner(k, peers) == index)
+                            .collect::<Vec<&Row>>()
+                    });
+                    read_keyed(t, peek.time, codec, keys.as_deref())
+                }
             };
             let _ = self.responses.send(Response::Peek {
                 peek_id: peek.peek_id,
@@ -506,7 +515,7 @@ fn read_keyed(
     trace: &mut KeyedTrace,
     time: Time,
     codec: &RowCodec,
-    keys: Option<&Vec<Row>>,
+    keys: Option<&[&Row]>,
 ) -> Result<RecordBatch, String> {
     let batches = trace
         .batches_through(Antichain::new().borrow())
@@ -536,10 +545,10 @@ fn read_keys(
     batches: &[<KeyedTrace as TraceReader>::Batch],
     time: Time,
     codec: &RowCodec,
-    keys: &[Row],
+    keys: &[&Row],
 ) -> Result<RecordBatch, String> {
     use differential_dataflow::trace::Navigable;
-    let mut sorted: Vec<&Row> = keys.iter().collect();
+    let mut sorted: Vec<&Row> = keys.to_vec();
     sorted.sort();
     sorted.dedup();
     let mut found: Vec<(&[u8], Diff)> = Vec::new();
@@ -572,6 +581,21 @@ fn read_keys(
     out.into_batch(codec)
 }
 
+/// The worker whose part of an arrangement holds `key`: arrangements
+/// exchange updates by `key.hashed()`, which timely's exchange routes
+/// with a mask when the worker count is a power of two and by remainder
+/// otherwise (`keys_live_with_their_owner` pins this).
+fn owner(key: &Row, peers: usize) -> usize {
+    use differential_dataflow::hashable::Hashable;
+    let (hash, peers) = (key.hashed(), peers as u64);
+    let owner = if peers.is_power_of_two() {
+        hash & (peers - 1)
+    } else {
+        hash % peers
+    };
+    owner as usize
+}
+
 /// This worker's rows of a relation at `time`, as a batch.
 fn read_rows(trace: &mut RowTrace, time: Time, codec: &RowCodec) -> Result<RecordBatch, String> {
     let batches = trace
@@ -585,4 +609,56 @@ fn read_rows(trace: &mut RowTrace, time: Time, codec: &RowCodec) -> Result<Recor
         cursor.step_key(&storage);
     }
     out.into_batch(codec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use differential_dataflow::input::InputSession;
+
+    /// Every key a worker's part of a keyed arrangement holds is one
+    /// [`owner`] assigns to it, for power-of-two worker counts and others.
+    #[test]
+    fn keys_live_with_their_owner() {
+        for workers in [2, 3, 4] {
+            timely::execute(timely::Config::process(workers), move |worker| {
+                let (index, peers) = (worker.index(), worker.peers());
+                let mut input: InputSession<Time, (Row, Row), Diff> = InputSession::new();
+                let mut trace = worker.dataflow::<Time, _, _>(|scope| {
+                    crate::render::arrange_keyed(input.to_collection(scope), "Arrange keys")
+                });
+                if index == 0 {
+                    for i in 0..1000u32 {
+                        input.insert((i.to_be_bytes().to_vec(), vec![1]));
+                    }
+                }
+                input.advance_to(1);
+                input.flush();
+                let mut upper = Antichain::new();
+                while {
+                    trace.read_upper(&mut upper);
+                    upper.less_equal(&0)
+                } {
+                    worker.step();
+                }
+                let batches = trace
+                    .batches_through(Antichain::new().borrow())
+                    .unwrap_or_default();
+                let (mut cursor, storage) = cursor_list(batches);
+                let mut held = 0;
+                while cursor.key_valid(&storage) {
+                    let key: Row = cursor.key(&storage).to_vec();
+                    assert_eq!(owner(&key, peers), index, "{workers} workers");
+                    held += 1;
+                    cursor.step_key(&storage);
+                }
+                // The keys are spread, not all on one worker.
+                assert!(
+                    held > 1000 / peers / 2,
+                    "{held} keys on worker {index} of {peers}"
+                );
+            })
+            .unwrap();
+        }
+    }
 }
