@@ -28,6 +28,15 @@ async fn wait_for(c: &Client, sql: &str, want: &[&str]) {
     }
 }
 
+/// Wait while `sql` still answers `now` (120 s at most).
+async fn wait_while(c: &Client, sql: &str, now: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sorted(c, sql).await == vec![now] {
+        assert!(Instant::now() < deadline, "{sql}: still {now}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Write `body` to `dir/name` as a writer should: to a temporary name,
 /// then renamed into place.
 fn write(dir: &Path, name: &str, body: &[u8]) {
@@ -268,15 +277,7 @@ async fn exactly_once_across_kill() {
     )
     .await;
     // Kill once some files are in and others are not.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let done = sorted(&c, "SELECT count(*) FROM big_progress WHERE complete").await;
-        if done != vec!["0"] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing ingested");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_while(&c, "SELECT count(*) FROM big_progress WHERE complete", "0").await;
     let at_kill = sorted(&c, "SELECT count(*) FROM big").await;
     a.kill();
     drop(c);
@@ -358,15 +359,12 @@ async fn a_large_file_is_read_in_pieces_exactly_once() {
     )
     .await;
     // Kill once part of the file is in.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n = sorted(&c, "SELECT coalesce(sum(rows_ingested), 0) FROM big_progress").await;
-        if n != vec!["0"] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing ingested");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_while(
+        &c,
+        "SELECT coalesce(sum(rows_ingested), 0) FROM big_progress",
+        "0",
+    )
+    .await;
     a.kill();
     drop(c);
     let a = Server::on_state(path, 2, &[]);
