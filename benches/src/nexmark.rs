@@ -90,6 +90,9 @@ async fn run_one(name: &str, sql: &str, events: usize, workers: usize) -> Result
     };
     let generate_s = emitting.duration_since(generate_started).as_secs_f64();
     let cpu_at_start = weir.cpu_seconds()?;
+    // Resident memory once every event is drawn and none ingested: what
+    // the pregenerated events (and an idle server) take.
+    let rss_at_emit = crate::rss(weir.child.id())?;
     loop {
         let (s, rows) = state().await?;
         if s == "finished" {
@@ -127,6 +130,7 @@ async fn run_one(name: &str, sql: &str, events: usize, workers: usize) -> Result
         elapsed,
         json!({
             "peak_rss_bytes": peak_rss,
+            "rss_bytes_when_events_start": rss_at_emit,
             "weir_cpu_seconds": cpu,
             "view_rows": rows,
             "view_rows_checked": expected,
