@@ -28,6 +28,16 @@ async fn wait_for(c: &Client, sql: &str, want: &[&str]) {
     }
 }
 
+/// `count(*), count(DISTINCT id), min(id), max(id)` of `big`, as
+/// `sorted` gives it.
+async fn id_span(c: &Client) -> Vec<String> {
+    sorted(
+        c,
+        "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM big",
+    )
+    .await
+}
+
 /// Wait while `sql` still answers `now` (120 s at most).
 async fn wait_while(c: &Client, sql: &str, now: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -286,11 +296,7 @@ async fn exactly_once_across_kill() {
     wait_state(&c, "big", |s| s == "finished").await;
     let total = (files * per_file).to_string();
     assert_eq!(
-        sorted(
-            &c,
-            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM big"
-        )
-        .await,
+        id_span(&c).await,
         vec![format!("{total}|{total}|0|{}", files * per_file - 1)],
         "killed at {at_kill:?} rows"
     );
@@ -376,11 +382,7 @@ async fn a_large_file_is_read_in_pieces_exactly_once() {
         "{st}, want line {bad_line}"
     );
     assert_eq!(
-        sorted(
-            &c,
-            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM big"
-        )
-        .await,
+        id_span(&c).await,
         vec![format!("{bad_at}|{bad_at}|0|{}", bad_at - 1)]
     );
     assert_eq!(
@@ -398,14 +400,7 @@ async fn a_large_file_is_read_in_pieces_exactly_once() {
     let a = Server::on_state(path, 2, &[]);
     let c = a.connect().await;
     wait_state(&c, "big", |s| s == "finished").await;
-    assert_eq!(
-        sorted(
-            &c,
-            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM big"
-        )
-        .await,
-        vec![format!("{rows}|{rows}|0|{}", rows - 1)]
-    );
+    assert_eq!(id_span(&c).await, vec![format!("{rows}|{rows}|0|{}", rows - 1)]);
     assert_eq!(
         sorted(&c, "SELECT rows_ingested, complete FROM big_progress").await,
         vec![format!("{rows}|t")]

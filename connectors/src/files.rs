@@ -413,20 +413,7 @@ impl FileReader {
                 };
                 let decoded = blocking(Box::new(move || {
                     let mut lined = Vec::new();
-                    let mut raw = Ok(());
-                    for batch in group {
-                        match batch {
-                            Ok(b) => lined.push((b, Lines::Unknown)),
-                            Err(e) => {
-                                raw = Err(FileError::Malformed {
-                                    file: url.clone(),
-                                    line: None,
-                                    message: arrow_message(&e),
-                                });
-                                break;
-                            }
-                        }
-                    }
+                    let raw = parquet_batches(group, &url, &mut lined);
                     settle(lined, raw, &[], &url, &schema, &schema, &rules, 0, 1)
                 }))
                 .await?;
@@ -813,8 +800,23 @@ fn decode_parquet(data: &Bytes, file: &str, out: &mut Vec<Lined>) -> Result<(), 
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data.clone())
         .and_then(|b| b.with_batch_size(BATCH_ROWS).build())
         .map_err(|e| malformed(e.to_string()))?;
+    parquet_batches(reader, file, out)
+}
+
+/// The batches `reader` decodes (of Parquet file `file`), up to the first
+/// that fails.
+fn parquet_batches(
+    reader: impl Iterator<Item = Result<RecordBatch, ArrowError>>,
+    file: &str,
+    out: &mut Vec<Lined>,
+) -> Result<(), FileError> {
     for batch in reader {
-        out.push((batch.map_err(|e| malformed(arrow_message(&e)))?, Lines::Unknown));
+        let batch = batch.map_err(|e| FileError::Malformed {
+            file: file.to_string(),
+            line: None,
+            message: arrow_message(&e),
+        })?;
+        out.push((batch, Lines::Unknown));
     }
     Ok(())
 }

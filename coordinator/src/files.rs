@@ -15,7 +15,7 @@
 //! This module lists, paces and hands batches to the committer; the
 //! connector decodes, the committer owns durability.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,8 +26,8 @@ use weir_connectors::files::{FileError, FileReader, Files, Format, Rule};
 use weir_protocol::TableUpdate;
 use weir_sql::GlobalId;
 
-use crate::durable::{Durable, PendingWrite};
-use crate::ingest::{Source, SourceKind, Status, set};
+use crate::durable::Durable;
+use crate::ingest::{Source, SourceKind, Status, Steps, set};
 
 /// Rows per durable step.
 const CHUNK: usize = 100_000;
@@ -139,8 +139,7 @@ async fn run(
                     )
                     .await?
                 }
-                Err(e @ FileError::Malformed { .. }) => (0, Some(e.to_string())),
-                Err(e) => (0, Some(format!("{}: {e}", file.url))),
+                Err(e) => (0, Some(error_text(&file.url, e))),
             };
             match error {
                 Some(e) => {
@@ -206,16 +205,13 @@ async fn read_file(
             }
         }
     });
-    let mut in_flight: VecDeque<(PendingWrite, u64)> = VecDeque::new();
+    let mut in_flight = Steps::new(STEPS_IN_FLIGHT, status);
     let mut written = 0u64;
     let mut error = None;
     // An empty file is one empty piece: it still completes.
     let mut next = Some(rx.recv().await.unwrap_or_default());
     while let Some(piece) = next {
-        error = piece.error.map(|e| match e {
-            FileError::Malformed { .. } => e.to_string(),
-            e => format!("{file}: {e}"),
-        });
+        error = piece.error.map(|e| error_text(file, e));
         next = match error {
             Some(_) => None,
             None => rx.recv().await,
@@ -223,24 +219,20 @@ async fn read_file(
         // The file is complete with its last piece, if that read cleanly.
         let complete = error.is_none() && next.is_none();
         for (write, rows) in steps(file, piece.batches, complete, table, progress_table, progress)? {
-            in_flight.push_back((durable.write(write), rows));
-            while in_flight.len() > STEPS_IN_FLIGHT {
-                written += settle_step(in_flight.pop_front(), status).await?;
-            }
+            written += in_flight.push(durable.write(write), rows).await?;
         }
     }
-    while !in_flight.is_empty() {
-        written += settle_step(in_flight.pop_front(), status).await?;
-    }
+    written += in_flight.drain().await?;
     Ok((written, error))
 }
 
-/// Wait for a step to be durable; its rows count as ingested then.
-async fn settle_step(step: Option<(PendingWrite, u64)>, status: &Mutex<Status>) -> Result<u64, String> {
-    let Some((write, rows)) = step else { return Ok(0) };
-    write.wait().await.map_err(|e| e.to_string())?;
-    set(status, |s| s.rows += rows);
-    Ok(rows)
+/// What a source's status says about `e` reading `file` (a malformed
+/// file's error names it already).
+fn error_text(file: &str, e: FileError) -> String {
+    match e {
+        FileError::Malformed { .. } => e.to_string(),
+        e => format!("{file}: {e}"),
+    }
 }
 
 /// `batches` of `file` as durable steps of at most [`CHUNK`] rows, each

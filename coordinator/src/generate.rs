@@ -24,8 +24,8 @@ use weir_protocol::TableUpdate;
 use weir_sql::GlobalId;
 
 use crate::controller::now_ms;
-use crate::durable::{Durable, PendingWrite};
-use crate::ingest::{Source, SourceKind, Status, set};
+use crate::durable::Durable;
+use crate::ingest::{Source, SourceKind, Status, Steps, set};
 
 /// Events per durable step when running unpaced.
 const CHUNK: u64 = 100_000;
@@ -93,12 +93,7 @@ async fn run(
         );
     }
     set(status, |s| s.state = "running".into());
-    let mut inflight: VecDeque<(PendingWrite, u64)> = VecDeque::new();
-    let settle = |(mut write, events): (PendingWrite, u64)| async move {
-        write.done().await.map_err(|e| e.to_string())?;
-        set(status, |s| s.rows += events);
-        Ok::<_, String>(())
-    };
+    let mut inflight = Steps::new(MAX_IN_FLIGHT, status);
     let end = spec.max_events.unwrap_or(u64::MAX);
     while next < end {
         let due = spec.due(now_ms());
@@ -111,9 +106,7 @@ async fn run(
             // Paced and not yet due: wait for the next tick (and let
             // finished steps report meanwhile).
             let wake = tokio::time::Instant::now() + TICK;
-            while let Some(oldest) = inflight.pop_front() {
-                settle(oldest).await?;
-            }
+            inflight.drain().await?;
             tokio::time::sleep_until(wake).await;
             continue;
         }
@@ -131,17 +124,12 @@ async fn run(
                 diff: 1,
             })
             .collect();
-        inflight.push_back((durable.write_at_position(updates, Some((id, to))), to - next));
+        inflight
+            .push(durable.write_at_position(updates, Some((id, to))), to - next)
+            .await?;
         next = to;
-        if inflight.len() >= MAX_IN_FLIGHT
-            && let Some(oldest) = inflight.pop_front()
-        {
-            settle(oldest).await?;
-        }
     }
-    while let Some(oldest) = inflight.pop_front() {
-        settle(oldest).await?;
-    }
+    inflight.drain().await?;
     info!(events = next, "load generator finished");
     set(status, |s| s.state = "finished".into());
     Ok(())

@@ -28,7 +28,7 @@ use weir_connectors::postgres::{Change, PgConfig, UpstreamTable};
 use weir_protocol::TableUpdate;
 use weir_sql::GlobalId;
 
-use crate::durable::Durable;
+use crate::durable::{Durable, PendingWrite};
 
 /// The most upstream transactions folded into one durable step.
 const MAX_TRANSACTIONS_PER_COMMIT: usize = 10_000;
@@ -424,6 +424,54 @@ pub fn spawn(
 
 pub(crate) fn set(status: &Mutex<Status>, f: impl FnOnce(&mut Status)) {
     f(&mut status.lock().expect("status lock"));
+}
+
+/// A source's durable steps in flight, oldest first, each with the rows it
+/// carries: at most `limit` at once, and a step's rows count as ingested
+/// in the source's status once it is durable.
+pub(crate) struct Steps<'a> {
+    queue: VecDeque<(PendingWrite, u64)>,
+    limit: usize,
+    status: &'a Mutex<Status>,
+}
+
+impl<'a> Steps<'a> {
+    pub(crate) fn new(limit: usize, status: &'a Mutex<Status>) -> Steps<'a> {
+        Steps {
+            queue: VecDeque::new(),
+            limit,
+            status,
+        }
+    }
+
+    /// Hand over a step of `rows`; wait for the oldest while `limit` are
+    /// in flight. Returns the rows made durable meanwhile.
+    pub(crate) async fn push(&mut self, write: PendingWrite, rows: u64) -> Result<u64, String> {
+        self.queue.push_back((write, rows));
+        let mut durable = 0;
+        while self.queue.len() >= self.limit {
+            durable += self.settle_oldest().await?;
+        }
+        Ok(durable)
+    }
+
+    /// Wait for every step in flight. Returns the rows made durable.
+    pub(crate) async fn drain(&mut self) -> Result<u64, String> {
+        let mut durable = 0;
+        while !self.queue.is_empty() {
+            durable += self.settle_oldest().await?;
+        }
+        Ok(durable)
+    }
+
+    async fn settle_oldest(&mut self) -> Result<u64, String> {
+        let Some((write, rows)) = self.queue.pop_front() else {
+            return Ok(0);
+        };
+        write.wait().await.map_err(|e| e.to_string())?;
+        set(self.status, |s| s.rows += rows);
+        Ok(rows)
+    }
 }
 
 async fn run(

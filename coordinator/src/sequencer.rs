@@ -552,9 +552,10 @@ impl Coordinator {
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         // DML input plans are shaped for their table; leave them be.
         let optimized = !matches!(plan, LogicalPlan::Dml(_));
-        let plan = match optimized {
-            true => self.planner.optimize_oneshot(&plan, "")?,
-            false => plan,
+        let plan = if optimized {
+            self.planner.optimize_oneshot(&plan, "")?
+        } else {
+            plan
         };
         // Scans of a WITH RECURSIVE name read DataFusion's work table.
         let mut recursive: Vec<String> = Vec::new();

@@ -431,7 +431,7 @@ impl ComputeState {
                             .filter(|k| owner(k, peers) == index)
                             .collect::<Vec<&Row>>()
                     });
-                    read_keyed(t, peek.time, codec, keys.as_deref())
+                    read_keyed(t, peek.time, codec, keys)
                 }
             };
             let _ = self.responses.send(Response::Peek {
@@ -515,7 +515,7 @@ fn read_keyed(
     trace: &mut KeyedTrace,
     time: Time,
     codec: &RowCodec,
-    keys: Option<&[&Row]>,
+    keys: Option<Vec<&Row>>,
 ) -> Result<RecordBatch, String> {
     let batches = trace
         .batches_through(Antichain::new().borrow())
@@ -545,10 +545,9 @@ fn read_keys(
     batches: &[<KeyedTrace as TraceReader>::Batch],
     time: Time,
     codec: &RowCodec,
-    keys: &[&Row],
+    mut sorted: Vec<&Row>,
 ) -> Result<RecordBatch, String> {
     use differential_dataflow::trace::Navigable;
-    let mut sorted: Vec<&Row> = keys.to_vec();
     sorted.sort();
     sorted.dedup();
     let mut found: Vec<(&[u8], Diff)> = Vec::new();
