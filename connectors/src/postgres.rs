@@ -476,9 +476,47 @@ pub struct ReplicationStream {
     in_transaction: bool,
     /// The server's WAL position, as it last said.
     server_lsn: u64,
-    /// Everything below this was sent and handled (a keepalive between
-    /// transactions).
+    /// The end of the last transaction handed to the caller.
+    handed: u64,
+    /// Confirmation of idle WAL that waits for the caller's: `(h, w)`,
+    /// a keepalive said the server had sent everything below `w` when
+    /// transactions up to `h` were handed out and not yet durable.
+    idle: std::sync::Mutex<Progress>,
+}
+
+/// What the caller made durable and what may be confirmed upstream.
+#[derive(Default)]
+struct Progress {
+    /// The highest position the caller confirmed.
+    acked: u64,
+    /// Idle WAL to confirm once `acked` reaches the first position.
+    waiting: Option<(u64, u64)>,
+    /// Everything below this was sent and is durable in the caller.
     caught_up: u64,
+}
+
+impl Progress {
+    /// Between transactions the server has sent everything below
+    /// `wal_end`, and the caller was handed transactions up to `handed`:
+    /// the position to confirm now.
+    fn idle(&mut self, handed: u64, wal_end: u64) -> u64 {
+        self.waiting = Some((handed, wal_end));
+        self.durable(0)
+    }
+
+    /// The caller made everything up to `lsn` durable: the position to
+    /// confirm now.
+    fn durable(&mut self, lsn: u64) -> u64 {
+        self.acked = self.acked.max(lsn);
+        if let Some((handed, wal_end)) = self.waiting
+            && self.acked >= handed
+        {
+            self.waiting = None;
+            self.acked = self.acked.max(wal_end);
+            self.caught_up = self.caught_up.max(wal_end);
+        }
+        self.acked
+    }
 }
 
 fn replication_error(e: impl std::fmt::Display) -> PgError {
@@ -615,7 +653,12 @@ pub async fn open_stream(
             changes: Vec::new(),
             in_transaction: false,
             server_lsn: 0,
-            caught_up: 0,
+            handed: resume.unwrap_or(0),
+            // What the stream resumes after is durable by definition.
+            idle: std::sync::Mutex::new(Progress {
+                acked: resume.unwrap_or(0),
+                ..Progress::default()
+            }),
         },
     ))
 }
@@ -637,16 +680,18 @@ impl ReplicationStream {
                 .map_err(replication_error)?
                 .ok_or_else(|| replication_error("the stream ended"))?;
             match event {
-                // Between transactions, everything the server has sent was
-                // whole transactions the caller already made durable (it
-                // asks for the next one only then): confirm up to the
-                // server's sent position, as pg_recvlogical does, so idle
-                // WAL (and a server shutting down) is not held back.
+                // Between transactions, the server has sent everything
+                // below `wal_end` as whole transactions already handed
+                // out: once those are durable (they may still be in
+                // flight), confirm up to `wal_end`, as pg_recvlogical
+                // does, so idle WAL (and a server shutting down) is not
+                // held back. Confirming it earlier would let a crash lose
+                // the transactions in flight: the slot would not resend.
                 E::KeepAlive { wal_end, .. } => {
                     self.server_lsn = self.server_lsn.max(wal_end.0);
                     if !self.in_transaction {
-                        self.caught_up = self.caught_up.max(wal_end.0);
-                        self.ack(wal_end.0);
+                        let confirm = self.idle.lock().expect("progress lock").idle(self.handed, wal_end.0);
+                        self.client.update_applied_lsn(pgwire_replication::Lsn(confirm));
                     }
                 }
                 E::Begin { .. } => {
@@ -672,6 +717,7 @@ impl ReplicationStream {
                 } => {
                     self.in_transaction = false;
                     self.server_lsn = self.server_lsn.max(end_lsn.0);
+                    self.handed = self.handed.max(end_lsn.0);
                     // PostgreSQL counts from 2000-01-01.
                     const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
                     return Ok(Transaction {
@@ -692,15 +738,16 @@ impl ReplicationStream {
     }
 
     /// The position below which the server has sent nothing the caller
-    /// has not already taken.
+    /// has not already made durable.
     pub fn caught_up_lsn(&self) -> u64 {
-        self.caught_up
+        self.idle.lock().expect("progress lock").caught_up
     }
 
     /// Everything up to `lsn` is durable in Weir: the upstream may
-    /// recycle it.
+    /// recycle it (and idle WAL after it, see [`ReplicationStream::next`]).
     pub fn ack(&self, lsn: u64) {
-        self.client.update_applied_lsn(pgwire_replication::Lsn(lsn));
+        let confirm = self.idle.lock().expect("progress lock").durable(lsn);
+        self.client.update_applied_lsn(pgwire_replication::Lsn(confirm));
     }
 }
 
@@ -715,4 +762,28 @@ pub async fn drop_slot(config: &PgConfig, slot: &str) -> Result<(), PgError> {
         .await
         .map_err(upstream)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+
+    #[test]
+    fn idle_wal_is_confirmed_only_after_what_is_in_flight() {
+        let mut p = Progress::default();
+        // Nothing handed out: idle WAL is confirmed at once.
+        assert_eq!(p.idle(0, 100), 100);
+        // Transactions up to 300 handed out, 200 durable: a keepalive at
+        // 400 must not confirm past 200, or a crash would lose 200..300.
+        assert_eq!(p.durable(200), 200);
+        assert_eq!(p.idle(300, 400), 200);
+        assert_eq!(p.caught_up, 100);
+        // A later keepalive replaces the wait with a later one.
+        assert_eq!(p.idle(350, 450), 200);
+        assert_eq!(p.durable(300), 300);
+        assert_eq!(p.durable(350), 450);
+        assert_eq!(p.caught_up, 450);
+        // Confirmation never goes back.
+        assert_eq!(p.durable(10), 450);
+    }
 }

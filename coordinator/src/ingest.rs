@@ -617,33 +617,49 @@ async fn run(
         // transaction that first shows them (what came before is handed
         // over first); that transaction's changes from before the columns
         // existed get the value the new columns have in older rows.
-        let mut changes = Changes::new(feeds.len());
-        let mut last: Option<&weir_connectors::postgres::Transaction> = None;
-        for txn in &txns {
-            let widened = widenings(feeds, txn)?;
-            if !widened.is_empty() {
-                if let Some(done) = last.take() {
-                    let updates = changes.finish(feeds)?;
-                    hand_over(updates, done, id, durable, &mut inflight, position);
-                    changes = Changes::new(feeds.len());
+        // A batch that fails partway (an upstream change Weir cannot
+        // apply, an upstream that went away while a table got its next
+        // version) puts the rows back as they were at the last hand-over,
+        // which is where the retry resumes: applying part of it twice
+        // would retract rows that were never written.
+        let mut undo = Undo::default();
+        let result = async {
+            let mut changes = Changes::new(feeds.len());
+            let mut last: Option<&weir_connectors::postgres::Transaction> = None;
+            for txn in &txns {
+                let widened = widenings(feeds, txn)?;
+                if !widened.is_empty() {
+                    if let Some(done) = last.take() {
+                        let updates = changes.finish(feeds)?;
+                        hand_over(updates, done, id, durable, &mut inflight, position);
+                        undo.clear();
+                        changes = Changes::new(feeds.len());
+                    }
+                    for (i, relation) in widened {
+                        widen(task, feeds, rows, i, &relation, txn.end_lsn).await?;
+                        info!(
+                            source = name,
+                            table = feeds[i].name,
+                            "upstream columns added: table has a new version"
+                        );
+                    }
                 }
-                for (i, relation) in widened {
-                    widen(task, feeds, rows, i, &relation, txn.end_lsn).await?;
-                    info!(
-                        source = name,
-                        table = feeds[i].name,
-                        "upstream columns added: table has a new version"
-                    );
+                for change in &txn.changes {
+                    apply(change, txn.end_lsn, feeds, rows, &mut relations, &mut changes, &mut undo)?;
                 }
+                last = Some(txn);
             }
-            for change in &txn.changes {
-                apply(change, txn.end_lsn, feeds, rows, &mut relations, &mut changes)?;
+            if let Some(done) = last {
+                let updates = changes.finish(feeds)?;
+                hand_over(updates, done, id, durable, &mut inflight, position);
+                undo.clear();
             }
-            last = Some(txn);
+            Ok::<(), String>(())
         }
-        if let Some(done) = last {
-            let updates = changes.finish(feeds)?;
-            hand_over(updates, done, id, durable, &mut inflight, position);
+        .await;
+        if let Err(e) = result {
+            undo.revert(rows);
+            return Err(e);
         }
     }
 }
@@ -721,6 +737,7 @@ fn apply(
     rows: &mut [Rows],
     relations: &mut HashMap<u32, usize>,
     out: &mut Changes,
+    undo: &mut Undo,
 ) -> Result<(), String> {
     let columns = |t: usize| feeds[t].upstream.columns.len();
     // The publication may cover more tables than the source takes:
@@ -739,6 +756,7 @@ fn apply(
             };
             let fields = feeds[t].values(new);
             rows[t].add(&fields);
+            undo.0.push((t, Undone::Added(Packed::row(columns(t), &fields))));
             out.side(t, true, columns(t)).push_row(fields);
         }
         Change::Update { relation, old, new } => {
@@ -764,8 +782,12 @@ fn apply(
                 })
                 .collect();
             rows[t].add(&merged);
+            let added = Packed::row(columns(t), &merged);
             out.side(t, false, columns(t)).push_row(old_fields);
             out.side(t, true, columns(t)).push_row(merged);
+            // Undone latest first: the new row goes before the old returns.
+            undo.0.push((t, Undone::Taken(old_row)));
+            undo.0.push((t, Undone::Added(added)));
         }
         Change::Delete { relation, old } => {
             let Some(t) = table(relations, *relation) else {
@@ -778,6 +800,7 @@ fn apply(
                 )
             })?;
             out.side(t, false, columns(t)).push_row(row.values());
+            undo.0.push((t, Undone::Taken(row)));
         }
         Change::Truncate(oids) => {
             for oid in oids {
@@ -788,11 +811,44 @@ fn apply(
                 for row in rows[t].each() {
                     side.push_row(row.iter());
                 }
-                rows[t].rows.clear();
+                undo.0.push((t, Undone::Cleared(std::mem::take(&mut rows[t].rows))));
             }
         }
     }
     Ok(())
+}
+
+/// What a batch did to the tables' current rows since its last
+/// hand-over, to put back if the batch fails (see [`run`]).
+#[derive(Default)]
+struct Undo(Vec<(usize, Undone)>);
+
+enum Undone {
+    /// A row was added to the table.
+    Added(Packed),
+    /// A row was taken out of the table.
+    Taken(Packed),
+    /// The table was emptied; these were its rows.
+    Cleared(hashbrown::HashTable<(Packed, u32)>),
+}
+
+impl Undo {
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// Put `rows` back as they were, latest change first.
+    fn revert(self, rows: &mut [Rows]) {
+        for (t, undone) in self.0.into_iter().rev() {
+            match undone {
+                Undone::Added(row) => {
+                    rows[t].take(&row.values());
+                }
+                Undone::Taken(row) => rows[t].add(&row.values()),
+                Undone::Cleared(all) => rows[t].rows = all,
+            }
+        }
+    }
 }
 
 /// The feed an upstream relation description is about, if any.
@@ -959,4 +1015,88 @@ fn check_columns(feed: &Feed, theirs: &[(&str, u32)], end_lsn: u64) -> Result<()
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_connectors::pgoutput::Value;
+    use weir_connectors::postgres::{UpstreamColumn, UpstreamTable};
+
+    fn feed() -> Feed {
+        let column = |name: &str, type_name: &str, type_oid: u32| UpstreamColumn {
+            name: name.into(),
+            type_name: type_name.into(),
+            type_oid,
+            not_null: false,
+            missing: None,
+            added_in: 0,
+        };
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int32, false),
+            arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Utf8, true),
+        ]));
+        Feed {
+            upstream: UpstreamTable {
+                oid: 7,
+                schema: "public".into(),
+                name: "t".into(),
+                columns: vec![column("id", "integer", 23), column("v", "text", 25)],
+                key: vec![0],
+            },
+            table: 1,
+            name: "t".into(),
+            schema,
+            retired: Vec::new(),
+        }
+    }
+
+    fn row(id: &str, v: &str) -> Vec<Value> {
+        vec![Value::Text(id.into()), Value::Text(v.into())]
+    }
+
+    fn contents(rows: &Rows) -> Vec<Vec<Option<String>>> {
+        let mut out: Vec<Vec<Option<String>>> = rows
+            .each()
+            .map(|r| r.iter().map(|v| v.map(str::to_string)).collect())
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_failed_batch_leaves_the_rows_as_they_were() {
+        let feeds = vec![feed()];
+        let mut rows = vec![Rows::new(&feeds[0])];
+        rows[0].add(&[Some("1"), Some("a")]);
+        rows[0].add(&[Some("2"), Some("b")]);
+        let before = contents(&rows[0]);
+        let mut relations: HashMap<u32, usize> = [(7, 0)].into();
+        let mut changes = Changes::new(1);
+        let mut undo = Undo::default();
+        let batch = [
+            Change::Insert { relation: 7, new: row("3", "c") },
+            Change::Update { relation: 7, old: None, new: row("1", "x") },
+            Change::Delete { relation: 7, old: row("2", "b") },
+            Change::Truncate(vec![7]),
+            Change::Insert { relation: 7, new: row("4", "d") },
+            Change::Update { relation: 7, old: None, new: row("4", "e") },
+            // Not there: the batch fails here.
+            Change::Update { relation: 7, old: None, new: row("9", "z") },
+        ];
+        let mut failed = None;
+        for change in &batch {
+            if let Err(e) = apply(change, 1, &feeds, &mut rows, &mut relations, &mut changes, &mut undo) {
+                failed = Some(e);
+                break;
+            }
+        }
+        assert!(failed.unwrap().contains("does not have"));
+        assert_ne!(contents(&rows[0]), before);
+        undo.revert(&mut rows);
+        assert_eq!(contents(&rows[0]), before);
+        // The rows are found by key again, as before the batch.
+        assert!(rows[0].take(&[Some("1"), None]).is_some());
+        assert!(rows[0].take(&[Some("3"), None]).is_none());
+    }
 }
