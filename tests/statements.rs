@@ -376,3 +376,71 @@ async fn transactions_and_settings_are_acknowledged() {
     exec(&c, "SET application_name = 'x'").await;
     assert_eq!(sorted(&c, "SELECT * FROM t").await, vec!["1"]);
 }
+
+/// `weir_catalog.arrangement_sizes` measures every arrangement on every
+/// worker when read: a table's holds its rows, a view's dataflow adds its
+/// join and reduction arrangements, and dropping the view forgets them.
+#[tokio::test]
+async fn arrangement_sizes_follow_the_data() {
+    let server = Server::with_workers(2);
+    let c = server.connect().await;
+    exec(
+        &c,
+        "CREATE TABLE t (k int PRIMARY KEY, g int);
+         CREATE TABLE u (g int, name text);
+         INSERT INTO t SELECT x, x % 10 FROM generate_series(1, 10000) AS s(x);
+         INSERT INTO u SELECT x, 'group ' || x FROM generate_series(0, 9) AS s(x);
+         CREATE MATERIALIZED VIEW per_group AS
+           SELECT u.name, count(*) AS n FROM t JOIN u ON t.g = u.g GROUP BY u.name",
+    )
+    .await;
+    let sizes = |relation: &'static str| {
+        let c = &c;
+        async move {
+            rows(
+                c,
+                &format!(
+                    "SELECT operator, count(DISTINCT worker), sum(records), sum(size_bytes), sum(capacity_bytes)
+                     FROM weir_catalog.arrangement_sizes WHERE relation = '{relation}'
+                     GROUP BY operator ORDER BY operator"
+                ),
+            )
+            .await
+            .into_iter()
+            .map(|r| {
+                let n = |i: usize| r[i].as_deref().unwrap().parse::<i64>().unwrap();
+                (r[0].clone().unwrap(), n(1), n(2), n(3), n(4))
+            })
+            .collect::<Vec<_>>()
+        }
+    };
+    let table = sizes("t").await;
+    assert_eq!(table.len(), 1, "{table:?}");
+    let (operator, workers, records, bytes, capacity) = table[0].clone();
+    assert_eq!((operator.as_str(), workers, records), ("Arrange t", 2, 10_000));
+    // Each row: a 5-byte key and a 10-byte row (arrow-row int32s), plus
+    // their offsets; never less than the encoded rows, and allocated at
+    // least as much as held.
+    assert!((10_000 * 15..10_000 * 64).contains(&bytes), "{bytes} bytes");
+    assert!(capacity >= bytes);
+    let view = sizes("per_group").await;
+    let operators: Vec<&str> = view.iter().map(|v| v.0.as_str()).collect();
+    for expected in ["JoinArrangeLeft", "JoinArrangeRight", "Arrange: ReduceTotals", "Arrange per_group"] {
+        assert!(operators.contains(&expected), "{operators:?}");
+    }
+    // The join reads t projected to g: ten distinct rows, each once with
+    // multiplicity 1,000.
+    let left = view.iter().find(|v| v.0 == "JoinArrangeLeft").unwrap();
+    assert_eq!(left.2, 10, "{view:?}");
+    let output = view.iter().find(|v| v.0 == "Arrange per_group").unwrap();
+    assert_eq!(output.2, 10, "{view:?}");
+    exec(&c, "DROP MATERIALIZED VIEW per_group").await;
+    assert!(sizes("per_group").await.is_empty());
+    let left: Vec<Vec<Option<String>>> = rows(
+        &c,
+        "SELECT operator FROM weir_catalog.arrangement_sizes WHERE operator LIKE 'Join%'",
+    )
+    .await;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(sizes("t").await.len(), 1);
+}

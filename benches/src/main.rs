@@ -334,6 +334,7 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
     }
     let load_seconds = load_started.elapsed().as_secs_f64();
     let loaded_rss = rss(pid)?;
+    let arrangements = arrangement_sizes(&c).await?;
 
     // Updates: move orders between products and change quantities. By
     // default the next batch goes as soon as the last one commits, as a
@@ -440,9 +441,48 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
         "memory_bytes_after_load": memory,
         "memory_bytes_per_input_row": memory as f64 / input_rows as f64,
         "raw_bytes_per_input_row": raw_bytes as f64 / input_rows as f64,
+        "arranged_records_after_load": arrangements["records"],
+        "arranged_bytes_per_record": arrangements["bytes_per_record"],
+        "arranged_capacity_bytes_per_record": arrangements["capacity_bytes_per_record"],
+        "arrangements_after_load": arrangements["arrangements"],
         "rss_bytes_after_updates": final_rss,
         "peak_rss_bytes": weir.peak_rss()?,
         "view_rows": got.len(),
+    }))
+}
+
+/// What the server's arrangements hold (`weir_catalog.arrangement_sizes`,
+/// summed over workers): per arrangement and in total, with bytes per
+/// arranged record (an update: key, value, time, diff).
+async fn arrangement_sizes(c: &Client) -> Result<serde_json::Value> {
+    let rows = c
+        .query(
+            "SELECT coalesce(relation, ''), operator, sum(records)::bigint, sum(size_bytes)::bigint,
+                    sum(capacity_bytes)::bigint
+             FROM weir_catalog.arrangement_sizes GROUP BY 1, 2 ORDER BY 4 DESC",
+            &[],
+        )
+        .await?;
+    let (mut records, mut bytes, mut capacity) = (0i64, 0i64, 0i64);
+    let mut each = Vec::new();
+    for r in &rows {
+        let (n, b, cap): (i64, i64, i64) = (r.get(2), r.get(3), r.get(4));
+        records += n;
+        bytes += b;
+        capacity += cap;
+        each.push(json!({
+            "relation": r.get::<_, String>(0),
+            "operator": r.get::<_, String>(1),
+            "records": n,
+            "size_bytes": b,
+            "capacity_bytes": cap,
+        }));
+    }
+    Ok(json!({
+        "records": records,
+        "bytes_per_record": bytes as f64 / records.max(1) as f64,
+        "capacity_bytes_per_record": capacity as f64 / records.max(1) as f64,
+        "arrangements": each,
     }))
 }
 

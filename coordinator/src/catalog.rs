@@ -100,6 +100,10 @@ pub struct Catalog {
     state: RwLock<State>,
     /// Sources by name, with their live status and ingestion tasks.
     sources: std::sync::Mutex<BTreeMap<String, crate::ingest::Source>>,
+    /// The workers' arrangement sizes as last measured, for
+    /// `weir_catalog.arrangement_sizes` (measured afresh before each
+    /// statement that reads it).
+    arrangement_sizes: std::sync::Mutex<Option<arrow::array::RecordBatch>>,
 }
 
 impl Catalog {
@@ -183,6 +187,10 @@ impl Catalog {
     }
 
     /// The sources, locked (briefly: nothing awaits under this lock).
+    pub fn set_arrangement_sizes(&self, sizes: arrow::array::RecordBatch) {
+        *self.arrangement_sizes.lock().expect("sizes lock") = Some(sizes);
+    }
+
     pub fn sources(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, crate::ingest::Source>> {
         self.sources.lock().expect("sources lock")
     }
@@ -272,7 +280,8 @@ impl CatalogReader for Catalog {
     }
 
     fn system_table(&self, schema: &str, name: &str) -> Option<arrow::array::RecordBatch> {
-        crate::system::table(schema, name, &self.entries(), &self.sources())
+        let sizes = self.arrangement_sizes.lock().expect("sizes lock").clone();
+        crate::system::table(schema, name, &self.entries(), &self.sources(), sizes.as_ref())
     }
 
     fn system_table_names(&self, schema: &str) -> Vec<String> {

@@ -192,6 +192,33 @@ impl Controller {
         Ok(out)
     }
 
+    /// Every worker's arrangements, measured now (in
+    /// [`weir_protocol::arrangement_sizes_schema`]'s columns).
+    pub async fn arrangement_sizes(&self) -> Result<RecordBatch, AdapterError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut inner = self.inner.lock().expect("controller lock");
+            inner.next_id += 1;
+            let peek_id = inner.next_id;
+            self.pending.lock().expect("pending lock").peeks.insert(
+                peek_id,
+                PendingPeek {
+                    remaining: self.workers,
+                    batches: Vec::new(),
+                    error: None,
+                    reply: Some(tx),
+                },
+            );
+            inner.sink.send(Command::ArrangementSizes { peek_id });
+        }
+        let batches = rx
+            .await
+            .map_err(|_| AdapterError::Internal("worker went away".into()))?
+            .map_err(AdapterError::Internal)?;
+        concat_batches(&weir_protocol::arrangement_sizes_schema(), &batches)
+            .map_err(|e| AdapterError::Internal(e.to_string()))
+    }
+
     /// Start a subscription to `plan`; messages arrive on the receiver until
     /// [`Controller::unsubscribe`].
     pub fn subscribe(&self, plan: Arc<Plan>) -> (u64, Timestamp, mpsc::UnboundedReceiver<SubscribeMessage>) {

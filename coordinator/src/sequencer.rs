@@ -456,6 +456,12 @@ impl Coordinator {
     ) -> Result<ExecuteResult> {
         match ast {
             ast::Statement::Query(q) => {
+                // Arrangement sizes are measured by the workers when read,
+                // not kept up to date between reads.
+                if sql.to_ascii_lowercase().contains("arrangement_sizes") {
+                    let sizes = self.controller.arrangement_sizes().await?;
+                    self.catalog.set_arrangement_sizes(sizes);
+                }
                 let answer = match self.bind_with_params(ast, sql, params).await {
                     Ok(plan) => self.run(plan).await,
                     Err(e) => Err(e),

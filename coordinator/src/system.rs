@@ -69,7 +69,7 @@ pub fn table_names(schema: &str) -> Vec<String> {
             "pg_views",
         ],
         "information_schema" => &["columns", "schemata", "tables", "views"],
-        "weir_catalog" => &["columns", "dependencies", "relations", "sources"],
+        "weir_catalog" => &["arrangement_sizes", "columns", "dependencies", "relations", "sources"],
         _ => &[],
     };
     names.iter().map(|s| s.to_string()).collect()
@@ -230,12 +230,39 @@ const TYPES: &[(i64, &str, i64, i64)] = &[
     (3802, "jsonb", -1, 3807),
 ];
 
+/// The rows of `weir_catalog.arrangement_sizes`: the workers' answer
+/// (see [`weir_protocol::arrangement_sizes_schema`]) with each
+/// arrangement's relation named.
+fn arrangement_rows(sizes: &RecordBatch, entries: &[Entry]) -> Vec<Vec<ScalarValue>> {
+    use arrow::array::{Array, AsArray, Int64Array};
+    use arrow::datatypes::Int64Type;
+    let ints = |i: usize| -> &Int64Array { sizes.column(i).as_primitive::<Int64Type>() };
+    let operators = sizes.column(1).as_string::<i32>();
+    (0..sizes.num_rows())
+        .map(|r| {
+            let id = ints(0).is_valid(r).then(|| ints(0).value(r));
+            let name = id.and_then(|id| entries.iter().find(|e| e.id as i64 == id).map(|e| e.name.clone()));
+            vec![
+                ScalarValue::Utf8(name),
+                ScalarValue::Int64(id),
+                text(operators.value(r)),
+                int(ints(2).value(r)),
+                int(ints(3).value(r)),
+                int(ints(4).value(r)),
+                int(ints(5).value(r)),
+                int(ints(6).value(r)),
+            ]
+        })
+        .collect()
+}
+
 /// Compute the system relation `schema.name` over `entries`.
 pub fn table(
     schema: &str,
     name: &str,
     entries: &[Entry],
     sources: &std::collections::BTreeMap<String, crate::ingest::Source>,
+    arrangement_sizes: Option<&RecordBatch>,
 ) -> Option<RecordBatch> {
     use DataType::{Boolean as B, Int64 as I, Utf8 as T};
     let b = match (schema, name) {
@@ -773,6 +800,19 @@ pub fn table(
                     ]
                 })
                 .collect(),
+        ),
+        ("weir_catalog", "arrangement_sizes") => batch(
+            &[
+                ("relation", T),
+                ("relation_id", I),
+                ("operator", T),
+                ("worker", I),
+                ("batches", I),
+                ("records", I),
+                ("size_bytes", I),
+                ("capacity_bytes", I),
+            ],
+            arrangement_sizes.map(|b| arrangement_rows(b, entries)).unwrap_or_default(),
         ),
         ("weir_catalog", "dependencies") => batch(
             &[("relation", T), ("depends_on", T)],

@@ -223,9 +223,41 @@ impl ComputeState {
                     worker.drop_dataflow(dataflow);
                 }
             }
+            Command::ArrangementSizes { peek_id } => {
+                let result = self.arrangement_sizes(worker.index());
+                let _ = self.responses.send(Response::Peek {
+                    peek_id,
+                    worker: worker.index(),
+                    result,
+                });
+            }
             Command::Shutdown => return false,
         }
         true
+    }
+
+    /// Every arrangement this worker maintains, measured now, with the
+    /// relation whose dataflow holds it (see
+    /// [`weir_protocol::arrangement_sizes_schema`]).
+    fn arrangement_sizes(&self, worker: usize) -> Result<RecordBatch, String> {
+        use arrow::array::{ArrayRef, Int64Array, StringArray};
+        let owners: HashMap<usize, GlobalId> = self.arrangements.iter().map(|(id, a)| (a.dataflow, *id)).collect();
+        let sizes = crate::sizes::all();
+        let int = |f: &dyn Fn(&crate::sizes::Size) -> usize| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(sizes.iter().map(|(_, _, s)| f(s) as i64)))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter(
+                sizes.iter().map(|(d, _, _)| owners.get(d).map(|id| *id as i64)),
+            )),
+            Arc::new(StringArray::from_iter_values(sizes.iter().map(|(_, name, _)| name))),
+            Arc::new(Int64Array::from_iter_values(sizes.iter().map(|_| worker as i64))),
+            int(&|s| s.batches),
+            int(&|s| s.records),
+            int(&|s| s.bytes),
+            int(&|s| s.capacity),
+        ];
+        RecordBatch::try_new(weir_protocol::arrangement_sizes_schema(), columns).map_err(|e| e.to_string())
     }
 
     fn write(&mut self, worker: &Worker, time: Time, updates: Vec<TableUpdate>) {

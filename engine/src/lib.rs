@@ -17,6 +17,7 @@ pub mod recursive;
 pub mod reduce;
 pub mod render;
 pub mod row;
+pub mod sizes;
 pub mod window;
 
 pub use compute::ComputeState;

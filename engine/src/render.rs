@@ -35,6 +35,7 @@ use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 use crate::eval::{Evaluated, RowEval, any_null, encode_group};
 use crate::reduce::{Accums, Accumulator, GroupFolder, aggregate_schema, finalize};
 use crate::row::{Row, RowCodec, RowContainer};
+use crate::sizes::measured;
 use crate::window::PartitionEval;
 use crate::{Diff, EngineError, Time};
 
@@ -84,30 +85,31 @@ fn reduce_rows<'s, L>(
 where
     L: FnMut(&[u8], &[(&[u8], Diff)], &mut Vec<(Result<Row, String>, Diff)>) + 'static,
 {
-    input
-        .arrange_named::<KeyedBatcher, KeyedSpine>(&format!("Arrange: {name}"), KeyedBatcher::new)
-        .reduce_abelian::<_, ResultBuilder<Time>, ResultSpine<Time>, _, _>(
-            name,
-            logic,
-            |out, key, updates| {
-                out.clear();
-                out.extend(updates.drain(..).map(|(v, t, d)| ((key.to_vec(), v), t, d)));
-            },
-        )
-        .as_collection(|k, v| (k.to_vec(), v.clone()))
+    let arrange = format!("Arrange: {name}");
+    let input = input.arrange_named::<KeyedBatcher, KeyedSpine>(&arrange, KeyedBatcher::new);
+    let results = measured(input, &arrange).reduce_abelian::<_, ResultBuilder<Time>, ResultSpine<Time>, _, _>(
+        name,
+        logic,
+        |out, key, updates| {
+            out.clear();
+            out.extend(updates.drain(..).map(|(v, t, d)| ((key.to_vec(), v), t, d)));
+        },
+    );
+    measured(results, name).as_collection(|k, v| (k.to_vec(), v.clone()))
 }
 
 /// Arrange `rows` by the whole row, as a table's or view's arrangement.
 pub fn arrange_rows<'s>(rows: Coll<'s>, name: &str) -> RowTrace {
-    rows.map(|r| (r, ()))
-        .arrange_named::<RowBatcher, RowSpine>(name, RowBatcher::new)
-        .trace
+    let arranged = rows
+        .map(|r| (r, ()))
+        .arrange_named::<RowBatcher, RowSpine>(name, RowBatcher::new);
+    measured(arranged, name).trace
 }
 
 /// Arrange `rows` by their key, as a keyed table's arrangement.
 pub fn arrange_keyed<'s>(rows: Keyed<'s>, name: &str) -> KeyedTrace {
-    rows.arrange_named::<KeyedBatcher, KeyedSpine>(name, KeyedBatcher::new)
-        .trace
+    let arranged = rows.arrange_named::<KeyedBatcher, KeyedSpine>(name, KeyedBatcher::new);
+    measured(arranged, name).trace
 }
 
 /// How a relation's rows are arranged: by the whole row (views, tables
@@ -150,8 +152,11 @@ type ErrStream<'s, T = Time> = Stream<'s, T, Vec<ErrRow<T>>>;
 
 /// The timestamps a plan can be rendered at: Weir time, and Weir time
 /// paired with an iteration counter inside `WITH RECURSIVE`.
-pub trait RenderTime: timely::progress::Timestamp + differential_dataflow::lattice::Lattice {}
-impl<T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice> RenderTime for T {}
+pub trait RenderTime: timely::progress::Timestamp + differential_dataflow::lattice::Lattice + crate::sizes::Element {}
+impl<T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice + crate::sizes::Element> RenderTime
+    for T
+{
+}
 
 /// The arrangements a dataflow may import, by relation id.
 pub struct Imports<'a> {
@@ -532,6 +537,7 @@ pub(crate) fn join_collections<'s, T: RenderTime>(
     // and views are), which joins hold the most of.
     let la = lk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeLeft", KeyedBatcher::new);
     let ra = rk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeRight", KeyedBatcher::new);
+    let (la, ra) = (measured(la, "JoinArrangeLeft"), measured(ra, "JoinArrangeRight"));
     let pairs = la.join_core(ra, |_k, l, r| Some((l.to_vec(), r.to_vec())));
     let mut errs = lerr.concat(rerr).concat(lkerr).concat(rkerr);
     let matched = match spec.residual {
@@ -791,7 +797,8 @@ fn render_reduce<'s>(
         let totals: VecCollection<'s, Time, Row, Accums> = contributions.as_collection();
         let aggs = aggs.clone();
         let agg_codec = agg_codec.clone();
-        let results = totals
+        let arranged = measured(totals.arrange_by_self_named("Arrange: ReduceTotals"), "Arrange: ReduceTotals");
+        let results = arranged
             .count_total()
             .flat_map(move |(key, accums): (Row, Accums)| {
                 if accums.rows <= 0 {

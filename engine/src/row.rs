@@ -132,6 +132,15 @@ impl RowContainer {
     fn end(&self, index: usize) -> usize {
         self.ends.index(index)
     }
+
+    /// The row bytes held and allocated (the end offsets aside).
+    pub(crate) fn bytes_in_use(&self) -> (usize, usize) {
+        (self.bytes.len(), self.bytes.capacity())
+    }
+
+    pub(crate) fn ends(&self) -> &differential_dataflow::trace::implementations::OffsetList {
+        &self.ends
+    }
 }
 
 impl Default for RowContainer {

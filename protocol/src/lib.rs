@@ -63,8 +63,28 @@ pub enum Command {
     },
     /// Stop a subscription and drop its dataflow.
     DropSubscribe { subscribe_id: u64 },
+    /// Measure every arrangement the worker holds; answered as a peek,
+    /// one row per arrangement in [`arrangement_sizes_schema`]'s columns.
+    ArrangementSizes { peek_id: u64 },
     /// Stop every worker.
     Shutdown,
+}
+
+/// The columns of a worker's answer to [`Command::ArrangementSizes`]: the
+/// relation whose dataflow holds the arrangement (NULL for a
+/// subscription's), the arranging operator's name, the worker, the trace's
+/// batches, its updates, the bytes they occupy and the bytes allocated.
+pub fn arrangement_sizes_schema() -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    Arc::new(Schema::new(vec![
+        Field::new("relation_id", DataType::Int64, true),
+        Field::new("operator", DataType::Utf8, false),
+        Field::new("worker", DataType::Int64, false),
+        Field::new("batches", DataType::Int64, false),
+        Field::new("records", DataType::Int64, false),
+        Field::new("size_bytes", DataType::Int64, false),
+        Field::new("capacity_bytes", DataType::Int64, false),
+    ]))
 }
 
 /// Rows to add (`diff > 0`) or remove (`diff < 0`) from one table.
