@@ -425,7 +425,12 @@ async fn arrangement_sizes_follow_the_data() {
     assert!(capacity >= bytes);
     let view = sizes("per_group").await;
     let operators: Vec<&str> = view.iter().map(|v| v.0.as_str()).collect();
-    for expected in ["JoinArrangeLeft", "JoinArrangeRight", "Arrange: ReduceTotals", "Arrange per_group"] {
+    for expected in [
+        "JoinArrangeLeft",
+        "JoinArrangeRight",
+        "Arrange: ReduceTotals",
+        "Arrange per_group",
+    ] {
         assert!(operators.contains(&expected), "{operators:?}");
     }
     // The join reads t projected to g: ten distinct rows, each once with

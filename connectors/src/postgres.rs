@@ -690,7 +690,11 @@ impl ReplicationStream {
                 E::KeepAlive { wal_end, .. } => {
                     self.server_lsn = self.server_lsn.max(wal_end.0);
                     if !self.in_transaction {
-                        let confirm = self.idle.lock().expect("progress lock").idle(self.handed, wal_end.0);
+                        let confirm = self
+                            .idle
+                            .lock()
+                            .expect("progress lock")
+                            .idle(self.handed, wal_end.0);
                         self.client.update_applied_lsn(pgwire_replication::Lsn(confirm));
                     }
                 }

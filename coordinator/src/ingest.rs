@@ -645,7 +645,15 @@ async fn run(
                     }
                 }
                 for change in &txn.changes {
-                    apply(change, txn.end_lsn, feeds, rows, &mut relations, &mut changes, &mut undo)?;
+                    apply(
+                        change,
+                        txn.end_lsn,
+                        feeds,
+                        rows,
+                        &mut relations,
+                        &mut changes,
+                        &mut undo,
+                    )?;
                 }
                 last = Some(txn);
             }
@@ -811,7 +819,8 @@ fn apply(
                 for row in rows[t].each() {
                     side.push_row(row.iter());
                 }
-                undo.0.push((t, Undone::Cleared(std::mem::take(&mut rows[t].rows))));
+                undo.0
+                    .push((t, Undone::Cleared(std::mem::take(&mut rows[t].rows))));
             }
         }
     }
@@ -1075,18 +1084,47 @@ mod tests {
         let mut changes = Changes::new(1);
         let mut undo = Undo::default();
         let batch = [
-            Change::Insert { relation: 7, new: row("3", "c") },
-            Change::Update { relation: 7, old: None, new: row("1", "x") },
-            Change::Delete { relation: 7, old: row("2", "b") },
+            Change::Insert {
+                relation: 7,
+                new: row("3", "c"),
+            },
+            Change::Update {
+                relation: 7,
+                old: None,
+                new: row("1", "x"),
+            },
+            Change::Delete {
+                relation: 7,
+                old: row("2", "b"),
+            },
             Change::Truncate(vec![7]),
-            Change::Insert { relation: 7, new: row("4", "d") },
-            Change::Update { relation: 7, old: None, new: row("4", "e") },
+            Change::Insert {
+                relation: 7,
+                new: row("4", "d"),
+            },
+            Change::Update {
+                relation: 7,
+                old: None,
+                new: row("4", "e"),
+            },
             // Not there: the batch fails here.
-            Change::Update { relation: 7, old: None, new: row("9", "z") },
+            Change::Update {
+                relation: 7,
+                old: None,
+                new: row("9", "z"),
+            },
         ];
         let mut failed = None;
         for change in &batch {
-            if let Err(e) = apply(change, 1, &feeds, &mut rows, &mut relations, &mut changes, &mut undo) {
+            if let Err(e) = apply(
+                change,
+                1,
+                &feeds,
+                &mut rows,
+                &mut relations,
+                &mut changes,
+                &mut undo,
+            ) {
                 failed = Some(e);
                 break;
             }

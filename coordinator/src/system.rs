@@ -69,7 +69,13 @@ pub fn table_names(schema: &str) -> Vec<String> {
             "pg_views",
         ],
         "information_schema" => &["columns", "schemata", "tables", "views"],
-        "weir_catalog" => &["arrangement_sizes", "columns", "dependencies", "relations", "sources"],
+        "weir_catalog" => &[
+            "arrangement_sizes",
+            "columns",
+            "dependencies",
+            "relations",
+            "sources",
+        ],
         _ => &[],
     };
     names.iter().map(|s| s.to_string()).collect()
@@ -812,7 +818,9 @@ pub fn table(
                 ("size_bytes", I),
                 ("capacity_bytes", I),
             ],
-            arrangement_sizes.map(|b| arrangement_rows(b, entries)).unwrap_or_default(),
+            arrangement_sizes
+                .map(|b| arrangement_rows(b, entries))
+                .unwrap_or_default(),
         ),
         ("weir_catalog", "dependencies") => batch(
             &[("relation", T), ("depends_on", T)],

@@ -241,16 +241,24 @@ impl ComputeState {
     /// [`weir_protocol::arrangement_sizes_schema`]).
     fn arrangement_sizes(&self, worker: usize) -> Result<RecordBatch, String> {
         use arrow::array::{ArrayRef, Int64Array, StringArray};
-        let owners: HashMap<usize, GlobalId> = self.arrangements.iter().map(|(id, a)| (a.dataflow, *id)).collect();
+        let owners: HashMap<usize, GlobalId> = self
+            .arrangements
+            .iter()
+            .map(|(id, a)| (a.dataflow, *id))
+            .collect();
         let sizes = crate::sizes::all();
         let int = |f: &dyn Fn(&crate::sizes::Size) -> usize| -> ArrayRef {
-            Arc::new(Int64Array::from_iter_values(sizes.iter().map(|(_, _, s)| f(s) as i64)))
+            Arc::new(Int64Array::from_iter_values(
+                sizes.iter().map(|(_, _, s)| f(s) as i64),
+            ))
         };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from_iter(
                 sizes.iter().map(|(d, _, _)| owners.get(d).map(|id| *id as i64)),
             )),
-            Arc::new(StringArray::from_iter_values(sizes.iter().map(|(_, name, _)| name))),
+            Arc::new(StringArray::from_iter_values(
+                sizes.iter().map(|(_, name, _)| name),
+            )),
             Arc::new(Int64Array::from_iter_values(sizes.iter().map(|_| worker as i64))),
             int(&|s| s.batches),
             int(&|s| s.records),

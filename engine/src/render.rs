@@ -87,14 +87,15 @@ where
 {
     let arrange = format!("Arrange: {name}");
     let input = input.arrange_named::<KeyedBatcher, KeyedSpine>(&arrange, KeyedBatcher::new);
-    let results = measured(input, &arrange).reduce_abelian::<_, ResultBuilder<Time>, ResultSpine<Time>, _, _>(
-        name,
-        logic,
-        |out, key, updates| {
-            out.clear();
-            out.extend(updates.drain(..).map(|(v, t, d)| ((key.to_vec(), v), t, d)));
-        },
-    );
+    let results = measured(input, &arrange)
+        .reduce_abelian::<_, ResultBuilder<Time>, ResultSpine<Time>, _, _>(
+            name,
+            logic,
+            |out, key, updates| {
+                out.clear();
+                out.extend(updates.drain(..).map(|(v, t, d)| ((key.to_vec(), v), t, d)));
+            },
+        );
     measured(results, name).as_collection(|k, v| (k.to_vec(), v.clone()))
 }
 
@@ -152,9 +153,12 @@ type ErrStream<'s, T = Time> = Stream<'s, T, Vec<ErrRow<T>>>;
 
 /// The timestamps a plan can be rendered at: Weir time, and Weir time
 /// paired with an iteration counter inside `WITH RECURSIVE`.
-pub trait RenderTime: timely::progress::Timestamp + differential_dataflow::lattice::Lattice + crate::sizes::Element {}
-impl<T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice + crate::sizes::Element> RenderTime
-    for T
+pub trait RenderTime:
+    timely::progress::Timestamp + differential_dataflow::lattice::Lattice + crate::sizes::Element
+{
+}
+impl<T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice + crate::sizes::Element>
+    RenderTime for T
 {
 }
 
@@ -797,7 +801,10 @@ fn render_reduce<'s>(
         let totals: VecCollection<'s, Time, Row, Accums> = contributions.as_collection();
         let aggs = aggs.clone();
         let agg_codec = agg_codec.clone();
-        let arranged = measured(totals.arrange_by_self_named("Arrange: ReduceTotals"), "Arrange: ReduceTotals");
+        let arranged = measured(
+            totals.arrange_by_self_named("Arrange: ReduceTotals"),
+            "Arrange: ReduceTotals",
+        );
         let results = arranged
             .count_total()
             .flat_map(move |(key, accums): (Row, Accums)| {

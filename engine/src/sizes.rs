@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::trace::implementations::OffsetList;
 use differential_dataflow::trace::implementations::Layout;
+use differential_dataflow::trace::implementations::OffsetList;
 use differential_dataflow::trace::implementations::ord_neu::{OrdKeyBatch, OrdValBatch};
 use differential_dataflow::trace::{Trace, TraceReader};
 use timely::dataflow::channels::pact::Pipeline;
