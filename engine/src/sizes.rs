@@ -43,7 +43,7 @@ struct Registered {
 }
 
 thread_local! {
-    static REGISTRY: RefCell<(u64, BTreeMap<u64, Registered>)> = RefCell::new((0, BTreeMap::new()));
+    static REGISTRY: RefCell<(u64, BTreeMap<u64, Registered>)> = const { RefCell::new((0, BTreeMap::new())) };
 }
 
 /// Removes its registration when the dataflow drops it.
