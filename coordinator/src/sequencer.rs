@@ -1069,6 +1069,15 @@ impl Coordinator {
             let Some(index) = writes.get(&(entry.id, c)) else {
                 continue;
             };
+            // An UPDATE whose row i replaces row i with the same key (as
+            // one that sets no key column does) keeps the same keys: it
+            // cannot break the constraint and changes nothing in its index.
+            if let (Some(ins), Some(del)) = (&inserted, &deleted)
+                && ins.num_rows() == del.num_rows()
+                && cols.iter().all(|c| ins.column(*c).as_ref() == del.column(*c).as_ref())
+            {
+                continue;
+            }
             let removed: Vec<Vec<u8>> = match &deleted {
                 Some(b) => key_values(entry, &cols, b)?.into_iter().flatten().collect(),
                 None => Vec::new(),
@@ -1078,7 +1087,7 @@ impl Coordinator {
                 None => Vec::new(),
             };
             let removed_set: HashSet<&Vec<u8>> = removed.iter().collect();
-            let mut seen = HashSet::new();
+            let mut seen = HashSet::with_capacity(added.len());
             // Keys with a NULL never conflict.
             for (i, k) in added.iter().enumerate() {
                 let Some(k) = k else { continue };
