@@ -343,6 +343,9 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
     // write committed before it); `--serial` waits for the view before
     // sending the next batch.
     let serial = args.iter().any(|a| a == "--serial");
+    // `--connections N` sends batches from N sessions at once (each
+    // still waits for its own commit before sending its next).
+    let connections = arg(args, "--connections", 1).max(1);
     let (commits, mut committed_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let reader = weir.connect().await?;
     let checker = tokio::spawn(async move {
@@ -353,9 +356,10 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
         }
         Ok::<_, anyhow::Error>(latencies)
     });
-    let mut statements: Vec<f64> = Vec::new();
-    let started = Instant::now();
-    let cpu_at_start = weir.cpu_seconds()?;
+    // The batches, chosen up front so that several sessions can take them
+    // in any order: every update increments, so the model's final state
+    // does not depend on which commits first.
+    let mut batches: std::collections::VecDeque<Vec<u64>> = Default::default();
     let mut done = 0;
     while done < total_updates {
         let size = batch.min(total_updates - done);
@@ -367,20 +371,46 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
             o.1 = (o.1 + 1) % products;
             o.2 += 1;
         }
-        let list = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
-        let sent = Instant::now();
-        c.batch_execute(&format!(
-            "UPDATE orders SET product_id = (product_id + 1) % {products}, qty = qty + 1 WHERE id IN ({list})"
-        ))
-        .await?;
-        let committed = Instant::now();
-        statements.push(committed.duration_since(sent).as_secs_f64() * 1000.0);
-        commits.send(committed)?;
-        if serial {
-            // Reads wait until the view reflects every committed write.
-            c.query_one("SELECT count(*) FROM sales", &[]).await?;
-        }
         done += ids.len();
+        batches.push_back(ids);
+    }
+    let batches = std::sync::Arc::new(std::sync::Mutex::new(batches));
+    let mut sessions = Vec::new();
+    for _ in 0..connections {
+        sessions.push(weir.connect().await?);
+    }
+    let started = Instant::now();
+    let cpu_at_start = weir.cpu_seconds()?;
+    let mut senders = Vec::new();
+    for c in sessions {
+        let batches = batches.clone();
+        let commits = commits.clone();
+        senders.push(tokio::spawn(async move {
+            let mut statements: Vec<f64> = Vec::new();
+            loop {
+                let Some(ids) = batches.lock().expect("batches lock").pop_front() else {
+                    break;
+                };
+                let list = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+                let sent = Instant::now();
+                c.batch_execute(&format!(
+                    "UPDATE orders SET product_id = (product_id + 1) % {products}, qty = qty + 1 WHERE id IN ({list})"
+                ))
+                .await?;
+                let committed = Instant::now();
+                statements.push(committed.duration_since(sent).as_secs_f64() * 1000.0);
+                commits.send(committed)?;
+                if serial {
+                    // Reads wait until the view reflects every committed write.
+                    c.query_one("SELECT count(*) FROM sales", &[]).await?;
+                }
+            }
+            Ok::<_, anyhow::Error>(statements)
+        }));
+    }
+    let mut statements: Vec<f64> = Vec::new();
+    for sender in senders {
+        statements.extend(sender.await??);
     }
     drop(commits);
     // The last latency ends when the view has every update.
@@ -424,6 +454,7 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
     Ok(json!({
         "benchmark": "updates",
         "mode": if serial { "serial" } else { "pipelined" },
+        "connections": connections,
         "workers": workers,
         "orders": orders,
         "customers": customers,
