@@ -158,18 +158,7 @@ impl Controller {
             let mut inner = self.inner.lock().expect("controller lock");
             let time = inner.last_write;
             for (target, _, keys) in targets {
-                inner.next_id += 1;
-                let peek_id = inner.next_id;
-                let (tx, rx) = oneshot::channel();
-                self.pending.lock().expect("pending lock").peeks.insert(
-                    peek_id,
-                    PendingPeek {
-                        remaining: self.workers,
-                        batches: Vec::new(),
-                        error: None,
-                        reply: Some(tx),
-                    },
-                );
+                let (peek_id, rx) = self.await_answers(&mut inner);
                 inner.sink.send(Command::Peek {
                     peek_id,
                     target: *target,
@@ -192,25 +181,33 @@ impl Controller {
         Ok(out)
     }
 
+    /// A fresh id for a command every worker answers with a batch (a
+    /// peek), and where the batches arrive once all have answered.
+    fn await_answers(&self, inner: &mut Inner) -> (u64, oneshot::Receiver<Result<Vec<RecordBatch>, String>>) {
+        inner.next_id += 1;
+        let peek_id = inner.next_id;
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").peeks.insert(
+            peek_id,
+            PendingPeek {
+                remaining: self.workers,
+                batches: Vec::new(),
+                error: None,
+                reply: Some(tx),
+            },
+        );
+        (peek_id, rx)
+    }
+
     /// Every worker's arrangements, measured now (in
     /// [`weir_protocol::arrangement_sizes_schema`]'s columns).
     pub async fn arrangement_sizes(&self) -> Result<RecordBatch, AdapterError> {
-        let (tx, rx) = oneshot::channel();
-        {
+        let rx = {
             let mut inner = self.inner.lock().expect("controller lock");
-            inner.next_id += 1;
-            let peek_id = inner.next_id;
-            self.pending.lock().expect("pending lock").peeks.insert(
-                peek_id,
-                PendingPeek {
-                    remaining: self.workers,
-                    batches: Vec::new(),
-                    error: None,
-                    reply: Some(tx),
-                },
-            );
+            let (peek_id, rx) = self.await_answers(&mut inner);
             inner.sink.send(Command::ArrangementSizes { peek_id });
-        }
+            rx
+        };
         let batches = rx
             .await
             .map_err(|_| AdapterError::Internal("worker went away".into()))?

@@ -142,9 +142,7 @@ where
         s.keys.heap_size(size);
         s.vals.offs.heap_size(size);
         s.vals.vals.heap_size(size);
-        s.upds.offs.heap_size(size);
-        s.upds.times.heap_size(size);
-        s.upds.diffs.heap_size(size);
+        upds_size::<L>(&s.upds, size);
     }
 }
 
@@ -159,10 +157,26 @@ where
         size.records += self.updates;
         let s = &self.storage;
         s.keys.heap_size(size);
-        s.upds.offs.heap_size(size);
-        s.upds.times.heap_size(size);
-        s.upds.diffs.heap_size(size);
+        upds_size::<L>(&s.upds, size);
     }
+}
+
+/// The (time, diff) lists of a batch and their offsets.
+fn upds_size<L: Layout>(
+    upds: &differential_dataflow::trace::implementations::ord_neu::layers::Upds<
+        L::OffsetContainer,
+        L::TimeContainer,
+        L::DiffContainer,
+    >,
+    size: &mut Size,
+) where
+    L::TimeContainer: HeapSize,
+    L::DiffContainer: HeapSize,
+    L::OffsetContainer: HeapSize,
+{
+    upds.offs.heap_size(size);
+    upds.times.heap_size(size);
+    upds.diffs.heap_size(size);
 }
 
 /// A batch container's bytes in use and allocated, added to `size`.
