@@ -414,6 +414,9 @@ async fn arrangement_sizes_follow_the_data() {
             .collect::<Vec<_>>()
         }
     };
+    // Sizes are measured when read, not at a time: read the view first so
+    // its dataflow has caught up.
+    assert_eq!(sorted(&c, "SELECT sum(n) FROM per_group").await, vec!["10000"]);
     let table = sizes("t").await;
     assert_eq!(table.len(), 1, "{table:?}");
     let (operator, workers, records, bytes, capacity) = table[0].clone();
@@ -439,8 +442,27 @@ async fn arrangement_sizes_follow_the_data() {
     assert_eq!(left.2, 10, "{view:?}");
     let output = view.iter().find(|v| v.0 == "Arrange per_group").unwrap();
     assert_eq!(output.2, 10, "{view:?}");
-    exec(&c, "DROP MATERIALIZED VIEW per_group").await;
+    // A semi-join's distinct matches: t's rows whose g is in u's first five.
+    exec(
+        &c,
+        "CREATE MATERIALIZED VIEW hits AS SELECT k FROM t WHERE g IN (SELECT g FROM u WHERE g < 5)",
+    )
+    .await;
+    assert_eq!(sorted(&c, "SELECT count(*) FROM hits").await, vec!["5000"]);
+    let hits = sizes("hits").await;
+    let distinct = hits
+        .iter()
+        .find(|v| v.0 == "JoinHitsLeft")
+        .unwrap_or_else(|| panic!("{hits:?}"));
+    assert_eq!(distinct.2, 5_000, "{hits:?}");
+    assert!(hits.iter().any(|v| v.0 == "Arrange: JoinHitsLeft"), "{hits:?}");
+    exec(
+        &c,
+        "DROP MATERIALIZED VIEW per_group; DROP MATERIALIZED VIEW hits",
+    )
+    .await;
     assert!(sizes("per_group").await.is_empty());
+    assert!(sizes("hits").await.is_empty());
     let left: Vec<Vec<Option<String>>> = rows(
         &c,
         "SELECT operator FROM weir_catalog.arrangement_sizes WHERE operator LIKE 'Join%'",

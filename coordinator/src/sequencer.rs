@@ -1074,7 +1074,9 @@ impl Coordinator {
             // cannot break the constraint and changes nothing in its index.
             if let (Some(ins), Some(del)) = (&inserted, &deleted)
                 && ins.num_rows() == del.num_rows()
-                && cols.iter().all(|c| ins.column(*c).as_ref() == del.column(*c).as_ref())
+                && cols
+                    .iter()
+                    .all(|c| ins.column(*c).as_ref() == del.column(*c).as_ref())
             {
                 continue;
             }

@@ -19,7 +19,7 @@ use weir_sql::{Plan, PlanNode};
 use crate::render::{
     Coll, Errs, Imports, JoinSpec, RenderTime, empty, join_collections, map_filter_project, render, union_all,
 };
-use crate::{Diff, EngineError, Time};
+use crate::{EngineError, Time};
 
 /// Iterations after which a recursive view gives up with an error.
 pub const RECURSION_LIMIT: u64 = 10_000;
@@ -48,7 +48,7 @@ pub(crate) fn render_recursive<'s>(
         let (step_ok, step_err) = render_dependent(step, name, &current, &entered, &mut next)?;
         let mut result = start.concat(step_ok);
         if distinct {
-            result = result.distinct_core::<Diff>();
+            result = crate::render::distinct(result, "Distinct");
         }
         let message = format!("WITH RECURSIVE {name} did not converge within {RECURSION_LIMIT} iterations");
         let (capped, overflow) = result.inner.ok_err(move |(row, t, d)| {
@@ -115,7 +115,7 @@ fn render_dependent<'s, T: RenderTime>(
         }
         PlanNode::Distinct { input } => {
             let (ok, err) = render_dependent(input, name, current, entered, next)?;
-            Ok((ok.distinct_core::<Diff>(), err))
+            Ok((crate::render::distinct(ok, "Distinct"), err))
         }
         PlanNode::Union { inputs } => {
             let parts = inputs

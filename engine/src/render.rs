@@ -99,6 +99,31 @@ where
     measured(results, name).as_collection(|k, v| (k.to_vec(), v.clone()))
 }
 
+/// Each distinct element of `rows` once (DISTINCT, semi-join hits, set
+/// operations): differential's `distinct_core`, with its input and output
+/// arrangements measured (see [`crate::sizes`]).
+pub(crate) fn distinct<'s, T, K>(
+    rows: VecCollection<'s, T, K, Diff>,
+    name: &str,
+) -> VecCollection<'s, T, K, Diff>
+where
+    T: RenderTime,
+    K: differential_dataflow::ExchangeData + differential_dataflow::Hashable + crate::sizes::Element,
+{
+    use differential_dataflow::trace::implementations::{KeyBuilder, KeySpine};
+    let arrange = format!("Arrange: {name}");
+    let arranged = measured(rows.arrange_by_self_named(&arrange), &arrange);
+    let once = arranged.reduce_abelian::<_, KeyBuilder<K, T, Diff>, KeySpine<K, T, Diff>, _, _>(
+        name,
+        |_key, _input, output| output.push(((), 1)),
+        |out, key, updates| {
+            out.clear();
+            out.extend(updates.drain(..).map(|(v, t, d)| ((key.clone(), v), t, d)));
+        },
+    );
+    measured(once, name).as_collection(|k, _| k.clone())
+}
+
 /// Arrange `rows` by the whole row, as a table's or view's arrangement.
 pub fn arrange_rows<'s>(rows: Coll<'s>, name: &str) -> RowTrace {
     let arranged = rows
@@ -240,7 +265,7 @@ pub fn render<'s>(
         }
         PlanNode::Distinct { input } => {
             let (ok, err) = render(input, scope, imports)?;
-            Ok((ok.distinct_core::<Diff>(), err))
+            Ok((distinct(ok, "Distinct"), err))
         }
         PlanNode::Recursive {
             name,
@@ -571,8 +596,8 @@ pub(crate) fn join_collections<'s, T: RenderTime>(
             s.as_collection()
         }
     };
-    let left_hits = || matched.clone().map(|(l, _)| l).distinct_core::<Diff>();
-    let right_hits = || matched.clone().map(|(_, r)| r).distinct_core::<Diff>();
+    let left_hits = || distinct(matched.clone().map(|(l, _)| l), "JoinHitsLeft");
+    let right_hits = || distinct(matched.clone().map(|(_, r)| r), "JoinHitsRight");
     let out = match spec.kind {
         JoinKind::LeftSemi => semijoin_rows(lok, left_hits(), true),
         JoinKind::LeftAnti => semijoin_rows(lok, left_hits(), false),
@@ -584,15 +609,16 @@ pub(crate) fn join_collections<'s, T: RenderTime>(
             // is missing from S.
             let nonnull_left = lk_rows(&lok, left, spec.left_keys)?;
             let anti = semijoin_rows(nonnull_left, left_hits(), false);
-            let right_nulls = null_key_rows(&rok, right, spec.right_keys)?
-                .map(|_| ())
-                .distinct_core::<Diff>();
+            let right_nulls = distinct(
+                null_key_rows(&rok, right, spec.right_keys)?.map(|_| ()),
+                "JoinRightNulls",
+            );
             let blocked = anti
                 .clone()
                 .map(|r| ((), r))
                 .semijoin(right_nulls)
                 .map(|((), r)| r);
-            let right_nonempty = rok.map(|_| ()).distinct_core::<Diff>();
+            let right_nonempty = distinct(rok.map(|_| ()), "JoinRightNonEmpty");
             let null_left = null_key_rows(&lok, left, spec.left_keys)?;
             let null_blocked = null_left
                 .clone()
