@@ -145,6 +145,28 @@ fn backslash_commands_describe_the_catalog() {
     );
     let definition = psql(&server, &["SELECT definition FROM pg_catalog.pg_matviews"]);
     assert!(definition.contains("GROUP BY region"), "{definition}");
+
+    // weir_catalog's relations describe like PostgreSQL's system views:
+    // by their schema-qualified name, listed only when asked for by schema.
+    let sources = psql(&server, &["\\d weir_catalog.sources"]);
+    assert!(
+        sources.contains("View \"weir_catalog.sources\"") && sources.contains(" rows_ingested  | bigint "),
+        "{sources}"
+    );
+    let sizes = psql(&server, &["\\d weir_catalog.arrangement_sizes"]);
+    assert!(sizes.contains(" size_bytes     | bigint "), "{sizes}");
+    let views = psql(&server, &["\\dv"]);
+    assert!(!views.contains("weir_catalog"), "{views}");
+    let system = psql(&server, &["\\dv weir_catalog.*"]);
+    for name in [
+        "arrangement_sizes",
+        "columns",
+        "dependencies",
+        "relations",
+        "sources",
+    ] {
+        assert!(system.contains(&format!(" weir_catalog | {name} ")), "{system}");
+    }
 }
 
 #[test]

@@ -200,6 +200,76 @@ fn column_type(e: &Entry, i: usize) -> (i64, i64) {
     }
 }
 
+/// A relation as `pg_class` and `pg_attribute` describe it.
+struct Described {
+    oid: i64,
+    name: String,
+    namespace: i64,
+    kind: RelationKind,
+    columns: Vec<DescribedColumn>,
+}
+
+struct DescribedColumn {
+    name: String,
+    type_oid: i64,
+    typmod: i64,
+    not_null: bool,
+}
+
+/// Every relation `\d` can describe: the user's, in `public`, and
+/// `weir_catalog`'s own (as views, at OIDs `pg_table_is_visible` treats as
+/// off the search path, so `\dv` does not list them).
+fn described(entries: &[Entry]) -> Vec<Described> {
+    let mut out: Vec<Described> = entries
+        .iter()
+        .map(|e| Described {
+            oid: relation_oid(e),
+            name: e.name.clone(),
+            namespace: PUBLIC_OID,
+            kind: e.kind,
+            columns: e
+                .schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let (type_oid, typmod) = column_type(e, i);
+                    DescribedColumn {
+                        name: f.name().clone(),
+                        type_oid,
+                        typmod,
+                        not_null: !nullable(e, i),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let first = weir_sql::pg_compat::WEIR_CATALOG_RELATION_OIDS.start;
+    for (i, name) in table_names("weir_catalog").into_iter().enumerate() {
+        let Some(b) = table("weir_catalog", &name, &[], &Default::default(), None) else {
+            continue;
+        };
+        out.push(Described {
+            oid: first + i as i64,
+            columns: b
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| DescribedColumn {
+                    name: f.name().clone(),
+                    type_oid: pg_type(f.data_type()).oid() as i64,
+                    typmod: -1,
+                    not_null: false,
+                })
+                .collect(),
+            name,
+            namespace: WEIR_CATALOG_OID,
+            kind: RelationKind::View,
+        });
+    }
+    out
+}
+
 fn nullable(e: &Entry, i: usize) -> bool {
     e.columns.get(i).is_none_or(|c| c.nullable)
 }
@@ -318,24 +388,24 @@ pub fn table(
                 ("reloptions", text_array()),
                 ("relacl", text_array()),
             ],
-            entries
+            described(entries)
                 .iter()
-                .map(|e| {
+                .map(|r| {
                     vec![
-                        int(relation_oid(e)),
-                        text(&e.name),
-                        int(PUBLIC_OID),
+                        int(r.oid),
+                        text(&r.name),
+                        int(r.namespace),
                         int(0),
                         int(0),
                         int(OWNER_OID),
-                        int(if e.kind == RelationKind::View { 0 } else { 2 }),
+                        int(if r.kind == RelationKind::View { 0 } else { 2 }),
                         int(0),
                         int(0),
                         boolean(false),
                         boolean(false),
                         text("p"),
-                        text(relkind(e.kind)),
-                        int(e.schema.fields().len() as i64),
+                        text(relkind(r.kind)),
+                        int(r.columns.len() as i64),
                         int(0),
                         boolean(false),
                         boolean(false),
@@ -372,20 +442,19 @@ pub fn table(
                 ("attstattarget", I),
                 ("attacl", text_array()),
             ],
-            entries
+            described(entries)
                 .iter()
-                .flat_map(|e| {
-                    e.schema.fields().iter().enumerate().map(move |(i, f)| {
-                        let (oid, typmod) = column_type(e, i);
+                .flat_map(|r| {
+                    r.columns.iter().enumerate().map(move |(i, c)| {
                         vec![
-                            int(relation_oid(e)),
-                            text(f.name()),
-                            int(oid),
+                            int(r.oid),
+                            text(&c.name),
+                            int(c.type_oid),
                             int(-1),
                             int(i as i64 + 1),
-                            int(typmod),
+                            int(c.typmod),
                             int(0),
-                            boolean(!nullable(e, i)),
+                            boolean(c.not_null),
                             boolean(false),
                             text(""),
                             text(""),

@@ -344,6 +344,11 @@ fn catalog_type(t: &SqlType) -> Option<SqlType> {
     }
 }
 
+/// The OIDs of `weir_catalog`'s relations in `pg_class` (below the first
+/// user OID, 16384): off the search path, so `pg_table_is_visible` is false
+/// for them.
+pub const WEIR_CATALOG_RELATION_OIDS: std::ops::Range<i64> = 16100..16384;
+
 /// Register the `pg_catalog` functions clients call.
 pub fn register_functions(state: &mut SessionState) {
     let constant = |name: &'static str, value: ScalarValue| {
@@ -356,7 +361,11 @@ pub fn register_functions(state: &mut SessionState) {
     let text = |s: &str| ScalarValue::Utf8(Some(s.into()));
     let functions = [
         constant("pg_get_userbyid", text("weir")),
-        constant("pg_table_is_visible", ScalarValue::Boolean(Some(true))),
+        Arc::new(ScalarUDF::new_from_impl(CatalogFunction {
+            name: "pg_table_is_visible",
+            signature: Signature::variadic_any(Volatility::Stable),
+            body: Body::TableIsVisible,
+        })),
         constant("pg_type_is_visible", ScalarValue::Boolean(Some(true))),
         constant("pg_function_is_visible", ScalarValue::Boolean(Some(true))),
         constant("pg_relation_is_publishable", ScalarValue::Boolean(Some(false))),
@@ -404,6 +413,9 @@ enum Body {
     Constant(ScalarValue),
     FormatType,
     QuoteIdent,
+    /// Whether a relation's schema is on the search path (`public` and
+    /// `pg_catalog`; `weir_catalog` is not).
+    TableIsVisible,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -426,6 +438,7 @@ impl ScalarUDFImpl for CatalogFunction {
         Ok(match &self.body {
             Body::Constant(v) => v.data_type(),
             Body::FormatType | Body::QuoteIdent => DataType::Utf8,
+            Body::TableIsVisible => DataType::Boolean,
         })
     }
 
@@ -441,6 +454,14 @@ impl ScalarUDFImpl for CatalogFunction {
                         (!oids.is_null(i))
                             .then(|| format_type(oids.value(i), (!mods.is_null(i)).then(|| mods.value(i))))
                     })
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }
+            Body::TableIsVisible => {
+                let n = args.number_rows;
+                let oids = int_arg(&args.args, 0, n)?;
+                let out: arrow::array::BooleanArray = (0..n)
+                    .map(|i| (!oids.is_null(i)).then(|| !WEIR_CATALOG_RELATION_OIDS.contains(&oids.value(i))))
                     .collect();
                 Ok(ColumnarValue::Array(Arc::new(out)))
             }
