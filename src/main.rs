@@ -37,14 +37,15 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 // The only unsafe calls in Weir (the workspace denies unsafe code).
 #[allow(unsafe_code)]
 fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: sets an option's value; mimalloc reads it on its next
-        // OS allocation and purge.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 2) };
-    }
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: as above; read on the next purge.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
+    for (variable, option, value) in [
+        ("MIMALLOC_ALLOW_THP", MI_OPTION_ALLOW_THP, 2),
+        ("MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, 10_000),
+    ] {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: sets an option's value; mimalloc reads it on its
+            // next OS allocation and purge.
+            unsafe { libmimalloc_sys::mi_option_set(option, value) };
+        }
     }
 }
 

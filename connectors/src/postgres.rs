@@ -478,21 +478,21 @@ pub struct ReplicationStream {
     server_lsn: u64,
     /// The end of the last transaction handed to the caller.
     handed: u64,
-    /// Confirmation of idle WAL that waits for the caller's: `(h, w)`,
-    /// a keepalive said the server had sent everything below `w` when
-    /// transactions up to `h` were handed out and not yet durable.
-    idle: std::sync::Mutex<Progress>,
+    /// What the caller made durable, and idle WAL waiting to be confirmed
+    /// after it.
+    progress: std::sync::Mutex<Progress>,
 }
 
 /// What the caller made durable and what may be confirmed upstream.
 #[derive(Default)]
 struct Progress {
-    /// The highest position the caller confirmed.
+    /// The highest position confirmed upstream: everything below it is
+    /// durable in the caller, or idle WAL after what is.
     acked: u64,
-    /// Idle WAL to confirm once `acked` reaches the first position.
+    /// `(h, w)`: a keepalive said the server had sent everything below `w`
+    /// when transactions up to `h` were handed out and not yet durable;
+    /// `w` is confirmed once `acked` reaches `h`.
     waiting: Option<(u64, u64)>,
-    /// Everything below this was sent and is durable in the caller.
-    caught_up: u64,
 }
 
 impl Progress {
@@ -513,7 +513,6 @@ impl Progress {
         {
             self.waiting = None;
             self.acked = self.acked.max(wal_end);
-            self.caught_up = self.caught_up.max(wal_end);
         }
         self.acked
     }
@@ -655,7 +654,7 @@ pub async fn open_stream(
             server_lsn: 0,
             handed: resume.unwrap_or(0),
             // What the stream resumes after is durable by definition.
-            idle: std::sync::Mutex::new(Progress {
+            progress: std::sync::Mutex::new(Progress {
                 acked: resume.unwrap_or(0),
                 ..Progress::default()
             }),
@@ -691,7 +690,7 @@ impl ReplicationStream {
                     self.server_lsn = self.server_lsn.max(wal_end.0);
                     if !self.in_transaction {
                         let confirm = self
-                            .idle
+                            .progress
                             .lock()
                             .expect("progress lock")
                             .idle(self.handed, wal_end.0);
@@ -741,16 +740,16 @@ impl ReplicationStream {
         self.server_lsn
     }
 
-    /// The position below which the server has sent nothing the caller
-    /// has not already made durable.
-    pub fn caught_up_lsn(&self) -> u64 {
-        self.idle.lock().expect("progress lock").caught_up
+    /// The position confirmed upstream: below it the server has sent
+    /// nothing the caller has not already made durable.
+    pub fn confirmed_lsn(&self) -> u64 {
+        self.progress.lock().expect("progress lock").acked
     }
 
     /// Everything up to `lsn` is durable in Weir: the upstream may
     /// recycle it (and idle WAL after it, see [`ReplicationStream::next`]).
     pub fn ack(&self, lsn: u64) {
-        let confirm = self.idle.lock().expect("progress lock").durable(lsn);
+        let confirm = self.progress.lock().expect("progress lock").durable(lsn);
         self.client.update_applied_lsn(pgwire_replication::Lsn(confirm));
     }
 }
@@ -781,12 +780,12 @@ mod tests {
         // 400 must not confirm past 200, or a crash would lose 200..300.
         assert_eq!(p.durable(200), 200);
         assert_eq!(p.idle(300, 400), 200);
-        assert_eq!(p.caught_up, 100);
+        assert_eq!(p.acked, 200);
         // A later keepalive replaces the wait with a later one.
         assert_eq!(p.idle(350, 450), 200);
         assert_eq!(p.durable(300), 300);
         assert_eq!(p.durable(350), 450);
-        assert_eq!(p.caught_up, 450);
+        assert_eq!(p.acked, 450);
         // Confirmation never goes back.
         assert_eq!(p.durable(10), 450);
     }

@@ -974,9 +974,9 @@ fn settle(
 ) {
     let Some(done) = done else { return };
     stream.ack(done.end_lsn);
-    let caught_up = stream.caught_up_lsn();
+    let confirmed = stream.confirmed_lsn();
     set(status, |s| {
-        s.lsn_committed = done.end_lsn.max(caught_up);
+        s.lsn_committed = confirmed;
         s.committed_at_micros = done.committed_at;
         s.rows += done.changed;
     });

@@ -458,7 +458,7 @@ impl Coordinator {
             ast::Statement::Query(q) => {
                 // Arrangement sizes are measured by the workers when read,
                 // not kept up to date between reads.
-                if sql.to_ascii_lowercase().contains("arrangement_sizes") {
+                if crate::system::reads_arrangement_sizes(ast) {
                     let sizes = self.controller.arrangement_sizes().await?;
                     self.catalog.set_arrangement_sizes(sizes);
                 }

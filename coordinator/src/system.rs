@@ -134,6 +134,24 @@ pub fn reads_empty_relation(q: &ast::Query) -> bool {
     branch(&q.body)
 }
 
+/// Whether `statement` reads `weir_catalog.arrangement_sizes`, the one
+/// system relation the workers measure when it is read.
+pub fn reads_arrangement_sizes(statement: &ast::Statement) -> bool {
+    ast::visit_relations(statement, |name| {
+        let sizes = name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("arrangement_sizes"));
+        if sizes {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    })
+    .is_break()
+}
+
 /// A column of a system relation: its name and type.
 type Col = (&'static str, DataType);
 
