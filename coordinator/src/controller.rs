@@ -24,6 +24,8 @@ struct Inner {
     sink: Box<dyn CommandSink>,
     /// The latest timestamp issued to a write.
     last_write: Timestamp,
+    /// The one before it.
+    previous_write: Timestamp,
     next_id: u64,
 }
 
@@ -69,6 +71,7 @@ impl Controller {
             inner: Mutex::new(Inner {
                 sink,
                 last_write: 0,
+                previous_write: 0,
                 next_id: 0,
             }),
             pending: pending.clone(),
@@ -145,6 +148,7 @@ impl Controller {
         let mut inner = self.inner.lock().expect("controller lock");
         debug_assert!(time > inner.last_write, "writes go forward in time");
         let time = time.max(inner.last_write + 1);
+        inner.previous_write = inner.last_write;
         inner.last_write = time;
         inner.sink.send(Command::Write { time, updates });
     }
@@ -179,6 +183,29 @@ impl Controller {
             out.push(batch);
         }
         Ok(out)
+    }
+
+    /// Wait until the workers' copy of keyed table `table` holds every
+    /// write but the newest: a write that does not read from the workers
+    /// paces itself by this, so that writes can run at most one step ahead
+    /// of the dataflows and the views stay fresh. (A peek for no keys.)
+    pub async fn catch_up(&self, table: GlobalId) -> Result<(), AdapterError> {
+        let rx = {
+            let mut inner = self.inner.lock().expect("controller lock");
+            let time = inner.previous_write;
+            let (peek_id, rx) = self.await_answers(&mut inner);
+            inner.sink.send(Command::Peek {
+                peek_id,
+                target: table,
+                time,
+                keys: Some(Arc::new(Vec::new())),
+            });
+            rx
+        };
+        rx.await
+            .map_err(|_| AdapterError::Internal("worker went away".into()))?
+            .map_err(AdapterError::Evaluation)?;
+        Ok(())
     }
 
     /// A fresh id for a command every worker answers with a batch (a

@@ -15,6 +15,7 @@ pub mod error;
 pub mod files;
 pub mod generate;
 pub mod ingest;
+mod keys;
 pub mod record;
 pub mod sequencer;
 pub mod server;

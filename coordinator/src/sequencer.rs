@@ -5,14 +5,12 @@
 //! workers solely through the [`Controller`] (commands as data) and never
 //! calls into the engine.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::row::{RowConverter, SortField};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::MemTable;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, ParamValues, ScalarValue};
@@ -31,6 +29,7 @@ use crate::catalog::{Catalog, ColumnDef, Entry, kind_name, nullable_schema};
 use crate::controller::{Controller, SubscribeMessage};
 use crate::durable::{Durable, PendingWrite};
 use crate::error::AdapterError;
+use crate::keys::{KeyIndexes, key_rows};
 
 /// What a statement produced.
 pub enum ExecuteResult {
@@ -140,7 +139,7 @@ impl Coordinator {
             planner,
             controller,
             ddl: Mutex::new(()),
-            writes: Mutex::new(HashMap::new()),
+            writes: Mutex::new(KeyIndexes::default()),
             durable: OnceLock::new(),
             recorders: std::sync::Mutex::new(HashMap::new()),
         }
@@ -231,6 +230,11 @@ impl Coordinator {
         let mut writes = self.writes.lock().await;
         let mut updates = Vec::new();
         for entry in self.catalog.all_tables() {
+            // Replayed as plain tables, a source's tables are fed from
+            // upstream and keep no key indexes.
+            if entry.source.is_some() {
+                writes.remove(entry.id);
+            }
             let Some(Some(rows)) = restored.shards.remove(&entry.id) else {
                 continue;
             };
@@ -321,7 +325,7 @@ impl Coordinator {
             if e.kind != RelationKind::View {
                 self.controller.send(weir_protocol::Command::Drop { id: e.id });
             }
-            self.writes.lock().await.retain(|(id, _), _| *id != e.id);
+            self.writes.lock().await.remove(e.id);
         }
     }
 
@@ -604,38 +608,31 @@ impl Coordinator {
                 ))
             })
             .collect::<Result<_>>()?;
-        let plan = plan
-            .transform_up_with_subqueries(|node| match node {
-                LogicalPlan::TableScan(scan) => {
-                    let name = relation_name(&scan.table_name).map(str::to_string);
-                    match name.and_then(|n| tables.get(&n).cloned()) {
-                        Some(t) => {
-                            let scan = TableScan {
-                                source: provider_as_source(t),
-                                ..scan
-                            };
-                            Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
-                        }
-                        None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
-                    }
-                }
-                other => Ok(Transformed::no(other)),
-            })?
-            .data;
         if optimized {
-            // Planned physically as it is: executing the logical plan would
-            // run the optimizer over it a second time (for a 1,000-key
-            // UPDATE as long as the first pass).
-            let state = self.planner.state();
-            let physical = state.query_planner().create_physical_plan(&plan, state).await?;
-            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-            let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await?;
-            return Ok((schema, batches));
+            return self.execute_over(plan, tables).await;
         }
+        let plan = scanning(plan, &tables)?;
         let ctx = SessionContext::new_with_state(self.planner.state().clone());
         let df = ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
+        Ok((schema, batches))
+    }
+
+    /// Run optimized `plan` with its scans of `tables` reading those rows.
+    async fn execute_over(
+        &self,
+        plan: LogicalPlan,
+        tables: HashMap<String, Arc<MemTable>>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let plan = scanning(plan, &tables)?;
+        // Planned physically as it is: executing the logical plan would
+        // run the optimizer over it a second time (for a 1,000-key UPDATE
+        // as long as the first pass).
+        let state = self.planner.state();
+        let physical = state.query_planner().create_physical_plan(&plan, state).await?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await?;
         Ok((schema, batches))
     }
 
@@ -748,6 +745,8 @@ impl Coordinator {
             }
         }
         let schema = nullable_schema(types);
+        let keyed: Vec<usize> = primary_key.iter().chain(unique.iter().flatten()).copied().collect();
+        crate::keys::indexable(&schema, &keyed)?;
         Ok(Entry {
             id: self.catalog.allocate_id(),
             name,
@@ -779,12 +778,9 @@ impl Coordinator {
             schema: entry.schema.clone(),
             key: entry.primary_key.clone(),
         });
-        let constraints = usize::from(!entry.primary_key.is_empty()) + entry.unique.len();
-        {
-            let mut writes = self.writes.lock().await;
-            for c in 0..constraints {
-                writes.insert((entry.id, c), HashSet::new());
-            }
+        if let Err(e) = self.writes.lock().await.create(entry) {
+            // Unreachable: `table_entry` checked the key columns' types.
+            tracing::error!(table = %entry.name, error = %e, "the table's key indexes could not be made");
         }
     }
 
@@ -992,9 +988,25 @@ impl Coordinator {
         }
         refuse_source_fed(&entry)?;
         let mut writes = self.writes.lock().await;
-        // A statement that reads tables must see every write queued before
-        // it; `INSERT ... VALUES` reads none and need not wait.
-        if reads_tables(input.as_ref())? {
+        // A DELETE or UPDATE that pins the primary key and reads nothing
+        // but its own rows takes them from the key index, which holds
+        // every write queued before it: it waits for none of them to reach
+        // the workers and asks the workers for nothing.
+        let filtered = match (&op, input.as_ref()) {
+            (WriteOp::Delete, plan) => Some(plan),
+            (WriteOp::Update, LogicalPlan::Projection(p)) => Some(p.input.as_ref()),
+            _ => None,
+        };
+        let restriction = match filtered {
+            Some(plan) => key_restriction(&entry, plan)?,
+            None => None,
+        };
+        let local = restriction.is_some() && writes.has_rows(entry.id) && reads_one_scan(input.as_ref())?;
+        // Any other statement that reads tables must see every write
+        // queued before it; `INSERT ... VALUES` reads none and need not wait.
+        if local {
+            self.controller.catch_up(entry.id).await?;
+        } else if reads_tables(input.as_ref())? {
             self.barrier().await?;
         }
         let (tag, inserted, deleted) = match op {
@@ -1003,7 +1015,8 @@ impl Coordinator {
                 ("INSERT 0", Some(batch), None)
             }
             WriteOp::Delete => {
-                let batch = match key_restriction(&entry, input.as_ref())? {
+                let batch = match restriction {
+                    Some(r) if local => self.rows_by_key(&entry, &writes, &r, input.as_ref()).await?,
                     Some(r) => {
                         self.run_as_table(&entry, r.reader(input.as_ref()), Some(r.keys))
                             .await?
@@ -1019,14 +1032,19 @@ impl Coordinator {
                 if p.input.schema().fields().len() != entry.schema.fields().len() {
                     return Err(unsupported("UPDATE ... FROM"));
                 }
-                let restriction = key_restriction(&entry, p.input.as_ref())?;
-                let (reader, keys) = match &restriction {
-                    Some(r) => (r.reader(p.input.as_ref()), Some(r.keys.clone())),
-                    None => (p.input.as_ref().clone(), None),
+                let (old, keys) = match &restriction {
+                    Some(r) if local => (self.rows_by_key(&entry, &writes, r, p.input.as_ref()).await?, None),
+                    Some(r) => (
+                        self.run_as_table(&entry, r.reader(p.input.as_ref()), Some(r.keys.clone()))
+                            .await?,
+                        Some(r.keys.clone()),
+                    ),
+                    None => (self.run_as_table(&entry, p.input.as_ref().clone(), None).await?, None),
                 };
-                let old = self.run_as_table(&entry, reader, keys.clone()).await?;
                 let new = match self.updated_rows(&entry, p, &old).await? {
                     Some(new) => new,
+                    // `SET` has subqueries, so the statement read tables
+                    // from the workers (`local` is false) and runs in full.
                     None => self.run_as_table(&entry, input.as_ref().clone(), keys).await?,
                 };
                 ("UPDATE", Some(new), Some(old))
@@ -1062,54 +1080,7 @@ impl Coordinator {
         inserted: Option<RecordBatch>,
         deleted: Option<RecordBatch>,
     ) -> Result<Vec<TableUpdate>> {
-        // Check every constraint before changing any index, so a refused
-        // statement leaves nothing behind.
-        let mut changes = Vec::new();
-        for (c, (constraint, cols)) in entry.constraints().into_iter().enumerate() {
-            let Some(index) = writes.get(&(entry.id, c)) else {
-                continue;
-            };
-            // An UPDATE whose row i replaces row i with the same key (as
-            // one that sets no key column does) keeps the same keys: it
-            // cannot break the constraint and changes nothing in its index.
-            if let (Some(ins), Some(del)) = (&inserted, &deleted)
-                && ins.num_rows() == del.num_rows()
-                && cols
-                    .iter()
-                    .all(|c| ins.column(*c).as_ref() == del.column(*c).as_ref())
-            {
-                continue;
-            }
-            let removed: Vec<Vec<u8>> = match &deleted {
-                Some(b) => key_values(entry, &cols, b)?.into_iter().flatten().collect(),
-                None => Vec::new(),
-            };
-            let added: Vec<Option<Vec<u8>>> = match &inserted {
-                Some(b) => key_values(entry, &cols, b)?,
-                None => Vec::new(),
-            };
-            let removed_set: HashSet<&Vec<u8>> = removed.iter().collect();
-            let mut seen = HashSet::with_capacity(added.len());
-            // Keys with a NULL never conflict.
-            for (i, k) in added.iter().enumerate() {
-                let Some(k) = k else { continue };
-                if (index.contains(k) && !removed_set.contains(k)) || !seen.insert(k) {
-                    let b = inserted.as_ref().expect("keys came from inserted rows");
-                    return Err(AdapterError::UniqueViolation {
-                        constraint,
-                        detail: key_detail(entry, &cols, b, i),
-                    });
-                }
-            }
-            changes.push((c, removed, added));
-        }
-        for (c, removed, added) in changes {
-            let index = writes.get_mut(&(entry.id, c)).expect("checked above");
-            for k in &removed {
-                index.remove(k);
-            }
-            index.extend(added.into_iter().flatten());
-        }
+        writes.apply(entry, inserted.as_ref(), deleted.as_ref())?;
         let mut updates = Vec::new();
         if let Some(b) = deleted.filter(|b| b.num_rows() > 0) {
             updates.push(TableUpdate {
@@ -1167,9 +1138,32 @@ impl Coordinator {
             Arc::new(scan),
         )?);
         let plan = self.planner.optimize_oneshot(&plan, "")?;
-        let ctx = SessionContext::new_with_state(self.planner.state().clone());
-        let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+        let (_, batches) = self.execute_over(plan, HashMap::new()).await?;
         Ok(Some(shape(entry, batches)?))
+    }
+
+    /// The rows of keyed table `entry` that `filtered` (its scan under
+    /// the statement's `WHERE`, restricted to keys by `r`) keeps, read
+    /// from the key index rather than from the workers.
+    async fn rows_by_key(
+        &self,
+        entry: &Entry,
+        writes: &KeyIndexes,
+        r: &KeyRestriction,
+        filtered: &LogicalPlan,
+    ) -> Result<RecordBatch> {
+        let rows = writes.rows(entry, &r.keys)?;
+        if r.whole {
+            return Ok(rows);
+        }
+        // The rest of the `WHERE` decides, over just those rows.
+        let tables = HashMap::from([(
+            entry.name.clone(),
+            Arc::new(MemTable::try_new(entry.schema.clone(), vec![vec![rows]])?),
+        )]);
+        let plan = self.planner.optimize_oneshot(filtered, "")?;
+        let (_, batches) = self.execute_over(plan, tables).await?;
+        shape(entry, batches)
     }
 
     /// Run `plan` and shape the result as rows of `entry`.
@@ -1509,6 +1503,40 @@ fn reads_tables(plan: &LogicalPlan) -> Result<bool> {
     Ok(reads)
 }
 
+/// Whether `plan` reads nothing but one scan of one table: no other
+/// relation and no subquery.
+fn reads_one_scan(plan: &LogicalPlan) -> Result<bool> {
+    let (mut scans, mut subqueries) = (0, false);
+    plan.apply_with_subqueries(|node| {
+        scans += usize::from(matches!(node, LogicalPlan::TableScan(_)));
+        subqueries |= matches!(node, LogicalPlan::Subquery(_));
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(scans == 1 && !subqueries)
+}
+
+/// `plan` with its scans of relations named in `tables` reading those.
+fn scanning(plan: LogicalPlan, tables: &HashMap<String, Arc<MemTable>>) -> Result<LogicalPlan> {
+    Ok(plan
+        .transform_up_with_subqueries(|node| match node {
+            LogicalPlan::TableScan(scan) => {
+                let name = relation_name(&scan.table_name).map(str::to_string);
+                match name.and_then(|n| tables.get(&n).cloned()) {
+                    Some(t) => {
+                        let scan = TableScan {
+                            source: provider_as_source(t),
+                            ..scan
+                        };
+                        Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+                    }
+                    None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
+                }
+            }
+            other => Ok(Transformed::no(other)),
+        })?
+        .data)
+}
+
 fn validate(entry: &Entry, batch: &RecordBatch) -> Result<()> {
     for (i, c) in entry.columns.iter().enumerate() {
         let array = batch.column(i);
@@ -1527,41 +1555,6 @@ fn validate(entry: &Entry, batch: &RecordBatch) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The encoded primary keys of each row of `batch`.
-/// Per table and uniqueness constraint, the encoded keys present.
-type KeyIndexes = HashMap<(GlobalId, usize), HashSet<Vec<u8>>>;
-
-fn key_rows(entry: &Entry, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-    Ok(key_values(entry, &entry.primary_key, batch)?
-        .into_iter()
-        .map(|k| k.unwrap_or_default())
-        .collect())
-}
-
-/// The encoded values of columns `cols` of each row of `batch` (as the
-/// workers encode keys), `None` where one of them is NULL.
-fn key_values(entry: &Entry, cols: &[usize], batch: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>> {
-    let fields = cols
-        .iter()
-        .map(|i| SortField::new(entry.schema.field(*i).data_type().clone()))
-        .collect();
-    let converter = RowConverter::new(fields).map_err(|e| AdapterError::Internal(e.to_string()))?;
-    let arrays: Vec<ArrayRef> = cols.iter().map(|i| batch.column(*i).clone()).collect();
-    let rows = converter
-        .convert_columns(&arrays)
-        .map_err(|e| AdapterError::Internal(e.to_string()))?;
-    Ok(rows
-        .iter()
-        .enumerate()
-        .map(|(r, row)| {
-            arrays
-                .iter()
-                .all(|a| a.is_valid(r))
-                .then(|| row.as_ref().to_vec())
-        })
-        .collect())
 }
 
 /// The rows a `DELETE`/`UPDATE` touches when its `WHERE` pins the
@@ -1667,25 +1660,6 @@ fn key_restriction(entry: &Entry, plan: &LogicalPlan) -> Result<Option<KeyRestri
         keys: Arc::new(key_rows(entry, &batch)?),
         whole: alone && exact,
     }))
-}
-
-/// `Key (a, b)=(1, x) already exists.`
-fn key_detail(entry: &Entry, cols: &[usize], batch: &RecordBatch, row: usize) -> String {
-    let names: Vec<&str> = cols.iter().map(|i| entry.columns[*i].name.as_str()).collect();
-    let options = FormatOptions::default();
-    let values: Vec<String> = cols
-        .iter()
-        .map(|i| {
-            ArrayFormatter::try_new(batch.column(*i).as_ref(), &options)
-                .map(|f| f.value(row).to_string())
-                .unwrap_or_default()
-        })
-        .collect();
-    format!(
-        "Key ({})=({}) already exists.",
-        names.join(", "),
-        values.join(", ")
-    )
 }
 
 /// Batches of a query's result as rows of `entry` (cast to its types).

@@ -4,7 +4,6 @@
 //!
 //! This module owns the object format. It never talks to the store.
 
-use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
@@ -144,13 +143,20 @@ pub fn concat(schema: &SchemaRef, parts: &[Updates]) -> Result<Updates, String> 
     Ok(Updates { batch, diffs })
 }
 
-/// Sum the diffs of equal rows across `parts` (all of `schema`) and keep
-/// the rows whose sum is not zero, in first-seen order.
+/// Sum the diffs of equal rows across `parts` (all of `schema`) and drop
+/// the rows whose sum is zero.
 ///
-/// Without a negative diff nothing can cancel: the parts are concatenated
-/// as they are (equal rows may then stay separate, which means the same).
+/// Only a row that appears somewhere with a negative diff can cancel:
+/// those (few, in a table's compaction: the deletions) are summed through
+/// a hash table, and every other row passes through as it is, so equal
+/// positive rows may stay separate, which means the same. Without a
+/// negative diff the parts are concatenated.
 pub fn consolidate(schema: &SchemaRef, parts: &[Updates]) -> Result<Updates, String> {
-    if parts.iter().all(|p| p.diffs.iter().all(|d| *d > 0)) {
+    let negative = parts
+        .iter()
+        .map(|p| p.diffs.iter().filter(|d| **d < 0).count())
+        .sum::<usize>();
+    if negative == 0 {
         return concat(schema, parts);
     }
     let converter = RowConverter::new(
@@ -166,29 +172,51 @@ pub fn consolidate(schema: &SchemaRef, parts: &[Updates]) -> Result<Updates, Str
         .map(|part| converter.convert_columns(part.batch.columns()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    // Each distinct row's first (part, index), and its summed diff.
+    // Each row that can cancel: where it was first seen, and its sum.
     // Rows come from our own store: a keyed (DoS-resistant) hash buys
     // nothing here.
-    let mut first: FxHashMap<&[u8], usize> = FxHashMap::default();
-    let mut order: Vec<((usize, usize), i64)> = Vec::new();
+    let mut candidates: FxHashMap<&[u8], usize> =
+        FxHashMap::with_capacity_and_hasher(negative, Default::default());
+    let mut sums: Vec<((usize, usize), i64)> = Vec::with_capacity(negative);
     for (p, rows) in encoded.iter().enumerate() {
-        for (i, row) in rows.iter().enumerate() {
-            let diff = parts[p].diffs[i];
-            match first.entry(row.data()) {
-                Entry::Occupied(e) => order[*e.get()].1 += diff,
-                Entry::Vacant(e) => {
-                    e.insert(order.len());
-                    order.push(((p, i), diff));
-                }
+        for (i, d) in parts[p].diffs.iter().enumerate() {
+            if *d < 0 {
+                candidates.entry(rows.row(i).data()).or_insert_with(|| {
+                    sums.push(((p, i), 0));
+                    sums.len() - 1
+                });
             }
         }
     }
-    let (indices, diffs): (Vec<(usize, usize)>, Vec<i64>) =
-        order.into_iter().filter(|(_, d)| *d != 0).unzip();
-    let columns = (0..schema.fields().len())
-        .map(|c| {
-            let arrays: Vec<&dyn Array> = parts.iter().map(|u| u.batch.column(c).as_ref()).collect();
-            arrow::compute::interleave(&arrays, &indices)
+    let mut columns: Vec<Vec<ArrayRef>> = vec![Vec::with_capacity(parts.len() + 1); schema.fields().len()];
+    let mut diffs = Vec::new();
+    for (p, rows) in encoded.iter().enumerate() {
+        let mut keep = Vec::with_capacity(rows.num_rows());
+        for (i, row) in rows.iter().enumerate() {
+            let summed = candidates.get(row.data());
+            if let Some(c) = summed {
+                sums[*c].1 += parts[p].diffs[i];
+            } else {
+                diffs.push(parts[p].diffs[i]);
+            }
+            keep.push(summed.is_none());
+        }
+        let keep = arrow::array::BooleanArray::from(keep);
+        for (c, column) in parts[p].batch.columns().iter().enumerate() {
+            columns[c].push(arrow::compute::filter(column, &keep).map_err(|e| e.to_string())?);
+        }
+    }
+    let (indices, summed): (Vec<(usize, usize)>, Vec<i64>) = sums.into_iter().filter(|(_, d)| *d != 0).unzip();
+    diffs.extend(summed);
+    for (c, out) in columns.iter_mut().enumerate() {
+        let arrays: Vec<&dyn Array> = parts.iter().map(|u| u.batch.column(c).as_ref()).collect();
+        out.push(arrow::compute::interleave(&arrays, &indices).map_err(|e| e.to_string())?);
+    }
+    let columns = columns
+        .into_iter()
+        .map(|arrays| {
+            let arrays: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+            arrow::compute::concat(&arrays)
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
@@ -229,9 +257,19 @@ mod tests {
         assert_eq!(a2.batch, a.batch);
         assert_eq!(a2.diffs, a.diffs);
         let c = consolidate(&a.batch.schema(), &[a2, b]).unwrap();
-        // 1 cancels, 2 twice, 3 removed once more than added.
-        assert_eq!(c.batch, rows(&[2, 3], &[None, Some("c")]));
-        assert_eq!(c.diffs, vec![2, -1]);
+        // 1 cancels, 2 twice (as it was), 3 removed once more than added.
+        assert_eq!(c.batch, rows(&[2, 2, 3], &[None, None, Some("c")]));
+        assert_eq!(c.diffs, vec![1, 1, -1]);
+        // A row added in several parts and removed in a later one sums
+        // over all of them.
+        let parts = [
+            Updates::uniform(rows(&[5, 6], &[Some("x"), None]), 1),
+            Updates::uniform(rows(&[5], &[Some("x")]), 2),
+            Updates::uniform(rows(&[5, 7], &[Some("x"), Some("y")]), -1),
+        ];
+        let c = consolidate(&a.batch.schema(), &parts).unwrap();
+        assert_eq!(c.batch, rows(&[6, 5, 7], &[None, Some("x"), Some("y")]));
+        assert_eq!(c.diffs, vec![1, 2, -1]);
     }
 
     #[test]
