@@ -513,17 +513,40 @@ async fn writes_by_key_see_every_earlier_write() {
         .await
         .unwrap();
     assert_eq!(n, 2);
-    assert_eq!(c.execute("DELETE FROM acct WHERE id = 4 AND bal = 99", &[]).await.unwrap(), 0);
-    assert_eq!(c.execute("DELETE FROM acct WHERE id = 4 AND bal = 100", &[]).await.unwrap(), 1);
+    assert_eq!(
+        c.execute("DELETE FROM acct WHERE id = 4 AND bal = 99", &[])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        c.execute("DELETE FROM acct WHERE id = 4 AND bal = 100", &[])
+            .await
+            .unwrap(),
+        1
+    );
     // A key named twice is one row; a missing key is none.
-    assert_eq!(c.execute("DELETE FROM acct WHERE id IN (8, 8, 9, 999)", &[]).await.unwrap(), 2);
+    assert_eq!(
+        c.execute("DELETE FROM acct WHERE id IN (8, 8, 9, 999)", &[])
+            .await
+            .unwrap(),
+        2
+    );
     // A changed key is found under its new value at once, not its old.
     exec(&c, "UPDATE acct SET id = id + 100 WHERE id = 5").await;
-    assert_eq!(c.execute("UPDATE acct SET bal = 7 WHERE id = 105", &[]).await.unwrap(), 1);
+    assert_eq!(
+        c.execute("UPDATE acct SET bal = 7 WHERE id = 105", &[])
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(c.execute("DELETE FROM acct WHERE id = 5", &[]).await.unwrap(), 0);
     // Moving a row onto an existing key is refused and changes nothing.
     assert_eq!(error(&c, "UPDATE acct SET id = 6 WHERE id = 7").await.0, "23505");
-    assert_eq!(sorted(&c, "SELECT id, bal FROM acct WHERE id IN (6, 7)").await, vec!["6|100", "7|100"]);
+    assert_eq!(
+        sorted(&c, "SELECT id, bal FROM acct WHERE id IN (6, 7)").await,
+        vec!["6|100", "7|100"]
+    );
     assert_eq!(
         sorted(&c, "SELECT id, owner, bal FROM acct WHERE id IN (1, 2, 3, 105)").await,
         vec!["105|o5|7", "1|o1|200", "2|o2|100", "3|o3|200"]
@@ -539,12 +562,23 @@ async fn writes_by_key_see_every_earlier_write() {
          INSERT INTO pairs VALUES ('x', 1, 0), ('x', 2, 0), ('xy', 1, 0)",
     )
     .await;
-    assert_eq!(c.execute("UPDATE names SET v = v + 10 WHERE n IN ('', 'bb')", &[]).await.unwrap(), 2);
-    assert_eq!(sorted(&c, "SELECT n, v FROM names").await, vec!["a|1", "bb|12", "|13"]);
+    assert_eq!(
+        c.execute("UPDATE names SET v = v + 10 WHERE n IN ('', 'bb')", &[])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        sorted(&c, "SELECT n, v FROM names").await,
+        vec!["a|1", "bb|12", "|13"]
+    );
     assert_eq!(error(&c, "INSERT INTO pairs VALUES ('x', 2, 5)").await.0, "23505");
     exec(&c, "UPDATE pairs SET b = b + 10 WHERE a = 'x'").await;
     exec(&c, "INSERT INTO pairs VALUES ('x', 2, 5)").await;
-    assert_eq!(error(&c, "INSERT INTO pairs VALUES ('x', 11, 5)").await.0, "23505");
+    assert_eq!(
+        error(&c, "INSERT INTO pairs VALUES ('x', 11, 5)").await.0,
+        "23505"
+    );
     assert_eq!(
         sorted(&c, "SELECT a, b, v FROM pairs").await,
         vec!["xy|1|0", "x|11|0", "x|12|0", "x|2|5"]

@@ -147,7 +147,10 @@ impl RowsByKey {
         for (array, c) in encoded.into_iter().zip(&self.order) {
             columns[*c] = Some(array);
         }
-        let columns = columns.into_iter().map(|c| c.expect("every column decoded")).collect();
+        let columns = columns
+            .into_iter()
+            .map(|c| c.expect("every column decoded"))
+            .collect();
         RecordBatch::try_new(entry.schema.clone(), columns).map_err(internal)
     }
 }
@@ -351,9 +354,17 @@ mod tests {
             Field::new("b", DataType::Boolean, true),
             Field::new("k2", DataType::Int32, false),
             Field::new("n", DataType::Decimal128(10, 2), true),
-            Field::new("t", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+            Field::new(
+                "t",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
             Field::new("d", DataType::Date32, true),
-            Field::new("i", DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano), true),
+            Field::new(
+                "i",
+                DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano),
+                true,
+            ),
             Field::new("y", DataType::Binary, true),
             Field::new("l", DataType::Int64, true),
         ];
@@ -380,14 +391,21 @@ mod tests {
                         .with_precision_and_scale(10, 2)
                         .unwrap(),
                 ),
-                Arc::new(TimestampMicrosecondArray::from(vec![Some(0), None, Some(1_700_000_000_000_000)]).with_timezone("UTC")),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![Some(0), None, Some(1_700_000_000_000_000)])
+                        .with_timezone("UTC"),
+                ),
                 Arc::new(Date32Array::from(vec![Some(1), Some(-1), None])),
                 Arc::new(IntervalMonthDayNanoArray::from(vec![
                     Some(IntervalMonthDayNano::new(1, 2, 3)),
                     None,
                     Some(IntervalMonthDayNano::new(0, 0, -5)),
                 ])),
-                Arc::new(BinaryArray::from(vec![Some(&b"\x00\xff"[..]), None, Some(&b""[..])])),
+                Arc::new(BinaryArray::from(vec![
+                    Some(&b"\x00\xff"[..]),
+                    None,
+                    Some(&b""[..]),
+                ])),
                 Arc::new(Int64Array::from(vec![None, Some(i64::MIN), Some(i64::MAX)])),
             ],
         )
@@ -442,7 +460,9 @@ mod tests {
         indexes.apply(&entry, Some(&batch.slice(0, 2)), None).unwrap();
         // A row already there breaks the primary key.
         let err = indexes.apply(&entry, Some(&batch.slice(0, 1)), None).unwrap_err();
-        assert!(matches!(err, AdapterError::UniqueViolation { ref constraint, .. } if constraint == "every_pkey"));
+        assert!(
+            matches!(err, AdapterError::UniqueViolation { ref constraint, .. } if constraint == "every_pkey")
+        );
         // Replacing row 1 with a row whose unique `l` collides with row 1's
         // own (deleted in the same write) is allowed...
         indexes
@@ -454,7 +474,9 @@ mod tests {
         clash[9] = Arc::new(Int64Array::from(vec![i64::MIN]));
         let clash = RecordBatch::try_new(entry.schema.clone(), clash).unwrap();
         let err = indexes.apply(&entry, Some(&clash), None).unwrap_err();
-        assert!(matches!(err, AdapterError::UniqueViolation { ref constraint, .. } if constraint == "every_l_key"));
+        assert!(
+            matches!(err, AdapterError::UniqueViolation { ref constraint, .. } if constraint == "every_l_key")
+        );
         let keys = key_rows(&entry, &batch).unwrap();
         assert_eq!(indexes.rows(&entry, &keys).unwrap().num_rows(), 2);
     }

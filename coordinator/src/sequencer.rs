@@ -514,7 +514,10 @@ impl Coordinator {
 
     /// `INSERT INTO t VALUES (...)` with fewer values than columns fills the
     /// first columns, as in PostgreSQL: name them so DataFusion agrees.
-    fn fill_insert_columns(&self, stmt: &ast::Statement) -> ast::Statement {
+    fn fill_insert_columns<'a>(&self, stmt: &'a ast::Statement) -> std::borrow::Cow<'a, ast::Statement> {
+        if !matches!(stmt, ast::Statement::Insert(_)) {
+            return std::borrow::Cow::Borrowed(stmt);
+        }
         let mut stmt = stmt.clone();
         if let ast::Statement::Insert(insert) = &mut stmt
             && let (true, ast::TableObject::TableName(name), Some(source)) =
@@ -530,7 +533,7 @@ impl Coordinator {
                     .collect();
             }
         }
-        stmt
+        std::borrow::Cow::Owned(stmt)
     }
 
     /// Bind a statement and substitute parameter values.
@@ -745,7 +748,11 @@ impl Coordinator {
             }
         }
         let schema = nullable_schema(types);
-        let keyed: Vec<usize> = primary_key.iter().chain(unique.iter().flatten()).copied().collect();
+        let keyed: Vec<usize> = primary_key
+            .iter()
+            .chain(unique.iter().flatten())
+            .copied()
+            .collect();
         crate::keys::indexable(&schema, &keyed)?;
         Ok(Entry {
             id: self.catalog.allocate_id(),
@@ -987,7 +994,6 @@ impl Coordinator {
             });
         }
         refuse_source_fed(&entry)?;
-        let mut writes = self.writes.lock().await;
         // A DELETE or UPDATE that pins the primary key and reads nothing
         // but its own rows takes them from the key index, which holds
         // every write queued before it: it waits for none of them to reach
@@ -1001,12 +1007,16 @@ impl Coordinator {
             Some(plan) => key_restriction(&entry, plan)?,
             None => None,
         };
+        let mut writes = self.writes.lock().await;
         let local = restriction.is_some() && writes.has_rows(entry.id) && reads_one_scan(input.as_ref())?;
-        // Any other statement that reads tables must see every write
-        // queued before it; `INSERT ... VALUES` reads none and need not wait.
         if local {
+            // Paced under the write lock, so that the dataflows are never
+            // more than one write behind and the views stay fresh.
             self.controller.catch_up(entry.id).await?;
         } else if reads_tables(input.as_ref())? {
+            // Any other statement that reads tables must see every write
+            // queued before it; `INSERT ... VALUES` reads none and need
+            // not wait.
             self.barrier().await?;
         }
         let (tag, inserted, deleted) = match op {
@@ -1033,13 +1043,19 @@ impl Coordinator {
                     return Err(unsupported("UPDATE ... FROM"));
                 }
                 let (old, keys) = match &restriction {
-                    Some(r) if local => (self.rows_by_key(&entry, &writes, r, p.input.as_ref()).await?, None),
+                    Some(r) if local => (
+                        self.rows_by_key(&entry, &writes, r, p.input.as_ref()).await?,
+                        None,
+                    ),
                     Some(r) => (
                         self.run_as_table(&entry, r.reader(p.input.as_ref()), Some(r.keys.clone()))
                             .await?,
                         Some(r.keys.clone()),
                     ),
-                    None => (self.run_as_table(&entry, p.input.as_ref().clone(), None).await?, None),
+                    None => (
+                        self.run_as_table(&entry, p.input.as_ref().clone(), None).await?,
+                        None,
+                    ),
                 };
                 let new = match self.updated_rows(&entry, p, &old).await? {
                     Some(new) => new,
@@ -1121,25 +1137,33 @@ impl Coordinator {
                 Ok(TreeNodeRecursion::Continue)
             })?;
         }
-        let mut table = None;
-        set.input.apply(|node| {
-            if let LogicalPlan::TableScan(scan) = node {
-                table = Some(scan.table_name.clone());
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
-        let Some(table) = table.filter(|_| !subqueries) else {
+        if subqueries {
             return Ok(None);
-        };
-        let rows = Arc::new(MemTable::try_new(entry.schema.clone(), vec![vec![old.clone()]])?);
-        let scan = LogicalPlanBuilder::scan(table, provider_as_source(rows), None)?.build()?;
-        let plan = LogicalPlan::Projection(datafusion::logical_expr::Projection::try_new(
-            set.expr.clone(),
-            Arc::new(scan),
-        )?);
-        let plan = self.planner.optimize_oneshot(&plan, "")?;
-        let (_, batches) = self.execute_over(plan, HashMap::new()).await?;
-        Ok(Some(shape(entry, batches)?))
+        }
+        // Each `SET` expression evaluated over the old rows directly
+        // (type-coerced as the planner would): planning a query around
+        // them costs more than the evaluation.
+        let state = self.planner.state();
+        let columns = set
+            .expr
+            .iter()
+            .map(|e| {
+                let physical = state.create_physical_expr(e.clone(), set.input.schema())?;
+                physical.evaluate(old)?.into_array(old.num_rows())
+            })
+            .collect::<datafusion::common::Result<Vec<ArrayRef>>>()?;
+        let fields: Vec<Field> = columns
+            .iter()
+            .zip(entry.schema.fields())
+            .map(|(c, f)| Field::new(f.name(), c.data_type().clone(), true))
+            .collect();
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(old.num_rows())),
+        )
+        .map_err(|e| AdapterError::Internal(e.to_string()))?;
+        Ok(Some(shape(entry, vec![batch])?))
     }
 
     /// The rows of keyed table `entry` that `filtered` (its scan under
@@ -1373,7 +1397,7 @@ impl Coordinator {
                 | ast::Statement::Delete(_) => {
                     let plan = self
                         .planner
-                        .bind(self.fill_insert_columns(ast), &stmt.sql)
+                        .bind(self.fill_insert_columns(ast).into_owned(), &stmt.sql)
                         .await?;
                     let types = plan.get_parameter_types()?;
                     let mut params: Vec<(usize, Option<DataType>)> = types

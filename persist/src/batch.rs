@@ -149,14 +149,22 @@ pub fn concat(schema: &SchemaRef, parts: &[Updates]) -> Result<Updates, String> 
 /// Only a row that appears somewhere with a negative diff can cancel:
 /// those (few, in a table's compaction: the deletions) are summed through
 /// a hash table, and every other row passes through as it is, so equal
-/// positive rows may stay separate, which means the same. Without a
+/// positive rows may stay separate, which means the same. Where the first
+/// column is an integer (a table's key, typically), rows whose first value
+/// no such row has are passed through without being encoded at all: a
+/// table's large initial batch costs a scan of one column. Without a
 /// negative diff the parts are concatenated.
 pub fn consolidate(schema: &SchemaRef, parts: &[Updates]) -> Result<Updates, String> {
-    let negative = parts
+    let err = |e: arrow::error::ArrowError| e.to_string();
+    let negatives: Vec<Vec<u32>> = parts
         .iter()
-        .map(|p| p.diffs.iter().filter(|d| **d < 0).count())
-        .sum::<usize>();
-    if negative == 0 {
+        .map(|p| {
+            (0..p.diffs.len() as u32)
+                .filter(|i| p.diffs[*i as usize] < 0)
+                .collect()
+        })
+        .collect();
+    if negatives.iter().all(Vec::is_empty) {
         return concat(schema, parts);
     }
     let converter = RowConverter::new(
@@ -166,51 +174,70 @@ pub fn consolidate(schema: &SchemaRef, parts: &[Updates]) -> Result<Updates, Str
             .map(|f| SortField::new(f.data_type().clone()))
             .collect(),
     )
-    .map_err(|e| e.to_string())?;
-    let encoded = parts
+    .map_err(err)?;
+    let encode = |part: &Updates, rows: &[u32]| {
+        let indices = arrow::array::UInt32Array::from(rows.to_vec());
+        let columns = part
+            .batch
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::take(c, &indices, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        converter.convert_columns(&columns)
+    };
+    let negative_rows = parts
         .iter()
-        .map(|part| converter.convert_columns(part.batch.columns()))
+        .zip(&negatives)
+        .map(|(part, rows)| encode(part, rows))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(err)?;
     // Each row that can cancel: where it was first seen, and its sum.
     // Rows come from our own store: a keyed (DoS-resistant) hash buys
     // nothing here.
+    let count = negatives.iter().map(Vec::len).sum();
     let mut candidates: FxHashMap<&[u8], usize> =
-        FxHashMap::with_capacity_and_hasher(negative, Default::default());
-    let mut sums: Vec<((usize, usize), i64)> = Vec::with_capacity(negative);
-    for (p, rows) in encoded.iter().enumerate() {
-        for (i, d) in parts[p].diffs.iter().enumerate() {
-            if *d < 0 {
-                candidates.entry(rows.row(i).data()).or_insert_with(|| {
-                    sums.push(((p, i), 0));
-                    sums.len() - 1
-                });
-            }
+        FxHashMap::with_capacity_and_hasher(count, Default::default());
+    let mut sums: Vec<((usize, usize), i64)> = Vec::with_capacity(count);
+    for (p, rows) in negative_rows.iter().enumerate() {
+        for (j, row) in rows.iter().enumerate() {
+            candidates.entry(row.data()).or_insert_with(|| {
+                sums.push(((p, negatives[p][j] as usize), 0));
+                sums.len() - 1
+            });
         }
     }
+    let firsts = first_values(parts, &negatives);
     let mut columns: Vec<Vec<ArrayRef>> = vec![Vec::with_capacity(parts.len() + 1); schema.fields().len()];
     let mut diffs = Vec::new();
-    for (p, rows) in encoded.iter().enumerate() {
-        let mut keep = Vec::with_capacity(rows.num_rows());
-        for (i, row) in rows.iter().enumerate() {
-            let summed = candidates.get(row.data());
-            if let Some(c) = summed {
-                sums[*c].1 += parts[p].diffs[i];
-            } else {
-                diffs.push(parts[p].diffs[i]);
+    for part in parts {
+        let n = part.diffs.len();
+        let maybe: Vec<u32> = match (&firsts, part.batch.columns().first()) {
+            (Some(values), Some(first)) => (0..n as u32)
+                .filter(|i| first_value(first, *i as usize).is_some_and(|v| values.contains(&v)))
+                .collect(),
+            _ => (0..n as u32).collect(),
+        };
+        let encoded = encode(part, &maybe).map_err(err)?;
+        let mut keep = vec![true; n];
+        for (j, row) in encoded.iter().enumerate() {
+            if let Some(c) = candidates.get(row.data()) {
+                let i = maybe[j] as usize;
+                sums[*c].1 += part.diffs[i];
+                keep[i] = false;
             }
-            keep.push(summed.is_none());
         }
+        diffs.extend((0..n).filter(|i| keep[*i]).map(|i| part.diffs[i]));
         let keep = arrow::array::BooleanArray::from(keep);
-        for (c, column) in parts[p].batch.columns().iter().enumerate() {
-            columns[c].push(arrow::compute::filter(column, &keep).map_err(|e| e.to_string())?);
+        for (c, column) in part.batch.columns().iter().enumerate() {
+            columns[c].push(arrow::compute::filter(column, &keep).map_err(err)?);
         }
     }
-    let (indices, summed): (Vec<(usize, usize)>, Vec<i64>) = sums.into_iter().filter(|(_, d)| *d != 0).unzip();
+    let (indices, summed): (Vec<(usize, usize)>, Vec<i64>) =
+        sums.into_iter().filter(|(_, d)| *d != 0).unzip();
     diffs.extend(summed);
     for (c, out) in columns.iter_mut().enumerate() {
         let arrays: Vec<&dyn Array> = parts.iter().map(|u| u.batch.column(c).as_ref()).collect();
-        out.push(arrow::compute::interleave(&arrays, &indices).map_err(|e| e.to_string())?);
+        out.push(arrow::compute::interleave(&arrays, &indices).map_err(err)?);
     }
     let columns = columns
         .into_iter()
@@ -219,14 +246,42 @@ pub fn consolidate(schema: &SchemaRef, parts: &[Updates]) -> Result<Updates, Str
             arrow::compute::concat(&arrays)
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(err)?;
     let batch = RecordBatch::try_new_with_options(
         schema.clone(),
         columns,
         &arrow::array::RecordBatchOptions::new().with_row_count(Some(diffs.len())),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(err)?;
     Ok(Updates { batch, diffs })
+}
+
+/// Row `i`'s first-column value, for an integer column that has one.
+fn first_value(column: &ArrayRef, i: usize) -> Option<i64> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int32Type, Int64Type};
+    if column.is_null(i) {
+        return None;
+    }
+    match column.data_type() {
+        DataType::Int64 => Some(column.as_primitive::<Int64Type>().value(i)),
+        DataType::Int32 => Some(i64::from(column.as_primitive::<Int32Type>().value(i))),
+        _ => None,
+    }
+}
+
+/// The first-column values of the rows that can cancel, when the first
+/// column is an integer and none of them is NULL there; `None` otherwise
+/// (every row is then a candidate).
+fn first_values(parts: &[Updates], negatives: &[Vec<u32>]) -> Option<rustc_hash::FxHashSet<i64>> {
+    let mut values = rustc_hash::FxHashSet::default();
+    for (part, rows) in parts.iter().zip(negatives) {
+        let first = part.batch.columns().first()?;
+        for i in rows {
+            values.insert(first_value(first, *i as usize)?);
+        }
+    }
+    Some(values)
 }
 
 #[cfg(test)]

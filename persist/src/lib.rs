@@ -413,11 +413,13 @@ impl Persist {
             }
         }
         self.publish(next).await?;
-        for key in garbage {
-            if let Err(e) = self.location.delete(&Path::from(key.as_str())).await {
+        let location = &self.location;
+        let deletes = garbage.iter().map(|key| async move {
+            if let Err(e) = location.delete(&Path::from(key.as_str())).await {
                 warn!(error = %e, key, "could not delete a batch object; the next start removes it");
             }
-        }
+        });
+        futures::future::join_all(deletes).await;
         Ok(())
     }
 

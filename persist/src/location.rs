@@ -1,10 +1,12 @@
 //! Where state lives: a `file://` directory or an `s3://bucket/prefix`,
 //! both behind one `object_store` handle.
 //!
-//! This module owns the translation from a `--state` URL to a store and
-//! the one thing `object_store` leaves out for local directories: flushing
-//! a written file to disk, so an acknowledged write survives power loss and
-//! not only a killed process. It knows nothing of what the objects mean.
+//! This module owns the translation from a `--state` URL to a store, and
+//! writes, lists and deletes in local directories itself: `object_store`
+//! never flushes a written file to disk (an acknowledged write must survive
+//! power loss, not only a killed process), and each of its operations is a
+//! hop to the blocking pool, where one per write suffices. It knows nothing
+//! of what the objects mean.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -104,25 +106,28 @@ impl Location {
 
     /// Write `bytes` at `path`, replacing anything there, durably.
     pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<()> {
+        if self.local.is_some() {
+            return self.write_local(path, bytes, false).await.map(|_| ());
+        }
         self.store
             .put(path, PutPayload::from(bytes))
             .await
             .map_err(|e| self.store_error(e))?;
-        self.sync(path).await
+        Ok(())
     }
 
     /// Write `bytes` at `path` only if nothing is there yet, durably: the
     /// store's compare-and-set.
     pub async fn create(&self, path: &Path, bytes: Bytes) -> Result<Created> {
+        if self.local.is_some() {
+            return self.write_local(path, bytes, true).await;
+        }
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
         match self.store.put_opts(path, PutPayload::from(bytes), opts).await {
-            Ok(_) => {
-                self.sync(path).await?;
-                Ok(Created::Yes)
-            }
+            Ok(_) => Ok(Created::Yes),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Created::AlreadyExists),
             Err(e) => Err(self.store_error(e)),
         }
@@ -146,6 +151,16 @@ impl Location {
 
     /// Names and sizes of every object under `prefix`.
     pub async fn list(&self, prefix: &Path) -> Result<Vec<(Path, u64)>> {
+        if let Some(root) = &self.local {
+            let root = root.clone();
+            let dir = root.join(prefix.as_ref());
+            return blocking(prefix.as_ref(), move || {
+                let mut out = Vec::new();
+                walk(&root, &dir, &mut out)?;
+                Ok(out)
+            })
+            .await;
+        }
         let listed: Vec<_> = self
             .store
             .list(Some(prefix))
@@ -157,38 +172,95 @@ impl Location {
 
     /// Remove `path`; one already gone is fine.
     pub async fn delete(&self, path: &Path) -> Result<()> {
+        if let Some(root) = &self.local {
+            let file = root.join(path.as_ref());
+            return blocking(path.as_ref(), move || match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            })
+            .await;
+        }
         match self.store.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.store_error(e)),
         }
     }
 
-    /// Flush a freshly written local file and its directory entry to disk.
-    /// `object_store` writes through a rename but does not fsync; an
-    /// acknowledged write must survive a power cut, not just a killed
-    /// process. S3 is durable once the put returns.
-    async fn sync(&self, path: &Path) -> Result<()> {
-        let Some(root) = &self.local else {
-            return Ok(());
-        };
-        let file = root.join(path.as_ref());
-        tokio::task::spawn_blocking(move || {
-            let io = |e: std::io::Error| PersistError::Io {
-                path: file.display().to_string(),
-                source: e,
-            };
-            std::fs::File::open(&file)
-                .and_then(|f| f.sync_all())
-                .map_err(io)?;
-            if let Some(dir) = file.parent() {
-                std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    /// Write `bytes` at local `path` durably in one blocking step: a
+    /// temporary file (named as `object_store` names its own, which
+    /// listings skip), flushed, then renamed into place, or for `create`
+    /// hard-linked (which fails if something is there), and the directory
+    /// flushed. `object_store` does not fsync at all, and its write, the
+    /// flush and the directory flush would be three hops to the blocking
+    /// pool: on a busy machine each hop costs more than the disk.
+    async fn write_local(&self, path: &Path, bytes: Bytes, create: bool) -> Result<Created> {
+        static TEMPORARY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let file = self.local.as_ref().expect("a local location").join(path.as_ref());
+        blocking(path.as_ref(), move || {
+            use std::io::Write;
+            let dir = file.parent().expect("objects live in a directory");
+            std::fs::create_dir_all(dir)?;
+            let n = TEMPORARY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let temporary = PathBuf::from(format!("{}#{n}", file.display()));
+            let written = std::fs::File::create(&temporary).and_then(|mut f| {
+                f.write_all(&bytes)?;
+                f.sync_all()
+            });
+            let placed = written.and_then(|()| match create {
+                true => std::fs::hard_link(&temporary, &file)
+                    .map(|()| Created::Yes)
+                    .or_else(|e| match e.kind() {
+                        std::io::ErrorKind::AlreadyExists => Ok(Created::AlreadyExists),
+                        _ => Err(e),
+                    }),
+                false => std::fs::rename(&temporary, &file).map(|()| Created::Yes),
+            });
+            if create || placed.is_err() {
+                let _ = std::fs::remove_file(&temporary);
             }
-            Ok(())
+            let placed = placed?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(placed)
         })
         .await
-        .map_err(|e| PersistError::Io {
-            path: path.to_string(),
-            source: std::io::Error::other(e),
-        })?
     }
+}
+
+/// Run `f` on the blocking pool; an error names `path`.
+async fn blocking<T: Send + 'static>(
+    path: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    let io = |source: std::io::Error| PersistError::Io {
+        path: path.to_string(),
+        source,
+    };
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io(std::io::Error::other(e)))?
+        .map_err(io)
+}
+
+/// Every object file under `dir` (relative to `root`, with its size), as
+/// `object_store`'s listing gives them: temporary files skipped, a
+/// missing directory empty.
+fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(Path, u64)>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        if kind.is_dir() {
+            walk(root, &path, out)?;
+        } else if kind.is_file() && !entry.file_name().to_string_lossy().contains('#') {
+            let relative = path.strip_prefix(root).map_err(std::io::Error::other)?;
+            let key = Path::from_iter(relative.iter().map(|part| part.to_string_lossy().into_owned()));
+            out.push((key, entry.metadata()?.len()));
+        }
+    }
+    Ok(())
 }
