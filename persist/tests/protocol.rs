@@ -50,14 +50,12 @@ fn keys(restored: &weir_persist::Restored, shard: u64) -> Vec<(i64, i64)> {
         return Vec::new();
     };
     let col = u.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-    let mut out: Vec<_> = col
-        .values()
-        .iter()
-        .copied()
-        .zip(u.diffs.iter().copied())
-        .collect();
-    out.sort();
-    out
+    // Equal rows may be stored once with diff n or n times: sum them.
+    let mut out = std::collections::BTreeMap::new();
+    for (k, d) in col.values().iter().zip(&u.diffs) {
+        *out.entry(*k).or_insert(0) += d;
+    }
+    out.into_iter().collect()
 }
 
 #[tokio::test]
