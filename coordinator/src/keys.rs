@@ -58,6 +58,14 @@ struct TableKeys {
     unique: Vec<HashSet<Vec<u8>>>,
 }
 
+impl TableKeys {
+    /// Where constraint `c` (in [`Entry::constraints`] order) sits in
+    /// `unique`, when it is not the primary key with rows.
+    fn unique_slot(&self, c: usize) -> usize {
+        c - usize::from(self.rows.is_some())
+    }
+}
+
 /// A table's rows by primary key. Each entry is one allocation: the key's
 /// length (4 bytes) and then the row encoded with the key columns first,
 /// so the encoded key is the row's prefix.
@@ -232,7 +240,7 @@ impl KeyIndexes {
             if !same_keys {
                 let present = |k: &[u8]| match &table.rows {
                     Some(rows) if with_rows => rows.find(k).is_some(),
-                    _ => table.unique[c - usize::from(table.rows.is_some())].contains(k),
+                    _ => table.unique[table.unique_slot(c)].contains(k),
                 };
                 let removed_set: HashSet<&[u8]> = removed.iter().map(|k| &k[..]).collect();
                 let mut seen = HashSet::with_capacity(added.len());
@@ -269,8 +277,9 @@ impl KeyIndexes {
                         }
                     }
                 }
-                primary => {
-                    let index = &mut table.unique[change.constraint - usize::from(primary.is_some())];
+                _ => {
+                    let slot = table.unique_slot(change.constraint);
+                    let index = &mut table.unique[slot];
                     for k in &change.removed {
                         index.remove(k);
                     }

@@ -1008,12 +1008,13 @@ impl Coordinator {
             None => None,
         };
         let mut writes = self.writes.lock().await;
-        let local = restriction.is_some() && writes.has_rows(entry.id) && reads_one_scan(input.as_ref())?;
+        let reads = Reads::of(input.as_ref())?;
+        let local = restriction.is_some() && writes.has_rows(entry.id) && reads.one_scan();
         if local {
             // Paced under the write lock, so that the dataflows are never
             // more than one write behind and the views stay fresh.
             self.controller.catch_up(entry.id).await?;
-        } else if reads_tables(input.as_ref())? {
+        } else if reads.scans > 0 {
             // Any other statement that reads tables must see every write
             // queued before it; `INSERT ... VALUES` reads none and need
             // not wait.
@@ -1513,30 +1514,31 @@ fn replaced_table(detail: Option<&str>) -> Option<GlobalId> {
     v["replaces"].as_u64()
 }
 
-/// Whether `plan` scans any relation.
-fn reads_tables(plan: &LogicalPlan) -> Result<bool> {
-    let mut reads = false;
-    plan.apply_with_subqueries(|node| {
-        reads |= matches!(node, LogicalPlan::TableScan(_));
-        Ok(if reads {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    })?;
-    Ok(reads)
+/// What a plan reads: its table scans (subqueries' included) and whether
+/// it has a subquery.
+struct Reads {
+    scans: usize,
+    subqueries: bool,
 }
 
-/// Whether `plan` reads nothing but one scan of one table: no other
-/// relation and no subquery.
-fn reads_one_scan(plan: &LogicalPlan) -> Result<bool> {
-    let (mut scans, mut subqueries) = (0, false);
-    plan.apply_with_subqueries(|node| {
-        scans += usize::from(matches!(node, LogicalPlan::TableScan(_)));
-        subqueries |= matches!(node, LogicalPlan::Subquery(_));
-        Ok(TreeNodeRecursion::Continue)
-    })?;
-    Ok(scans == 1 && !subqueries)
+impl Reads {
+    fn of(plan: &LogicalPlan) -> Result<Reads> {
+        let mut reads = Reads {
+            scans: 0,
+            subqueries: false,
+        };
+        plan.apply_with_subqueries(|node| {
+            reads.scans += usize::from(matches!(node, LogicalPlan::TableScan(_)));
+            reads.subqueries |= matches!(node, LogicalPlan::Subquery(_));
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        Ok(reads)
+    }
+
+    /// Nothing but one scan of one table: no other relation, no subquery.
+    fn one_scan(&self) -> bool {
+        self.scans == 1 && !self.subqueries
+    }
 }
 
 /// `plan` with its scans of relations named in `tables` reading those.
