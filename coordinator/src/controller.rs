@@ -185,10 +185,11 @@ impl Controller {
         Ok(out)
     }
 
-    /// Wait until the workers' copy of keyed table `table` holds every
-    /// write but the newest: a write that does not read from the workers
-    /// paces itself by this, so that writes can run at most one step ahead
-    /// of the dataflows and the views stay fresh. (A peek for no keys.)
+    /// Wait until every materialized view reading keyed table `table`
+    /// has absorbed every write but the newest: a write that does not
+    /// read from the workers paces itself by this, so that writes run at
+    /// most one step ahead of the dataflows and the views stay fresh. (A
+    /// peek for no keys, which the workers answer that way.)
     pub async fn catch_up(&self, table: GlobalId) -> Result<(), AdapterError> {
         let rx = {
             let mut inner = self.inner.lock().expect("controller lock");

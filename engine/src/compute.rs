@@ -1,18 +1,17 @@
-//! A worker's compute state: table inputs, the arrangements of tables and
-//! dataflows, pending peeks and subscriptions.
+//! A worker's compute state: tables (as logs, [`crate::log`]), the
+//! arrangements of materialized views, pending peeks and subscriptions.
 //!
 //! The worker loop feeds [`ComputeState::handle`] every command in order and
 //! calls [`ComputeState::poll`] after each step of the timely worker. All
 //! workers see the same commands in the same order, so they build the same
-//! dataflows; each one holds and answers for its own shard of every
-//! arrangement.
+//! dataflows; each one holds and answers for its own part of every table
+//! and arrangement.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
-use differential_dataflow::input::InputSession;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::cursor::{Cursor, cursor_list};
 use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
@@ -22,41 +21,12 @@ use timely::progress::Antichain;
 use timely::worker::Worker;
 use tracing::warn;
 use weir_protocol::{Command, Response, ResponseSender, SubscribeUpdate, TableUpdate};
-use weir_sql::{GlobalId, Plan};
+use weir_sql::{GlobalId, Plan, PlanNode};
 
-use crate::render::{Arranged, ErrTrace, Imports, KeyedTrace, RowTrace, arrow_schema, render};
+use crate::log::{TableLog, TableReader};
+use crate::render::{ErrTrace, Imports, RowTrace, arrow_schema, render};
 use crate::row::{Row, RowCodec};
 use crate::{Diff, Time};
-
-struct Table {
-    input: TableInput,
-    codec: RowCodec,
-}
-
-/// A table's input: whole rows, or (key, row) pairs for a keyed table.
-enum TableInput {
-    Rows(InputSession<Time, Row, Diff>),
-    Keyed {
-        input: InputSession<Time, (Row, Row), Diff>,
-        key: Vec<usize>,
-        key_codec: RowCodec,
-    },
-}
-
-impl TableInput {
-    fn advance(&mut self, upper: Time) {
-        match self {
-            TableInput::Rows(i) => {
-                i.advance_to(upper);
-                i.flush();
-            }
-            TableInput::Keyed { input, .. } => {
-                input.advance_to(upper);
-                input.flush();
-            }
-        }
-    }
-}
 
 struct Arrangement {
     dataflow: usize,
@@ -72,8 +42,8 @@ struct PendingPeek {
 
 /// Everything one worker holds.
 pub struct ComputeState {
-    tables: HashMap<GlobalId, Table>,
-    traces: HashMap<GlobalId, (Arranged, Option<ErrTrace>)>,
+    tables: HashMap<GlobalId, TableLog>,
+    traces: HashMap<GlobalId, (RowTrace, ErrTrace)>,
     arrangements: HashMap<GlobalId, Arrangement>,
     subscribes: HashMap<u64, usize>,
     peeks: Vec<PendingPeek>,
@@ -117,49 +87,21 @@ impl ComputeState {
                         return true;
                     }
                 };
-                let dataflow = worker.next_dataflow_index();
-                let arrange = format!("Arrange {name}");
-                let (mut input, trace) = if key.is_empty() {
-                    let mut input = InputSession::new();
-                    let trace = worker.dataflow_named::<Time, _, _>(&format!("table {name}"), |scope| {
-                        crate::render::arrange_rows(input.to_collection(scope), &arrange)
-                    });
-                    (TableInput::Rows(input), Arranged::Rows(trace))
+                let key = if key.is_empty() {
+                    None
                 } else {
                     let key_schema = Arc::new(arrow::datatypes::Schema::new(
                         key.iter().map(|i| schema.field(*i).clone()).collect::<Vec<_>>(),
                     ));
-                    let key_codec = match RowCodec::new(key_schema) {
-                        Ok(c) => c,
+                    match RowCodec::new(key_schema) {
+                        Ok(c) => Some((key, c)),
                         Err(e) => {
                             warn!(table = %name, error = %e, "cannot create table");
                             return true;
                         }
-                    };
-                    let mut input = InputSession::new();
-                    let trace: KeyedTrace = worker
-                        .dataflow_named::<Time, _, _>(&format!("table {name}"), |scope| {
-                            crate::render::arrange_keyed(input.to_collection(scope), &arrange)
-                        });
-                    (
-                        TableInput::Keyed {
-                            input,
-                            key,
-                            key_codec,
-                        },
-                        Arranged::Keyed(trace),
-                    )
+                    }
                 };
-                input.advance(self.upper);
-                self.traces.insert(id, (trace, None));
-                self.arrangements.insert(
-                    id,
-                    Arrangement {
-                        dataflow,
-                        codec: RowCodec::new(codec.schema().clone()).expect("schema encodes"),
-                    },
-                );
-                self.tables.insert(id, Table { input, codec });
+                self.tables.insert(id, TableLog::new(codec, key));
             }
             Command::CreateDataflow { id, name, plan } => {
                 let codec = match RowCodec::new(arrow_schema(&plan.schema)) {
@@ -170,10 +112,11 @@ impl ComputeState {
                     }
                 };
                 let dataflow = worker.next_dataflow_index();
-                let traces = &mut self.traces;
+                let logged = self.logged();
+                let mut imports = Imports::new(&mut self.traces, logged);
                 let (ok, err) =
                     worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
-                        let (ok, err) = match render(&plan, scope, &mut Imports { traces }) {
+                        let (ok, err) = match render(&plan, scope, &mut imports) {
                             Ok(pair) => pair,
                             Err(e) => {
                                 let msg = e.to_string();
@@ -191,13 +134,16 @@ impl ComputeState {
                         let err = err.arrange_by_self_named(&format!("Arrange {name} errors")).trace;
                         (ok, err)
                     });
-                self.traces.insert(id, (Arranged::Rows(ok), Some(err)));
+                let inputs = imports.into_inputs();
+                self.attach(dataflow, inputs);
+                self.traces.insert(id, (ok, err));
                 self.arrangements.insert(id, Arrangement { dataflow, codec });
             }
             Command::Drop { id } => {
                 self.tables.remove(&id);
                 self.traces.remove(&id);
                 if let Some(a) = self.arrangements.remove(&id) {
+                    self.detach(a.dataflow);
                     worker.drop_dataflow(a.dataflow);
                 }
             }
@@ -220,6 +166,7 @@ impl ComputeState {
             } => self.subscribe(worker, subscribe_id, &plan, as_of),
             Command::DropSubscribe { subscribe_id } => {
                 if let Some(dataflow) = self.subscribes.remove(&subscribe_id) {
+                    self.detach(dataflow);
                     worker.drop_dataflow(dataflow);
                 }
             }
@@ -271,49 +218,16 @@ impl ComputeState {
     fn write(&mut self, worker: &Worker, time: Time, updates: Vec<TableUpdate>) {
         let (index, peers) = (worker.index(), worker.peers());
         for TableUpdate { table, batch, diff } in updates {
-            let Some(t) = self.tables.get_mut(&table) else {
+            let Some(log) = self.tables.get_mut(&table) else {
                 continue;
             };
-            // Each worker encodes its own slice of the batch.
-            let n = batch.num_rows();
-            let (lo, hi) = (n * index / peers, n * (index + 1) / peers);
-            if lo == hi {
-                continue;
-            }
-            let slice = batch.slice(lo, hi - lo);
-            let rows = match t.codec.encode(slice.columns(), hi - lo) {
-                Ok(rows) => rows,
-                Err(e) => {
-                    warn!(table, error = %e, "cannot encode written rows");
-                    continue;
-                }
-            };
-            match &mut t.input {
-                TableInput::Rows(input) => {
-                    for row in rows {
-                        input.update_at(row, time, diff as Diff);
-                    }
-                }
-                TableInput::Keyed {
-                    input,
-                    key,
-                    key_codec,
-                } => {
-                    let columns: Vec<_> = key.iter().map(|i| slice.column(*i).clone()).collect();
-                    match key_codec.encode(&columns, hi - lo) {
-                        Ok(keys) => {
-                            for (k, row) in keys.into_iter().zip(rows) {
-                                input.update_at((k, row), time, diff as Diff);
-                            }
-                        }
-                        Err(e) => warn!(table, error = %e, "cannot encode written keys"),
-                    }
-                }
+            if let Err(e) = log.write_part(batch, time, diff as Diff, index, peers) {
+                warn!(table, error = %e, "cannot keep written rows");
             }
         }
         self.upper = self.upper.max(time + 1);
-        for t in self.tables.values_mut() {
-            t.input.advance(self.upper);
+        for log in self.tables.values_mut() {
+            log.advance(self.upper);
         }
         // Reads are issued at the latest write time or later.
         self.target_since = self.target_since.max(time);
@@ -332,19 +246,31 @@ impl ComputeState {
             return;
         }
         self.since = since;
+        for (id, log) in &mut self.tables {
+            if let Err(e) = log.compact(since) {
+                warn!(table = id, error = %e, "cannot compact a table's log");
+            }
+        }
         let frontier = Antichain::from_elem(since);
         for (ok, err) in self.traces.values_mut() {
-            ok.compact(frontier.borrow());
-            if let Some(err) = err {
-                err.set_logical_compaction(frontier.borrow());
-                err.set_physical_compaction(frontier.borrow());
-            }
+            ok.set_logical_compaction(frontier.borrow());
+            ok.set_physical_compaction(frontier.borrow());
+            err.set_logical_compaction(frontier.borrow());
+            err.set_physical_compaction(frontier.borrow());
         }
     }
 
     fn subscribe(&mut self, worker: &mut Worker, subscribe_id: u64, plan: &Plan, as_of: Time) {
         let dataflow = worker.next_dataflow_index();
-        let traces = &mut self.traces;
+        let logged = self.logged();
+        // A subscription to an arranged relation as it stands (how a
+        // view's output is recorded) reads updates that are consolidated
+        // already: each (row, time) is in one batch of the arrangement,
+        // once. Only the snapshot, whose times all become `as_of`, can
+        // repeat a row. Sorting every update again cost as much as the
+        // view's own arrangement.
+        let consolidated = matches!(&plan.node, PlanNode::Get { id, .. } if self.traces.contains_key(id));
+        let mut imports = Imports::new(&mut self.traces, logged);
         let responses = self.responses.clone();
         let schema = arrow_schema(&plan.schema);
         worker.dataflow_named::<Time, _, _>(&format!("subscribe {subscribe_id}"), |scope| {
@@ -357,7 +283,7 @@ impl ComputeState {
                     update: Err(e),
                 });
             };
-            let (ok, err) = match render(plan, scope, &mut Imports { traces }) {
+            let (ok, err) = match render(plan, scope, &mut imports) {
                 Ok(pair) => pair,
                 Err(e) => return fail(e.to_string()),
             };
@@ -365,14 +291,16 @@ impl ComputeState {
                 Ok(c) => c,
                 Err(e) => return fail(e.to_string()),
             };
-            let updates = ok
-                .map(Ok::<Row, String>)
-                .concat(err.map(Err))
-                .consolidate_named::<_, KeySpine<_, _, _>, _>(
+            let updates = ok.map(Ok::<Row, String>).concat(err.map(Err));
+            let updates = if consolidated {
+                updates
+            } else {
+                updates.consolidate_named::<_, KeySpine<_, _, _>, _>(
                     "ConsolidateSubscribe",
                     KeyBatcher::new,
                     |k, &()| k.clone(),
-                );
+                )
+            };
             let mut buffer: Vec<(Result<Row, String>, Time, Diff)> = Vec::new();
             let mut reported: Option<Time> = Some(0);
             updates.inner.sink(
@@ -389,10 +317,14 @@ impl ComputeState {
                         .into_iter()
                         .partition(|(_, t, _)| upper.is_none_or(|u| *t < u));
                     buffer = keep;
+                    let mut advanced = false;
                     for (_, t, _) in ready.iter_mut() {
+                        advanced |= *t < as_of;
                         *t = (*t).max(as_of);
                     }
-                    differential_dataflow::consolidation::consolidate_updates(&mut ready);
+                    if advanced || !consolidated {
+                        differential_dataflow::consolidation::consolidate_updates(&mut ready);
+                    }
                     ready.sort_by_key(|(_, t, _)| *t);
                     if let Some((Err(e), _, _)) = ready.iter().find(|(r, _, d)| r.is_err() && *d > 0) {
                         let _ = responses.send(Response::SubscribeBatch {
@@ -425,15 +357,76 @@ impl ComputeState {
                 },
             );
         });
+        let inputs = imports.into_inputs();
+        self.attach(dataflow, inputs);
         self.subscribes.insert(subscribe_id, dataflow);
+    }
+
+    /// The tables, whose readers get inputs of their own.
+    fn logged(&self) -> HashSet<GlobalId> {
+        self.tables.keys().copied().collect()
+    }
+
+    /// Start feeding the table inputs `dataflow` was built with.
+    fn attach(&mut self, dataflow: usize, inputs: Vec<(GlobalId, TableReader)>) {
+        for (id, input) in inputs {
+            if let Some(log) = self.tables.get_mut(&id)
+                && let Err(e) = log.attach(dataflow, input, self.since, self.upper)
+            {
+                warn!(table = id, error = %e, "cannot feed a table to a dataflow");
+            }
+        }
+    }
+
+    /// Stop feeding `dataflow`'s table inputs.
+    fn detach(&mut self, dataflow: usize) {
+        for log in self.tables.values_mut() {
+            log.detach(dataflow);
+        }
     }
 
     /// Answer every peek whose data is complete.
     pub fn poll(&mut self, worker: &Worker) {
         let index = worker.index();
-        let peers = worker.peers();
         let mut pending = std::mem::take(&mut self.peeks);
+        let views: HashMap<usize, GlobalId> = self
+            .arrangements
+            .iter()
+            .map(|(id, a)| (a.dataflow, *id))
+            .collect();
         pending.retain(|peek| {
+            if let Some(log) = self.tables.get(&peek.target) {
+                if self.upper <= peek.time {
+                    return true;
+                }
+                let result = match peek.keys.as_deref().map(|k| k.as_slice()) {
+                    // Asked for no keys: a writer pacing itself by the
+                    // dataflows, answered once every view reading the
+                    // table has absorbed `time` (see `Controller::catch_up`).
+                    Some([]) => {
+                        let behind = log.readers().any(|dataflow| {
+                            views.get(&dataflow).is_some_and(|id| {
+                                let mut upper = Antichain::new();
+                                self.traces.get_mut(id).is_some_and(|(ok, _)| {
+                                    ok.read_upper(&mut upper);
+                                    upper.less_equal(&peek.time)
+                                })
+                            })
+                        });
+                        if behind {
+                            return true;
+                        }
+                        Ok(RecordBatch::new_empty(log.schema().clone()))
+                    }
+                    keys => log.read(peek.time, keys),
+                };
+                let _ = self.responses.send(Response::Peek {
+                    peek_id: peek.peek_id,
+                    worker: index,
+                    result,
+                });
+                return false;
+            }
             let Some((ok, err)) = self.traces.get_mut(&peek.target) else {
                 let _ = self.responses.send(Response::Peek {
                     peek_id: peek.peek_id,
@@ -447,33 +440,20 @@ impl ComputeState {
             if upper.less_equal(&peek.time) {
                 return true;
             }
-            if let Some(err) = err {
-                err.read_upper(&mut upper);
-                if upper.less_equal(&peek.time) {
-                    return true;
-                }
-                if let Some(message) = read_errors(err, peek.time) {
-                    let _ = self.responses.send(Response::Peek {
-                        peek_id: peek.peek_id,
-                        worker: index,
-                        result: Err(message),
-                    });
-                    return false;
-                }
+            err.read_upper(&mut upper);
+            if upper.less_equal(&peek.time) {
+                return true;
+            }
+            if let Some(message) = read_errors(err, peek.time) {
+                let _ = self.responses.send(Response::Peek {
+                    peek_id: peek.peek_id,
+                    worker: index,
+                    result: Err(message),
+                });
+                return false;
             }
             let codec = &self.arrangements[&peek.target].codec;
-            let result = match ok {
-                Arranged::Rows(t) => read_rows(t, peek.time, codec),
-                Arranged::Keyed(t) => {
-                    // Only the keys this worker's part of the table can hold.
-                    let keys = peek.keys.as_deref().map(|keys| {
-                        keys.iter()
-                            .filter(|k| owner(k, peers) == index)
-                            .collect::<Vec<&Row>>()
-                    });
-                    read_keyed(t, peek.time, codec, keys)
-                }
-            };
+            let result = read_rows(ok, peek.time, codec);
             let _ = self.responses.send(Response::Peek {
                 peek_id: peek.peek_id,
                 worker: index,
@@ -504,14 +484,14 @@ fn read_errors(trace: &mut ErrTrace, time: Time) -> Option<String> {
 
 /// Rows and their multiplicities, gathered from a cursor.
 #[derive(Default)]
-struct Gathered {
+pub(crate) struct Gathered {
     rows: Vec<Row>,
     /// For each output row, its index in `rows` (repeated rows repeat).
     take: Vec<u32>,
 }
 
 impl Gathered {
-    fn push(&mut self, row: &[u8], count: Diff) -> Result<(), String> {
+    pub(crate) fn push(&mut self, row: &[u8], count: Diff) -> Result<(), String> {
         if count < 0 {
             return Err("internal error: negative multiplicity".into());
         }
@@ -524,7 +504,7 @@ impl Gathered {
         Ok(())
     }
 
-    fn into_batch(self, codec: &RowCodec) -> Result<RecordBatch, String> {
+    pub(crate) fn into_batch(self, codec: &RowCodec) -> Result<RecordBatch, String> {
         let batch = codec
             .decode(self.rows.iter().map(|r| r.as_slice()))
             .map_err(|e| e.to_string())?;
@@ -549,92 +529,6 @@ where
     count
 }
 
-/// This worker's rows of a keyed table at `time`: all, or those with
-/// `keys`.
-fn read_keyed(
-    trace: &mut KeyedTrace,
-    time: Time,
-    codec: &RowCodec,
-    keys: Option<Vec<&Row>>,
-) -> Result<RecordBatch, String> {
-    let batches = trace
-        .batches_through(Antichain::new().borrow())
-        .unwrap_or_default();
-    if let Some(keys) = keys {
-        return read_keys(&batches, time, codec, keys);
-    }
-    let (mut cursor, storage) = cursor_list(batches);
-    let mut out = Gathered::default();
-    while cursor.key_valid(&storage) {
-        // Every value (row) under the cursor's current key.
-        while cursor.val_valid(&storage) {
-            let count = count_at(&mut cursor, &storage, time);
-            out.push(cursor.val(&storage), count)?;
-            cursor.step_val(&storage);
-        }
-        cursor.step_key(&storage);
-    }
-    out.into_batch(codec)
-}
-
-/// [`read_keyed`] for `keys`: each batch of the spine is searched on its
-/// own and the rows' counts summed after. A cursor over the whole list of
-/// batches re-compares every batch's position at each step, which made a
-/// 1,000-key read of a 600,000-row part of a table cost ~2.5 ms.
-fn read_keys(
-    batches: &[<KeyedTrace as TraceReader>::Batch],
-    time: Time,
-    codec: &RowCodec,
-    mut sorted: Vec<&Row>,
-) -> Result<RecordBatch, String> {
-    use differential_dataflow::trace::Navigable;
-    sorted.sort();
-    sorted.dedup();
-    let mut found: Vec<(&[u8], Diff)> = Vec::new();
-    for batch in batches {
-        let batch = &**batch;
-        let mut cursor = batch.cursor();
-        for k in &sorted {
-            cursor.seek_key(batch, k.as_slice());
-            if cursor.get_key(batch) != Some(k.as_slice()) {
-                continue;
-            }
-            while cursor.val_valid(batch) {
-                let count = count_at(&mut cursor, batch, time);
-                if count != 0 {
-                    found.push((cursor.val(batch), count));
-                }
-                cursor.step_val(batch);
-            }
-        }
-    }
-    found.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut out = Gathered::default();
-    let mut rows = found.into_iter().peekable();
-    while let Some((row, mut count)) = rows.next() {
-        while let Some((_, more)) = rows.next_if(|(next, _)| *next == row) {
-            count += more;
-        }
-        out.push(row, count)?;
-    }
-    out.into_batch(codec)
-}
-
-/// The worker whose part of an arrangement holds `key`: arrangements
-/// exchange updates by `key.hashed()`, which timely's exchange routes
-/// with a mask when the worker count is a power of two and by remainder
-/// otherwise (`keys_live_with_their_owner` pins this).
-fn owner(key: &Row, peers: usize) -> usize {
-    use differential_dataflow::hashable::Hashable;
-    let (hash, peers) = (key.hashed(), peers as u64);
-    let owner = if peers.is_power_of_two() {
-        hash & (peers - 1)
-    } else {
-        hash % peers
-    };
-    owner as usize
-}
-
 /// This worker's rows of a relation at `time`, as a batch.
 fn read_rows(trace: &mut RowTrace, time: Time, codec: &RowCodec) -> Result<RecordBatch, String> {
     let batches = trace
@@ -648,56 +542,4 @@ fn read_rows(trace: &mut RowTrace, time: Time, codec: &RowCodec) -> Result<Recor
         cursor.step_key(&storage);
     }
     out.into_batch(codec)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use differential_dataflow::input::InputSession;
-
-    /// Every key a worker's part of a keyed arrangement holds is one
-    /// [`owner`] assigns to it, for power-of-two worker counts and others.
-    #[test]
-    fn keys_live_with_their_owner() {
-        for workers in [2, 3, 4] {
-            timely::execute(timely::Config::process(workers), move |worker| {
-                let (index, peers) = (worker.index(), worker.peers());
-                let mut input: InputSession<Time, (Row, Row), Diff> = InputSession::new();
-                let mut trace = worker.dataflow::<Time, _, _>(|scope| {
-                    crate::render::arrange_keyed(input.to_collection(scope), "Arrange keys")
-                });
-                if index == 0 {
-                    for i in 0..1000u32 {
-                        input.insert((i.to_be_bytes().to_vec(), vec![1]));
-                    }
-                }
-                input.advance_to(1);
-                input.flush();
-                let mut upper = Antichain::new();
-                while {
-                    trace.read_upper(&mut upper);
-                    upper.less_equal(&0)
-                } {
-                    worker.step();
-                }
-                let batches = trace
-                    .batches_through(Antichain::new().borrow())
-                    .unwrap_or_default();
-                let (mut cursor, storage) = cursor_list(batches);
-                let mut held = 0;
-                while cursor.key_valid(&storage) {
-                    let key: Row = cursor.key(&storage).to_vec();
-                    assert_eq!(owner(&key, peers), index, "{workers} workers");
-                    held += 1;
-                    cursor.step_key(&storage);
-                }
-                // The keys are spread, not all on one worker.
-                assert!(
-                    held > 1000 / peers / 2,
-                    "{held} keys on worker {index} of {peers}"
-                );
-            })
-            .unwrap();
-        }
-    }
 }

@@ -12,6 +12,7 @@
 
 pub mod compute;
 pub mod eval;
+pub mod log;
 pub mod minmax;
 pub mod recursive;
 pub mod reduce;

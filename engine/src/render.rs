@@ -6,7 +6,7 @@
 //! when read, without stopping the worker or any other view. Every operator
 //! is named after the IR node it implements.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -33,6 +33,7 @@ use timely::dataflow::{Scope, Stream};
 use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 
 use crate::eval::{Evaluated, RowEval, any_null, encode_group};
+use crate::log::TableReader;
 use crate::reduce::{Accums, Accumulator, GroupFolder, aggregate_schema, finalize};
 use crate::row::{Row, RowCodec, RowContainer};
 use crate::sizes::measured;
@@ -62,7 +63,6 @@ pub type KeyedBatcher<T = Time> = MergeBatcher<
 >;
 pub type RowTrace = TraceAgent<RowSpine>;
 /// A keyed table's rows, by encoded primary key.
-pub type KeyedTrace = TraceAgent<KeyedSpine>;
 
 /// A reduction's results by group key.
 type ResultLayout<T> = (
@@ -124,7 +124,7 @@ where
     measured(once, name).as_collection(|k, _| k.clone())
 }
 
-/// Arrange `rows` by the whole row, as a table's or view's arrangement.
+/// Arrange `rows` by the whole row, as a view's arrangement.
 pub fn arrange_rows<'s>(rows: Coll<'s>, name: &str) -> RowTrace {
     let arranged = rows
         .map(|r| (r, ()))
@@ -132,44 +132,6 @@ pub fn arrange_rows<'s>(rows: Coll<'s>, name: &str) -> RowTrace {
     measured(arranged, name).trace
 }
 
-/// Arrange `rows` by their key, as a keyed table's arrangement.
-pub fn arrange_keyed<'s>(rows: Keyed<'s>, name: &str) -> KeyedTrace {
-    let arranged = rows.arrange_named::<KeyedBatcher, KeyedSpine>(name, KeyedBatcher::new);
-    measured(arranged, name).trace
-}
-
-/// How a relation's rows are arranged: by the whole row (views, tables
-/// without a key), or by primary key (keyed tables, so rows can be found
-/// by key).
-pub enum Arranged {
-    Rows(RowTrace),
-    Keyed(KeyedTrace),
-}
-
-impl Arranged {
-    pub fn read_upper(&mut self, upper: &mut timely::progress::Antichain<Time>) {
-        use differential_dataflow::trace::TraceReader;
-        match self {
-            Arranged::Rows(t) => t.read_upper(upper),
-            Arranged::Keyed(t) => t.read_upper(upper),
-        }
-    }
-
-    /// Let history before `frontier` merge away.
-    pub fn compact(&mut self, frontier: timely::progress::frontier::AntichainRef<'_, Time>) {
-        use differential_dataflow::trace::TraceReader;
-        match self {
-            Arranged::Rows(t) => {
-                t.set_logical_compaction(frontier);
-                t.set_physical_compaction(frontier);
-            }
-            Arranged::Keyed(t) => {
-                t.set_logical_compaction(frontier);
-                t.set_physical_compaction(frontier);
-            }
-        }
-    }
-}
 pub type ErrTrace = TraceAgent<KeySpine<String, Time, Diff>>;
 /// Rows keyed by an encoded key.
 pub type Keyed<'s, T = Time> = VecCollection<'s, T, (Row, Row), Diff>;
@@ -187,9 +149,28 @@ impl<T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice + 
 {
 }
 
-/// The arrangements a dataflow may import, by relation id.
+/// What a dataflow may read: arrangements to import, by relation id, and
+/// tables kept as logs ([`crate::log`]), each `Get` of which becomes an
+/// input of the dataflow's own that the worker feeds once it is built.
 pub struct Imports<'a> {
-    pub traces: &'a mut HashMap<GlobalId, (Arranged, Option<ErrTrace>)>,
+    traces: &'a mut HashMap<GlobalId, (RowTrace, ErrTrace)>,
+    logged: HashSet<GlobalId>,
+    inputs: Vec<(GlobalId, TableReader)>,
+}
+
+impl<'a> Imports<'a> {
+    pub fn new(traces: &'a mut HashMap<GlobalId, (RowTrace, ErrTrace)>, logged: HashSet<GlobalId>) -> Self {
+        Imports {
+            traces,
+            logged,
+            inputs: Vec::new(),
+        }
+    }
+
+    /// The inputs `Get`s of logged tables asked for, to be fed.
+    pub fn into_inputs(self) -> Vec<(GlobalId, TableReader)> {
+        self.inputs
+    }
 }
 
 /// Render `plan` in `scope`.
@@ -200,25 +181,23 @@ pub fn render<'s>(
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let worker = scope.index();
     match &plan.node {
+        PlanNode::Get { id, .. } if imports.logged.contains(id) => {
+            let mut input = TableReader::new();
+            let ok = input.to_collection(scope);
+            imports.inputs.push((*id, input));
+            Ok((ok, empty(scope)))
+        }
         PlanNode::Get { id, name } => {
             let (ok, err) = imports
                 .traces
                 .get_mut(id)
                 .ok_or(EngineError::UnknownRelation(*id))?;
-            let ok = match ok {
-                Arranged::Rows(t) => t
-                    .import_named(scope, &format!("Import {name}"))
-                    .as_collection(|k, _| k.to_vec()),
-                Arranged::Keyed(t) => t
-                    .import_named(scope, &format!("Import {name}"))
-                    .as_collection(|_, v| v.to_vec()),
-            };
-            let err = match err {
-                Some(e) => e
-                    .import_named(scope, &format!("Import {name} errors"))
-                    .as_collection(|k, _| k.clone()),
-                None => empty(scope),
-            };
+            let ok = ok
+                .import_named(scope, &format!("Import {name}"))
+                .as_collection(|k, _| k.to_vec());
+            let err = err
+                .import_named(scope, &format!("Import {name} errors"))
+                .as_collection(|k, _| k.clone());
             Ok((ok, err))
         }
         PlanNode::Constant { batch } => {
