@@ -62,7 +62,6 @@ pub type KeyedBatcher<T = Time> = MergeBatcher<
     OrdValBuilder<Layout<RowContainer, T>, Updates<Row, T>>,
 >;
 pub type RowTrace = TraceAgent<RowSpine>;
-/// A keyed table's rows, by encoded primary key.
 
 /// A reduction's results by group key.
 type ResultLayout<T> = (
