@@ -16,7 +16,7 @@
 //! and dropping dataflows is `compute`'s.
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
-use arrow::compute::{cast, concat_batches, filter_record_batch};
+use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::SchemaRef;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use differential_dataflow::input::InputSession;
@@ -313,18 +313,7 @@ impl TableLog {
     /// writer's types differ, so that reads return the table's types.
     fn conform(&self, batch: RecordBatch) -> Result<RecordBatch, EngineError> {
         let schema = self.schema();
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c.clone())
-                } else {
-                    cast(c, f.data_type()).map_err(|e| EngineError::Encoding(e.to_string()))
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let columns = self.codec.conform(batch.columns())?;
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         RecordBatch::try_new_with_options(schema.clone(), columns, &options)
             .map_err(|e| EngineError::Encoding(e.to_string()))

@@ -64,7 +64,17 @@ impl RowCodec {
         if self.schema.fields().is_empty() {
             return Ok(vec![Vec::new(); num_rows]);
         }
-        let columns = columns
+        let columns = self.conform(columns)?;
+        let rows = self
+            .converter
+            .convert_columns(&columns)
+            .map_err(|e| EngineError::Encoding(e.to_string()))?;
+        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+    }
+
+    /// `columns` cast to this schema's types where they differ.
+    pub fn conform(&self, columns: &[ArrayRef]) -> Result<Vec<ArrayRef>, EngineError> {
+        columns
             .iter()
             .zip(self.schema.fields())
             .map(|(c, f)| {
@@ -74,12 +84,7 @@ impl RowCodec {
                     cast(c, f.data_type()).map_err(|e| EngineError::Encoding(e.to_string()))
                 }
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let rows = self
-            .converter
-            .convert_columns(&columns)
-            .map_err(|e| EngineError::Encoding(e.to_string()))?;
-        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+            .collect()
     }
 
     /// Decode rows into a batch of this schema.
