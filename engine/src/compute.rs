@@ -7,7 +7,7 @@
 //! dataflows; each one holds and answers for its own part of every table
 //! and arrangement.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt32Array};
@@ -112,8 +112,7 @@ impl ComputeState {
                     }
                 };
                 let dataflow = worker.next_dataflow_index();
-                let logged = self.logged();
-                let mut imports = Imports::new(&mut self.traces, logged);
+                let mut imports = Imports::new(&mut self.traces, &self.tables);
                 let (ok, err) =
                     worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
                         let (ok, err) = match render(&plan, scope, &mut imports) {
@@ -262,7 +261,6 @@ impl ComputeState {
 
     fn subscribe(&mut self, worker: &mut Worker, subscribe_id: u64, plan: &Plan, as_of: Time) {
         let dataflow = worker.next_dataflow_index();
-        let logged = self.logged();
         // A subscription to an arranged relation as it stands (how a
         // view's output is recorded) reads updates that are consolidated
         // already: each (row, time) is in one batch of the arrangement,
@@ -270,7 +268,7 @@ impl ComputeState {
         // repeat a row. Sorting every update again cost as much as the
         // view's own arrangement.
         let consolidated = matches!(&plan.node, PlanNode::Get { id, .. } if self.traces.contains_key(id));
-        let mut imports = Imports::new(&mut self.traces, logged);
+        let mut imports = Imports::new(&mut self.traces, &self.tables);
         let responses = self.responses.clone();
         let schema = arrow_schema(&plan.schema);
         worker.dataflow_named::<Time, _, _>(&format!("subscribe {subscribe_id}"), |scope| {
@@ -362,11 +360,6 @@ impl ComputeState {
         self.subscribes.insert(subscribe_id, dataflow);
     }
 
-    /// The tables, whose readers get inputs of their own.
-    fn logged(&self) -> HashSet<GlobalId> {
-        self.tables.keys().copied().collect()
-    }
-
     /// Start feeding the table inputs `dataflow` was built with.
     fn attach(&mut self, dataflow: usize, inputs: Vec<(GlobalId, TableReader)>) {
         for (id, input) in inputs {
@@ -389,11 +382,6 @@ impl ComputeState {
     pub fn poll(&mut self, worker: &Worker) {
         let index = worker.index();
         let mut pending = std::mem::take(&mut self.peeks);
-        let views: HashMap<usize, GlobalId> = self
-            .arrangements
-            .iter()
-            .map(|(id, a)| (a.dataflow, *id))
-            .collect();
         pending.retain(|peek| {
             if let Some(log) = self.tables.get(&peek.target) {
                 if self.upper <= peek.time {
@@ -405,13 +393,15 @@ impl ComputeState {
                     // table has absorbed `time` (see `Controller::catch_up`).
                     Some([]) => {
                         let behind = log.readers().any(|dataflow| {
-                            views.get(&dataflow).is_some_and(|id| {
-                                let mut upper = Antichain::new();
-                                self.traces.get_mut(id).is_some_and(|(ok, _)| {
+                            self.arrangements
+                                .iter()
+                                .find(|(_, a)| a.dataflow == dataflow)
+                                .and_then(|(id, _)| self.traces.get_mut(id))
+                                .is_some_and(|(ok, _)| {
+                                    let mut upper = Antichain::new();
                                     ok.read_upper(&mut upper);
                                     upper.less_equal(&peek.time)
                                 })
-                            })
                         });
                         if behind {
                             return true;

@@ -6,7 +6,7 @@
 //! when read, without stopping the worker or any other view. Every operator
 //! is named after the IR node it implements.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ use timely::dataflow::{Scope, Stream};
 use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 
 use crate::eval::{Evaluated, RowEval, any_null, encode_group};
-use crate::log::TableReader;
+use crate::log::{TableLog, TableReader};
 use crate::reduce::{Accums, Accumulator, GroupFolder, aggregate_schema, finalize};
 use crate::row::{Row, RowCodec, RowContainer};
 use crate::sizes::measured;
@@ -43,7 +43,7 @@ use crate::{Diff, EngineError, Time};
 pub type Coll<'s, T = Time> = VecCollection<'s, T, Row, Diff>;
 pub type Errs<'s, T = Time> = VecCollection<'s, T, String, Diff>;
 
-/// Tables and views keep their rows in long-lived arrangements, laid out
+/// Views and joins keep their rows in long-lived arrangements, laid out
 /// as one byte buffer plus offsets per batch rather than an allocation per
 /// row: less memory per row, and merges that copy bytes instead of
 /// allocating each row again.
@@ -153,20 +153,23 @@ impl<T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice + 
 /// input of the dataflow's own that the worker feeds once it is built.
 pub struct Imports<'a> {
     traces: &'a mut HashMap<GlobalId, (RowTrace, ErrTrace)>,
-    logged: HashSet<GlobalId>,
+    tables: &'a HashMap<GlobalId, TableLog>,
     inputs: Vec<(GlobalId, TableReader)>,
 }
 
 impl<'a> Imports<'a> {
-    pub fn new(traces: &'a mut HashMap<GlobalId, (RowTrace, ErrTrace)>, logged: HashSet<GlobalId>) -> Self {
+    pub fn new(
+        traces: &'a mut HashMap<GlobalId, (RowTrace, ErrTrace)>,
+        tables: &'a HashMap<GlobalId, TableLog>,
+    ) -> Self {
         Imports {
             traces,
-            logged,
+            tables,
             inputs: Vec::new(),
         }
     }
 
-    /// The inputs `Get`s of logged tables asked for, to be fed.
+    /// The inputs `Get`s of tables asked for, to be fed.
     pub fn into_inputs(self) -> Vec<(GlobalId, TableReader)> {
         self.inputs
     }
@@ -180,7 +183,7 @@ pub fn render<'s>(
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let worker = scope.index();
     match &plan.node {
-        PlanNode::Get { id, .. } if imports.logged.contains(id) => {
+        PlanNode::Get { id, .. } if imports.tables.contains_key(id) => {
             let mut input = TableReader::new();
             let ok = input.to_collection(scope);
             imports.inputs.push((*id, input));
@@ -540,8 +543,8 @@ pub(crate) fn join_collections<'s, T: RenderTime>(
         spec.nulls_equal,
         "JoinKeyRight",
     )?;
-    // Both sides arranged with rows laid out contiguously (as tables
-    // and views are), which joins hold the most of.
+    // Both sides arranged with rows laid out contiguously (as views'
+    // outputs are), which joins hold the most of.
     let la = lk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeLeft", KeyedBatcher::new);
     let ra = rk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeRight", KeyedBatcher::new);
     let (la, ra) = (measured(la, "JoinArrangeLeft"), measured(ra, "JoinArrangeRight"));
