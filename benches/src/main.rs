@@ -258,6 +258,37 @@ fn rss(pid: u32) -> Result<u64> {
     Ok(kb * 1024)
 }
 
+/// A profiler attached to the server over a measured interval:
+/// `WEIR_BENCH_PROFILE` is a shell command run with `$PID` set to the
+/// server's process id (e.g. `perf record -F 499 -p $PID -o q0.data`),
+/// interrupted when the interval ends. Unset, nothing runs.
+struct Profiler(Option<Child>);
+
+impl Profiler {
+    fn start(pid: u32) -> Result<Profiler> {
+        let Ok(command) = std::env::var("WEIR_BENCH_PROFILE") else {
+            return Ok(Profiler(None));
+        };
+        let child = Command::new("sh")
+            .args(["-c", &format!("exec {command}")])
+            .env("PID", pid.to_string())
+            .spawn()
+            .context("starting WEIR_BENCH_PROFILE")?;
+        Ok(Profiler(Some(child)))
+    }
+
+    /// Interrupt the profiler (as Ctrl-C would) and wait for it to write.
+    fn stop(mut self) -> Result<()> {
+        if let Some(mut child) = self.0.take() {
+            Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
 /// A small deterministic generator, so runs are repeatable.
 struct Lcg(u64);
 

@@ -93,6 +93,7 @@ async fn run_one(name: &str, sql: &str, events: usize, workers: usize) -> Result
     // Resident memory once every event is drawn and none ingested: what
     // the pregenerated events (and an idle server) take.
     let rss_at_emit = crate::rss(weir.child.id())?;
+    let profiler = crate::Profiler::start(weir.child.id())?;
     loop {
         let (s, rows) = state().await?;
         if s == "finished" {
@@ -114,6 +115,7 @@ async fn run_one(name: &str, sql: &str, events: usize, workers: usize) -> Result
         .get(0);
     let elapsed = emitting.elapsed().as_secs_f64();
     let cpu = weir.cpu_seconds()? - cpu_at_start;
+    profiler.stop()?;
     let peak_rss = weir.peak_rss()?;
     let expected: i64 = c
         .query_one(&format!("SELECT count(*) FROM ({sql}) AS q"), &[])

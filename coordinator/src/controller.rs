@@ -51,9 +51,16 @@ pub struct Controller {
     workers: usize,
 }
 
-/// What a peek reads: a relation, its schema, and optionally only the rows
-/// with these encoded primary keys.
-pub type PeekTarget = (GlobalId, SchemaRef, Option<Arc<Vec<Vec<u8>>>>);
+/// What a peek reads.
+pub struct PeekTarget {
+    pub id: GlobalId,
+    /// The relation's schema (all of its columns).
+    pub schema: SchemaRef,
+    /// Only the rows with these encoded primary keys.
+    pub keys: Option<Arc<Vec<Vec<u8>>>>,
+    /// Only these columns, in this order (see [`Command::Peek`]).
+    pub columns: Option<Arc<Vec<usize>>>,
+}
 
 pub(crate) fn now_ms() -> Timestamp {
     SystemTime::now()
@@ -161,25 +168,35 @@ impl Controller {
         {
             let mut inner = self.inner.lock().expect("controller lock");
             let time = inner.last_write;
-            for (target, _, keys) in targets {
+            for target in targets {
                 let (peek_id, rx) = self.await_answers(&mut inner);
                 inner.sink.send(Command::Peek {
                     peek_id,
-                    target: *target,
+                    target: target.id,
                     time,
-                    keys: keys.clone(),
+                    keys: target.keys.clone(),
+                    columns: target.columns.clone(),
                 });
                 receivers.push(rx);
             }
         }
         let mut out = Vec::with_capacity(targets.len());
-        for (rx, (_, schema, _)) in receivers.into_iter().zip(targets) {
+        for (rx, target) in receivers.into_iter().zip(targets) {
             let batches = rx
                 .await
                 .map_err(|_| AdapterError::Internal("worker went away".into()))?
                 .map_err(AdapterError::Evaluation)?;
+            let schema = match &target.columns {
+                Some(columns) => Arc::new(
+                    target
+                        .schema
+                        .project(columns)
+                        .map_err(|e| AdapterError::Internal(e.to_string()))?,
+                ),
+                None => target.schema.clone(),
+            };
             let batch =
-                concat_batches(schema, &batches).map_err(|e| AdapterError::Internal(e.to_string()))?;
+                concat_batches(&schema, &batches).map_err(|e| AdapterError::Internal(e.to_string()))?;
             out.push(batch);
         }
         Ok(out)
@@ -188,24 +205,40 @@ impl Controller {
     /// Wait until every materialized view reading keyed table `table`
     /// has absorbed every write but the newest: a write that does not
     /// read from the workers paces itself by this, so that writes run at
-    /// most one step ahead of the dataflows and the views stay fresh. (A
-    /// peek for no keys, which the workers answer that way.)
+    /// most one step ahead of the dataflows and the views stay fresh.
     pub async fn catch_up(&self, table: GlobalId) -> Result<(), AdapterError> {
-        let rx = {
+        let time = self.inner.lock().expect("controller lock").previous_write;
+        self.absorbed(&[table], time).await
+    }
+
+    /// Wait until every materialized view reading any of `tables` has
+    /// absorbed the write at `time` (a peek for no keys, which the workers
+    /// answer that way). Sources pace themselves by this: a commit only
+    /// hands rows to the workers, and a source that ran ahead of the views
+    /// would pile its rows up in their input queues.
+    pub async fn absorbed(&self, tables: &[GlobalId], time: Timestamp) -> Result<(), AdapterError> {
+        let receivers: Vec<_> = {
             let mut inner = self.inner.lock().expect("controller lock");
-            let time = inner.previous_write;
-            let (peek_id, rx) = self.await_answers(&mut inner);
-            inner.sink.send(Command::Peek {
-                peek_id,
-                target: table,
-                time,
-                keys: Some(Arc::new(Vec::new())),
-            });
-            rx
+            tables
+                .iter()
+                .map(|table| {
+                    let (peek_id, rx) = self.await_answers(&mut inner);
+                    inner.sink.send(Command::Peek {
+                        peek_id,
+                        target: *table,
+                        time,
+                        keys: Some(Arc::new(Vec::new())),
+                        columns: None,
+                    });
+                    rx
+                })
+                .collect()
         };
-        rx.await
-            .map_err(|_| AdapterError::Internal("worker went away".into()))?
-            .map_err(AdapterError::Evaluation)?;
+        for rx in receivers {
+            rx.await
+                .map_err(|_| AdapterError::Internal("worker went away".into()))?
+                .map_err(AdapterError::Evaluation)?;
+        }
         Ok(())
     }
 

@@ -60,6 +60,7 @@ enum Request {
 #[derive(Clone)]
 pub struct Durable {
     tx: mpsc::UnboundedSender<Request>,
+    controller: Arc<Controller>,
 }
 
 /// A write waiting to become durable.
@@ -89,7 +90,10 @@ impl Durable {
         fatal: watch::Sender<Option<String>>,
     ) -> Durable {
         let (tx, rx) = mpsc::unbounded_channel();
-        let durable = Durable { tx: tx.clone() };
+        let durable = Durable {
+            tx: tx.clone(),
+            controller: controller.clone(),
+        };
         tokio::spawn(run(persist, controller, rx, tx, fatal));
         durable
     }
@@ -150,6 +154,12 @@ impl Durable {
             updates,
             upper,
         });
+    }
+
+    /// Wait until every materialized view reading any of `tables` has
+    /// absorbed the write at `time` (see [`Controller::absorbed`]).
+    pub async fn absorbed(&self, tables: &[weir_sql::GlobalId], time: Timestamp) -> Result<(), AdapterError> {
+        self.controller.absorbed(tables, time).await
     }
 
     /// Wait until every write enqueued so far is visible to reads.

@@ -205,7 +205,7 @@ async fn read_file(
             }
         }
     });
-    let mut in_flight = Steps::new(STEPS_IN_FLIGHT, status);
+    let mut in_flight = Steps::new(STEPS_IN_FLIGHT, status, durable, vec![table]);
     let mut written = 0u64;
     let mut error = None;
     // An empty file is one empty piece: it still completes.

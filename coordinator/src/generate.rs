@@ -93,7 +93,8 @@ async fn run(
         );
     }
     set(status, |s| s.state = "running".into());
-    let mut inflight = Steps::new(MAX_IN_FLIGHT, status);
+    let ids = tables.iter().map(|(id, _)| *id).collect();
+    let mut inflight = Steps::new(MAX_IN_FLIGHT, status, durable, ids);
     let end = spec.max_events.unwrap_or(u64::MAX);
     while next < end {
         let due = spec.due(now_ms());

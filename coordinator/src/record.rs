@@ -100,6 +100,11 @@ pub fn start(
             }
             let mut ready = Vec::new();
             for (batch, times, diffs) in std::mem::take(&mut pending) {
+                if times.iter().all(|t| *t < frontier) {
+                    // All of it is complete: no copy.
+                    ready.push(Updates { batch, diffs });
+                    continue;
+                }
                 let (now, later): (Vec<usize>, Vec<usize>) =
                     (0..times.len()).partition(|i| times[*i] < frontier);
                 if !now.is_empty() {

@@ -26,7 +26,7 @@ use weir_sql::statement::{CopyFrom, ParsedStatement, Statement, SubscribeTarget}
 use weir_sql::{GlobalId, Plan, PlanNode, Planner, RelationKind, SqlError};
 
 use crate::catalog::{Catalog, ColumnDef, Entry, kind_name, nullable_schema};
-use crate::controller::{Controller, SubscribeMessage};
+use crate::controller::{Controller, PeekTarget, SubscribeMessage};
 use crate::durable::{Durable, PendingWrite};
 use crate::error::AdapterError;
 use crate::keys::{KeyIndexes, key_rows};
@@ -591,6 +591,27 @@ impl Coordinator {
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
+        // The columns each relation's scans use, so that workers send only
+        // those (none at all for `count(*)`). Unoptimized DML plans read
+        // whole rows.
+        let mut columns: HashMap<&str, Option<Vec<usize>>> = HashMap::new();
+        if optimized {
+            plan.apply_with_subqueries(|node| {
+                if let LogicalPlan::TableScan(scan) = node
+                    && let Some(n) = relation_name(&scan.table_name)
+                    && let Some(i) = names.iter().position(|x| x == n)
+                {
+                    let used = columns
+                        .entry(names[i].as_str())
+                        .or_insert_with(|| Some(Vec::new()));
+                    match (used.as_mut(), &scan.projection) {
+                        (Some(used), Some(p)) => used.extend(p),
+                        _ => *used = None,
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
         let mut targets = Vec::new();
         for n in &names {
             let e = self.entry(n)?;
@@ -598,17 +619,25 @@ impl Coordinator {
                 .as_ref()
                 .filter(|(id, _)| *id == e.id)
                 .map(|(_, keys)| keys.clone());
-            targets.push((e.id, e.schema.clone(), keys));
+            let columns = columns.get(n.as_str()).cloned().flatten().map(|mut c| {
+                c.sort_unstable();
+                c.dedup();
+                Arc::new(c)
+            });
+            targets.push(PeekTarget {
+                id: e.id,
+                schema: e.schema.clone(),
+                keys,
+                columns,
+            });
         }
         let snapshots = self.controller.peek(&targets).await?;
-        let tables: HashMap<String, Arc<MemTable>> = names
+        let tables: HashMap<String, Scanned> = names
             .iter()
             .zip(targets.iter().zip(snapshots))
-            .map(|(n, ((_, schema, _), batch))| {
-                Ok((
-                    n.clone(),
-                    Arc::new(MemTable::try_new(schema.clone(), vec![vec![batch]])?),
-                ))
+            .map(|(n, (target, batch))| {
+                let table = Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?);
+                Ok((n.clone(), (table, target.columns.clone())))
             })
             .collect::<Result<_>>()?;
         if optimized {
@@ -626,7 +655,7 @@ impl Coordinator {
     async fn execute_over(
         &self,
         plan: LogicalPlan,
-        tables: HashMap<String, Arc<MemTable>>,
+        tables: HashMap<String, Scanned>,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let plan = scanning(plan, &tables)?;
         // Planned physically as it is: executing the logical plan would
@@ -1184,7 +1213,10 @@ impl Coordinator {
         // The rest of the `WHERE` decides, over just those rows.
         let tables = HashMap::from([(
             entry.name.clone(),
-            Arc::new(MemTable::try_new(entry.schema.clone(), vec![vec![rows]])?),
+            (
+                Arc::new(MemTable::try_new(entry.schema.clone(), vec![vec![rows]])?),
+                None,
+            ),
         )]);
         let plan = self.planner.optimize_oneshot(filtered, "")?;
         let (_, batches) = self.execute_over(plan, tables).await?;
@@ -1541,16 +1573,40 @@ impl Reads {
     }
 }
 
+/// A relation's rows read for one statement, and which of its columns
+/// they hold (`None`: all of them, in order).
+type Scanned = (Arc<MemTable>, Option<Arc<Vec<usize>>>);
+
 /// `plan` with its scans of relations named in `tables` reading those.
-fn scanning(plan: LogicalPlan, tables: &HashMap<String, Arc<MemTable>>) -> Result<LogicalPlan> {
+fn scanning(plan: LogicalPlan, tables: &HashMap<String, Scanned>) -> Result<LogicalPlan> {
     Ok(plan
         .transform_up_with_subqueries(|node| match node {
             LogicalPlan::TableScan(scan) => {
                 let name = relation_name(&scan.table_name).map(str::to_string);
                 match name.and_then(|n| tables.get(&n).cloned()) {
-                    Some(t) => {
+                    Some((t, held)) => {
+                        // A scan's columns, as positions among those held.
+                        let projection = match (&held, scan.projection) {
+                            (Some(held), Some(p)) => Some(
+                                p.iter()
+                                    .map(|i| held.iter().position(|h| h == i))
+                                    .collect::<Option<Vec<usize>>>()
+                                    .ok_or_else(|| {
+                                        datafusion::error::DataFusionError::Internal(
+                                            "a scan reads a column not read".into(),
+                                        )
+                                    })?,
+                            ),
+                            (Some(_), None) => {
+                                return Err(datafusion::error::DataFusionError::Internal(
+                                    "a scan reads a column not read".into(),
+                                ));
+                            }
+                            (None, p) => p,
+                        };
                         let scan = TableScan {
                             source: provider_as_source(t),
+                            projection,
                             ..scan
                         };
                         Ok(Transformed::yes(LogicalPlan::TableScan(scan)))

@@ -1,36 +1,39 @@
-//! A worker's compute state: tables (as logs, [`crate::log`]), the
-//! arrangements of materialized views, pending peeks and subscriptions.
+//! A worker's compute state: tables and materialized views' outputs (as
+//! logs, [`crate::log`]), the views' dataflows, pending peeks and
+//! subscriptions.
 //!
 //! The worker loop feeds [`ComputeState::handle`] every command in order and
 //! calls [`ComputeState::poll`] after each step of the timely worker. All
 //! workers see the same commands in the same order, so they build the same
 //! dataflows; each one holds and answers for its own part of every table
-//! and arrangement.
+//! and view.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
-use differential_dataflow::trace::TraceReader;
-use differential_dataflow::trace::cursor::{Cursor, cursor_list};
 use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::progress::Antichain;
 use timely::worker::Worker;
 use tracing::warn;
 use weir_protocol::{Command, Response, ResponseSender, SubscribeUpdate, TableUpdate};
 use weir_sql::{GlobalId, Plan, PlanNode};
 
-use crate::log::{TableLog, TableReader};
-use crate::render::{ErrTrace, Imports, RowTrace, arrow_schema, render};
+use crate::log::TableLog;
+use crate::render::{Imports, Input, arrow_schema, render};
 use crate::row::{Row, RowCodec};
 use crate::{Diff, Time};
 
-struct Arrangement {
-    dataflow: usize,
-    codec: RowCodec,
+/// How a subscription is answered.
+enum Subscription {
+    /// By a dataflow of its own.
+    Dataflow(usize),
+    /// From the log of the relation it reads as it stands.
+    Log(GlobalId),
 }
 
 struct PendingPeek {
@@ -38,14 +41,16 @@ struct PendingPeek {
     target: GlobalId,
     time: Time,
     keys: Option<std::sync::Arc<Vec<Row>>>,
+    columns: Option<std::sync::Arc<Vec<usize>>>,
 }
 
 /// Everything one worker holds.
 pub struct ComputeState {
-    tables: HashMap<GlobalId, TableLog>,
-    traces: HashMap<GlobalId, (RowTrace, ErrTrace)>,
-    arrangements: HashMap<GlobalId, Arrangement>,
-    subscribes: HashMap<u64, usize>,
+    /// Tables' and views' rows.
+    logs: HashMap<GlobalId, Rc<RefCell<TableLog>>>,
+    /// Each materialized view's dataflow.
+    views: HashMap<GlobalId, usize>,
+    subscribes: HashMap<u64, Subscription>,
     peeks: Vec<PendingPeek>,
     responses: ResponseSender,
     /// Every table input has been advanced to this time.
@@ -59,9 +64,8 @@ pub struct ComputeState {
 impl ComputeState {
     pub fn new(responses: ResponseSender) -> Self {
         ComputeState {
-            tables: HashMap::new(),
-            traces: HashMap::new(),
-            arrangements: HashMap::new(),
+            logs: HashMap::new(),
+            views: HashMap::new(),
             subscribes: HashMap::new(),
             peeks: Vec::new(),
             responses,
@@ -101,7 +105,9 @@ impl ComputeState {
                         }
                     }
                 };
-                self.tables.insert(id, TableLog::new(codec, key));
+                let mut log = TableLog::new(codec, key);
+                log.advance(self.upper);
+                self.logs.insert(id, Rc::new(RefCell::new(log)));
             }
             Command::CreateDataflow { id, name, plan } => {
                 let codec = match RowCodec::new(arrow_schema(&plan.schema)) {
@@ -112,38 +118,36 @@ impl ComputeState {
                     }
                 };
                 let dataflow = worker.next_dataflow_index();
-                let mut imports = Imports::new(&mut self.traces, &self.tables);
-                let (ok, err) =
-                    worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
-                        let (ok, err) = match render(&plan, scope, &mut imports) {
-                            Ok(pair) => pair,
-                            Err(e) => {
-                                let msg = e.to_string();
-                                let errs = if scope.index() == 0 {
-                                    vec![(msg, 0, 1)]
-                                } else {
-                                    vec![]
-                                };
-                                use differential_dataflow::AsCollection;
-                                use timely::dataflow::operators::ToStream;
-                                (crate::render::empty(scope), errs.to_stream(scope).as_collection())
-                            }
-                        };
-                        let ok = crate::render::arrange_rows(ok, &format!("Arrange {name}"));
-                        let err = err.arrange_by_self_named(&format!("Arrange {name} errors")).trace;
-                        (ok, err)
-                    });
+                let log = Rc::new(RefCell::new(TableLog::view(codec)));
+                let mut imports = Imports::new(&self.logs);
+                worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
+                    let (ok, err) = match render(&plan, scope, &mut imports) {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            let msg = e.to_string();
+                            let errs = if scope.index() == 0 {
+                                vec![(msg, 0, 1)]
+                            } else {
+                                vec![]
+                            };
+                            use differential_dataflow::AsCollection;
+                            use timely::dataflow::operators::ToStream;
+                            (crate::render::empty(scope), errs.to_stream(scope).as_collection())
+                        }
+                    };
+                    let local = crate::render::rows_stay_local(&plan);
+                    crate::log::record_output(ok, err, log.clone(), &name, local);
+                });
                 let inputs = imports.into_inputs();
                 self.attach(dataflow, inputs);
-                self.traces.insert(id, (ok, err));
-                self.arrangements.insert(id, Arrangement { dataflow, codec });
+                self.logs.insert(id, log);
+                self.views.insert(id, dataflow);
             }
             Command::Drop { id } => {
-                self.tables.remove(&id);
-                self.traces.remove(&id);
-                if let Some(a) = self.arrangements.remove(&id) {
-                    self.detach(a.dataflow);
-                    worker.drop_dataflow(a.dataflow);
+                self.logs.remove(&id);
+                if let Some(dataflow) = self.views.remove(&id) {
+                    self.detach(dataflow);
+                    worker.drop_dataflow(dataflow);
                 }
             }
             Command::Write { time, updates } => self.write(worker, time, updates),
@@ -152,23 +156,31 @@ impl ComputeState {
                 target,
                 time,
                 keys,
+                columns,
             } => self.peeks.push(PendingPeek {
                 peek_id,
                 target,
                 time,
                 keys,
+                columns,
             }),
             Command::Subscribe {
                 subscribe_id,
                 plan,
                 as_of,
             } => self.subscribe(worker, subscribe_id, &plan, as_of),
-            Command::DropSubscribe { subscribe_id } => {
-                if let Some(dataflow) = self.subscribes.remove(&subscribe_id) {
+            Command::DropSubscribe { subscribe_id } => match self.subscribes.remove(&subscribe_id) {
+                Some(Subscription::Dataflow(dataflow)) => {
                     self.detach(dataflow);
                     worker.drop_dataflow(dataflow);
                 }
-            }
+                Some(Subscription::Log(id)) => {
+                    if let Some(log) = self.logs.get(&id) {
+                        log.borrow_mut().unsubscribe(subscribe_id);
+                    }
+                }
+                None => {}
+            },
             Command::ArrangementSizes { peek_id } => {
                 let result = self.arrangement_sizes(worker.index());
                 let _ = self.responses.send(Response::Peek {
@@ -187,11 +199,7 @@ impl ComputeState {
     /// [`weir_protocol::arrangement_sizes_schema`]).
     fn arrangement_sizes(&self, worker: usize) -> Result<RecordBatch, String> {
         use arrow::array::{ArrayRef, Int64Array, StringArray};
-        let owners: HashMap<usize, GlobalId> = self
-            .arrangements
-            .iter()
-            .map(|(id, a)| (a.dataflow, *id))
-            .collect();
+        let owners: HashMap<usize, GlobalId> = self.views.iter().map(|(id, d)| (*d, *id)).collect();
         let sizes = crate::sizes::all();
         let int = |f: &dyn Fn(&crate::sizes::Size) -> usize| -> ArrayRef {
             Arc::new(Int64Array::from_iter_values(
@@ -217,24 +225,29 @@ impl ComputeState {
     fn write(&mut self, worker: &Worker, time: Time, updates: Vec<TableUpdate>) {
         let (index, peers) = (worker.index(), worker.peers());
         for TableUpdate { table, batch, diff } in updates {
-            let Some(log) = self.tables.get_mut(&table) else {
+            let Some(log) = self.logs.get(&table) else {
                 continue;
             };
-            if let Err(e) = log.write_part(batch, time, diff as Diff, index, peers) {
+            if let Err(e) = log
+                .borrow_mut()
+                .write_part(batch, time, diff as Diff, index, peers)
+            {
                 warn!(table, error = %e, "cannot keep written rows");
             }
         }
         self.upper = self.upper.max(time + 1);
-        for log in self.tables.values_mut() {
-            log.advance(self.upper);
+        for (id, log) in &self.logs {
+            if !self.views.contains_key(id) {
+                log.borrow_mut().advance(self.upper);
+            }
         }
         // Reads are issued at the latest write time or later.
         self.target_since = self.target_since.max(time);
         self.compact();
     }
 
-    /// Allow the arrangements to merge history up to the latest write, but
-    /// never past a peek that is still waiting to read.
+    /// Allow the logs to merge history up to the latest write, but never
+    /// past a peek that is still waiting to read.
     fn compact(&mut self) {
         let since = self
             .peeks
@@ -245,30 +258,27 @@ impl ComputeState {
             return;
         }
         self.since = since;
-        for (id, log) in &mut self.tables {
-            if let Err(e) = log.compact(since) {
-                warn!(table = id, error = %e, "cannot compact a table's log");
+        for (id, log) in &self.logs {
+            if let Err(e) = log.borrow_mut().compact(since) {
+                warn!(relation = id, error = %e, "cannot compact a log");
             }
-        }
-        let frontier = Antichain::from_elem(since);
-        for (ok, err) in self.traces.values_mut() {
-            ok.set_logical_compaction(frontier.borrow());
-            ok.set_physical_compaction(frontier.borrow());
-            err.set_logical_compaction(frontier.borrow());
-            err.set_physical_compaction(frontier.borrow());
         }
     }
 
     fn subscribe(&mut self, worker: &mut Worker, subscribe_id: u64, plan: &Plan, as_of: Time) {
+        // A relation as it stands (how every view's output is recorded)
+        // is read from its log as the batches it holds: nothing to
+        // encode, sort or decode.
+        if let PlanNode::Get { id, .. } = &plan.node
+            && let Some(log) = self.logs.get(id)
+        {
+            log.borrow_mut()
+                .subscribe(subscribe_id, as_of, worker.index(), self.responses.clone());
+            self.subscribes.insert(subscribe_id, Subscription::Log(*id));
+            return;
+        }
         let dataflow = worker.next_dataflow_index();
-        // A subscription to an arranged relation as it stands (how a
-        // view's output is recorded) reads updates that are consolidated
-        // already: each (row, time) is in one batch of the arrangement,
-        // once. Only the snapshot, whose times all become `as_of`, can
-        // repeat a row. Sorting every update again cost as much as the
-        // view's own arrangement.
-        let consolidated = matches!(&plan.node, PlanNode::Get { id, .. } if self.traces.contains_key(id));
-        let mut imports = Imports::new(&mut self.traces, &self.tables);
+        let mut imports = Imports::new(&self.logs);
         let responses = self.responses.clone();
         let schema = arrow_schema(&plan.schema);
         worker.dataflow_named::<Time, _, _>(&format!("subscribe {subscribe_id}"), |scope| {
@@ -290,15 +300,11 @@ impl ComputeState {
                 Err(e) => return fail(e.to_string()),
             };
             let updates = ok.map(Ok::<Row, String>).concat(err.map(Err));
-            let updates = if consolidated {
-                updates
-            } else {
-                updates.consolidate_named::<_, KeySpine<_, _, _>, _>(
-                    "ConsolidateSubscribe",
-                    KeyBatcher::new,
-                    |k, &()| k.clone(),
-                )
-            };
+            let updates = updates.consolidate_named::<_, KeySpine<_, _, _>, _>(
+                "ConsolidateSubscribe",
+                KeyBatcher::new,
+                |k, &()| k.clone(),
+            );
             let mut buffer: Vec<(Result<Row, String>, Time, Diff)> = Vec::new();
             let mut reported: Option<Time> = Some(0);
             updates.inner.sink(
@@ -315,14 +321,10 @@ impl ComputeState {
                         .into_iter()
                         .partition(|(_, t, _)| upper.is_none_or(|u| *t < u));
                     buffer = keep;
-                    let mut advanced = false;
                     for (_, t, _) in ready.iter_mut() {
-                        advanced |= *t < as_of;
                         *t = (*t).max(as_of);
                     }
-                    if advanced || !consolidated {
-                        differential_dataflow::consolidation::consolidate_updates(&mut ready);
-                    }
+                    differential_dataflow::consolidation::consolidate_updates(&mut ready);
                     ready.sort_by_key(|(_, t, _)| *t);
                     if let Some((Err(e), _, _)) = ready.iter().find(|(r, _, d)| r.is_err() && *d > 0) {
                         let _ = responses.send(Response::SubscribeBatch {
@@ -357,24 +359,25 @@ impl ComputeState {
         });
         let inputs = imports.into_inputs();
         self.attach(dataflow, inputs);
-        self.subscribes.insert(subscribe_id, dataflow);
+        self.subscribes
+            .insert(subscribe_id, Subscription::Dataflow(dataflow));
     }
 
-    /// Start feeding the table inputs `dataflow` was built with.
-    fn attach(&mut self, dataflow: usize, inputs: Vec<(GlobalId, TableReader)>) {
-        for (id, input) in inputs {
-            if let Some(log) = self.tables.get_mut(&id)
-                && let Err(e) = log.attach(dataflow, input, self.since, self.upper)
+    /// Start feeding the inputs `dataflow` was built with.
+    fn attach(&mut self, dataflow: usize, inputs: Vec<Input>) {
+        for (id, input, errors) in inputs {
+            if let Some(log) = self.logs.get(&id)
+                && let Err(e) = log.borrow_mut().attach(dataflow, input, errors, self.since)
             {
-                warn!(table = id, error = %e, "cannot feed a table to a dataflow");
+                warn!(relation = id, error = %e, "cannot feed a relation to a dataflow");
             }
         }
     }
 
-    /// Stop feeding `dataflow`'s table inputs.
+    /// Stop feeding `dataflow`'s inputs.
     fn detach(&mut self, dataflow: usize) {
-        for log in self.tables.values_mut() {
-            log.detach(dataflow);
+        for log in self.logs.values() {
+            log.borrow_mut().detach(dataflow);
         }
     }
 
@@ -383,41 +386,7 @@ impl ComputeState {
         let index = worker.index();
         let mut pending = std::mem::take(&mut self.peeks);
         pending.retain(|peek| {
-            if let Some(log) = self.tables.get(&peek.target) {
-                if self.upper <= peek.time {
-                    return true;
-                }
-                let result = match peek.keys.as_deref().map(|k| k.as_slice()) {
-                    // Asked for no keys: a writer pacing itself by the
-                    // dataflows, answered once every view reading the
-                    // table has absorbed `time` (see `Controller::catch_up`).
-                    Some([]) => {
-                        let behind = log.readers().any(|dataflow| {
-                            self.arrangements
-                                .iter()
-                                .find(|(_, a)| a.dataflow == dataflow)
-                                .and_then(|(id, _)| self.traces.get_mut(id))
-                                .is_some_and(|(ok, _)| {
-                                    let mut upper = Antichain::new();
-                                    ok.read_upper(&mut upper);
-                                    upper.less_equal(&peek.time)
-                                })
-                        });
-                        if behind {
-                            return true;
-                        }
-                        Ok(RecordBatch::new_empty(log.schema().clone()))
-                    }
-                    keys => log.read(peek.time, keys),
-                };
-                let _ = self.responses.send(Response::Peek {
-                    peek_id: peek.peek_id,
-                    worker: index,
-                    result,
-                });
-                return false;
-            }
-            let Some((ok, err)) = self.traces.get_mut(&peek.target) else {
+            let Some(log) = self.logs.get(&peek.target) else {
                 let _ = self.responses.send(Response::Peek {
                     peek_id: peek.peek_id,
                     worker: index,
@@ -425,25 +394,32 @@ impl ComputeState {
                 });
                 return false;
             };
-            let mut upper = Antichain::new();
-            ok.read_upper(&mut upper);
-            if upper.less_equal(&peek.time) {
+            let log = log.borrow();
+            if log.upper() <= peek.time {
                 return true;
             }
-            err.read_upper(&mut upper);
-            if upper.less_equal(&peek.time) {
-                return true;
-            }
-            if let Some(message) = read_errors(err, peek.time) {
-                let _ = self.responses.send(Response::Peek {
-                    peek_id: peek.peek_id,
-                    worker: index,
-                    result: Err(message),
-                });
-                return false;
-            }
-            let codec = &self.arrangements[&peek.target].codec;
-            let result = read_rows(ok, peek.time, codec);
+            let result = match peek.keys.as_deref().map(|k| k.as_slice()) {
+                // Asked for no keys: a writer pacing itself by the
+                // dataflows, answered once every view reading the
+                // table has absorbed `time` (see `Controller::absorbed`).
+                Some([]) => {
+                    let behind = log.readers().any(|dataflow| {
+                        self.views
+                            .iter()
+                            .find(|(_, d)| **d == dataflow)
+                            .and_then(|(id, _)| self.logs.get(id))
+                            .is_some_and(|view| view.borrow().upper() <= peek.time)
+                    });
+                    if behind {
+                        return true;
+                    }
+                    Ok(RecordBatch::new_empty(log.schema().clone()))
+                }
+                keys => match log.error_at(peek.time) {
+                    Some(message) => Err(message),
+                    None => log.read(peek.time, keys, peek.columns.as_deref().map(|c| c.as_slice())),
+                },
+            };
             let _ = self.responses.send(Response::Peek {
                 peek_id: peek.peek_id,
                 worker: index,
@@ -456,23 +432,7 @@ impl ComputeState {
     }
 }
 
-/// The first error a relation holds at `time`, if any.
-fn read_errors(trace: &mut ErrTrace, time: Time) -> Option<String> {
-    let batches = trace
-        .batches_through(Antichain::new().borrow())
-        .unwrap_or_default();
-    let (mut cursor, storage) = cursor_list(batches);
-    while cursor.key_valid(&storage) {
-        let count = count_at(&mut cursor, &storage, time);
-        if count > 0 {
-            return Some(cursor.key(&storage).clone());
-        }
-        cursor.step_key(&storage);
-    }
-    None
-}
-
-/// Rows and their multiplicities, gathered from a cursor.
+/// Rows and their multiplicities, gathered to be decoded at once.
 #[derive(Default)]
 pub(crate) struct Gathered {
     rows: Vec<Row>,
@@ -505,31 +465,10 @@ impl Gathered {
     }
 }
 
-/// The net count at `time` of the update the cursor is on.
-fn count_at<C>(cursor: &mut C, storage: &C::Storage, time: Time) -> Diff
-where
-    C: for<'a> Cursor<TimeGat<'a> = &'a Time, DiffGat<'a> = &'a Diff>,
-{
-    let mut count: Diff = 0;
-    cursor.map_times(storage, |t, d| {
-        if *t <= time {
-            count += *d;
-        }
-    });
-    count
-}
-
-/// This worker's rows of a relation at `time`, as a batch.
-fn read_rows(trace: &mut RowTrace, time: Time, codec: &RowCodec) -> Result<RecordBatch, String> {
-    let batches = trace
-        .batches_through(Antichain::new().borrow())
-        .unwrap_or_default();
-    let (mut cursor, storage) = cursor_list(batches);
-    let mut out = Gathered::default();
-    while cursor.key_valid(&storage) {
-        let count = count_at(&mut cursor, &storage, time);
-        out.push(cursor.key(&storage), count)?;
-        cursor.step_key(&storage);
+/// `batch` with only `columns`, where given.
+pub(crate) fn project(batch: RecordBatch, columns: Option<&[usize]>) -> Result<RecordBatch, String> {
+    match columns {
+        Some(columns) => batch.project(columns).map_err(|e| e.to_string()),
+        None => Ok(batch),
     }
-    out.into_batch(codec)
 }

@@ -12,8 +12,20 @@
 //! dataflow is built and every write after. Peeks read the log, cancelling
 //! deletions in a hash table when there are any.
 //!
+//! A materialized view's output is kept the same way: its dataflow ends in
+//! a sink ([`record_output`]) that appends each complete time's changes to
+//! the view's log, so nothing sorts a view's rows either (an arrangement of
+//! the output was a quarter of the workers' time in Nexmark q0). A
+//! subscription to a logged relation as it stands (how every view's output
+//! is recorded) is answered from the log directly, as Arrow batches,
+//! without a dataflow.
+//!
 //! This module holds the rows and feeds the inputs; building, scheduling
 //! and dropping dataflows is `compute`'s.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
@@ -21,12 +33,22 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use differential_dataflow::input::InputSession;
 
+use differential_dataflow::Hashable;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use weir_protocol::{Response, ResponseSender, SubscribeUpdate};
+
+use crate::render::{Coll, Errs};
 use crate::row::{Row, RowCodec};
 use crate::{Diff, EngineError, Time};
 
 /// Writes smaller than this are merged into one batch when the log
 /// compacts, so that many single-row `INSERT`s do not stay many batches.
 const CHUNK_ROWS: usize = 64 * 1024;
+
+/// Deletions among at most this many settled rows are cancelled in line
+/// rather than on a thread of their own.
+const INLINE_ROWS: usize = 16 * 1024;
 
 /// A dataflow's input of a table's rows.
 pub type TableReader = InputSession<Time, Row, Diff>;
@@ -45,9 +67,26 @@ struct Consolidating {
     result: std::sync::mpsc::Receiver<Result<(Vec<Entry>, usize), EngineError>>,
 }
 
+/// A dataflow's input of a view's errors.
+pub type ErrorReader = InputSession<Time, String, Diff>;
+
 struct Reader {
     dataflow: usize,
     input: TableReader,
+    errors: Option<ErrorReader>,
+}
+
+/// A subscription answered from the log (see [`TableLog::subscribe`]).
+struct Subscriber {
+    id: u64,
+    as_of: Time,
+    worker: usize,
+    responses: ResponseSender,
+    /// Entries appended since the last message.
+    pending: Vec<Entry>,
+    /// The upper last reported.
+    reported: Time,
+    failed: bool,
 }
 
 /// One worker's part of an unkeyed table (see the module comment).
@@ -58,6 +97,12 @@ pub struct TableLog {
     /// In the order written, so in time order.
     entries: Vec<Entry>,
     readers: Vec<Reader>,
+    subscribers: Vec<Subscriber>,
+    /// A view's errors (message, time, diff); a table has none.
+    errors: Vec<(String, Time, Diff)>,
+    /// Complete below this time: no append will come at an earlier one.
+    upper: Time,
+    view: bool,
     /// Entries left by the last compaction; the next one waits until the
     /// log has twice as many.
     compacted: usize,
@@ -67,12 +112,29 @@ pub struct TableLog {
 }
 
 impl TableLog {
+    /// A materialized view's output (see [`record_output`]).
+    pub fn view(codec: RowCodec) -> Self {
+        TableLog {
+            view: true,
+            ..TableLog::new(codec, None)
+        }
+    }
+
+    /// Whether this is a view's output, which may hold errors.
+    pub fn is_view(&self) -> bool {
+        self.view
+    }
+
     pub fn new(codec: RowCodec, key: Option<(Vec<usize>, RowCodec)>) -> Self {
         TableLog {
             codec,
             key,
             entries: Vec::new(),
             readers: Vec::new(),
+            subscribers: Vec::new(),
+            errors: Vec::new(),
+            upper: 0,
+            view: false,
             compacted: 0,
             consolidated_rows: 0,
             consolidating: None,
@@ -123,12 +185,78 @@ impl TableLog {
     /// [`TableLog::write_part`] on a lone worker.
     #[cfg(test)]
     fn write(&mut self, batch: RecordBatch, time: Time, diff: Diff) -> Result<(), EngineError> {
-        self.write_part(batch, time, diff, 0, 1)
+        self.write_part(batch, time, diff, 0, 1)?;
+        self.advance(time + 1);
+        Ok(())
+    }
+
+    /// Keep a view's output updates, all at times the view is complete
+    /// through: errors apart, rows cancelled where a deletion meets its
+    /// row (there is nothing to cancel without one), and grouped by time
+    /// and count into batches.
+    fn append_updates(&mut self, updates: Vec<(Result<Row, String>, Time, Diff)>) -> Result<(), EngineError> {
+        let mut rows = Vec::with_capacity(updates.len());
+        let mut errors = Vec::new();
+        for (r, t, d) in updates {
+            match r {
+                Ok(r) => rows.push((r, t, d)),
+                Err(e) => errors.push((e, t, d)),
+            }
+        }
+        if !errors.is_empty() {
+            self.append_errors(errors);
+        }
+        if rows.iter().any(|(_, _, d)| *d < 0) {
+            let mut counts: hashbrown::HashMap<(Row, Time), Diff> = hashbrown::HashMap::new();
+            for (r, t, d) in rows.drain(..) {
+                *counts.entry((r, t)).or_insert(0) += d;
+            }
+            rows.extend(
+                counts
+                    .into_iter()
+                    .filter(|(_, d)| *d != 0)
+                    .map(|((r, t), d)| (r, t, d)),
+            );
+        }
+        rows.sort_by_key(|(_, t, d)| (*t, *d));
+        while !rows.is_empty() {
+            let (time, diff) = (rows[0].1, rows[0].2);
+            let n = rows
+                .iter()
+                .take_while(|(_, t, d)| (*t, *d) == (time, diff))
+                .count();
+            let group: Vec<Row> = rows.drain(..n).map(|(r, _, _)| r).collect();
+            let batch = self.codec.decode(group.iter().map(|r| r.as_slice()))?;
+            self.store(batch, Some(group), time, diff)?;
+        }
+        Ok(())
     }
 
     fn append(&mut self, batch: RecordBatch, time: Time, diff: Diff) -> Result<(), EngineError> {
+        self.store(batch, None, time, diff)
+    }
+
+    /// Keep `batch` (whose rows, encoded, are `rows` where known) and
+    /// hand it to every reader and subscriber.
+    fn store(
+        &mut self,
+        batch: RecordBatch,
+        rows: Option<Vec<Row>>,
+        time: Time,
+        diff: Diff,
+    ) -> Result<(), EngineError> {
+        for s in &mut self.subscribers {
+            s.pending.push(Entry {
+                batch: batch.clone(),
+                time,
+                diff,
+            });
+        }
         if let Some((last, rest)) = self.readers.split_last_mut() {
-            let rows = self.codec.encode(batch.columns(), batch.num_rows())?;
+            let rows = match rows {
+                Some(rows) => rows,
+                None => self.codec.encode(batch.columns(), batch.num_rows())?,
+            };
             for reader in rest {
                 for row in &rows {
                     reader.input.update_at(row.clone(), time, diff);
@@ -144,21 +272,84 @@ impl TableLog {
 
     /// Tell every reader that no write before `upper` will come.
     pub fn advance(&mut self, upper: Time) {
+        if upper <= self.upper {
+            return;
+        }
+        self.upper = upper;
         for reader in &mut self.readers {
             reader.input.advance_to(upper);
             reader.input.flush();
+            if let Some(errors) = &mut reader.errors {
+                errors.advance_to(upper);
+                errors.flush();
+            }
         }
+        let (codec, errors) = (&self.codec, &self.errors);
+        for s in &mut self.subscribers {
+            s.report(codec, errors, upper);
+        }
+    }
+
+    /// Complete below this time.
+    pub fn upper(&self) -> Time {
+        self.upper
+    }
+
+    /// Keep a view's errors (complete times only, as rows are appended).
+    fn append_errors(&mut self, errors: Vec<(String, Time, Diff)>) {
+        for reader in &mut self.readers {
+            if let Some(input) = &mut reader.errors {
+                for (e, t, d) in &errors {
+                    input.update_at(e.clone(), *t, *d);
+                }
+            }
+        }
+        self.errors.extend(errors);
+        consolidate_errors(&mut self.errors);
+    }
+
+    /// The first error the log holds at `time`, if any.
+    pub fn error_at(&self, time: Time) -> Option<String> {
+        first_error(&self.errors, time)
+    }
+
+    /// Answer subscription `id` from the log: this worker's part of the
+    /// relation at `as_of`, then every change, each message once the log
+    /// is complete through its times (the messages of
+    /// [`weir_protocol::Response::SubscribeBatch`]).
+    pub fn subscribe(&mut self, id: u64, as_of: Time, worker: usize, responses: ResponseSender) {
+        let mut s = Subscriber {
+            id,
+            as_of,
+            worker,
+            responses,
+            pending: self.entries.clone(),
+            reported: 0,
+            failed: false,
+        };
+        let upper = self.upper;
+        s.report(&self.codec, &self.errors, upper);
+        self.subscribers.push(s);
+    }
+
+    /// Stop answering subscription `id`; true if the log answered it.
+    pub fn unsubscribe(&mut self, id: u64) -> bool {
+        let before = self.subscribers.len();
+        self.subscribers.retain(|s| s.id != id);
+        self.subscribers.len() < before
     }
 
     /// Start feeding `input`, an input of `dataflow`: everything the log
     /// holds (at `since` or later, as an arrangement compacted to `since`
     /// would present it), then every later write.
+    /// `errors` is the input of a view's errors, where the dataflow reads
+    /// a view.
     pub fn attach(
         &mut self,
         dataflow: usize,
         mut input: TableReader,
+        mut errors: Option<ErrorReader>,
         since: Time,
-        upper: Time,
     ) -> Result<(), EngineError> {
         for entry in &self.entries {
             let rows = self.codec.encode(entry.batch.columns(), entry.batch.num_rows())?;
@@ -166,9 +357,20 @@ impl TableLog {
                 input.update_at(row, entry.time.max(since), entry.diff);
             }
         }
-        input.advance_to(upper);
+        input.advance_to(self.upper);
         input.flush();
-        self.readers.push(Reader { dataflow, input });
+        if let Some(e) = &mut errors {
+            for (message, t, d) in &self.errors {
+                e.update_at(message.clone(), (*t).max(since), *d);
+            }
+            e.advance_to(self.upper);
+            e.flush();
+        }
+        self.readers.push(Reader {
+            dataflow,
+            input,
+            errors,
+        });
         Ok(())
     }
 
@@ -186,9 +388,28 @@ impl TableLog {
     /// them, or (for a keyed table) those with one of `keys`, encoded as
     /// the key columns alone. Reading by key scans this worker's part of
     /// the table; the coordinator's key index answers the common cases.
-    pub fn read(&self, time: Time, keys: Option<&[Row]>) -> Result<RecordBatch, String> {
+    /// `columns` picks columns (see [`weir_protocol::Command::Peek`]).
+    pub fn read(
+        &self,
+        time: Time,
+        keys: Option<&[Row]>,
+        columns: Option<&[usize]>,
+    ) -> Result<RecordBatch, String> {
         let upto = self.entries.partition_point(|e| e.time <= time);
         let entries = &self.entries[..upto];
+        if keys.is_none()
+            && let Some(columns) = columns
+            && entries.iter().all(|e| e.diff == 1)
+        {
+            // Only the columns asked for are copied.
+            let schema = Arc::new(self.schema().project(columns).map_err(|e| e.to_string())?);
+            let parts = entries
+                .iter()
+                .map(|e| e.batch.project(columns))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            return concat_batches(&schema, &parts).map_err(|e| e.to_string());
+        }
         let all = if entries.iter().all(|e| e.diff == 1) {
             concat_batches(self.schema(), entries.iter().map(|e| &e.batch)).map_err(|e| e.to_string())?
         } else {
@@ -200,18 +421,19 @@ impl TableLog {
             out.into_batch(&self.codec)?
         };
         match (keys, &self.key) {
-            (Some(keys), Some((columns, codec))) => {
+            (Some(keys), Some((key_columns, codec))) => {
                 let wanted: std::collections::HashSet<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-                let columns: Vec<_> = columns.iter().map(|i| all.column(*i).clone()).collect();
+                let key_columns: Vec<_> = key_columns.iter().map(|i| all.column(*i).clone()).collect();
                 let encoded = codec
-                    .encode(&columns, all.num_rows())
+                    .encode(&key_columns, all.num_rows())
                     .map_err(|e| e.to_string())?;
                 let keep = arrow::array::BooleanArray::from_iter(
                     encoded.iter().map(|k| Some(wanted.contains(k.as_slice()))),
                 );
-                arrow::compute::filter_record_batch(&all, &keep).map_err(|e| e.to_string())
+                let kept = arrow::compute::filter_record_batch(&all, &keep).map_err(|e| e.to_string())?;
+                crate::compute::project(kept, columns)
             }
-            _ => Ok(all),
+            _ => crate::compute::project(all, columns),
         }
     }
 
@@ -225,6 +447,10 @@ impl TableLog {
     /// line, stalling every view behind it) and its result replaces the
     /// entries it covered at a later compaction.
     pub fn compact(&mut self, since: Time) -> Result<(), EngineError> {
+        // Entries stay in time order: a view's log that is behind the
+        // latest write still gets appends below `since`, so what merges
+        // goes no later than the log is complete.
+        let since = since.min(self.upper.saturating_sub(1));
         if let Some(running) = &self.consolidating {
             match running.result.try_recv() {
                 Ok(result) => {
@@ -246,6 +472,14 @@ impl TableLog {
         let settled = self.entries.partition_point(|e| e.time <= since);
         let rows: usize = self.entries[..settled].iter().map(|e| e.batch.num_rows()).sum();
         if self.entries[..settled].iter().any(|e| e.diff < 0) && rows >= 2 * self.consolidated_rows {
+            if rows <= INLINE_ROWS {
+                // Small (a grouped view's output): cheaper than a thread.
+                let (entries, held) = consolidated(&self.codec, &self.entries[..settled], since)?;
+                self.entries.splice(..settled, entries);
+                self.consolidated_rows = held;
+                self.compacted = self.entries.len();
+                return Ok(());
+            }
             let entries: Vec<Entry> = self.entries[..settled].to_vec();
             let codec = self.codec.duplicate();
             let (send, result) = std::sync::mpsc::channel();
@@ -318,6 +552,132 @@ impl TableLog {
         RecordBatch::try_new_with_options(schema.clone(), columns, &options)
             .map_err(|e| EngineError::Encoding(e.to_string()))
     }
+}
+
+/// End a view's dataflow: append each complete time's changes, `ok` rows
+/// and `err` messages, to the view's `log`, and advance it. Unless
+/// `local` (see [`crate::render::rows_stay_local`]), changes go to the
+/// worker their row hashes to first, so that each worker's part of the
+/// view never holds a deletion without its row.
+pub fn record_output<'s>(ok: Coll<'s>, err: Errs<'s>, log: Rc<RefCell<TableLog>>, name: &str, local: bool) {
+    let updates = ok.map(Ok::<Row, String>).concat(err.map(Err));
+    let name = format!("Record {name}");
+    let mut buffer: Vec<(Result<Row, String>, Time, Diff)> = Vec::new();
+    // A local view's changes stay where they are (routed to this worker).
+    let me = updates.inner.scope().index() as u64;
+    let route = Exchange::new(
+        move |(r, _, _): &(Result<Row, String>, Time, Diff)| {
+            if local { me } else { r.hashed() }
+        },
+    );
+    updates.inner.sink(route, &name, move |(input, frontier)| {
+        input.for_each(|_cap, data| buffer.append(data));
+        // An empty frontier (a view of constants): complete for good.
+        let upper = frontier.frontier().iter().min().copied().unwrap_or(Time::MAX);
+        let mut log = log.borrow_mut();
+        if upper <= log.upper() {
+            return;
+        }
+        let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut buffer)
+            .into_iter()
+            .partition(|(_, t, _)| *t < upper);
+        buffer = keep;
+        if let Err(e) = log.append_updates(ready) {
+            tracing::warn!(error = %e, "cannot keep a view's output");
+        }
+        log.advance(upper);
+    });
+}
+
+impl Subscriber {
+    /// Send what was appended since the last message, complete below
+    /// `upper` (times before `as_of` become `as_of`, cancelled where they
+    /// meet), or the first error the relation holds.
+    fn report(&mut self, codec: &RowCodec, errors: &[(String, Time, Diff)], upper: Time) {
+        if self.failed || upper <= self.reported {
+            return;
+        }
+        self.reported = upper;
+        let (tx, id, worker) = (&self.responses, self.id, self.worker);
+        let send = |upper: Option<Time>, update: Result<SubscribeUpdate, String>| {
+            let _ = tx.send(Response::SubscribeBatch {
+                subscribe_id: id,
+                worker,
+                upper,
+                update,
+            });
+        };
+        if let Some(e) = first_error(errors, upper - 1) {
+            self.failed = true;
+            return send(None, Err(e));
+        }
+        let entries: Vec<Entry> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|e| Entry {
+                time: e.time.max(self.as_of),
+                ..e
+            })
+            .collect();
+        match changes(codec, &entries) {
+            Ok(update) => send(Some(upper), Ok(update)),
+            Err(e) => {
+                self.failed = true;
+                send(None, Err(e.to_string()))
+            }
+        }
+    }
+}
+
+/// `entries` (in time order) as one subscription message: where a time
+/// holds deletions, its rows are cancelled against each other first.
+fn changes(codec: &RowCodec, entries: &[Entry]) -> Result<SubscribeUpdate, EngineError> {
+    let mut batches = Vec::new();
+    let (mut times, mut diffs) = (Vec::new(), Vec::new());
+    let mut rest = entries;
+    while let Some(first) = rest.first() {
+        let n = rest.iter().take_while(|e| e.time == first.time).count();
+        let (same, later) = rest.split_at(n);
+        rest = later;
+        let cancel = same.iter().any(|e| e.diff < 0) && same.len() > 1;
+        let same = if cancel {
+            let (rows, counts) = consolidate(codec, same)?;
+            if rows.is_empty() {
+                continue;
+            }
+            let batch = codec.decode(rows.iter().map(|r| r.as_slice()))?;
+            vec![(batch, counts)]
+        } else {
+            same.iter()
+                .map(|e| (e.batch.clone(), vec![e.diff; e.batch.num_rows()]))
+                .collect()
+        };
+        for (batch, counts) in same {
+            times.extend(std::iter::repeat_n(first.time, batch.num_rows()));
+            diffs.extend(counts.into_iter().map(|d| d as i64));
+            batches.push(batch);
+        }
+    }
+    let batch = concat_batches(codec.schema(), &batches).map_err(|e| EngineError::Encoding(e.to_string()))?;
+    Ok(SubscribeUpdate { batch, times, diffs })
+}
+
+/// Sum equal (message, time) errors and drop those that cancel.
+fn consolidate_errors(errors: &mut Vec<(String, Time, Diff)>) {
+    differential_dataflow::consolidation::consolidate_updates(errors);
+}
+
+/// The first error (in message order) with a positive count at `time`.
+fn first_error(errors: &[(String, Time, Diff)], time: Time) -> Option<String> {
+    let mut counts: std::collections::BTreeMap<&str, Diff> = std::collections::BTreeMap::new();
+    for (e, t, d) in errors {
+        if *t <= time {
+            *counts.entry(e.as_str()).or_insert(0) += d;
+        }
+    }
+    counts
+        .into_iter()
+        .find(|(_, c)| *c > 0)
+        .map(|(e, _)| e.to_string())
 }
 
 /// The rows of `entries` with their net counts (non-zero), summed in a
@@ -429,7 +789,11 @@ mod tests {
         };
         let times = [0, 7, 20, 39, N, N + 1];
         for t in times {
-            assert_eq!(sorted(&log.read(t as Time, None).unwrap()), expect(t), "at {t}");
+            assert_eq!(
+                sorted(&log.read(t as Time, None, None).unwrap()),
+                expect(t),
+                "at {t}"
+            );
         }
         log.compact(20).unwrap();
         assert_eq!(
@@ -439,7 +803,7 @@ mod tests {
         );
         for t in &times[2..] {
             assert_eq!(
-                sorted(&log.read(*t as Time, None).unwrap()),
+                sorted(&log.read(*t as Time, None, None).unwrap()),
                 expect(*t),
                 "at {t} after compacting to 20"
             );
@@ -447,7 +811,10 @@ mod tests {
         log.compacted = 0;
         log.compact(N as Time + 1).unwrap();
         log.settle(N as Time + 1);
-        assert_eq!(sorted(&log.read(N as Time + 1, None).unwrap()), expect(N + 1));
+        assert_eq!(
+            sorted(&log.read(N as Time + 1, None, None).unwrap()),
+            expect(N + 1)
+        );
         // The deletion cancelled what it deleted: one batch, each row once.
         assert_eq!(log.entries.len(), 1);
         assert_eq!(log.entries[0].batch.num_rows(), N as usize - 1);
@@ -482,7 +849,10 @@ mod tests {
             log.write(batch(&schema, &[(2, &format!("b{t}"))]), t, 1).unwrap();
         }
         let b = |s: &str| s.to_string();
-        assert_eq!(sorted(&log.read(5, Some(&[key(2)])).unwrap()), vec![(2, b("b5"))]);
+        assert_eq!(
+            sorted(&log.read(5, Some(&[key(2)]), None).unwrap()),
+            vec![(2, b("b5"))]
+        );
         for compacted_to in [None, Some(30), Some(39)] {
             if let Some(since) = compacted_to {
                 log.compacted = 0;
@@ -490,12 +860,12 @@ mod tests {
                 log.settle(since);
             }
             assert_eq!(
-                sorted(&log.read(39, Some(&[key(2), key(3), key(9)])).unwrap()),
+                sorted(&log.read(39, Some(&[key(2), key(3), key(9)]), None).unwrap()),
                 vec![(2, b("b39")), (3, b("c"))],
                 "{compacted_to:?}"
             );
-            assert_eq!(sorted(&log.read(39, Some(&[])).unwrap()), vec![]);
-            assert_eq!(sorted(&log.read(39, None).unwrap()).len(), 3);
+            assert_eq!(sorted(&log.read(39, Some(&[]), None).unwrap()), vec![]);
+            assert_eq!(sorted(&log.read(39, None, None).unwrap()).len(), 3);
         }
     }
 
@@ -519,7 +889,7 @@ mod tests {
         }
         let mut all = Vec::new();
         for log in &parts {
-            let part = sorted(&log.read(2, None).unwrap());
+            let part = sorted(&log.read(2, None, None).unwrap());
             assert!(part.len() < 90, "spread over the workers: {}", part.len());
             all.extend(part);
         }
@@ -527,5 +897,85 @@ mod tests {
         let mut expect = rows.clone();
         expect.drain(10..20);
         assert_eq!(all, expect);
+    }
+
+    /// A view's log: changes cancel where a deletion meets its row, reads
+    /// and a subscription answered from the log see each complete time,
+    /// and an error is reported to both.
+    #[test]
+    fn a_views_log_answers_reads_and_subscriptions() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Utf8, false),
+        ]));
+        let codec = RowCodec::new(schema.clone()).unwrap();
+        let rows = |rows: &[(i64, &str)]| codec.encode(batch(&schema, rows).columns(), rows.len()).unwrap();
+        let mut log = TableLog::view(RowCodec::new(schema.clone()).unwrap());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let update = |r: &Row, t: Time, d: Diff| (Ok(r.clone()), t, d);
+        let (x, y, z) = (rows(&[(1, "x")]), rows(&[(2, "y")]), rows(&[(3, "z")]));
+        // Time 1: x twice, y; time 2: one x and y out, z in, and an x that
+        // comes and goes within the time.
+        log.append_updates(vec![update(&x[0], 1, 2), update(&y[0], 1, 1)])
+            .unwrap();
+        log.advance(2);
+        log.subscribe(7, 1, 0, tx);
+        log.append_updates(vec![
+            update(&x[0], 2, -1),
+            update(&y[0], 2, -1),
+            update(&z[0], 2, 1),
+            update(&x[0], 2, 1),
+            update(&x[0], 2, -1),
+        ])
+        .unwrap();
+        log.advance(3);
+        assert_eq!(
+            sorted(&log.read(1, None, None).unwrap()),
+            vec![(1, "x".into()), (1, "x".into()), (2, "y".into())]
+        );
+        assert_eq!(
+            sorted(&log.read(2, None, None).unwrap()),
+            vec![(1, "x".into()), (3, "z".into())]
+        );
+        assert_eq!(log.read(2, None, Some(&[])).unwrap().num_rows(), 2);
+        let mut got: Vec<(i64, String, Time, i64)> = Vec::new();
+        let mut uppers = Vec::new();
+        while let Ok(Response::SubscribeBatch { upper, update, .. }) = rx.try_recv() {
+            let u = update.unwrap();
+            uppers.push(upper);
+            let pairs = sorted(&u.batch);
+            // `sorted` reorders rows: pair each row with its time and diff first.
+            let a = u.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            for i in 0..u.batch.num_rows() {
+                let row = pairs.iter().find(|p| p.0 == a.value(i)).unwrap().clone();
+                got.push((row.0, row.1, u.times[i], u.diffs[i]));
+            }
+        }
+        got.sort();
+        assert_eq!(uppers, vec![Some(2), Some(3)]);
+        assert_eq!(
+            got,
+            vec![
+                (1, "x".into(), 1, 2),
+                (1, "x".into(), 2, -1),
+                (2, "y".into(), 1, 1),
+                (2, "y".into(), 2, -1),
+                (3, "z".into(), 2, 1),
+            ]
+        );
+        // An error at time 3: reads at 3 fail, the subscription ends with it.
+        log.append_updates(vec![(Err("division by zero".into()), 3, 1)])
+            .unwrap();
+        log.advance(4);
+        assert_eq!(log.error_at(2), None);
+        assert_eq!(log.error_at(3).as_deref(), Some("division by zero"));
+        match rx.try_recv() {
+            Ok(Response::SubscribeBatch {
+                upper: None,
+                update: Err(e),
+                ..
+            }) => assert_eq!(e, "division by zero"),
+            _ => panic!("the subscription did not report the error"),
+        }
     }
 }

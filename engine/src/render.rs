@@ -6,6 +6,7 @@
 //! when read, without stopping the worker or any other view. Every operator
 //! is named after the IR node it implements.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use timely::dataflow::{Scope, Stream};
 use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 
 use crate::eval::{Evaluated, RowEval, any_null, encode_group};
-use crate::log::{TableLog, TableReader};
+use crate::log::{ErrorReader, TableLog, TableReader};
 use crate::reduce::{Accums, Accumulator, GroupFolder, aggregate_schema, finalize};
 use crate::row::{Row, RowCodec, RowContainer};
 use crate::sizes::measured;
@@ -148,29 +149,28 @@ impl<T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice + 
 {
 }
 
-/// What a dataflow may read: arrangements to import, by relation id, and
-/// tables kept as logs ([`crate::log`]), each `Get` of which becomes an
-/// input of the dataflow's own that the worker feeds once it is built.
+/// What a dataflow may read: tables and materialized views, kept as logs
+/// ([`crate::log`]), each `Get` of which becomes an input of the
+/// dataflow's own (and, for a view, an input of its errors) that the
+/// worker feeds once the dataflow is built.
 pub struct Imports<'a> {
-    traces: &'a mut HashMap<GlobalId, (RowTrace, ErrTrace)>,
-    tables: &'a HashMap<GlobalId, TableLog>,
-    inputs: Vec<(GlobalId, TableReader)>,
+    logs: &'a HashMap<GlobalId, Rc<RefCell<TableLog>>>,
+    inputs: Vec<Input>,
 }
 
+/// A dataflow's input of a logged relation: rows, and a view's errors.
+pub type Input = (GlobalId, TableReader, Option<ErrorReader>);
+
 impl<'a> Imports<'a> {
-    pub fn new(
-        traces: &'a mut HashMap<GlobalId, (RowTrace, ErrTrace)>,
-        tables: &'a HashMap<GlobalId, TableLog>,
-    ) -> Self {
+    pub fn new(logs: &'a HashMap<GlobalId, Rc<RefCell<TableLog>>>) -> Self {
         Imports {
-            traces,
-            tables,
+            logs,
             inputs: Vec::new(),
         }
     }
 
-    /// The inputs `Get`s of tables asked for, to be fed.
-    pub fn into_inputs(self) -> Vec<(GlobalId, TableReader)> {
+    /// The inputs `Get`s asked for, to be fed.
+    pub fn into_inputs(self) -> Vec<Input> {
         self.inputs
     }
 }
@@ -183,23 +183,17 @@ pub fn render<'s>(
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let worker = scope.index();
     match &plan.node {
-        PlanNode::Get { id, .. } if imports.tables.contains_key(id) => {
+        PlanNode::Get { id, .. } => {
+            let log = imports.logs.get(id).ok_or(EngineError::UnknownRelation(*id))?;
             let mut input = TableReader::new();
             let ok = input.to_collection(scope);
-            imports.inputs.push((*id, input));
-            Ok((ok, empty(scope)))
-        }
-        PlanNode::Get { id, name } => {
-            let (ok, err) = imports
-                .traces
-                .get_mut(id)
-                .ok_or(EngineError::UnknownRelation(*id))?;
-            let ok = ok
-                .import_named(scope, &format!("Import {name}"))
-                .as_collection(|k, _| k.to_vec());
-            let err = err
-                .import_named(scope, &format!("Import {name} errors"))
-                .as_collection(|k, _| k.clone());
+            let (err, errors) = if log.borrow().is_view() {
+                let mut errors = ErrorReader::new();
+                (errors.to_collection(scope), Some(errors))
+            } else {
+                (empty(scope), None)
+            };
+            imports.inputs.push((*id, input, errors));
             Ok((ok, err))
         }
         PlanNode::Constant { batch } => {
@@ -297,6 +291,20 @@ pub fn render<'s>(
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(union_all(scope, parts))
         }
+    }
+}
+
+/// Whether every change `plan` makes to a row is made on the worker that
+/// holds the row's input: maps, filters and unions of logged relations,
+/// whose rows are placed so that a deletion meets what it deletes. Any
+/// other operator may produce a row on one worker and take it back on
+/// another (a global aggregate's row for empty input, say).
+pub fn rows_stay_local(plan: &Plan) -> bool {
+    match &plan.node {
+        PlanNode::Get { .. } => true,
+        PlanNode::MapFilterProject { input, .. } => rows_stay_local(input),
+        PlanNode::Union { inputs } => inputs.iter().all(rows_stay_local),
+        _ => false,
     }
 }
 

@@ -54,6 +54,9 @@ pub enum Command {
         /// Only the rows with these primary keys (arrow-row encoded key
         /// columns), for a keyed table; `None` reads everything.
         keys: Option<Arc<Vec<Vec<u8>>>>,
+        /// Only these columns, in this order; `None` reads them all. An
+        /// empty list counts the rows without decoding any (`count(*)`).
+        columns: Option<Arc<Vec<usize>>>,
     },
     /// Stream the contents of `plan` at `as_of` and then every change.
     Subscribe {
