@@ -47,7 +47,7 @@ enum Request {
     /// A materialized view's output changes below `upper`; nobody waits.
     Output {
         shard: u64,
-        updates: Updates,
+        updates: Vec<Updates>,
         upper: Timestamp,
     },
     Compacted {
@@ -148,7 +148,7 @@ impl Durable {
 
     /// Record changes of a materialized view's output, complete below
     /// `upper`, in its shard with the next commit.
-    pub fn output(&self, shard: u64, updates: Updates, upper: Timestamp) {
+    pub fn output(&self, shard: u64, updates: Vec<Updates>, upper: Timestamp) {
         let _ = self.tx.send(Request::Output {
             shard,
             updates,
@@ -246,17 +246,11 @@ async fn run(
             || !commit.catalog.is_empty()
             || !commit.outputs.is_empty()
             || !commit.compacted.is_empty();
-        let outcome = match appends
-            .into_iter()
-            .map(|(shard, parts)| Ok((shard, concat(parts)?)))
-            .collect::<Result<Vec<_>, AdapterError>>()
-        {
-            Ok(appends) if needs_commit => {
-                commit.appends = appends;
-                persist.commit(commit).await.map_err(AdapterError::from)
-            }
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
+        let outcome = if needs_commit {
+            commit.appends = appends.into_iter().collect();
+            persist.commit(commit).await.map_err(AdapterError::from)
+        } else {
+            Ok(())
         };
         if let Err(e) = outcome {
             error!(error = %e, "state store failure; stopping");
@@ -288,11 +282,4 @@ async fn run(
             });
         }
     }
-}
-
-/// One shard's updates from several statements as one batch (`parts` is
-/// never empty: it is only created with a first element).
-fn concat(parts: Vec<Updates>) -> Result<Updates, AdapterError> {
-    weir_persist::batch::concat(&parts[0].batch.schema(), &parts)
-        .map_err(|e| AdapterError::Internal(format!("writes to one table disagree on its columns: {e}")))
 }

@@ -125,7 +125,7 @@ pub fn start(
             if ready.is_empty() {
                 continue;
             }
-            match weir_persist::batch::consolidate(&schema, &ready) {
+            match weir_persist::batch::consolidate_parts(&schema, ready) {
                 Ok(changes) if changes.is_empty() => {}
                 Ok(changes) => durable.output(id, changes, frontier),
                 Err(e) => {

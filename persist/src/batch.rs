@@ -4,7 +4,7 @@
 //!
 //! This module owns the object format. It never talks to the store.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -49,64 +49,75 @@ impl Updates {
     }
 }
 
-/// Encoding buffers kept for the next batches. A step's object is many
-/// megabytes; a fresh buffer for each has the kernel fault in and zero new
-/// pages every time (a quarter of all CPU time in the Nexmark q0
-/// benchmark), where a kept one is already mapped.
-#[derive(Clone, Default)]
-pub struct Buffers(Arc<Mutex<Vec<Vec<u8>>>>);
-
-/// The most buffers kept.
-const KEPT_BUFFERS: usize = 4;
-
-impl Buffers {
-    fn take(&self, capacity: usize) -> Vec<u8> {
-        let mut buffer = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_default();
-        buffer.clear();
-        buffer.reserve(capacity);
-        buffer
-    }
-
-    /// Keep `bytes`' buffer for a later batch, once nothing else holds it.
-    pub fn give_back(&self, bytes: Bytes) {
-        if let Ok(unique) = bytes.try_into_mut() {
-            let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            if kept.len() < KEPT_BUFFERS {
-                kept.push(Vec::from(unique));
-            }
-        }
-    }
-}
-
 /// Encode updates as an Arrow IPC file.
 pub fn encode(updates: &Updates) -> Result<Bytes, String> {
-    encode_into(updates, &Buffers::default())
+    let mut out = Vec::new();
+    encode_to(std::slice::from_ref(updates), &mut out).map_err(|e| e.to_string())?;
+    Ok(Bytes::from(out))
 }
 
-/// [`encode`] into a buffer from `buffers`.
-pub fn encode_into(updates: &Updates, buffers: &Buffers) -> Result<Bytes, String> {
-    let schema = object_schema(updates.batch.schema().as_ref());
-    let mut columns: Vec<ArrayRef> = updates.batch.columns().to_vec();
-    columns.push(Arc::new(Int64Array::from(updates.diffs.clone())));
-    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?;
-    // Sized up front: growing a buffer of many megabytes by doubling
-    // copies it and has the kernel zero fresh pages at every step.
-    let mut out = buffers.take(batch.get_array_memory_size() + 4096);
-    {
-        let mut w = FileWriter::try_new(&mut out, &schema).map_err(|e| e.to_string())?;
-        w.write(&batch).map_err(|e| e.to_string())?;
-        w.finish().map_err(|e| e.to_string())?;
+/// Encode `parts` (never empty, all of one schema) into `out` as one IPC
+/// file, each part a record batch of its own: nothing is concatenated.
+pub fn encode_to(parts: &[Updates], out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let other = |e: arrow::error::ArrowError| std::io::Error::other(e.to_string());
+    let first = parts.first().ok_or_else(|| std::io::Error::other("no updates"))?;
+    let schema = object_schema(first.batch.schema().as_ref());
+    let mut w = FileWriter::try_new(out, &schema).map_err(other)?;
+    for updates in parts {
+        let mut columns: Vec<ArrayRef> = updates.batch.columns().to_vec();
+        columns.push(Arc::new(Int64Array::from(updates.diffs.clone())));
+        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(other)?;
+        w.write(&batch).map_err(other)?;
     }
-    Ok(Bytes::from(out))
+    w.finish().map_err(other)
+}
+
+/// How many of `parts`' updates delete.
+pub fn deletes(parts: &[Updates]) -> u64 {
+    parts
+        .iter()
+        .map(|p| p.diffs.iter().filter(|d| **d < 0).count() as u64)
+        .sum()
+}
+
+/// [`consolidate`], except that parts without a deletion among them are
+/// left as they are (equal rows apart mean the same as one row counted
+/// twice), so that nothing is copied.
+pub fn consolidate_parts(schema: &SchemaRef, parts: Vec<Updates>) -> Result<Vec<Updates>, String> {
+    if parts.iter().all(|p| p.diffs.iter().all(|d| *d > 0)) {
+        // Each part as rows of `schema` (its names and nullability), as
+        // concatenating them would make it.
+        return parts
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let batch = RecordBatch::try_new(schema.clone(), p.batch.columns().to_vec())
+                    .map_err(|e| e.to_string())?;
+                Ok(Updates {
+                    batch,
+                    diffs: p.diffs,
+                })
+            })
+            .collect();
+    }
+    let merged = consolidate(schema, &parts)?;
+    Ok(if merged.is_empty() { vec![] } else { vec![merged] })
 }
 
 /// Decode an object written by [`encode`]; the error says what is wrong.
 pub fn decode(bytes: Bytes) -> Result<Updates, String> {
+    let parts = decode_parts(bytes)?;
+    match parts.len() {
+        1 => Ok(parts.into_iter().next().expect("one part")),
+        _ => {
+            let schema = parts.first().map(|p| p.batch.schema()).ok_or("no record batch")?;
+            concat(&schema, &parts)
+        }
+    }
+}
+
+/// [`decode`], each record batch of the object a part of its own.
+pub fn decode_parts(bytes: Bytes) -> Result<Vec<Updates>, String> {
     let reader = FileReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| e.to_string())?;
     let schema = reader.schema();
     let Some((last, rows)) = schema.fields().split_last() else {
@@ -117,22 +128,30 @@ pub fn decode(bytes: Bytes) -> Result<Updates, String> {
     }
     let row_schema = Arc::new(Schema::new(rows.to_vec()));
     let mut parts = Vec::new();
-    for b in reader {
-        parts.push(b.map_err(|e| e.to_string())?);
+    for batch in reader {
+        let batch = batch.map_err(|e| e.to_string())?;
+        let n = batch.num_columns() - 1;
+        let diffs = batch
+            .column(n)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or("the diff column is not bigint")?;
+        if diffs.null_count() > 0 {
+            return Err("the diff column has NULLs".into());
+        }
+        let diffs = diffs.values().to_vec();
+        let batch = RecordBatch::try_new(row_schema.clone(), batch.columns()[..n].to_vec())
+            .map_err(|e| e.to_string())?;
+        parts.push(Updates { batch, diffs });
     }
-    let batch = arrow::compute::concat_batches(&schema, &parts).map_err(|e| e.to_string())?;
-    let n = batch.num_columns() - 1;
-    let diffs = batch
-        .column(n)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .ok_or("the diff column is not bigint")?;
-    if diffs.null_count() > 0 {
-        return Err("the diff column has NULLs".into());
+    if parts.is_empty() {
+        // An object of no record batch holds no rows.
+        parts.push(Updates {
+            batch: RecordBatch::new_empty(row_schema),
+            diffs: Vec::new(),
+        });
     }
-    let diffs = diffs.values().to_vec();
-    let batch = RecordBatch::try_new(row_schema, batch.columns()[..n].to_vec()).map_err(|e| e.to_string())?;
-    Ok(Updates { batch, diffs })
+    Ok(parts)
 }
 
 /// `parts` (all of `schema`) one after another, as one batch.

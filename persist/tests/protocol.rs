@@ -36,7 +36,7 @@ async fn create_table(p: &mut Persist, id: u64) {
 fn append(time: u64, shard: u64, batch: RecordBatch, diff: i64) -> Commit {
     Commit {
         time: Some(time),
-        appends: vec![(shard, Updates::uniform(batch, diff))],
+        appends: vec![(shard, vec![Updates::uniform(batch, diff)])],
         ..Default::default()
     }
 }
@@ -126,8 +126,8 @@ async fn compaction_bounds_objects_and_keeps_the_rows() {
         p.commit(Commit {
             time: Some(t + 2),
             appends: vec![
-                (1, Updates::uniform(rows([k]), -1)),
-                (1, Updates::uniform(rows([k + 1000]), 1)),
+                (1, vec![Updates::uniform(rows([k]), -1)]),
+                (1, vec![Updates::uniform(rows([k + 1000]), 1)]),
             ],
             ..Default::default()
         })
@@ -150,6 +150,42 @@ async fn compaction_bounds_objects_and_keeps_the_rows() {
     let (_, r) = open(&dir).await.unwrap();
     let expected: Vec<(i64, i64)> = (0..100).map(|k| (k + 3000, 1)).collect();
     assert_eq!(keys(&r, 1), expected);
+}
+
+/// A table that is only appended to: small objects are merged eight at a
+/// time, each row rewritten about once, and objects of a million rows or
+/// more are left as they are.
+#[tokio::test]
+async fn appends_are_merged_eight_at_a_time_and_big_objects_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, _) = open(&dir).await.unwrap();
+    create_table(&mut p, 1).await;
+    let step = 200_000i64;
+    let (mut written, mut rewritten) = (0u64, 0u64);
+    for t in 0..40u64 {
+        let from = t as i64 * step;
+        p.commit(append(t + 1, 1, rows(from..from + step), 1)).await.unwrap();
+        written += step as u64;
+        for (shard, run) in p.compactions_due(&HashSet::new()) {
+            assert!(run.len() >= 8, "{} objects merged", run.len());
+            assert!(run.iter().all(|b| b.updates < 1 << 20), "a big object is merged again");
+            rewritten += run.iter().map(|b| b.updates).sum::<u64>();
+            let c = p.compactor().compact(shard, run).await.unwrap();
+            p.commit(Commit {
+                compacted: vec![c],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    }
+    // Every row rewritten at most once; four sealed objects of 1.6-1.8 M
+    // rows, and the small ones since (fewer than nine).
+    assert!(rewritten <= written, "{rewritten} of {written} rows rewritten");
+    assert!(p.state().objects() <= 4 + 8, "{} objects", p.state().objects());
+    drop(p);
+    let (_, r) = open(&dir).await.unwrap();
+    assert_eq!(keys(&r, 1).len(), 40 * step as usize);
 }
 
 fn walk(dir: &std::path::Path) -> usize {
