@@ -249,9 +249,12 @@ impl ComputeState {
     /// Allow the logs to merge history up to the latest write, but never
     /// past a peek that is still waiting to read.
     fn compact(&mut self) {
+        // A writer's pacing peek (no keys) reads nothing: it holds back
+        // no history.
         let since = self
             .peeks
             .iter()
+            .filter(|p| !matches!(p.keys.as_deref().map(|k| k.as_slice()), Some([])))
             .map(|p| p.time)
             .fold(self.target_since, Time::min);
         if since <= self.since {

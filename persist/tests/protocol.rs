@@ -164,11 +164,16 @@ async fn appends_are_merged_eight_at_a_time_and_big_objects_stay() {
     let (mut written, mut rewritten) = (0u64, 0u64);
     for t in 0..40u64 {
         let from = t as i64 * step;
-        p.commit(append(t + 1, 1, rows(from..from + step), 1)).await.unwrap();
+        p.commit(append(t + 1, 1, rows(from..from + step), 1))
+            .await
+            .unwrap();
         written += step as u64;
         for (shard, run) in p.compactions_due(&HashSet::new()) {
             assert!(run.len() >= 8, "{} objects merged", run.len());
-            assert!(run.iter().all(|b| b.updates < 1 << 20), "a big object is merged again");
+            assert!(
+                run.iter().all(|b| b.updates < 1 << 20),
+                "a big object is merged again"
+            );
             rewritten += run.iter().map(|b| b.updates).sum::<u64>();
             let c = p.compactor().compact(shard, run).await.unwrap();
             p.commit(Commit {
