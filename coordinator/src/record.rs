@@ -1,8 +1,10 @@
 //! Recording materialized views' outputs into their shards.
 //!
-//! Each materialized view has a recorder: a subscription to the view's
-//! arrangement whose changes, once every worker is complete through a time,
-//! go to the committer as output batches. The shard therefore holds the
+//! Each materialized view has a recorder: a subscription to the view as it
+//! stands (answered from each worker's log of the view's output, as the
+//! Arrow batches it holds) whose changes, once every worker is complete
+//! through a time, go to the committer as output batches, uncopied where
+//! they hold no deletion. The shard therefore holds the
 //! view's contents as of its last batch, readable without running the
 //! dataflow (a sink, another cluster, a person with an Arrow reader).
 //!

@@ -21,12 +21,9 @@ use differential_dataflow::batcher::merge::MergeBatcher;
 use differential_dataflow::batcher::merge::chunker::ContainerChunker;
 use differential_dataflow::batcher::merge::vec::VecMerger;
 use differential_dataflow::operators::CountTotal;
-use differential_dataflow::operators::arrange::TraceAgent;
-use differential_dataflow::trace::implementations::ord_neu::{
-    OrdKeyBatch, OrdKeyBuilder, OrdValBatch, OrdValBuilder,
-};
+use differential_dataflow::trace::implementations::OffsetList;
+use differential_dataflow::trace::implementations::ord_neu::{OrdValBatch, OrdValBuilder};
 use differential_dataflow::trace::implementations::spine_fueled::Spine;
-use differential_dataflow::trace::implementations::{KeySpine, OffsetList};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{OkErr, ToStream};
@@ -50,19 +47,12 @@ pub type Errs<'s, T = Time> = VecCollection<'s, T, String, Diff>;
 /// allocating each row again.
 type Layout<V, T> = (RowContainer, V, Vec<T>, Vec<Diff>, OffsetList);
 type Updates<V, T> = Vec<((Row, V), T, Diff)>;
-pub type RowSpine<T = Time> = Spine<Rc<OrdKeyBatch<Layout<Vec<()>, T>>>>;
-pub type RowBatcher<T = Time> = MergeBatcher<
-    ContainerChunker<Updates<(), T>>,
-    VecMerger<(Row, ()), T, Diff>,
-    OrdKeyBuilder<Layout<Vec<()>, T>, Updates<(), T>>,
->;
 pub type KeyedSpine<T = Time> = Spine<Rc<OrdValBatch<Layout<RowContainer, T>>>>;
 pub type KeyedBatcher<T = Time> = MergeBatcher<
     ContainerChunker<Updates<Row, T>>,
     VecMerger<(Row, Row), T, Diff>,
     OrdValBuilder<Layout<RowContainer, T>, Updates<Row, T>>,
 >;
-pub type RowTrace = TraceAgent<RowSpine>;
 
 /// A reduction's results by group key.
 type ResultLayout<T> = (
@@ -124,15 +114,6 @@ where
     measured(once, name).as_collection(|k, _| k.clone())
 }
 
-/// Arrange `rows` by the whole row, as a view's arrangement.
-pub fn arrange_rows<'s>(rows: Coll<'s>, name: &str) -> RowTrace {
-    let arranged = rows
-        .map(|r| (r, ()))
-        .arrange_named::<RowBatcher, RowSpine>(name, RowBatcher::new);
-    measured(arranged, name).trace
-}
-
-pub type ErrTrace = TraceAgent<KeySpine<String, Time, Diff>>;
 /// Rows keyed by an encoded key.
 pub type Keyed<'s, T = Time> = VecCollection<'s, T, (Row, Row), Diff>;
 type RowStream<'s, T = Time> = Stream<'s, T, Vec<(Row, T, Diff)>>;

@@ -133,15 +133,7 @@ async fn compaction_bounds_objects_and_keeps_the_rows() {
         })
         .await
         .unwrap();
-        for (shard, run) in p.compactions_due(&HashSet::new()) {
-            let c = p.compactor().compact(shard, run).await.unwrap();
-            p.commit(Commit {
-                compacted: vec![c],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        }
+        compact(&mut p, |_| {}).await;
         assert!(p.state().objects() <= 12, "{} objects", p.state().objects());
     }
     let files = walk(dir.path());
@@ -168,21 +160,15 @@ async fn appends_are_merged_eight_at_a_time_and_big_objects_stay() {
             .await
             .unwrap();
         written += step as u64;
-        for (shard, run) in p.compactions_due(&HashSet::new()) {
+        compact(&mut p, |run| {
             assert!(run.len() >= 8, "{} objects merged", run.len());
             assert!(
                 run.iter().all(|b| b.updates < 1 << 20),
                 "a big object is merged again"
             );
             rewritten += run.iter().map(|b| b.updates).sum::<u64>();
-            let c = p.compactor().compact(shard, run).await.unwrap();
-            p.commit(Commit {
-                compacted: vec![c],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        }
+        })
+        .await;
     }
     // Every row rewritten at most once; four sealed objects of 1.6-1.8 M
     // rows, and the small ones since (fewer than nine).
@@ -191,6 +177,20 @@ async fn appends_are_merged_eight_at_a_time_and_big_objects_stay() {
     drop(p);
     let (_, r) = open(&dir).await.unwrap();
     assert_eq!(keys(&r, 1).len(), 40 * step as usize);
+}
+
+/// Run every merge that is due, each seen by `check` first.
+async fn compact(p: &mut Persist, mut check: impl FnMut(&[weir_persist::BatchRef])) {
+    for (shard, run) in p.compactions_due(&HashSet::new()) {
+        check(&run);
+        let c = p.compactor().compact(shard, run).await.unwrap();
+        p.commit(Commit {
+            compacted: vec![c],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
 }
 
 fn walk(dir: &std::path::Path) -> usize {
