@@ -13,8 +13,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::RecordBatch;
 use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -236,9 +235,11 @@ impl ComputeState {
             }
         }
         self.upper = self.upper.max(time + 1);
-        for (id, log) in &self.logs {
-            if !self.views.contains_key(id) {
-                log.borrow_mut().advance(self.upper);
+        for log in self.logs.values() {
+            let mut log = log.borrow_mut();
+            // A view's log advances as its dataflow completes times.
+            if !log.is_view() {
+                log.advance(self.upper);
             }
         }
         // Reads are issued at the latest write time or later.
@@ -432,46 +433,5 @@ impl ComputeState {
         });
         self.peeks.extend(pending);
         self.compact();
-    }
-}
-
-/// Rows and their multiplicities, gathered to be decoded at once.
-#[derive(Default)]
-pub(crate) struct Gathered {
-    rows: Vec<Row>,
-    /// For each output row, its index in `rows` (repeated rows repeat).
-    take: Vec<u32>,
-}
-
-impl Gathered {
-    pub(crate) fn push(&mut self, row: &[u8], count: Diff) -> Result<(), String> {
-        if count < 0 {
-            return Err("internal error: negative multiplicity".into());
-        }
-        if count > 0 {
-            for _ in 0..count {
-                self.take.push(self.rows.len() as u32);
-            }
-            self.rows.push(row.to_vec());
-        }
-        Ok(())
-    }
-
-    pub(crate) fn into_batch(self, codec: &RowCodec) -> Result<RecordBatch, String> {
-        let batch = codec
-            .decode(self.rows.iter().map(|r| r.as_slice()))
-            .map_err(|e| e.to_string())?;
-        if self.take.len() == self.rows.len() {
-            return Ok(batch);
-        }
-        take_record_batch(&batch, &UInt32Array::from(self.take)).map_err(|e| e.to_string())
-    }
-}
-
-/// `batch` with only `columns`, where given.
-pub(crate) fn project(batch: RecordBatch, columns: Option<&[usize]>) -> Result<RecordBatch, String> {
-    match columns {
-        Some(columns) => batch.project(columns).map_err(|e| e.to_string()),
-        None => Ok(batch),
     }
 }

@@ -397,9 +397,10 @@ impl TableLog {
     ) -> Result<RecordBatch, String> {
         let upto = self.entries.partition_point(|e| e.time <= time);
         let entries = &self.entries[..upto];
+        let inserts_only = entries.iter().all(|e| e.diff == 1);
         if keys.is_none()
             && let Some(columns) = columns
-            && entries.iter().all(|e| e.diff == 1)
+            && inserts_only
         {
             // Only the columns asked for are copied.
             let schema = Arc::new(self.schema().project(columns).map_err(|e| e.to_string())?);
@@ -410,11 +411,11 @@ impl TableLog {
                 .map_err(|e| e.to_string())?;
             return concat_batches(&schema, &parts).map_err(|e| e.to_string());
         }
-        let all = if entries.iter().all(|e| e.diff == 1) {
+        let all = if inserts_only {
             concat_batches(self.schema(), entries.iter().map(|e| &e.batch)).map_err(|e| e.to_string())?
         } else {
             let (rows, diffs) = consolidate(&self.codec, entries).map_err(|e| e.to_string())?;
-            let mut out = crate::compute::Gathered::default();
+            let mut out = Gathered::default();
             for (row, diff) in rows.iter().zip(diffs) {
                 out.push(row, diff)?;
             }
@@ -431,9 +432,9 @@ impl TableLog {
                     encoded.iter().map(|k| Some(wanted.contains(k.as_slice()))),
                 );
                 let kept = arrow::compute::filter_record_batch(&all, &keep).map_err(|e| e.to_string())?;
-                crate::compute::project(kept, columns)
+                project(kept, columns)
             }
-            _ => crate::compute::project(all, columns),
+            _ => project(all, columns),
         }
     }
 
@@ -678,6 +679,48 @@ fn first_error(errors: &[(String, Time, Diff)], time: Time) -> Option<String> {
         .into_iter()
         .find(|(_, c)| *c > 0)
         .map(|(e, _)| e.to_string())
+}
+
+/// Rows and their multiplicities, gathered to be decoded at once.
+#[derive(Default)]
+struct Gathered {
+    rows: Vec<Row>,
+    /// For each output row, its index in `rows` (repeated rows repeat).
+    take: Vec<u32>,
+}
+
+impl Gathered {
+    fn push(&mut self, row: &[u8], count: Diff) -> Result<(), String> {
+        if count < 0 {
+            return Err("internal error: negative multiplicity".into());
+        }
+        if count > 0 {
+            for _ in 0..count {
+                self.take.push(self.rows.len() as u32);
+            }
+            self.rows.push(row.to_vec());
+        }
+        Ok(())
+    }
+
+    fn into_batch(self, codec: &RowCodec) -> Result<RecordBatch, String> {
+        let batch = codec
+            .decode(self.rows.iter().map(|r| r.as_slice()))
+            .map_err(|e| e.to_string())?;
+        if self.take.len() == self.rows.len() {
+            return Ok(batch);
+        }
+        arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(self.take))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `batch` with only `columns`, where given.
+fn project(batch: RecordBatch, columns: Option<&[usize]>) -> Result<RecordBatch, String> {
+    match columns {
+        Some(columns) => batch.project(columns).map_err(|e| e.to_string()),
+        None => Ok(batch),
+    }
 }
 
 /// The rows of `entries` with their net counts (non-zero), summed in a
