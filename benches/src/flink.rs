@@ -101,7 +101,7 @@ pub fn run(
     queries: &[String],
     parallelism: usize,
 ) -> Result<Vec<serde_json::Value>> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("flink/nexmark.py");
+    let script = crate::bench_dir().join("flink/nexmark.py");
     let python = python();
     if !python.exists() {
         bail!(

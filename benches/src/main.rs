@@ -118,6 +118,14 @@ impl Drop for Weir {
     }
 }
 
+/// `benches/`: its queries, scripts and results. `WEIR_BENCH_DIR` names
+/// another, for a binary run away from the tree it was built in.
+fn bench_dir() -> PathBuf {
+    std::env::var_os("WEIR_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The release `weir` binary, built if needed; `WEIR_BIN` names a binary
 /// to use as is.
 fn weir_binary() -> Result<PathBuf> {
@@ -970,7 +978,7 @@ fn main() -> Result<()> {
     if which != "nexmark" {
         println!("{text}");
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
+    let dir = crate::bench_dir().join("results");
     std::fs::create_dir_all(&dir)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

@@ -10,7 +10,6 @@
 //! against the same query answered one-shot (DataFusion over the tables):
 //! a wrong fast answer fails the run.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -20,7 +19,7 @@ use crate::{Weir, arg};
 
 /// The queries under `benches/nexmark/`, in order.
 fn available() -> Result<Vec<String>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nexmark");
+    let dir = crate::bench_dir().join("nexmark");
     let mut names: Vec<String> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".sql").map(String::from))
@@ -31,9 +30,7 @@ fn available() -> Result<Vec<String>> {
 
 /// Query `name`'s SQL, comments removed.
 fn query(name: &str) -> Result<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("nexmark")
-        .join(format!("{name}.sql"));
+    let path = crate::bench_dir().join("nexmark").join(format!("{name}.sql"));
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(text
         .lines()

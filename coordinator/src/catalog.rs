@@ -42,6 +42,10 @@ pub struct Entry {
     pub depends_on: Vec<String>,
     /// The source that feeds this table; statements cannot write it.
     pub source: Option<String>,
+    /// The source only ever inserts into this table (load generators, a
+    /// file source's rows). Not recorded: a restarted server treats the
+    /// table as one that may change.
+    pub append_only: bool,
 }
 
 impl Entry {

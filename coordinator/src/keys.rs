@@ -432,6 +432,7 @@ mod tests {
             plan: None,
             depends_on: Vec::new(),
             source: None,
+            append_only: false,
         };
         (entry, batch)
     }

@@ -796,6 +796,7 @@ impl Coordinator {
             plan: None,
             depends_on: Vec::new(),
             source,
+            append_only: false,
         })
     }
 
@@ -813,6 +814,7 @@ impl Coordinator {
             name: entry.name.clone(),
             schema: entry.schema.clone(),
             key: entry.primary_key.clone(),
+            append_only: entry.append_only,
         });
         if let Err(e) = self.writes.lock().await.create(entry) {
             // Unreachable: `table_entry` checked the key columns' types.
@@ -942,6 +944,7 @@ impl Coordinator {
             plan: dataflow,
             depends_on,
             source: None,
+            append_only: false,
         });
         if cv.materialized
             && let Some(entry) = self.catalog.get(&name)

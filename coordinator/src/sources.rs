@@ -283,6 +283,14 @@ impl Coordinator {
                 })
                 .collect(),
         )?;
+        // A generator never takes a row back.
+        let entries: Vec<_> = entries
+            .into_iter()
+            .map(|e| crate::catalog::Entry {
+                append_only: true,
+                ..e
+            })
+            .collect();
         let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
         let tables = entries
             .iter()
@@ -402,6 +410,9 @@ impl Coordinator {
             format,
             watch,
         };
+        // Files only add rows; their progress is updated in place.
+        let mut entries = entries;
+        entries[0].append_only = true;
         let [table, progress] = [&entries[0], &entries[1]].map(|e| (e.id, e.name.clone(), e.schema.clone()));
         self.install_source(
             id,

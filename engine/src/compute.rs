@@ -82,6 +82,7 @@ impl ComputeState {
                 name,
                 schema,
                 key,
+                append_only,
             } => {
                 let codec = match RowCodec::new(schema.clone()) {
                     Ok(c) => c,
@@ -105,6 +106,9 @@ impl ComputeState {
                     }
                 };
                 let mut log = TableLog::new(codec, key);
+                if append_only {
+                    log.set_append_only();
+                }
                 log.advance(self.upper);
                 self.logs.insert(id, Rc::new(RefCell::new(log)));
             }
@@ -117,7 +121,11 @@ impl ComputeState {
                     }
                 };
                 let dataflow = worker.next_dataflow_index();
-                let log = Rc::new(RefCell::new(TableLog::view(codec)));
+                let mut view = TableLog::view(codec);
+                if crate::render::monotonic(&plan, &self.logs) {
+                    view.set_append_only();
+                }
+                let log = Rc::new(RefCell::new(view));
                 let mut imports = Imports::new(&self.logs);
                 worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
                     let (ok, err) = match render(&plan, scope, &mut imports) {

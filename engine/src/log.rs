@@ -103,6 +103,8 @@ pub struct TableLog {
     /// Complete below this time: no append will come at an earlier one.
     upper: Time,
     view: bool,
+    /// Only inserts ever reach this log (see [`crate::render::monotonic`]).
+    append_only: bool,
     /// Entries left by the last compaction; the next one waits until the
     /// log has twice as many.
     compacted: usize,
@@ -125,6 +127,16 @@ impl TableLog {
         self.view
     }
 
+    /// Promise that only inserts will reach this log.
+    pub fn set_append_only(&mut self) {
+        self.append_only = true;
+    }
+
+    /// Whether only inserts ever reach this log.
+    pub fn is_append_only(&self) -> bool {
+        self.append_only
+    }
+
     pub fn new(codec: RowCodec, key: Option<(Vec<usize>, RowCodec)>) -> Self {
         TableLog {
             codec,
@@ -135,6 +147,7 @@ impl TableLog {
             errors: Vec::new(),
             upper: 0,
             view: false,
+            append_only: false,
             compacted: 0,
             consolidated_rows: 0,
             consolidating: None,

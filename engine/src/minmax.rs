@@ -9,12 +9,20 @@
 //! the same view accumulate in the difference as usual (which also says
 //! whether a group exists at all), and one last reduce per group puts
 //! the row together.
+//!
+//! Over an input that only inserts ([`crate::render::monotonic`]) no value
+//! is ever taken back, so a group's extreme is a running value: each row
+//! contributes a [`Running`] state (accumulable sums and its own values as
+//! candidate extremes), differential adds states up per group, and one
+//! arrangement holding one state per group replaces the hierarchy and the
+//! last reduce. Materialize plans such inputs the same way.
 
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::Expr;
+use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use timely::dataflow::operators::OkErr;
@@ -24,6 +32,7 @@ use crate::eval::RowEval;
 use crate::reduce::{Accums, Accumulator, finalize};
 use crate::render::{Coll, Errs, map_encoded};
 use crate::row::{Row, RowCodec};
+use crate::sizes::measured;
 use crate::{Diff, EngineError, Time};
 
 /// Hash bits of the first level; each level above drops four.
@@ -41,8 +50,51 @@ type Results<'s> = VecCollection<'s, Time, Result<Row, String>, Diff>;
 /// One level of the hierarchy: (group key, bucket) to (aggregate, value).
 type Level<'s> = VecCollection<'s, Time, ((Row, u64), (usize, Row)), Diff>;
 
+/// A group's state over an input that only inserts: its row count and
+/// accumulable aggregates, and the extreme values seen so far (row-encoded,
+/// NULLs skipped). Adding two states keeps the greater (or lesser) value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Running {
+    pub(crate) accums: Accums,
+    pub(crate) extremes: Vec<Extreme>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Extreme {
+    max: bool,
+    pub(crate) value: Option<Row>,
+}
+
+impl IsZero for Running {
+    fn is_zero(&self) -> bool {
+        self.accums.is_zero() && self.extremes.iter().all(|e| e.value.is_none())
+    }
+}
+
+impl Semigroup for Running {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.accums.plus_equals(&rhs.accums);
+        if self.extremes.is_empty() {
+            self.extremes = rhs.extremes.clone();
+            return;
+        }
+        for (a, b) in self.extremes.iter_mut().zip(&rhs.extremes) {
+            let Some(new) = &b.value else { continue };
+            let better = match &a.value {
+                None => true,
+                Some(old) if a.max => new > old,
+                Some(old) => new < old,
+            };
+            if better {
+                a.value = Some(new.clone());
+            }
+        }
+    }
+}
+
 /// Reduce `ok` (rows of `input`) by `group_keys` into `[key, aggregates]`
-/// rows, for aggregates that are all accumulable, `min` or `max`.
+/// rows, for aggregates that are all accumulable, `min` or `max`;
+/// `monotonic` says the input only inserts.
 pub(crate) fn reduce<'s>(
     ok: Coll<'s>,
     input: &DFSchema,
@@ -50,6 +102,7 @@ pub(crate) fn reduce<'s>(
     aggregates: &[AggregateExpr],
     key_codec: &RowCodec,
     agg_codec: Arc<RowCodec>,
+    monotonic: bool,
 ) -> Result<(Results<'s>, Errs<'s>), EngineError> {
     let args: Vec<Expr> = aggregates
         .iter()
@@ -78,13 +131,33 @@ pub(crate) fn reduce<'s>(
         .map(|(i, _)| *i)
         .zip(value_codecs.iter().map(RowCodec::duplicate))
         .collect();
+    let kinds: Arc<Vec<AggregateFunc>> = Arc::new(extremes.iter().map(|(_, f)| *f).collect());
+    let aggs: Arc<Vec<AggregateExpr>> = Arc::new(aggregates.to_vec());
+    let eval = RowEval::new(input, &[], &[group_keys, &args])?;
+    let assemble = move |accums: &Accums, parts: &mut dyn Iterator<Item = (usize, &Row)>| {
+        let mut values: Vec<ScalarValue> = extremes
+            .iter()
+            .map(|(i, _)| ScalarValue::try_from(&aggs[*i].output_type).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        for (j, bytes) in parts {
+            let batch = value_codecs[j]
+                .decode(std::iter::once(bytes.as_slice()))
+                .map_err(|e| e.to_string())?;
+            values[j] = ScalarValue::try_from_array(batch.column(0), 0).map_err(|e| e.to_string())?;
+        }
+        let cols = finalize(&aggs, accums, &values)?;
+        Ok::<_, String>(agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0))
+    };
+    if monotonic {
+        return Ok(running(ok, eval, key_codec, aggregates, encoders, assemble));
+    }
     // One pass over the input: each row's contribution to the group's state
     // (row count and the accumulable aggregates), and its extreme values.
     let acc = Accumulator::new(aggregates);
     let (mixed, errs) = map_encoded(
         ok,
         "ReduceExtremeValues",
-        RowEval::new(input, &[], &[group_keys, &args])?,
+        eval,
         key_codec.duplicate(),
         move |(row, t, d), pos, key, ev, oks, errs| {
             match acc.contribution(&ev.outputs[1], pos, *d) {
@@ -109,7 +182,6 @@ pub(crate) fn reduce<'s>(
     let states = totals
         .count_total()
         .flat_map(|(key, accums): (Row, Accums)| (accums.rows > 0).then_some((key, Part::State(accums))));
-    let kinds: Arc<Vec<AggregateFunc>> = Arc::new(extremes.iter().map(|(_, f)| *f).collect());
     let mut level: Level<'s> = values.as_collection();
     let mut bits = BUCKET_BITS;
     loop {
@@ -141,33 +213,87 @@ pub(crate) fn reduce<'s>(
     }
     let extreme_parts = level.map(|((key, _), (j, v))| (key, Part::Extreme(j, v)));
 
-    let aggs: Arc<Vec<AggregateExpr>> = Arc::new(aggregates.to_vec());
     let results = states.concat(extreme_parts).reduce_named(
         "ReduceAssemble",
         move |_key, input: &[(&Part, Diff)], output: &mut Vec<(Result<Row, String>, Diff)>| {
             let Some(Part::State(accums)) = input.first().map(|(p, _)| *p) else {
                 return;
             };
-            let assembled = (|| {
-                let mut values: Vec<ScalarValue> = extremes
-                    .iter()
-                    .map(|(i, _)| ScalarValue::try_from(&aggs[*i].output_type).map_err(|e| e.to_string()))
-                    .collect::<Result<_, _>>()?;
-                for (part, _) in &input[1..] {
-                    if let Part::Extreme(j, bytes) = part {
-                        let batch = value_codecs[*j]
-                            .decode(std::iter::once(bytes.as_slice()))
-                            .map_err(|e| e.to_string())?;
-                        values[*j] =
-                            ScalarValue::try_from_array(batch.column(0), 0).map_err(|e| e.to_string())?;
-                    }
-                }
-                let cols = finalize(&aggs, accums, &values)?;
-                Ok(agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0))
-            })();
-            output.push((assembled, 1));
+            let mut parts = input[1..].iter().filter_map(|(part, _)| match part {
+                Part::Extreme(j, bytes) => Some((*j, bytes)),
+                Part::State(_) => None,
+            });
+            output.push((assemble(accums, &mut parts), 1));
         },
     );
     let results = results.map(|(key, r)| r.map(|agg_row| [key, agg_row].concat()));
     Ok((results, errs))
+}
+
+/// [`reduce`] over an input that only inserts: one running state per group.
+fn running<'s, A>(
+    ok: Coll<'s>,
+    eval: RowEval,
+    key_codec: &RowCodec,
+    aggregates: &[AggregateExpr],
+    encoders: Vec<(usize, RowCodec)>,
+    assemble: A,
+) -> (Results<'s>, Errs<'s>)
+where
+    A: Fn(&Accums, &mut dyn Iterator<Item = (usize, &Row)>) -> Result<Row, String> + 'static,
+{
+    let acc = Accumulator::new(aggregates);
+    let kinds: Vec<bool> = encoders
+        .iter()
+        .map(|(i, _)| aggregates[*i].func == AggregateFunc::Max)
+        .collect();
+    let (states, errs) = map_encoded(
+        ok,
+        "ReduceRunning",
+        eval,
+        key_codec.duplicate(),
+        move |(_, t, d), pos, key, ev, oks, errs| {
+            // A running extreme cannot give a value back: were the promise
+            // ever broken, the view says so rather than answer wrongly.
+            if *d < 0 {
+                return errs.push((
+                    "internal error: a row was deleted from an input that only inserts".into(),
+                    *t,
+                    1,
+                ));
+            }
+            let accums = match acc.contribution(&ev.outputs[1], pos, *d) {
+                Ok(c) => c,
+                Err(e) => return errs.push((e, *t, *d)),
+            };
+            let mut extremes = Vec::with_capacity(encoders.len());
+            for ((i, codec), max) in encoders.iter().zip(&kinds) {
+                let column = &ev.outputs[1][*i];
+                let value = if column.is_null(pos) {
+                    None
+                } else {
+                    match codec.encode(&[column.slice(pos, 1)], 1) {
+                        Ok(mut v) => Some(v.remove(0)),
+                        Err(e) => return errs.push((e.to_string(), *t, *d)),
+                    }
+                };
+                extremes.push(Extreme { max: *max, value });
+            }
+            oks.push((key, *t, Running { accums, extremes }));
+        },
+    );
+    let states: VecCollection<'s, Time, Row, Running> = states.as_collection();
+    let arranged = measured(
+        states.arrange_by_self_named("Arrange: ReduceRunning"),
+        "Arrange: ReduceRunning",
+    );
+    let results = arranged.count_total().map(move |(key, state): (Row, Running)| {
+        let mut parts = state
+            .extremes
+            .iter()
+            .enumerate()
+            .filter_map(|(j, e)| e.value.as_ref().map(|v| (j, v)));
+        assemble(&state.accums, &mut parts).map(|agg_row| [key, agg_row].concat())
+    });
+    (results, errs)
 }

@@ -289,6 +289,27 @@ pub fn rows_stay_local(plan: &Plan) -> bool {
     }
 }
 
+/// Whether `plan` only ever inserts rows: it maps, filters, unions and
+/// inner-joins constants and relations whose logs only insert. Reductions
+/// over such a plan keep `min`/`max` as one running value per group
+/// ([`crate::minmax`]); anything that can take a row back (a reduction,
+/// an outer join's padding, a TopK) ends the promise.
+pub fn monotonic(plan: &Plan, logs: &HashMap<GlobalId, Rc<RefCell<TableLog>>>) -> bool {
+    match &plan.node {
+        PlanNode::Get { id, .. } => logs.get(id).is_some_and(|l| l.borrow().is_append_only()),
+        PlanNode::Constant { .. } => true,
+        PlanNode::MapFilterProject { input, .. } => monotonic(input, logs),
+        PlanNode::Union { inputs } => inputs.iter().all(|i| monotonic(i, logs)),
+        PlanNode::Join {
+            left,
+            right,
+            kind: JoinKind::Inner,
+            ..
+        } => monotonic(left, logs) && monotonic(right, logs),
+        _ => false,
+    }
+}
+
 /// The bag union of rendered inputs, rows and errors alike.
 pub(crate) fn union_all<'s, T: RenderTime>(
     scope: Scope<'s, T>,
@@ -781,6 +802,7 @@ fn render_reduce<'s>(
             aggregates,
             &key_codec,
             agg_codec.clone(),
+            monotonic(input, imports.logs),
         )?
     } else if accumulable {
         let acc = Accumulator::new(aggregates);

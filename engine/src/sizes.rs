@@ -236,6 +236,21 @@ impl Element for crate::reduce::Accums {
     }
 }
 
+impl Element for crate::minmax::Running {
+    const OWNS_HEAP: bool = true;
+    fn heap(&self) -> (usize, usize) {
+        let (mut bytes, mut capacity) = self.accums.heap();
+        let width = std::mem::size_of::<crate::minmax::Extreme>();
+        bytes += self.extremes.len() * width;
+        capacity += self.extremes.capacity() * width;
+        for v in self.extremes.iter().filter_map(|e| e.value.as_ref()) {
+            bytes += v.len();
+            capacity += v.capacity();
+        }
+        (bytes, capacity)
+    }
+}
+
 impl Element for Row {
     const OWNS_HEAP: bool = true;
     fn heap(&self) -> (usize, usize) {

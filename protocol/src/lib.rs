@@ -28,6 +28,10 @@ pub enum Command {
         /// Primary-key columns: a keyed table is arranged by its key, so
         /// peeks can look rows up by key.
         key: Vec<usize>,
+        /// Rows are only ever inserted (a load generator's or a file
+        /// source's table): reductions over it keep `min`/`max` as one
+        /// running value instead of a hierarchy that can take values back.
+        append_only: bool,
     },
     /// Build a dataflow computing `plan`, arranged under `id` so that peeks,
     /// subscriptions and later dataflows can read it.
