@@ -428,6 +428,7 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
     }
     let started = Instant::now();
     let cpu_at_start = weir.cpu_seconds()?;
+    let profiler = Profiler::start(weir.child.id())?;
     let mut senders = Vec::new();
     for c in sessions {
         let batches = batches.clone();
@@ -464,6 +465,7 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
     let mut latencies = checker.await??;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = weir.cpu_seconds()? - cpu_at_start;
+    profiler.stop()?;
     let final_rss = rss(pid)?;
 
     // Check the view against the model.

@@ -7,9 +7,12 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::ipc::reader::FileReader;
+use arrow::ipc::convert::fb_to_schema;
+use arrow::ipc::reader::{FileDecoder, read_footer_length};
 use arrow::ipc::writer::FileWriter;
+use arrow::ipc::{Block, root_as_footer};
 use arrow::row::{RowConverter, SortField};
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
@@ -118,8 +121,49 @@ pub fn decode(bytes: Bytes) -> Result<Updates, String> {
 
 /// [`decode`], each record batch of the object a part of its own.
 pub fn decode_parts(bytes: Bytes) -> Result<Vec<Updates>, String> {
-    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| e.to_string())?;
-    let schema = reader.schema();
+    // Decoded in place: the arrays are slices of the object's bytes (copied
+    // only where misaligned), where a `FileReader` would copy each record
+    // batch into a freshly zeroed buffer first.
+    let buffer = Buffer::from(bytes);
+    let trailer = buffer
+        .len()
+        .checked_sub(10)
+        .ok_or("shorter than an Arrow file's trailer")?;
+    let footer_len = read_footer_length(buffer[trailer..].try_into().map_err(|_| "no trailer")?)
+        .map_err(|e| e.to_string())?;
+    let footer = root_as_footer(
+        buffer
+            .get(
+                trailer
+                    .checked_sub(footer_len)
+                    .ok_or("the footer overruns the file")?..trailer,
+            )
+            .ok_or("the footer overruns the file")?,
+    )
+    .map_err(|e| e.to_string())?;
+    let schema = Arc::new(fb_to_schema(footer.schema().ok_or("no schema in the footer")?));
+    let mut decoder = FileDecoder::new(schema.clone(), footer.version());
+    let block_data = |block: &Block| {
+        let start = block.offset() as usize;
+        let len = block.metaDataLength() as usize + block.bodyLength() as usize;
+        (start.checked_add(len).is_some_and(|end| end <= buffer.len()))
+            .then(|| buffer.slice_with_length(start, len))
+            .ok_or_else(|| "a block overruns the file".to_string())
+    };
+    for block in footer.dictionaries().iter().flatten() {
+        decoder
+            .read_dictionary(block, &block_data(block)?)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut batches = Vec::new();
+    for block in footer.recordBatches().iter().flatten() {
+        if let Some(batch) = decoder
+            .read_record_batch(block, &block_data(block)?)
+            .map_err(|e| e.to_string())?
+        {
+            batches.push(batch);
+        }
+    }
     let Some((last, rows)) = schema.fields().split_last() else {
         return Err("no columns".into());
     };
@@ -128,8 +172,7 @@ pub fn decode_parts(bytes: Bytes) -> Result<Vec<Updates>, String> {
     }
     let row_schema = Arc::new(Schema::new(rows.to_vec()));
     let mut parts = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| e.to_string())?;
+    for batch in batches {
         let n = batch.num_columns() - 1;
         let diffs = batch
             .column(n)
@@ -349,5 +392,20 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         assert!(decode(Bytes::from_static(b"not arrow")).is_err());
+        // Cut short, or with a footer or a block said to be longer than
+        // the object: an error, never a panic or a read past the end.
+        let whole = encode(&Updates::uniform(rows(&[1, 2], &[Some("a"), None]), 1)).unwrap();
+        for cut in [1, 10, whole.len() / 2] {
+            assert!(decode(whole.slice(..whole.len() - cut)).is_err(), "cut {cut}");
+        }
+        let mut long_footer = whole.to_vec();
+        let at = long_footer.len() - 10;
+        long_footer[at..at + 4].copy_from_slice(&(i32::MAX).to_le_bytes());
+        assert!(decode(Bytes::from(long_footer)).is_err());
+        // Bytes inserted near the start: the footer's blocks no longer
+        // point at messages.
+        let mut shifted = whole.to_vec();
+        shifted.splice(8..8, std::iter::repeat_n(0u8, 64));
+        assert!(decode(Bytes::from(shifted)).is_err());
     }
 }
