@@ -8,7 +8,8 @@
 # elsewhere; OUT_DIR gets each sweep's JSON and log. The first sweep
 # (q0 pass-through, q4 join + reductions, q7 window maximum + join) runs
 # at every worker count; a second (q1, q2, q3, q8) at 1, 4 and 16 with
-# whatever is left of SECONDS (default 540).
+# whatever is left of SECONDS (default 540). SWEEP_A and SWEEP_B name
+# other queries.
 set -u
 bin=$1
 out=$2
@@ -34,6 +35,6 @@ sweep() {
     cp /tmp/weir-benches/results/*.json "$out/" 2>/dev/null
 }
 left() { echo $((budget - ($(date +%s) - started))); }
-sweep scaling-a $(( $(left) - 20 )) --queries q0,q4,q7 --workers 1,2,4,8,16
-[ "$(left)" -gt 60 ] && sweep scaling-b $(( $(left) - 10 )) --queries q1,q2,q3,q8 --workers 1,4,16
+sweep scaling-a $(( $(left) - 20 )) --queries "${SWEEP_A:-q0,q4,q7}" --workers 1,2,4,8,16
+[ "$(left)" -gt 60 ] && sweep scaling-b $(( $(left) - 10 )) --queries "${SWEEP_B:-q1,q2,q3,q8}" --workers 1,4,16
 ls -la "$out"

@@ -25,10 +25,11 @@ use tracing::{info, warn};
 use weir_connectors::copy::{CopyFormat, TextColumns, decode, text_fields};
 use weir_connectors::pgoutput::Value;
 use weir_connectors::postgres::{Change, PgConfig, UpstreamTable};
-use weir_protocol::{TableUpdate, Timestamp};
+use weir_protocol::TableUpdate;
 use weir_sql::GlobalId;
 
 use crate::durable::{Durable, PendingWrite};
+use crate::error::AdapterError;
 
 /// The most upstream transactions folded into one durable step.
 const MAX_TRANSACTIONS_PER_COMMIT: usize = 10_000;
@@ -434,14 +435,16 @@ pub(crate) fn set(status: &Mutex<Status>, f: impl FnOnce(&mut Status)) {
 /// once more than [`STEPS_UNABSORBED`] are durable but not yet absorbed by
 /// every view, the oldest is waited for. Without that a source can outrun
 /// its views without bound, its rows piling up in the workers' input
-/// queues.
+/// queues. How many are behind ([`Steps::backlog`]) lets a source that has
+/// rows waiting send them in fewer, larger steps.
 pub(crate) struct Steps<'a> {
     queue: VecDeque<(PendingWrite, u64)>,
     limit: usize,
     status: &'a Mutex<Status>,
     durable: &'a Durable,
     tables: Vec<GlobalId>,
-    unabsorbed: VecDeque<Timestamp>,
+    /// Each durable step's wait for the views, oldest first.
+    unabsorbed: VecDeque<tokio::task::JoinHandle<Result<(), AdapterError>>>,
 }
 
 /// Durable steps a source may be ahead of its views: a bound on what
@@ -494,15 +497,33 @@ impl<'a> Steps<'a> {
         };
         let time = write.wait().await.map_err(|e| e.to_string())?;
         set(self.status, |s| s.rows += rows);
-        self.unabsorbed.push_back(time);
+        let (durable, tables) = (self.durable.clone(), self.tables.clone());
+        self.unabsorbed
+            .push_back(tokio::spawn(async move { durable.absorbed(&tables, time).await }));
         while self.unabsorbed.len() > STEPS_UNABSORBED {
             let oldest = self.unabsorbed.pop_front().expect("not empty");
-            self.durable
-                .absorbed(&self.tables, oldest)
+            oldest
                 .await
+                .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
         }
         Ok(rows)
+    }
+
+    /// Steps handed over that the views have not absorbed yet.
+    pub(crate) fn backlog(&mut self) -> usize {
+        while self.unabsorbed.front().is_some_and(|h| h.is_finished()) {
+            self.unabsorbed.pop_front();
+        }
+        self.queue.len() + self.unabsorbed.len()
+    }
+}
+
+impl Drop for Steps<'_> {
+    fn drop(&mut self) {
+        for waiting in &self.unabsorbed {
+            waiting.abort();
+        }
     }
 }
 

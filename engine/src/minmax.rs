@@ -19,6 +19,7 @@
 
 use std::sync::Arc;
 
+use arrow::array::{Array, ArrayRef};
 use arrow::datatypes::{Field, Schema};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::Expr;
@@ -166,13 +167,10 @@ pub(crate) fn reduce<'s>(
             }
             let bucket = row.hashed() & ((1 << BUCKET_BITS) - 1);
             for (j, (i, codec)) in encoders.iter().enumerate() {
-                let column = &ev.outputs[1][*i];
-                if column.is_null(pos) {
-                    continue;
-                }
-                match codec.encode(&[column.slice(pos, 1)], 1) {
-                    Ok(mut v) => oks.push(Err((((key.clone(), bucket), (j, v.remove(0))), *t, *d))),
-                    Err(e) => errs.push((e.to_string(), *t, *d)),
+                match value(codec, &ev.outputs[1][*i], pos) {
+                    Ok(Some(v)) => oks.push(Err((((key.clone(), bucket), (j, v)), *t, *d))),
+                    Ok(None) => {}
+                    Err(e) => errs.push((e, *t, *d)),
                 }
             }
         },
@@ -230,6 +228,18 @@ pub(crate) fn reduce<'s>(
     Ok((results, errs))
 }
 
+/// Row `pos` of `column` encoded alone (so bytes compare as values do),
+/// or `None` for NULL, which `min` and `max` skip.
+fn value(codec: &RowCodec, column: &ArrayRef, pos: usize) -> Result<Option<Row>, String> {
+    if column.is_null(pos) {
+        return Ok(None);
+    }
+    let mut encoded = codec
+        .encode(&[column.slice(pos, 1)], 1)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(encoded.remove(0)))
+}
+
 /// [`reduce`] over an input that only inserts: one running state per group.
 fn running<'s, A>(
     ok: Coll<'s>,
@@ -268,16 +278,10 @@ where
             };
             let mut extremes = Vec::with_capacity(encoders.len());
             for ((i, codec), max) in encoders.iter().zip(&kinds) {
-                let column = &ev.outputs[1][*i];
-                let value = if column.is_null(pos) {
-                    None
-                } else {
-                    match codec.encode(&[column.slice(pos, 1)], 1) {
-                        Ok(mut v) => Some(v.remove(0)),
-                        Err(e) => return errs.push((e.to_string(), *t, *d)),
-                    }
-                };
-                extremes.push(Extreme { max: *max, value });
+                match value(codec, &ev.outputs[1][*i], pos) {
+                    Ok(value) => extremes.push(Extreme { max: *max, value }),
+                    Err(e) => return errs.push((e, *t, *d)),
+                }
             }
             oks.push((key, *t, Running { accums, extremes }));
         },
