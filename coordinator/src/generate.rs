@@ -107,7 +107,7 @@ async fn run(
         // per time, not per row.
         let merge = (inflight.backlog() / 4).min(MAX_MERGED - 1);
         // The next step: a chunk generated ahead, or what is due now.
-        let to = match ahead.front() {
+        let mut to = match ahead.front() {
             Some((to, _)) => *to,
             None => due.min(next + CHUNK * (1 + merge as u64)),
         };
@@ -119,7 +119,6 @@ async fn run(
             tokio::time::sleep_until(wake).await;
             continue;
         }
-        let mut to = to;
         let mut chunks = vec![match ahead.pop_front() {
             Some((_, batches)) => batches,
             None => generate(next, to).await?,

@@ -284,13 +284,10 @@ impl Coordinator {
                 .collect(),
         )?;
         // A generator never takes a row back.
-        let entries: Vec<_> = entries
-            .into_iter()
-            .map(|e| crate::catalog::Entry {
-                append_only: true,
-                ..e
-            })
-            .collect();
+        let mut entries = entries;
+        for e in &mut entries {
+            e.append_only = true;
+        }
         let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
         let tables = entries
             .iter()

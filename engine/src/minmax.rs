@@ -60,6 +60,8 @@ pub(crate) struct Running {
     pub(crate) extremes: Vec<Extreme>,
 }
 
+/// One extreme of a [`Running`] state. It says which end it keeps because
+/// differential adds states without any context to ask.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Extreme {
     max: bool,
@@ -150,7 +152,9 @@ pub(crate) fn reduce<'s>(
         Ok::<_, String>(agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0))
     };
     if monotonic {
-        return Ok(running(ok, eval, key_codec, aggregates, encoders, assemble));
+        return Ok(running(
+            ok, eval, key_codec, aggregates, encoders, &kinds, assemble,
+        ));
     }
     // One pass over the input: each row's contribution to the group's state
     // (row count and the accumulable aggregates), and its extreme values.
@@ -247,16 +251,14 @@ fn running<'s, A>(
     key_codec: &RowCodec,
     aggregates: &[AggregateExpr],
     encoders: Vec<(usize, RowCodec)>,
+    kinds: &[AggregateFunc],
     assemble: A,
 ) -> (Results<'s>, Errs<'s>)
 where
     A: Fn(&Accums, &mut dyn Iterator<Item = (usize, &Row)>) -> Result<Row, String> + 'static,
 {
     let acc = Accumulator::new(aggregates);
-    let kinds: Vec<bool> = encoders
-        .iter()
-        .map(|(i, _)| aggregates[*i].func == AggregateFunc::Max)
-        .collect();
+    let maxima: Vec<bool> = kinds.iter().map(|f| *f == AggregateFunc::Max).collect();
     let (states, errs) = map_encoded(
         ok,
         "ReduceRunning",
@@ -277,7 +279,7 @@ where
                 Err(e) => return errs.push((e, *t, *d)),
             };
             let mut extremes = Vec::with_capacity(encoders.len());
-            for ((i, codec), max) in encoders.iter().zip(&kinds) {
+            for ((i, codec), max) in encoders.iter().zip(&maxima) {
                 match value(codec, &ev.outputs[1][*i], pos) {
                     Ok(value) => extremes.push(Extreme { max: *max, value }),
                     Err(e) => return errs.push((e, *t, *d)),

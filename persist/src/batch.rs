@@ -131,16 +131,10 @@ pub fn decode_parts(bytes: Bytes) -> Result<Vec<Updates>, String> {
         .ok_or("shorter than an Arrow file's trailer")?;
     let footer_len = read_footer_length(buffer[trailer..].try_into().map_err(|_| "no trailer")?)
         .map_err(|e| e.to_string())?;
-    let footer = root_as_footer(
-        buffer
-            .get(
-                trailer
-                    .checked_sub(footer_len)
-                    .ok_or("the footer overruns the file")?..trailer,
-            )
-            .ok_or("the footer overruns the file")?,
-    )
-    .map_err(|e| e.to_string())?;
+    let footer_start = trailer
+        .checked_sub(footer_len)
+        .ok_or("the footer overruns the file")?;
+    let footer = root_as_footer(&buffer[footer_start..trailer]).map_err(|e| e.to_string())?;
     let schema = Arc::new(fb_to_schema(footer.schema().ok_or("no schema in the footer")?));
     let mut decoder = FileDecoder::new(schema.clone(), footer.version());
     let block_data = |block: &Block| {
