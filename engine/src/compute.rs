@@ -377,9 +377,10 @@ impl ComputeState {
 
     /// Start feeding the inputs `dataflow` was built with.
     fn attach(&mut self, dataflow: usize, inputs: Vec<Input>) {
-        for (id, input, errors) in inputs {
+        for input in inputs {
+            let id = input.id;
             if let Some(log) = self.logs.get(&id)
-                && let Err(e) = log.borrow_mut().attach(dataflow, input, errors, self.since)
+                && let Err(e) = log.borrow_mut().attach(dataflow, input, self.since)
             {
                 warn!(relation = id, error = %e, "cannot feed a relation to a dataflow");
             }

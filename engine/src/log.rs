@@ -9,7 +9,9 @@
 //! arrangement was a third of a Nexmark run's time. So the log keeps this
 //! worker's slice of each write as it came and sorts nothing. Each dataflow
 //! that reads the table gets an input of its own, fed the log when the
-//! dataflow is built and every write after. Peeks read the log, cancelling
+//! dataflow is built and every write after; where the dataflow's first
+//! step is a map or filter, the log evaluates it over its Arrow batches
+//! as it feeds them ([`Prepare`]), so rows are encoded once, mapped. Peeks read the log, cancelling
 //! deletions in a hash table when there are any.
 //!
 //! A materialized view's output is kept the same way: its dataflow ends in
@@ -38,7 +40,8 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use weir_protocol::{Response, ResponseSender, SubscribeUpdate};
 
-use crate::render::{Coll, Errs};
+use crate::eval::{Evaluated, RowEval, encode_group};
+use crate::render::{Coll, Errs, Input};
 use crate::row::{Row, RowCodec};
 use crate::{Diff, EngineError, Time};
 
@@ -74,6 +77,56 @@ struct Reader {
     dataflow: usize,
     input: TableReader,
     errors: Option<ErrorReader>,
+    prepare: Option<Prepare>,
+}
+
+/// A map and filter a dataflow applies first to a relation it reads,
+/// which the log evaluates over its Arrow batches as it feeds them in
+/// (see [`crate::render`]'s `MapFilterProject`).
+pub struct Prepare {
+    pub eval: RowEval,
+    /// Encodes the evaluated rows.
+    pub codec: RowCodec,
+}
+
+impl Prepare {
+    /// Feed `batch`, mapped and filtered, into `rows` at `time` with
+    /// `diff`; a row whose evaluation fails goes to `errors` instead.
+    fn feed(
+        &self,
+        batch: &RecordBatch,
+        time: Time,
+        diff: Diff,
+        rows: &mut TableReader,
+        errors: &mut Option<ErrorReader>,
+    ) {
+        let mut fail = |message: String, count: usize| {
+            if let Some(errors) = errors.as_mut() {
+                for _ in 0..count {
+                    errors.update_at(message.clone(), time, diff);
+                }
+            }
+        };
+        let mut emit =
+            |ev: &Evaluated, fail: &mut dyn FnMut(String, usize)| match encode_group(&self.codec, ev, 0) {
+                Ok(encoded) => encoded
+                    .into_iter()
+                    .for_each(|row| rows.update_at(row, time, diff)),
+                Err(e) => fail(e, ev.kept.len()),
+            };
+        match self.eval.eval_batch(batch) {
+            Ok(ev) => emit(&ev, &mut fail),
+            // One bad row must not take its batch with it: row by row.
+            Err(_) => {
+                for i in 0..batch.num_rows() {
+                    match self.eval.eval_batch(&batch.slice(i, 1)) {
+                        Ok(ev) => emit(&ev, &mut fail),
+                        Err(e) => fail(e, 1),
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A subscription answered from the log (see [`TableLog::subscribe`]).
@@ -160,7 +213,8 @@ impl TableLog {
 
     /// Keep this worker's part of a write, and hand it to every reader:
     /// the rows whose hash (of the key columns, or of every column for a
-    /// table without a key) falls to worker `index` of `peers`. A row and
+    /// table without a key) falls to worker `index` of `peers`; for an
+    /// append-only table without a key, its share of the rows by position. A row and
     /// its later deletion hash alike, so each worker's part is a table in
     /// its own right, never holding a negative count, which reads and
     /// compaction rely on. (Slicing batches by position, as tables fed
@@ -177,6 +231,13 @@ impl TableLog {
         let batch = self.conform(batch)?;
         let part = if peers == 1 {
             batch
+        } else if self.append_only && self.key.is_none() && diff > 0 {
+            // Nothing will be deleted and nothing is read by key, so any
+            // split is a partition: an even run of rows each, shared with
+            // the batch rather than hashed and copied out of it.
+            let n = batch.num_rows();
+            let (from, to) = (n * index / peers, n * (index + 1) / peers);
+            batch.slice(from, to - from)
         } else {
             let columns: Vec<ArrayRef> = match &self.key {
                 Some((key, _)) => key.iter().map(|i| batch.column(*i).clone()).collect(),
@@ -265,18 +326,33 @@ impl TableLog {
                 diff,
             });
         }
-        if let Some((last, rest)) = self.readers.split_last_mut() {
-            let rows = match rows {
-                Some(rows) => rows,
-                None => self.codec.encode(batch.columns(), batch.num_rows())?,
-            };
-            for reader in rest {
-                for row in &rows {
-                    reader.input.update_at(row.clone(), time, diff);
+        let mut plain = self.readers.iter().filter(|r| r.prepare.is_none()).count();
+        let mut rows = match rows {
+            Some(rows) => rows,
+            None if plain > 0 => self.codec.encode(batch.columns(), batch.num_rows())?,
+            None => Vec::new(),
+        };
+        for reader in &mut self.readers {
+            let Reader {
+                input,
+                errors,
+                prepare,
+                ..
+            } = reader;
+            match prepare {
+                Some(p) => p.feed(&batch, time, diff, input, errors),
+                None => {
+                    plain -= 1;
+                    if plain == 0 {
+                        // The last plain reader takes the rows themselves.
+                        std::mem::take(&mut rows)
+                            .into_iter()
+                            .for_each(|row| input.update_at(row, time, diff));
+                    } else {
+                        rows.iter()
+                            .for_each(|row| input.update_at(row.clone(), time, diff));
+                    }
                 }
-            }
-            for row in rows {
-                last.input.update_at(row, time, diff);
             }
         }
         self.entries.push(Entry { batch, time, diff });
@@ -357,17 +433,23 @@ impl TableLog {
     /// would present it), then every later write.
     /// `errors` is the input of a view's errors, where the dataflow reads
     /// a view.
-    pub fn attach(
-        &mut self,
-        dataflow: usize,
-        mut input: TableReader,
-        mut errors: Option<ErrorReader>,
-        since: Time,
-    ) -> Result<(), EngineError> {
+    pub fn attach(&mut self, dataflow: usize, input: Input, since: Time) -> Result<(), EngineError> {
+        let Input {
+            rows: mut input,
+            mut errors,
+            prepare,
+            ..
+        } = input;
         for entry in &self.entries {
-            let rows = self.codec.encode(entry.batch.columns(), entry.batch.num_rows())?;
-            for row in rows {
-                input.update_at(row, entry.time.max(since), entry.diff);
+            let time = entry.time.max(since);
+            match &prepare {
+                Some(p) => p.feed(&entry.batch, time, entry.diff, &mut input, &mut errors),
+                None => {
+                    let rows = self.codec.encode(entry.batch.columns(), entry.batch.num_rows())?;
+                    for row in rows {
+                        input.update_at(row, time, entry.diff);
+                    }
+                }
             }
         }
         input.advance_to(self.upper);
@@ -383,6 +465,7 @@ impl TableLog {
             dataflow,
             input,
             errors,
+            prepare,
         });
         Ok(())
     }

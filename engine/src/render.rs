@@ -31,7 +31,7 @@ use timely::dataflow::{Scope, Stream};
 use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 
 use crate::eval::{Evaluated, RowEval, any_null, encode_group};
-use crate::log::{ErrorReader, TableLog, TableReader};
+use crate::log::{ErrorReader, Prepare, TableLog, TableReader};
 use crate::reduce::{Accums, Accumulator, GroupFolder, aggregate_schema, finalize};
 use crate::row::{Row, RowCodec, RowContainer};
 use crate::sizes::measured;
@@ -139,8 +139,14 @@ pub struct Imports<'a> {
     inputs: Vec<Input>,
 }
 
-/// A dataflow's input of a logged relation: rows, and a view's errors.
-pub type Input = (GlobalId, TableReader, Option<ErrorReader>);
+/// A dataflow's input of a logged relation: its rows (mapped and
+/// filtered by `prepare` where given) and their errors.
+pub struct Input {
+    pub id: GlobalId,
+    pub rows: TableReader,
+    pub errors: Option<ErrorReader>,
+    pub prepare: Option<Prepare>,
+}
 
 impl<'a> Imports<'a> {
     pub fn new(logs: &'a HashMap<GlobalId, Rc<RefCell<TableLog>>>) -> Self {
@@ -164,19 +170,7 @@ pub fn render<'s>(
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let worker = scope.index();
     match &plan.node {
-        PlanNode::Get { id, .. } => {
-            let log = imports.logs.get(id).ok_or(EngineError::UnknownRelation(*id))?;
-            let mut input = TableReader::new();
-            let ok = input.to_collection(scope);
-            let (err, errors) = if log.borrow().is_view() {
-                let mut errors = ErrorReader::new();
-                (errors.to_collection(scope), Some(errors))
-            } else {
-                (empty(scope), None)
-            };
-            imports.inputs.push((*id, input, errors));
-            Ok((ok, err))
-        }
+        PlanNode::Get { id, .. } => render_get(*id, None, scope, imports),
         PlanNode::Constant { batch } => {
             let codec = RowCodec::new(arrow_schema(&plan.schema))?;
             let rows = if worker == 0 {
@@ -196,6 +190,16 @@ pub fn render<'s>(
             filters,
             projection,
         } => {
+            if let PlanNode::Get { id, .. } = &input.node {
+                // The log evaluates it over the Arrow batches it holds as
+                // it feeds them in: each row is encoded once, already
+                // mapped, not encoded, decoded to evaluate and encoded again.
+                let prepare = Prepare {
+                    eval: RowEval::new(&input.schema, filters, &[projection])?,
+                    codec: RowCodec::new(arrow_schema(&plan.schema))?,
+                };
+                return render_get(*id, Some(prepare), scope, imports);
+            }
             let (ok, err) = render(input, scope, imports)?;
             let (ok, err2) = map_filter_project(ok, &input.schema, filters, projection, &plan.schema)?;
             Ok((ok, err.concat(err2)))
@@ -273,6 +277,33 @@ pub fn render<'s>(
             Ok(union_all(scope, parts))
         }
     }
+}
+
+/// A dataflow's input of the logged relation `id`, mapped and filtered
+/// by `prepare` as the log feeds it where given. Its errors: a view's
+/// own, and those `prepare` raises.
+fn render_get<'s>(
+    id: GlobalId,
+    prepare: Option<Prepare>,
+    scope: Scope<'s, Time>,
+    imports: &mut Imports<'_>,
+) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
+    let log = imports.logs.get(&id).ok_or(EngineError::UnknownRelation(id))?;
+    let mut rows = TableReader::new();
+    let ok = rows.to_collection(scope);
+    let (err, errors) = if prepare.is_some() || log.borrow().is_view() {
+        let mut errors = ErrorReader::new();
+        (errors.to_collection(scope), Some(errors))
+    } else {
+        (empty(scope), None)
+    };
+    imports.inputs.push(Input {
+        id,
+        rows,
+        errors,
+        prepare,
+    });
+    Ok((ok, err))
 }
 
 /// Whether every change `plan` makes to a row is made on the worker that
