@@ -379,6 +379,10 @@ async fn an_erroring_row_poisons_only_its_view() {
     assert_eq!(sorted(&c, "SELECT * FROM q").await, vec!["2", "5"]);
     assert_eq!(sorted(&c, "SELECT * FROM late").await, vec!["3", "6"]);
     assert_eq!(sorted(&c, "SELECT * FROM doubled").await, vec!["10", "4"]);
+    // A dropped view's rows stop being kept; the others go on.
+    exec(&c, "DROP MATERIALIZED VIEW late; INSERT INTO t VALUES (30, 3)").await;
+    assert_eq!(sorted(&c, "SELECT * FROM doubled").await, vec!["10", "20", "4"]);
+    assert_eq!(error(&c, "SELECT * FROM late").await.0, "42P01");
 }
 
 #[tokio::test]

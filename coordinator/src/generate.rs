@@ -36,8 +36,9 @@ const TICK: Duration = Duration::from_millis(10);
 /// Steps handed to the committer and not yet durable.
 const MAX_IN_FLIGHT: usize = 4;
 
-/// Chunks generated ahead that one step may carry when the views lag
-/// (one more per 4 steps they are behind).
+/// Chunks that one step may carry: generated ahead (`PREGENERATE`), or
+/// drawn at once when the views lag (one more per 4 steps they are
+/// behind).
 const MAX_MERGED: usize = 16;
 
 /// Start generating into `tables` (the generator's tables in order, with
@@ -123,6 +124,9 @@ async fn run(
             Some((_, batches)) => batches,
             None => generate(next, to).await?,
         }];
+        // Events generated ahead have all arrived: a step takes as many
+        // as it may, as a CDC step folds every transaction waiting.
+        let merge = if spec.pregenerate { MAX_MERGED - 1 } else { merge };
         while chunks.len() <= merge
             && ahead.front().is_some_and(|(next_to, _)| *next_to <= due)
             && let Some((next_to, batches)) = ahead.pop_front()

@@ -22,6 +22,7 @@ use tracing::warn;
 use weir_protocol::{Command, Response, ResponseSender, SubscribeUpdate, TableUpdate};
 use weir_sql::{GlobalId, Plan, PlanNode};
 
+use crate::eval::RowEval;
 use crate::log::TableLog;
 use crate::render::{Imports, Input, arrow_schema, render};
 use crate::row::{Row, RowCodec};
@@ -126,6 +127,23 @@ impl ComputeState {
                     view.set_append_only();
                 }
                 let log = Rc::new(RefCell::new(view));
+                // A map and filter of one table needs no dataflow: the
+                // table's log keeps it (see `TableLog::derive`).
+                if let PlanNode::MapFilterProject {
+                    input,
+                    filters,
+                    projection,
+                } = &plan.node
+                    && let PlanNode::Get { id: table, .. } = &input.node
+                    && let Some(source) = self.logs.get(table).filter(|l| !l.borrow().is_view())
+                    && let Ok(eval) = RowEval::new(&input.schema, filters, &[projection])
+                {
+                    if let Err(e) = source.borrow_mut().derive(&log, eval, self.since) {
+                        warn!(view = %name, error = %e, "cannot keep a view's output");
+                    }
+                    self.logs.insert(id, log);
+                    return true;
+                }
                 let mut imports = Imports::new(&self.logs);
                 worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
                     let (ok, err) = match render(&plan, scope, &mut imports) {
@@ -416,7 +434,14 @@ impl ComputeState {
                 // dataflows, answered once every view reading the
                 // table has absorbed `time` (see `Controller::absorbed`).
                 Some([]) => {
-                    let behind = log.readers().any(|dataflow| {
+                    // Views kept by the table's log itself are never
+                    // behind it, but what reads them may be.
+                    let reading = |log: &TableLog| log.readers().collect::<Vec<_>>();
+                    let mut dataflows = reading(&log);
+                    for view in log.derived() {
+                        dataflows.extend(reading(&view.borrow()));
+                    }
+                    let behind = dataflows.into_iter().any(|dataflow| {
                         self.views
                             .iter()
                             .find(|(_, d)| **d == dataflow)

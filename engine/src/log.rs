@@ -26,7 +26,7 @@
 //! and dropping dataflows is `compute`'s.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
@@ -100,32 +100,74 @@ impl Prepare {
         rows: &mut TableReader,
         errors: &mut Option<ErrorReader>,
     ) {
-        let mut fail = |message: String, count: usize| {
+        let (evaluated, failed) = evaluate_isolated(&self.eval, batch);
+        let mut fail = |message: String| {
             if let Some(errors) = errors.as_mut() {
-                for _ in 0..count {
-                    errors.update_at(message.clone(), time, diff);
-                }
+                errors.update_at(message, time, diff);
             }
         };
-        let mut emit =
-            |ev: &Evaluated, fail: &mut dyn FnMut(String, usize)| match encode_group(&self.codec, ev, 0) {
+        for ev in evaluated {
+            match encode_group(&self.codec, &ev, 0) {
                 Ok(encoded) => encoded
                     .into_iter()
                     .for_each(|row| rows.update_at(row, time, diff)),
-                Err(e) => fail(e, ev.kept.len()),
-            };
-        match self.eval.eval_batch(batch) {
-            Ok(ev) => emit(&ev, &mut fail),
-            // One bad row must not take its batch with it: row by row.
-            Err(_) => {
-                for i in 0..batch.num_rows() {
-                    match self.eval.eval_batch(&batch.slice(i, 1)) {
-                        Ok(ev) => emit(&ev, &mut fail),
-                        Err(e) => fail(e, 1),
-                    }
-                }
+                Err(e) => (0..ev.kept.len()).for_each(|_| fail(e.clone())),
             }
         }
+        failed.into_iter().for_each(fail);
+    }
+}
+
+/// `eval` over `batch`, row by row where the whole batch fails, so that
+/// one bad row never takes its batch with it: the evaluations, and each
+/// failing row's error.
+fn evaluate_isolated(eval: &RowEval, batch: &RecordBatch) -> (Vec<Evaluated>, Vec<String>) {
+    match eval.eval_batch(batch) {
+        Ok(ev) => (vec![ev], Vec::new()),
+        Err(_) => {
+            let (mut evaluated, mut failed) = (Vec::new(), Vec::new());
+            for i in 0..batch.num_rows() {
+                match eval.eval_batch(&batch.slice(i, 1)) {
+                    Ok(ev) => evaluated.push(ev),
+                    Err(e) => failed.push(e),
+                }
+            }
+            (evaluated, failed)
+        }
+    }
+}
+
+/// A materialized view that is a map and filter of one table alone, kept
+/// without a dataflow: the table's log evaluates it over each batch it
+/// stores and stores the result in the view's log (see
+/// [`TableLog::derive`]).
+struct Derived {
+    view: Weak<RefCell<TableLog>>,
+    /// The filters, and the view's columns as its one output group.
+    eval: RowEval,
+}
+
+impl Derived {
+    /// Keep `batch`'s mapped rows (or their errors) in the view's log.
+    fn store(
+        &self,
+        view: &mut TableLog,
+        batch: &RecordBatch,
+        time: Time,
+        diff: Diff,
+    ) -> Result<(), EngineError> {
+        let (evaluated, failed) = evaluate_isolated(&self.eval, batch);
+        for ev in evaluated.into_iter().filter(|ev| !ev.kept.is_empty()) {
+            let columns = view.codec.conform(&ev.outputs[0])?;
+            let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(ev.kept.len()));
+            let out = RecordBatch::try_new_with_options(view.schema().clone(), columns, &options)
+                .map_err(|e| EngineError::Encoding(e.to_string()))?;
+            view.store(out, None, time, diff)?;
+        }
+        if !failed.is_empty() {
+            view.append_errors(failed.into_iter().map(|e| (e, time, diff)).collect());
+        }
+        Ok(())
     }
 }
 
@@ -164,6 +206,8 @@ pub struct TableLog {
     /// Rows left the last time deletions were cancelled.
     consolidated_rows: usize,
     consolidating: Option<Consolidating>,
+    /// Views kept as a map and filter of this log alone.
+    derived: Vec<Derived>,
 }
 
 impl TableLog {
@@ -204,6 +248,7 @@ impl TableLog {
             compacted: 0,
             consolidated_rows: 0,
             consolidating: None,
+            derived: Vec::new(),
         }
     }
 
@@ -355,8 +400,46 @@ impl TableLog {
                 }
             }
         }
+        self.derived.retain(|d| d.view.strong_count() > 0);
+        for d in &self.derived {
+            if let Some(view) = d.view.upgrade() {
+                d.store(&mut view.borrow_mut(), &batch, time, diff)?;
+            }
+        }
         self.entries.push(Entry { batch, time, diff });
         Ok(())
+    }
+
+    /// Keep the view whose log is `view` as `eval` (filters, then the
+    /// view's columns) of this log's rows alone: what the log holds now
+    /// (at `since` or later, as [`TableLog::attach`] feeds a dataflow),
+    /// then every write, and this log's progress. Nothing runs in a
+    /// dataflow: the view's rows are Arrow batches evaluated from Arrow
+    /// batches.
+    pub fn derive(
+        &mut self,
+        view: &Rc<RefCell<TableLog>>,
+        eval: RowEval,
+        since: Time,
+    ) -> Result<(), EngineError> {
+        let derived = Derived {
+            view: Rc::downgrade(view),
+            eval,
+        };
+        {
+            let mut v = view.borrow_mut();
+            for entry in &self.entries {
+                derived.store(&mut v, &entry.batch, entry.time.max(since), entry.diff)?;
+            }
+            v.advance(self.upper);
+        }
+        self.derived.push(derived);
+        Ok(())
+    }
+
+    /// The logs of the views kept from this one (see [`TableLog::derive`]).
+    pub fn derived(&self) -> impl Iterator<Item = Rc<RefCell<TableLog>>> + '_ {
+        self.derived.iter().filter_map(|d| d.view.upgrade())
     }
 
     /// Tell every reader that no write before `upper` will come.
@@ -376,6 +459,9 @@ impl TableLog {
         let (codec, errors) = (&self.codec, &self.errors);
         for s in &mut self.subscribers {
             s.report(codec, errors, upper);
+        }
+        for view in self.derived() {
+            view.borrow_mut().advance(upper);
         }
     }
 
@@ -894,6 +980,60 @@ mod tests {
             .collect();
         rows.sort();
         rows
+    }
+
+    /// A view kept by its table's log: the rows already written and every
+    /// later write, mapped and filtered, the table's progress, a row
+    /// that fails as the view's error (its batch-mates kept), and nothing
+    /// more once the view's log is dropped.
+    #[test]
+    fn a_derived_view_follows_its_table() {
+        use datafusion::common::DFSchema;
+        use datafusion::logical_expr::{col, lit};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        let mut table = TableLog::new(RowCodec::new(schema.clone()).unwrap(), None);
+        table.write(batch(&schema, &[(1, "x"), (2, "y")]), 1, 1).unwrap();
+        // The view: `SELECT 10 / a AS a, b FROM t WHERE a >= 0`.
+        let df = DFSchema::try_from_qualified_schema("t", &schema).unwrap();
+        let eval = RowEval::new(
+            &df,
+            &[col("t.a").gt_eq(lit(0i64))],
+            &[&[(lit(10i64) / col("t.a")).alias("a"), col("t.b")]],
+        )
+        .unwrap();
+        let view = Rc::new(RefCell::new(TableLog::view(
+            RowCodec::new(schema.clone()).unwrap(),
+        )));
+        table.derive(&view, eval, 0).unwrap();
+        assert_eq!(view.borrow().upper(), 2);
+        assert_eq!(
+            sorted(&view.borrow().read(1, None, None).unwrap()),
+            vec![(5, "y".into()), (10, "x".into())]
+        );
+        // A deletion; a row the filter drops, one it keeps, and one that
+        // divides by zero: the view's error at that time, its batch-mates
+        // kept all the same.
+        table.write(batch(&schema, &[(2, "y")]), 2, -1).unwrap();
+        table
+            .write(batch(&schema, &[(-1, "n"), (5, "z"), (0, "e")]), 3, 1)
+            .unwrap();
+        assert_eq!(view.borrow().upper(), 4);
+        assert_eq!(
+            sorted(&view.borrow().read(2, None, None).unwrap()),
+            vec![(10, "x".into())]
+        );
+        assert_eq!(view.borrow().error_at(2), None);
+        assert_eq!(
+            sorted(&view.borrow().read(3, None, None).unwrap()),
+            vec![(2, "z".into()), (10, "x".into())]
+        );
+        assert_eq!(view.borrow().error_at(3).as_deref(), Some("division by zero"));
+        drop(view);
+        table.write(batch(&schema, &[(7, "w")]), 4, 1).unwrap();
+        assert_eq!(table.derived().count(), 0);
     }
 
     /// Reads at each time see exactly the writes up to it, before and
