@@ -116,22 +116,26 @@ impl RowEval {
     /// Evaluate over encoded rows. On an error, falls back to one row at a
     /// time and reports `(row index, error)` for each failing row.
     pub fn eval_rows(&self, rows: &[&[u8]]) -> RowResults {
-        let batch = match self.input.decode(rows.iter().copied()) {
-            Ok(b) => b,
-            Err(e) => {
-                return (
-                    None,
-                    vec![],
-                    (0..rows.len()).map(|i| (i, e.to_string())).collect(),
-                );
-            }
-        };
-        match self.eval_batch(&batch) {
+        match self.input.decode(rows.iter().copied()) {
+            Ok(batch) => self.eval_isolated(&batch),
+            Err(e) => (
+                None,
+                vec![],
+                (0..rows.len()).map(|i| (i, e.to_string())).collect(),
+            ),
+        }
+    }
+
+    /// Evaluate over decoded input, falling back to one row at a time on
+    /// an error (as [`RowEval::eval_rows`]).
+    pub fn eval_isolated(&self, batch: &RecordBatch) -> RowResults {
+        let n = batch.num_rows();
+        match self.eval_batch(batch) {
             Ok(ev) => (Some(ev), vec![], vec![]),
-            Err(_) if rows.len() > 1 => {
+            Err(_) if n > 1 => {
                 let mut ok = Vec::new();
                 let mut errs = Vec::new();
-                for i in 0..rows.len() {
+                for i in 0..n {
                     match self.eval_batch(&batch.slice(i, 1)) {
                         Ok(ev) => ok.push((i, ev)),
                         Err(e) => errs.push((i, e)),

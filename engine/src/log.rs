@@ -11,8 +11,9 @@
 //! that reads the table gets an input of its own, fed the log when the
 //! dataflow is built and every write after; where the dataflow's first
 //! step is a map or filter, the log evaluates it over its Arrow batches
-//! as it feeds them ([`Prepare`]), so rows are encoded once, mapped. Peeks read the log, cancelling
-//! deletions in a hash table when there are any.
+//! as it feeds them ([`Prepare`]), so rows are encoded once, mapped.
+//! Peeks read the log, cancelling deletions in a hash table when there
+//! are any.
 //!
 //! A materialized view's output is kept the same way: its dataflow ends in
 //! a sink ([`record_output`]) that appends each complete time's changes to
@@ -118,23 +119,15 @@ impl Prepare {
     }
 }
 
-/// `eval` over `batch`, row by row where the whole batch fails, so that
-/// one bad row never takes its batch with it: the evaluations, and each
-/// failing row's error.
+/// `eval` over `batch` ([`RowEval::eval_isolated`]): the evaluations,
+/// and each failing row's error.
 fn evaluate_isolated(eval: &RowEval, batch: &RecordBatch) -> (Vec<Evaluated>, Vec<String>) {
-    match eval.eval_batch(batch) {
-        Ok(ev) => (vec![ev], Vec::new()),
-        Err(_) => {
-            let (mut evaluated, mut failed) = (Vec::new(), Vec::new());
-            for i in 0..batch.num_rows() {
-                match eval.eval_batch(&batch.slice(i, 1)) {
-                    Ok(ev) => evaluated.push(ev),
-                    Err(e) => failed.push(e),
-                }
-            }
-            (evaluated, failed)
-        }
-    }
+    let (full, partial, failed) = eval.eval_isolated(batch);
+    let evaluated = full
+        .into_iter()
+        .chain(partial.into_iter().map(|(_, ev)| ev))
+        .collect();
+    (evaluated, failed.into_iter().map(|(_, e)| e).collect())
 }
 
 /// A materialized view that is a map and filter of one table alone, kept
@@ -158,10 +151,7 @@ impl Derived {
     ) -> Result<(), EngineError> {
         let (evaluated, failed) = evaluate_isolated(&self.eval, batch);
         for ev in evaluated.into_iter().filter(|ev| !ev.kept.is_empty()) {
-            let columns = view.codec.conform(&ev.outputs[0])?;
-            let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(ev.kept.len()));
-            let out = RecordBatch::try_new_with_options(view.schema().clone(), columns, &options)
-                .map_err(|e| EngineError::Encoding(e.to_string()))?;
+            let out = view.batch_of(&ev.outputs[0], ev.kept.len())?;
             view.store(out, None, time, diff)?;
         }
         if !failed.is_empty() {
@@ -259,10 +249,10 @@ impl TableLog {
     /// Keep this worker's part of a write, and hand it to every reader:
     /// the rows whose hash (of the key columns, or of every column for a
     /// table without a key) falls to worker `index` of `peers`; for an
-    /// append-only table without a key, its share of the rows by position. A row and
-    /// its later deletion hash alike, so each worker's part is a table in
-    /// its own right, never holding a negative count, which reads and
-    /// compaction rely on. (Slicing batches by position, as tables fed
+    /// append-only table without a key, its share of the rows by
+    /// position. A row and its later deletion hash alike, so each
+    /// worker's part is a table in its own right, never holding a
+    /// negative count, which reads and compaction rely on. (Slicing batches by position, as tables fed
     /// arrangements did, put an `UPDATE`'s deletion on one worker and the
     /// row it deletes on another.)
     pub fn write_part(
@@ -729,10 +719,14 @@ impl TableLog {
     /// The batch with this table's schema: its columns cast where a
     /// writer's types differ, so that reads return the table's types.
     fn conform(&self, batch: RecordBatch) -> Result<RecordBatch, EngineError> {
-        let schema = self.schema();
-        let columns = self.codec.conform(batch.columns())?;
-        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-        RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+        self.batch_of(batch.columns(), batch.num_rows())
+    }
+
+    /// `rows` rows of `columns` as a batch of this log's schema.
+    fn batch_of(&self, columns: &[ArrayRef], rows: usize) -> Result<RecordBatch, EngineError> {
+        let columns = self.codec.conform(columns)?;
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+        RecordBatch::try_new_with_options(self.schema().clone(), columns, &options)
             .map_err(|e| EngineError::Encoding(e.to_string()))
     }
 }
