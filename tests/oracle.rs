@@ -80,6 +80,11 @@ const VIEWS: &[&str] = &[
     "SELECT a.k, a.s, l.y FROM a, LATERAL (SELECT y FROM b WHERE b.k = a.k AND b.y > 0 ORDER BY y DESC LIMIT 2) l",
     "SELECT a.k, a.s, l.y FROM a LEFT JOIN LATERAL (SELECT y FROM b WHERE b.k = a.k ORDER BY y NULLS FIRST LIMIT 1 OFFSET 1) l ON true",
     "SELECT a.k, l.m FROM a CROSS JOIN LATERAL (SELECT max(y) AS m FROM b WHERE b.k = a.k) l",
+    // The rows holding their group's extreme: keyed by the extreme too
+    // (sql::extreme_join), and not when a group key is left unjoined.
+    "SELECT a.k, a.x, a.s FROM a JOIN (SELECT k, max(x) AS m FROM a GROUP BY k) t ON a.k = t.k AND a.x >= t.m",
+    "WITH c AS (SELECT k, x, count(*) AS n FROM a GROUP BY k, x) SELECT c.k, c.x, c.n FROM c JOIN (SELECT x, min(n) AS mn FROM c GROUP BY x) m ON c.x = m.x AND m.mn >= c.n",
+    "SELECT a.k, a.x FROM a JOIN (SELECT k, max(x) AS m FROM a GROUP BY k) t ON a.x >= t.m",
     "WITH t AS (SELECT k, count(*) AS n FROM a GROUP BY k), u AS (SELECT t.k, t.n, b.y FROM t JOIN b ON t.k = b.k) SELECT u.k, u.n, a.s FROM u JOIN a ON a.x = u.y",
 ];
 

@@ -144,8 +144,9 @@ impl ComputeState {
                     self.logs.insert(id, log);
                     return true;
                 }
-                let mut imports = Imports::new(&self.logs);
-                worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
+                let logs = &self.logs;
+                let inputs = worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
+                    let mut imports = Imports::new(logs);
                     let (ok, err) = match render(&plan, scope, &mut imports) {
                         Ok(pair) => pair,
                         Err(e) => {
@@ -162,8 +163,8 @@ impl ComputeState {
                     };
                     let local = crate::render::rows_stay_local(&plan);
                     crate::log::record_output(ok, err, log.clone(), &name, local);
+                    imports.into_inputs()
                 });
-                let inputs = imports.into_inputs();
                 self.attach(dataflow, inputs);
                 self.logs.insert(id, log);
                 self.views.insert(id, dataflow);
@@ -308,10 +309,11 @@ impl ComputeState {
             return;
         }
         let dataflow = worker.next_dataflow_index();
-        let mut imports = Imports::new(&self.logs);
+        let logs = &self.logs;
         let responses = self.responses.clone();
         let schema = arrow_schema(&plan.schema);
-        worker.dataflow_named::<Time, _, _>(&format!("subscribe {subscribe_id}"), |scope| {
+        let inputs = worker.dataflow_named::<Time, _, _>(&format!("subscribe {subscribe_id}"), |scope| {
+            let mut imports = Imports::new(logs);
             let worker_index = scope.index();
             let fail = |e: String| {
                 let _ = responses.send(Response::SubscribeBatch {
@@ -323,11 +325,17 @@ impl ComputeState {
             };
             let (ok, err) = match render(plan, scope, &mut imports) {
                 Ok(pair) => pair,
-                Err(e) => return fail(e.to_string()),
+                Err(e) => {
+                    fail(e.to_string());
+                    return imports.into_inputs();
+                }
             };
             let codec = match RowCodec::new(schema) {
                 Ok(c) => c,
-                Err(e) => return fail(e.to_string()),
+                Err(e) => {
+                    fail(e.to_string());
+                    return imports.into_inputs();
+                }
             };
             let updates = ok.map(Ok::<Row, String>).concat(err.map(Err));
             let updates = updates.consolidate_named::<_, KeySpine<_, _, _>, _>(
@@ -386,8 +394,8 @@ impl ComputeState {
                     });
                 },
             );
+            imports.into_inputs()
         });
-        let inputs = imports.into_inputs();
         self.attach(dataflow, inputs);
         self.subscribes
             .insert(subscribe_id, Subscription::Dataflow(dataflow));

@@ -32,7 +32,7 @@ pub(crate) fn render_recursive<'s>(
     step: &Plan,
     distinct: bool,
     scope: Scope<'s, Time>,
-    imports: &mut Imports<'_>,
+    imports: &mut Imports<'_, 's>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let (base_ok, base_err) = render(base, scope, imports)?;
     let mut outside = Vec::new();
@@ -71,7 +71,7 @@ fn render_independent<'s>(
     plan: &Plan,
     name: &str,
     scope: Scope<'s, Time>,
-    imports: &mut Imports<'_>,
+    imports: &mut Imports<'_, 's>,
     out: &mut Vec<(Coll<'s>, Errs<'s>)>,
 ) -> Result<(), EngineError> {
     if !plan.reads_recursive(name) {

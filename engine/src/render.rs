@@ -134,9 +134,13 @@ impl<T: timely::progress::Timestamp + differential_dataflow::lattice::Lattice + 
 /// ([`crate::log`]), each `Get` of which becomes an input of the
 /// dataflow's own (and, for a view, an input of its errors) that the
 /// worker feeds once the dataflow is built.
-pub struct Imports<'a> {
+pub struct Imports<'a, 's> {
     logs: &'a HashMap<GlobalId, Rc<RefCell<TableLog>>>,
     inputs: Vec<Input>,
+    /// Rendered subplans that are worth sharing (reductions, joins, ...),
+    /// so that a subplan written twice (a CTE read twice, as Nexmark q5
+    /// reads its counts) is computed once.
+    shared: Vec<(Plan, (Coll<'s>, Errs<'s>))>,
 }
 
 /// A dataflow's input of a logged relation: its rows (mapped and
@@ -148,11 +152,12 @@ pub struct Input {
     pub prepare: Option<Prepare>,
 }
 
-impl<'a> Imports<'a> {
+impl<'a, 's> Imports<'a, 's> {
     pub fn new(logs: &'a HashMap<GlobalId, Rc<RefCell<TableLog>>>) -> Self {
         Imports {
             logs,
             inputs: Vec::new(),
+            shared: Vec::new(),
         }
     }
 
@@ -162,11 +167,37 @@ impl<'a> Imports<'a> {
     }
 }
 
-/// Render `plan` in `scope`.
+/// Render `plan` in `scope`. A stateful subplan equal to one already
+/// rendered in this dataflow reuses its collections.
 pub fn render<'s>(
     plan: &Plan,
     scope: Scope<'s, Time>,
-    imports: &mut Imports<'_>,
+    imports: &mut Imports<'_, 's>,
+) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
+    let stateful = matches!(
+        plan.node,
+        PlanNode::Join { .. }
+            | PlanNode::Reduce { .. }
+            | PlanNode::TopK { .. }
+            | PlanNode::Distinct { .. }
+            | PlanNode::Window { .. }
+            | PlanNode::Recursive { .. }
+    );
+    if !stateful {
+        return render_node(plan, scope, imports);
+    }
+    if let Some((_, rendered)) = imports.shared.iter().find(|(p, _)| p == plan) {
+        return Ok(rendered.clone());
+    }
+    let rendered = render_node(plan, scope, imports)?;
+    imports.shared.push((plan.clone(), rendered.clone()));
+    Ok(rendered)
+}
+
+fn render_node<'s>(
+    plan: &Plan,
+    scope: Scope<'s, Time>,
+    imports: &mut Imports<'_, 's>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let worker = scope.index();
     match &plan.node {
@@ -286,7 +317,7 @@ fn render_get<'s>(
     id: GlobalId,
     prepare: Option<Prepare>,
     scope: Scope<'s, Time>,
-    imports: &mut Imports<'_>,
+    imports: &mut Imports<'_, 's>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let log = imports.logs.get(&id).ok_or(EngineError::UnknownRelation(id))?;
     let mut rows = TableReader::new();
@@ -561,7 +592,7 @@ fn render_join<'s>(
     right: &Plan,
     spec: &JoinSpec<'_>,
     scope: Scope<'s, Time>,
-    imports: &mut Imports<'_>,
+    imports: &mut Imports<'_, 's>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let l = render(left, scope, imports)?;
     let r = render(right, scope, imports)?;
@@ -806,7 +837,7 @@ fn render_reduce<'s>(
     group_keys: &[Expr],
     aggregates: &[AggregateExpr],
     scope: Scope<'s, Time>,
-    imports: &mut Imports<'_>,
+    imports: &mut Imports<'_, 's>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let (ok, err) = render(input, scope, imports)?;
     // Each input row becomes its group key and an argument row holding the

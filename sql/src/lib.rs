@@ -8,6 +8,7 @@
 //! produces and must not re-plan SQL itself.
 
 pub mod decorrelate;
+pub mod extreme_join;
 pub mod error;
 pub mod in_subquery;
 pub mod lateral;

@@ -18,7 +18,7 @@ use datafusion::logical_expr::Expr;
 pub type GlobalId = u64;
 
 /// A node of the plan IR together with its output schema.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub node: PlanNode,
     /// The output schema. Rows are positional; names are only for display
@@ -27,7 +27,7 @@ pub struct Plan {
 }
 
 /// The operators of the plan IR.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PlanNode {
     /// Read a table or materialized view (sharing its arrangement).
     Get { id: GlobalId, name: String },
@@ -163,7 +163,7 @@ impl AggregateFunc {
 }
 
 /// One aggregate of a [`PlanNode::Reduce`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AggregateExpr {
     pub func: AggregateFunc,
     /// The argument, bound against the reduce's input schema (`None` for
@@ -180,7 +180,7 @@ pub struct AggregateExpr {
 /// An aggregate the engine evaluates with DataFusion's own accumulator over
 /// the whole group (`string_agg`, `count(DISTINCT x)`, `FILTER`, ...), so it
 /// means exactly what DataFusion's batch engine says it means.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GeneralAggregate {
     pub udaf: std::sync::Arc<datafusion::logical_expr::AggregateUDF>,
     /// Arguments, bound against the reduce's input schema.

@@ -140,7 +140,8 @@ impl Planner {
     /// Run DataFusion's analyzer (type coercion) and optimizer over a plan
     /// that will become a dataflow, decorrelating what DataFusion leaves.
     pub fn optimize(&self, plan: &LogicalPlan, sql: &str) -> Result<LogicalPlan, SqlError> {
-        Self::optimize_with(&self.dataflow_state, plan, sql)
+        let optimized = Self::optimize_with(&self.dataflow_state, plan, sql)?;
+        crate::extreme_join::rewrite(optimized).map_err(|e| SqlError::from_datafusion(e, sql))
     }
 
     /// Optimize a plan that DataFusion's executor will run once.
