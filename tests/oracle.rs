@@ -80,6 +80,10 @@ const VIEWS: &[&str] = &[
     "SELECT a.k, a.s, l.y FROM a, LATERAL (SELECT y FROM b WHERE b.k = a.k AND b.y > 0 ORDER BY y DESC LIMIT 2) l",
     "SELECT a.k, a.s, l.y FROM a LEFT JOIN LATERAL (SELECT y FROM b WHERE b.k = a.k ORDER BY y NULLS FIRST LIMIT 1 OFFSET 1) l ON true",
     "SELECT a.k, l.m FROM a CROSS JOIN LATERAL (SELECT max(y) AS m FROM b WHERE b.k = a.k) l",
+    // Joins without keys of a constant: each row meets the constant rows
+    // where it is (render::cross_constant), with and without a residual.
+    "SELECT a.k, v.c FROM a, (VALUES (1), (2), (2)) v(c) WHERE a.x > v.c",
+    "SELECT v.c, a.k, a.s FROM (VALUES (1, 'p'), (NULL, 'q')) v(c, t) CROSS JOIN a",
     // The rows holding their group's extreme: keyed by the extreme too
     // (sql::extreme_join), and not when a group key is left unjoined.
     "SELECT a.k, a.x, a.s FROM a JOIN (SELECT k, max(x) AS m FROM a GROUP BY k) t ON a.k = t.k AND a.x >= t.m",

@@ -145,26 +145,27 @@ impl ComputeState {
                     return true;
                 }
                 let logs = &self.logs;
-                let inputs = worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
-                    let mut imports = Imports::new(logs);
-                    let (ok, err) = match render(&plan, scope, &mut imports) {
-                        Ok(pair) => pair,
-                        Err(e) => {
-                            let msg = e.to_string();
-                            let errs = if scope.index() == 0 {
-                                vec![(msg, 0, 1)]
-                            } else {
-                                vec![]
-                            };
-                            use differential_dataflow::AsCollection;
-                            use timely::dataflow::operators::ToStream;
-                            (crate::render::empty(scope), errs.to_stream(scope).as_collection())
-                        }
-                    };
-                    let local = crate::render::rows_stay_local(&plan);
-                    crate::log::record_output(ok, err, log.clone(), &name, local);
-                    imports.into_inputs()
-                });
+                let inputs =
+                    worker.dataflow_named::<Time, _, _>(&format!("materialized view {name}"), |scope| {
+                        let mut imports = Imports::new(logs);
+                        let (ok, err) = match render(&plan, scope, &mut imports) {
+                            Ok(pair) => pair,
+                            Err(e) => {
+                                let msg = e.to_string();
+                                let errs = if scope.index() == 0 {
+                                    vec![(msg, 0, 1)]
+                                } else {
+                                    vec![]
+                                };
+                                use differential_dataflow::AsCollection;
+                                use timely::dataflow::operators::ToStream;
+                                (crate::render::empty(scope), errs.to_stream(scope).as_collection())
+                            }
+                        };
+                        let local = crate::render::rows_stay_local(&plan);
+                        crate::log::record_output(ok, err, log.clone(), &name, local);
+                        imports.into_inputs()
+                    });
                 self.attach(dataflow, inputs);
                 self.logs.insert(id, log);
                 self.views.insert(id, dataflow);

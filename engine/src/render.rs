@@ -594,9 +594,69 @@ fn render_join<'s>(
     scope: Scope<'s, Time>,
     imports: &mut Imports<'_, 's>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
+    if spec.kind == JoinKind::Inner && spec.left_keys.is_empty() {
+        let joined = left
+            .schema
+            .join(&right.schema)
+            .map_err(|e| EngineError::Expression(e.to_string()))?;
+        if let PlanNode::Constant { batch } = &right.node {
+            let other = render(left, scope, imports)?;
+            return cross_constant(other, constant_rows(right, batch)?, false, &joined, spec.residual);
+        }
+        if let PlanNode::Constant { batch } = &left.node {
+            let other = render(right, scope, imports)?;
+            return cross_constant(other, constant_rows(left, batch)?, true, &joined, spec.residual);
+        }
+    }
     let l = render(left, scope, imports)?;
     let r = render(right, scope, imports)?;
     join_collections(l, r, &left.schema, &right.schema, spec)
+}
+
+/// The rows of a constant plan, encoded.
+fn constant_rows(plan: &Plan, batch: &RecordBatch) -> Result<Vec<Row>, EngineError> {
+    RowCodec::new(arrow_schema(&plan.schema))?.encode(batch.columns(), batch.num_rows())
+}
+
+/// An inner join without keys of `other` with constant rows (`FROM t,
+/// (VALUES ...)`, as Nexmark q5 puts each bid in its five windows): each
+/// row meets every constant row on the worker it is on. As a join it
+/// would arrange every row under the one empty key, on one worker, for
+/// good. Output rows are `constant ++ row` when `constant_left`, else
+/// `row ++ constant`; `joined` is that row's schema.
+fn cross_constant<'s>(
+    (ok, err): (Coll<'s>, Errs<'s>),
+    constant: Vec<Row>,
+    constant_left: bool,
+    joined: &DFSchema,
+    residual: Option<&Expr>,
+) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
+    let eval = residual
+        .map(|e| RowEval::new(joined, std::slice::from_ref(e), &[]))
+        .transpose()?;
+    let (rows, errs) = batch_map(
+        ok,
+        "JoinConstant",
+        move |data: &[(Row, Time, Diff)], oks, errs| {
+            let mut out = Vec::with_capacity(data.len() * constant.len());
+            for (row, t, d) in data {
+                for c in &constant {
+                    let (first, second) = if constant_left { (c, row) } else { (row, c) };
+                    out.push(([first.as_slice(), second.as_slice()].concat(), *t, *d));
+                }
+            }
+            match &eval {
+                None => oks.append(&mut out),
+                Some(eval) => {
+                    let rows: Vec<&[u8]> = out.iter().map(|(r, _, _)| r.as_slice()).collect();
+                    for_each_evaluated(eval, &rows, errs, &out, |indices, _ev, _errs| {
+                        oks.extend(indices.iter().map(|i| out[*i].clone()));
+                    });
+                }
+            }
+        },
+    );
+    Ok((rows.as_collection(), err.concat(errs)))
 }
 
 /// Join two rendered inputs whose rows have `left` and `right` schemas.

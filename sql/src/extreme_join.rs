@@ -84,7 +84,12 @@ enum Side {
 /// `func(c)` of an aggregate over the very relation `row` is read from, with
 /// `row` its `c` and every group key of that aggregate joined to the same
 /// column of `row`'s side.
-fn extreme_key(join: &datafusion::logical_expr::Join, row: &Column, extreme: &Column, func: &str) -> Option<(Expr, Expr)> {
+fn extreme_key(
+    join: &datafusion::logical_expr::Join,
+    row: &Column,
+    extreme: &Column,
+    func: &str,
+) -> Option<(Expr, Expr)> {
     let (row_side, row_index) = side_of(join, row)?;
     let (extreme_side, extreme_index) = side_of(join, extreme)?;
     if row_side == extreme_side {
@@ -95,7 +100,9 @@ fn extreme_key(join: &datafusion::logical_expr::Join, row: &Column, extreme: &Co
         Side::Right => join.right.as_ref(),
     };
     let (row_plan, extreme_plan) = (plan_of(row_side), plan_of(extreme_side));
-    if row_plan.schema().field(row_index).data_type() != extreme_plan.schema().field(extreme_index).data_type() {
+    if row_plan.schema().field(row_index).data_type()
+        != extreme_plan.schema().field(extreme_index).data_type()
+    {
         return None;
     }
     let (LogicalPlan::Aggregate(aggregate), output) = trace(extreme_plan, extreme_index) else {

@@ -8,8 +8,8 @@
 //! produces and must not re-plan SQL itself.
 
 pub mod decorrelate;
-pub mod extreme_join;
 pub mod error;
+pub mod extreme_join;
 pub mod in_subquery;
 pub mod lateral;
 pub mod lower;
