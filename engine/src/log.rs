@@ -955,6 +955,14 @@ mod tests {
 
     use super::*;
 
+    /// `(a bigint, b text)`, both nullable.
+    fn nullable_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]))
+    }
+
     fn batch(schema: &SchemaRef, rows: &[(i64, &str)]) -> RecordBatch {
         RecordBatch::try_new(
             schema.clone(),
@@ -984,10 +992,7 @@ mod tests {
     fn a_derived_view_follows_its_table() {
         use datafusion::common::DFSchema;
         use datafusion::logical_expr::{col, lit};
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("a", DataType::Int64, true),
-            Field::new("b", DataType::Utf8, true),
-        ]));
+        let schema = nullable_schema();
         let mut table = TableLog::new(RowCodec::new(schema.clone()).unwrap(), None);
         table.write(batch(&schema, &[(1, "x"), (2, "y")]), 1, 1).unwrap();
         // The view: `SELECT 10 / a AS a, b FROM t WHERE a >= 0`.
@@ -1034,10 +1039,7 @@ mod tests {
     /// after compaction, duplicates and deletions included.
     #[test]
     fn reads_see_the_writes_up_to_their_time() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("a", DataType::Int64, true),
-            Field::new("b", DataType::Utf8, true),
-        ]));
+        let schema = nullable_schema();
         let mut log = TableLog::new(RowCodec::new(schema.clone()).unwrap(), None);
         // 60 single-row inserts, a duplicate, then deletions of some.
         const N: i64 = 60;
@@ -1146,10 +1148,7 @@ mod tests {
     /// worker that holds the row it deletes.
     #[test]
     fn each_worker_holds_its_own_part() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("a", DataType::Int64, true),
-            Field::new("b", DataType::Utf8, true),
-        ]));
+        let schema = nullable_schema();
         let rows: Vec<(i64, String)> = (0..100).map(|i| (i, format!("r{}", i % 7))).collect();
         let refs: Vec<(i64, &str)> = rows.iter().map(|(a, b)| (*a, b.as_str())).collect();
         let mut parts: Vec<TableLog> = (0..3)

@@ -478,6 +478,20 @@ fn for_each_evaluated<D, T: Clone>(
     }
 }
 
+/// Keep the updates of `data` whose rows (`rows[i]` is `data[i]`'s) pass
+/// `eval`'s filters; a row that fails to evaluate becomes an error.
+fn keep_passing<D: Clone, T: Clone>(
+    eval: &RowEval,
+    rows: &[&[u8]],
+    data: &[(D, T, Diff)],
+    oks: &mut Vec<(D, T, Diff)>,
+    errs: &mut Vec<ErrRow<T>>,
+) {
+    for_each_evaluated(eval, rows, errs, data, |indices, _ev, _errs| {
+        oks.extend(indices.iter().map(|i| data[*i].clone()));
+    });
+}
+
 /// Evaluate `eval` over each batch of rows and encode its first output group
 /// with `codec`. `emit` sees each row that passed the filters: its update,
 /// its position in the evaluation, its encoded output and the evaluation.
@@ -595,17 +609,19 @@ fn render_join<'s>(
     imports: &mut Imports<'_, 's>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     if spec.kind == JoinKind::Inner && spec.left_keys.is_empty() {
-        let joined = left
-            .schema
-            .join(&right.schema)
-            .map_err(|e| EngineError::Expression(e.to_string()))?;
-        if let PlanNode::Constant { batch } = &right.node {
-            let other = render(left, scope, imports)?;
-            return cross_constant(other, constant_rows(right, batch)?, false, &joined, spec.residual);
-        }
-        if let PlanNode::Constant { batch } = &left.node {
-            let other = render(right, scope, imports)?;
-            return cross_constant(other, constant_rows(left, batch)?, true, &joined, spec.residual);
+        let constant = match (&left.node, &right.node) {
+            (_, PlanNode::Constant { batch }) => Some((right, batch, left, false)),
+            (PlanNode::Constant { batch }, _) => Some((left, batch, right, true)),
+            _ => None,
+        };
+        if let Some((constant, batch, other, constant_left)) = constant {
+            let joined = left
+                .schema
+                .join(&right.schema)
+                .map_err(|e| EngineError::Expression(e.to_string()))?;
+            let other = render(other, scope, imports)?;
+            let rows = constant_rows(constant, batch)?;
+            return cross_constant(other, rows, constant_left, &joined, spec.residual);
         }
     }
     let l = render(left, scope, imports)?;
@@ -649,9 +665,7 @@ fn cross_constant<'s>(
                 None => oks.append(&mut out),
                 Some(eval) => {
                     let rows: Vec<&[u8]> = out.iter().map(|(r, _, _)| r.as_slice()).collect();
-                    for_each_evaluated(eval, &rows, errs, &out, |indices, _ev, _errs| {
-                        oks.extend(indices.iter().map(|i| out[*i].clone()));
-                    });
+                    keep_passing(eval, &rows, &out, oks, errs);
                 }
             }
         },
@@ -698,11 +712,7 @@ pub(crate) fn join_collections<'s, T: RenderTime>(
                         .map(|((l, r), _, _)| [l.as_slice(), r.as_slice()].concat())
                         .collect();
                     let rows: Vec<&[u8]> = joined.iter().map(|r| r.as_slice()).collect();
-                    for_each_evaluated(&eval, &rows, errs, data, |indices, _ev, _errs| {
-                        for i in indices {
-                            oks.push(data[*i].clone());
-                        }
-                    });
+                    keep_passing(&eval, &rows, data, oks, errs);
                 },
             );
             errs = errs.concat(e);
