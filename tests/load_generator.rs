@@ -230,9 +230,11 @@ async fn nexmark_queries_as_views_equal_one_shot() {
 
 /// `min` and `max` over what only a generator writes (through joins and
 /// views of views) keep one running value per group, `Arrange:
-/// ReduceRunning`, and equal the one-shot answer after streaming in;
-/// over a view whose rows change, or a table statements write, they keep
-/// the hierarchy that can give a value back.
+/// ReduceRunning`, and equal the one-shot answer after streaming in; so
+/// does a `max` of a count over such rows, grouped by what the count's
+/// group determines. Over a view whose rows change, a table statements
+/// write, or grouped by the count itself, they keep the hierarchy that can
+/// give a value back.
 #[tokio::test]
 async fn extremes_over_inserts_only_are_running_values() {
     let s = Server::start();
@@ -268,6 +270,23 @@ async fn extremes_over_inserts_only_are_running_values() {
             "SELECT max(n) AS most, min(hi) AS least FROM per_auction",
         ),
         ("written_max", "SELECT k, max(v) AS hi FROM written GROUP BY k"),
+        // Counts and maxima over inserts only rise: their maxima, by
+        // anything the counted group determines, skip the retractions.
+        (
+            "hottest",
+            "WITH c AS (SELECT auction, count(*) AS n, max(price) AS hi FROM bid GROUP BY auction) \
+             SELECT auction % 10 AS tens, max(n) AS most, max(hi) AS top FROM c GROUP BY auction % 10",
+        ),
+        (
+            "hottest_of_all",
+            "SELECT max(n) AS most FROM (SELECT auction, count(*) AS n FROM bid GROUP BY auction) c",
+        ),
+        // Grouped by a count, a row changes group: the hierarchy stays.
+        (
+            "top_by_count",
+            "WITH c AS (SELECT auction, count(*) AS n, max(price) AS hi FROM bid GROUP BY auction) \
+             SELECT n, max(hi) AS top FROM c GROUP BY n",
+        ),
     ];
     for (name, sql) in views {
         exec(&c, &format!("CREATE MATERIALIZED VIEW {name} AS {sql}")).await;
@@ -290,6 +309,6 @@ async fn extremes_over_inserts_only_are_running_values() {
             "SELECT DISTINCT relation FROM weir_catalog.arrangement_sizes WHERE operator = 'Arrange: ReduceRunning'"
         )
         .await,
-        vec!["cheapest", "per_auction", "per_category"]
+        vec!["cheapest", "hottest", "hottest_of_all", "per_auction", "per_category"]
     );
 }

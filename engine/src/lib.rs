@@ -17,6 +17,7 @@ pub mod minmax;
 pub mod recursive;
 pub mod reduce;
 pub mod render;
+pub mod rising;
 pub mod row;
 pub mod sizes;
 pub mod window;

@@ -15,7 +15,10 @@
 //! contributes a [`Running`] state (accumulable sums and its own values as
 //! candidate extremes), differential adds states up per group, and one
 //! arrangement holding one state per group replaces the hierarchy and the
-//! last reduce. Materialize plans such inputs the same way.
+//! last reduce. Materialize plans such inputs the same way. The same
+//! running state serves a `max` of a column that only rises, such as a
+//! count over inserts ([`crate::rising`]): its retractions are skipped,
+//! each being below the value that replaces it.
 
 use std::sync::Arc;
 
@@ -95,9 +98,22 @@ impl Semigroup for Running {
     }
 }
 
+/// How the rows of a reduction's input change, as far as its extremes care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Changes {
+    /// Rows come and go.
+    Any,
+    /// Rows are only inserted ([`crate::render::monotonic`]).
+    InsertsOnly,
+    /// Each `max` argument only rises and a row never leaves its group
+    /// ([`crate::rising`]): a retraction's value is below the one that
+    /// replaces it, so retractions can be ignored.
+    RisingMaxima,
+}
+
 /// Reduce `ok` (rows of `input`) by `group_keys` into `[key, aggregates]`
 /// rows, for aggregates that are all accumulable, `min` or `max`;
-/// `monotonic` says the input only inserts.
+/// `changes` says what the input's rows may do.
 pub(crate) fn reduce<'s>(
     ok: Coll<'s>,
     input: &DFSchema,
@@ -105,7 +121,7 @@ pub(crate) fn reduce<'s>(
     aggregates: &[AggregateExpr],
     key_codec: &RowCodec,
     agg_codec: Arc<RowCodec>,
-    monotonic: bool,
+    changes: Changes,
 ) -> Result<(Results<'s>, Errs<'s>), EngineError> {
     let args: Vec<Expr> = aggregates
         .iter()
@@ -151,9 +167,17 @@ pub(crate) fn reduce<'s>(
         let cols = finalize(&aggs, accums, &values)?;
         Ok::<_, String>(agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0))
     };
-    if monotonic {
+    if changes != Changes::Any {
+        let skip_retractions = changes == Changes::RisingMaxima;
         return Ok(running(
-            ok, eval, key_codec, aggregates, encoders, &kinds, assemble,
+            ok,
+            eval,
+            key_codec,
+            aggregates,
+            encoders,
+            &kinds,
+            skip_retractions,
+            assemble,
         ));
     }
     // One pass over the input: each row's contribution to the group's state
@@ -244,7 +268,9 @@ fn value(codec: &RowCodec, column: &ArrayRef, pos: usize) -> Result<Option<Row>,
     Ok(Some(encoded.remove(0)))
 }
 
-/// [`reduce`] over an input that only inserts: one running state per group.
+/// [`reduce`] over an input that only inserts, or whose retractions may be
+/// skipped: one running state per group.
+#[allow(clippy::too_many_arguments)]
 fn running<'s, A>(
     ok: Coll<'s>,
     eval: RowEval,
@@ -252,6 +278,7 @@ fn running<'s, A>(
     aggregates: &[AggregateExpr],
     encoders: Vec<(usize, RowCodec)>,
     kinds: &[AggregateFunc],
+    skip_retractions: bool,
     assemble: A,
 ) -> (Results<'s>, Errs<'s>)
 where
@@ -268,6 +295,9 @@ where
             // A running extreme cannot give a value back: were the promise
             // ever broken, the view says so rather than answer wrongly.
             if *d < 0 {
+                if skip_retractions {
+                    return;
+                }
                 return errs.push((
                     "internal error: a row was deleted from an input that only inserts".into(),
                     *t,

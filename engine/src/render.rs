@@ -32,6 +32,7 @@ use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 
 use crate::eval::{Evaluated, RowEval, any_null, encode_group};
 use crate::log::{ErrorReader, Prepare, TableLog, TableReader};
+use crate::minmax::Changes;
 use crate::reduce::{Accums, Accumulator, GroupFolder, aggregate_schema, finalize};
 use crate::row::{Row, RowCodec, RowContainer};
 use crate::sizes::measured;
@@ -934,7 +935,13 @@ fn render_reduce<'s>(
             aggregates,
             &key_codec,
             agg_codec.clone(),
-            monotonic(input, imports.logs),
+            if monotonic(input, imports.logs) {
+                Changes::InsertsOnly
+            } else if crate::rising::max_of_rising(input, group_keys, aggregates, imports.logs) {
+                Changes::RisingMaxima
+            } else {
+                Changes::Any
+            },
         )?
     } else if accumulable {
         let acc = Accumulator::new(aggregates);
