@@ -108,11 +108,16 @@ impl Monoid for Accums {
 /// Computes each row's contribution to the accumulable aggregates.
 pub struct Accumulator {
     aggs: Vec<AggregateExpr>,
+    /// How many of them keep an [`Acc`].
+    kept: usize,
 }
 
 impl Accumulator {
     pub fn new(aggs: &[AggregateExpr]) -> Self {
-        Accumulator { aggs: aggs.to_vec() }
+        Accumulator {
+            aggs: aggs.to_vec(),
+            kept: aggs.iter().filter(|a| keeps_acc(a.func)).count(),
+        }
     }
 
     /// The state of an empty group.
@@ -120,9 +125,9 @@ impl Accumulator {
         let accs = self
             .aggs
             .iter()
-            .filter(|a| a.func.is_accumulable())
+            .filter(|a| keeps_acc(a.func))
             .map(|a| match a.func {
-                AggregateFunc::CountStar | AggregateFunc::Count => Acc::Count(0),
+                AggregateFunc::Count => Acc::Count(0),
                 _ => zero_acc(&a.input_type),
             })
             .collect();
@@ -133,14 +138,14 @@ impl Accumulator {
     /// `count(*)` any array), scaled by `diff`.
     pub fn contribution(&self, args: &[ArrayRef], i: usize, diff: Diff) -> Result<Accums, String> {
         let d = diff as i64;
-        let mut accs = Vec::with_capacity(self.aggs.len());
+        let mut accs = Vec::with_capacity(self.kept);
         for (agg, arr) in self.aggs.iter().zip(args) {
-            if !agg.func.is_accumulable() {
+            if !keeps_acc(agg.func) {
                 continue;
             }
-            let valid = agg.func == AggregateFunc::CountStar || arr.is_valid(i);
+            let valid = arr.is_valid(i);
             accs.push(match agg.func {
-                AggregateFunc::CountStar | AggregateFunc::Count => Acc::Count(if valid { d } else { 0 }),
+                AggregateFunc::Count => Acc::Count(if valid { d } else { 0 }),
                 _ => {
                     if !valid {
                         zero_acc(&agg.input_type)
@@ -152,6 +157,13 @@ impl Accumulator {
         }
         Ok(Accums { rows: d, accs })
     }
+}
+
+/// Whether `func` keeps an [`Acc`] of its own. `count(*)` is the group's
+/// row count, which every state keeps anyway: a count-only state then
+/// holds no vector, and a row's contribution allocates nothing.
+fn keeps_acc(func: AggregateFunc) -> bool {
+    func.is_accumulable() && func != AggregateFunc::CountStar
 }
 
 fn zero_acc(t: &DataType) -> Acc {
@@ -434,6 +446,7 @@ pub fn finalize(
                 let v = extremes.next().ok_or("missing aggregate value")?;
                 v.to_array().map_err(|e| e.to_string())?
             }
+            AggregateFunc::CountStar => Arc::new(arrow::array::Int64Array::from(vec![accums.rows])),
             _ => {
                 let acc = accs.next().ok_or("missing aggregate state")?;
                 accumulated(agg, acc)?
@@ -453,7 +466,7 @@ fn accumulated(agg: &AggregateExpr, acc: &Acc) -> Result<ArrayRef, String> {
     use arrow::array::{Decimal128Array, Float64Array, Int64Array};
     let null = || new_null_array(&agg.output_type, 1);
     Ok(match (agg.func, acc) {
-        (AggregateFunc::CountStar | AggregateFunc::Count, Acc::Count(c)) => {
+        (AggregateFunc::Count, Acc::Count(c)) => {
             Arc::new(Int64Array::from(vec![*c]))
         }
         (_, Acc::Int { count: 0, .. } | Acc::Float { count: 0, .. }) => null(),
