@@ -19,6 +19,13 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::worker::Worker;
 use tracing::warn;
+
+/// Rows (about, per worker) a write feeds the dataflows before letting
+/// them run. A step of many chunks (a replay taking all it has ahead, a
+/// CDC step folding a backlog) would otherwise queue all its rows, and
+/// each operator's output of them, before any operator consumed any:
+/// Nexmark q5's five windows per bid held gigabytes that way.
+const FEED_ROWS: usize = 64 * 1024;
 use weir_protocol::{Command, Response, ResponseSender, SubscribeUpdate, TableUpdate};
 use weir_sql::{GlobalId, Plan, PlanNode};
 
@@ -249,17 +256,24 @@ impl ComputeState {
         RecordBatch::try_new(weir_protocol::arrangement_sizes_schema(), columns).map_err(|e| e.to_string())
     }
 
-    fn write(&mut self, worker: &Worker, time: Time, updates: Vec<TableUpdate>) {
+    fn write(&mut self, worker: &mut Worker, time: Time, updates: Vec<TableUpdate>) {
         let (index, peers) = (worker.index(), worker.peers());
+        let mut fed = 0;
         for TableUpdate { table, batch, diff } in updates {
             let Some(log) = self.logs.get(&table) else {
                 continue;
             };
+            fed += batch.num_rows() / peers;
             if let Err(e) = log
                 .borrow_mut()
                 .write_part(batch, time, diff as Diff, index, peers)
             {
                 warn!(table, error = %e, "cannot keep written rows");
+            }
+            if fed >= FEED_ROWS {
+                // Let the dataflows take in what they have been fed.
+                fed = 0;
+                worker.step();
             }
         }
         self.upper = self.upper.max(time + 1);
