@@ -19,13 +19,6 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::worker::Worker;
 use tracing::warn;
-
-/// Rows (about, per worker) a write feeds the dataflows before letting
-/// them run. A step of many chunks (a replay taking all it has ahead, a
-/// CDC step folding a backlog) would otherwise queue all its rows, and
-/// each operator's output of them, before any operator consumed any:
-/// Nexmark q5's five windows per bid held gigabytes that way.
-const FEED_ROWS: usize = 64 * 1024;
 use weir_protocol::{Command, Response, ResponseSender, SubscribeUpdate, TableUpdate};
 use weir_sql::{GlobalId, Plan, PlanNode};
 
@@ -34,6 +27,13 @@ use crate::log::TableLog;
 use crate::render::{Imports, Input, arrow_schema, render};
 use crate::row::{Row, RowCodec};
 use crate::{Diff, Time};
+
+/// Rows (about, per worker) a write feeds the dataflows before letting
+/// them run. A step of many chunks (a replay taking all it has ahead, a
+/// CDC step folding a backlog) would otherwise queue all its rows, and
+/// each operator's output of them, before any operator consumed any:
+/// Nexmark q5's five windows per bid held gigabytes that way.
+const FEED_ROWS: usize = 64 * 1024;
 
 /// How a subscription is answered.
 enum Subscription {

@@ -466,9 +466,7 @@ fn accumulated(agg: &AggregateExpr, acc: &Acc) -> Result<ArrayRef, String> {
     use arrow::array::{Decimal128Array, Float64Array, Int64Array};
     let null = || new_null_array(&agg.output_type, 1);
     Ok(match (agg.func, acc) {
-        (AggregateFunc::Count, Acc::Count(c)) => {
-            Arc::new(Int64Array::from(vec![*c]))
-        }
+        (AggregateFunc::Count, Acc::Count(c)) => Arc::new(Int64Array::from(vec![*c])),
         (_, Acc::Int { count: 0, .. } | Acc::Float { count: 0, .. }) => null(),
         (AggregateFunc::Sum, Acc::Int { sum, .. }) => match &agg.output_type {
             DataType::Decimal128(p, s) => Arc::new(
