@@ -68,6 +68,11 @@ impl sqllogictest::AsyncDB for Weir {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DbError> {
+        if self.views.is_some()
+            && let Some(dropped) = dropped_relation(sql)
+        {
+            self.drop_views_over(&dropped).await?;
+        }
         let output = self.run_once(sql).await?;
         let is_query = sql
             .trim_start()
@@ -97,6 +102,53 @@ impl sqllogictest::AsyncDB for Weir {
 
     fn engine_name(&self) -> &str {
         "postgresql"
+    }
+}
+
+impl Weir {
+    /// Views mode: the views this harness made over `relation` would make
+    /// the corpus's own `DROP` of it fail, as in PostgreSQL. Check each
+    /// once more, then drop it first.
+    async fn drop_views_over(&mut self, relation: &str) -> Result<(), DbError> {
+        let over: Vec<(String, String)> = self
+            .client
+            .query(
+                "SELECT d.relation, r.definition FROM weir_catalog.dependencies d \
+                 JOIN weir_catalog.relations r ON r.name = d.relation \
+                 WHERE d.depends_on = $1 AND d.relation LIKE 'corpus_view_%'",
+                &[&relation],
+            )
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        for (view, definition) in over {
+            let sql = definition
+                .split_once(") AS ")
+                .map(|(_, q)| q.to_string())
+                .unwrap_or(definition);
+            check_view(self, &view, &sql).await?;
+            self.client
+                .batch_execute(&format!("DROP MATERIALIZED VIEW {view}"))
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// The relation a `DROP VIEW` or `DROP TABLE` statement names, lowercased.
+fn dropped_relation(sql: &str) -> Option<String> {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(';').to_ascii_lowercase())
+        .collect();
+    match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["drop", "view" | "table", "if", "exists", name, ..] | ["drop", "view" | "table", name, ..] => {
+            Some(name.to_string())
+        }
+        _ => None,
     }
 }
 
