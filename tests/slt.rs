@@ -124,11 +124,7 @@ impl Weir {
             .map(|r| (r.get(0), r.get(1)))
             .collect();
         for (view, definition) in over {
-            let sql = definition
-                .split_once(") AS ")
-                .map(|(_, q)| q.to_string())
-                .unwrap_or(definition);
-            check_view(self, &view, &sql).await?;
+            check_view(self, &view, &view_query(definition)).await?;
             self.client
                 .batch_execute(&format!("DROP MATERIALIZED VIEW {view}"))
                 .await
@@ -138,13 +134,20 @@ impl Weir {
     }
 }
 
+/// The query of a harness view's definition
+/// (`CREATE MATERIALIZED VIEW v (c0, ...) AS query`).
+fn view_query(definition: String) -> String {
+    definition
+        .split_once(") AS ")
+        .map(|(_, q)| q.to_string())
+        .unwrap_or(definition)
+}
+
 /// The relation a `DROP VIEW` or `DROP TABLE` statement names, lowercased.
 fn dropped_relation(sql: &str) -> Option<String> {
-    let words: Vec<String> = sql
-        .split_whitespace()
-        .map(|w| w.trim_end_matches(';').to_ascii_lowercase())
-        .collect();
-    match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let sql = sql.to_ascii_lowercase();
+    let words: Vec<&str> = sql.split_whitespace().map(|w| w.trim_end_matches(';')).collect();
+    match words.as_slice() {
         ["drop", "view" | "table", "if", "exists", name, ..] | ["drop", "view" | "table", name, ..] => {
             Some(name.to_string())
         }
@@ -375,12 +378,8 @@ async fn run_corpus(views: bool) {
                 .unwrap();
             for row in listed {
                 let (name, definition): (String, String) = (row.get(0), row.get(1));
-                let sql = definition
-                    .split_once(") AS ")
-                    .map(|(_, q)| q.to_string())
-                    .unwrap_or(definition);
                 count += 1;
-                match check_view(&mut db, &name, &sql).await {
+                match check_view(&mut db, &name, &view_query(definition)).await {
                     Ok(()) => pass += 1,
                     Err(_) => stale += 1,
                 }

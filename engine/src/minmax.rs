@@ -20,6 +20,9 @@
 //! count over inserts ([`crate::rising`]): its retractions are skipped,
 //! each being below the value that replaces it.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef};
@@ -30,9 +33,10 @@ use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use timely::dataflow::operators::OkErr;
-use weir_sql::{AggregateExpr, AggregateFunc};
+use weir_sql::{AggregateExpr, AggregateFunc, GlobalId, Plan};
 
 use crate::eval::RowEval;
+use crate::log::TableLog;
 use crate::reduce::{Accums, Accumulator, finalize};
 use crate::render::{Coll, Errs, map_encoded};
 use crate::row::{Row, RowCodec};
@@ -111,6 +115,25 @@ pub(crate) enum Changes {
     RisingMaxima,
 }
 
+impl Changes {
+    /// What the rows of `input`, reduced by `group_keys` into `aggregates`,
+    /// may do.
+    pub(crate) fn of(
+        input: &Plan,
+        group_keys: &[Expr],
+        aggregates: &[AggregateExpr],
+        logs: &HashMap<GlobalId, Rc<RefCell<TableLog>>>,
+    ) -> Changes {
+        if crate::render::monotonic(input, logs) {
+            Changes::InsertsOnly
+        } else if crate::rising::max_of_rising(input, group_keys, aggregates, logs) {
+            Changes::RisingMaxima
+        } else {
+            Changes::Any
+        }
+    }
+}
+
 /// Reduce `ok` (rows of `input`) by `group_keys` into `[key, aggregates]`
 /// rows, for aggregates that are all accumulable, `min` or `max`;
 /// `changes` says what the input's rows may do.
@@ -175,7 +198,6 @@ pub(crate) fn reduce<'s>(
             key_codec,
             aggregates,
             encoders,
-            &kinds,
             skip_retractions,
             assemble,
         ));
@@ -270,14 +292,12 @@ fn value(codec: &RowCodec, column: &ArrayRef, pos: usize) -> Result<Option<Row>,
 
 /// [`reduce`] over an input that only inserts, or whose retractions may be
 /// skipped: one running state per group.
-#[allow(clippy::too_many_arguments)]
 fn running<'s, A>(
     ok: Coll<'s>,
     eval: RowEval,
     key_codec: &RowCodec,
     aggregates: &[AggregateExpr],
     encoders: Vec<(usize, RowCodec)>,
-    kinds: &[AggregateFunc],
     skip_retractions: bool,
     assemble: A,
 ) -> (Results<'s>, Errs<'s>)
@@ -285,7 +305,10 @@ where
     A: Fn(&Accums, &mut dyn Iterator<Item = (usize, &Row)>) -> Result<Row, String> + 'static,
 {
     let acc = Accumulator::new(aggregates);
-    let maxima: Vec<bool> = kinds.iter().map(|f| *f == AggregateFunc::Max).collect();
+    let maxima: Vec<bool> = encoders
+        .iter()
+        .map(|(i, _)| aggregates[*i].func == AggregateFunc::Max)
+        .collect();
     let (states, errs) = map_encoded(
         ok,
         "ReduceRunning",

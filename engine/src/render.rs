@@ -935,13 +935,7 @@ fn render_reduce<'s>(
             aggregates,
             &key_codec,
             agg_codec.clone(),
-            if monotonic(input, imports.logs) {
-                Changes::InsertsOnly
-            } else if crate::rising::max_of_rising(input, group_keys, aggregates, imports.logs) {
-                Changes::RisingMaxima
-            } else {
-                Changes::Any
-            },
+            Changes::of(input, group_keys, aggregates, imports.logs),
         )?
     } else if accumulable {
         let acc = Accumulator::new(aggregates);
