@@ -68,6 +68,11 @@ const SETUP: &str = "
     DROP MATERIALIZED VIEW gone;
     UPDATE customers SET region = 'apac' WHERE id = 3;
     DELETE FROM orders WHERE id = 4;
+    CREATE UNIQUE INDEX customers_at ON customers (region, since);
+    CREATE INDEX dropped ON orders (id);
+    CREATE INDEX ON orders (customer, at DESC);
+    DROP INDEX dropped;
+    CREATE INDEX per_customer_n ON per_customer (n);
 ";
 
 const QUERIES: &[&str] = &[
@@ -79,6 +84,7 @@ const QUERIES: &[&str] = &[
     "SELECT * FROM over_view",
     "SELECT relname, oid::text FROM pg_class WHERE relnamespace = 2200",
     "SELECT name, kind FROM weir_catalog.relations",
+    "SELECT indexname, indexdef FROM pg_indexes",
 ];
 
 async fn answers(c: &Client) -> Vec<Vec<String>> {
@@ -106,6 +112,17 @@ async fn restart_keeps_everything(store: Store) {
     sink.finish().await.unwrap();
     let before = answers(&c).await;
     assert_eq!(before[5], vec!["6".to_string()], "over_view after setup");
+    assert_eq!(
+        before[8],
+        vec![
+            "customers_at|CREATE UNIQUE INDEX customers_at ON public.customers USING btree (region, since)",
+            "customers_name_key|CREATE UNIQUE INDEX customers_name_key ON public.customers USING btree (name)",
+            "customers_pkey|CREATE UNIQUE INDEX customers_pkey ON public.customers USING btree (id)",
+            "orders_customer_at_idx|CREATE INDEX orders_customer_at_idx ON public.orders USING btree (customer, at DESC)",
+            "per_customer_n|CREATE INDEX per_customer_n ON public.per_customer USING btree (n)",
+        ],
+        "indexes after setup"
+    );
     drop(c);
     // A clean stop, then a crash: both restore the same answers.
     assert!(server.terminate().success());
@@ -122,6 +139,8 @@ async fn restart_keeps_everything(store: Store) {
     assert_eq!(code, "23505");
     let (code, _, _) = error(&c, "INSERT INTO customers VALUES (4, 'ada', NULL, NULL)").await;
     assert_eq!(code, "23505");
+    let (code, _, _) = error(&c, "INSERT INTO customers VALUES (4, 'eve', 'eu', '2020-01-02')").await;
+    assert_eq!(code, "23505", "a unique index holds over restored rows");
     exec(
         &c,
         "CREATE TABLE later (k int); INSERT INTO customers VALUES (4, 'dee', 'eu', NULL)",

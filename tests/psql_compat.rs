@@ -44,6 +44,7 @@ fn backslash_commands_describe_the_catalog() {
             "CREATE TABLE orders (id int PRIMARY KEY, region varchar(10) NOT NULL, amount numeric(8,2))",
             "CREATE VIEW big AS SELECT id FROM orders WHERE amount > 100",
             "CREATE MATERIALIZED VIEW totals AS SELECT region, sum(amount) AS total FROM orders GROUP BY region",
+            "CREATE INDEX orders_region ON orders (region, amount DESC)",
         ],
     );
     let list = psql(&server, &["\\d"]);
@@ -63,9 +64,16 @@ fn backslash_commands_describe_the_catalog() {
     assert!(views.contains("big") && !views.contains("orders"), "{views}");
     let mvs = psql(&server, &["\\dm"]);
     assert!(mvs.contains("totals") && !mvs.contains("orders"), "{mvs}");
-    // Weir has no indexes of its own: psql says so, and nothing fails.
-    let (ok, _, stderr) = run(&server, &["\\di"]);
-    assert!(ok && stderr.trim() == "Did not find any relations.", "{stderr}");
+    // The index made and the one behind the primary key, as PostgreSQL
+    // lists them.
+    let indexes = psql(&server, &["\\di"]);
+    for line in [
+        " public | orders_pkey   | index | weir  | orders",
+        " public | orders_region | index | weir  | orders",
+    ] {
+        assert!(indexes.contains(line), "{indexes}");
+    }
+    psql(&server, &["\\di+"]);
     let schemas = psql(&server, &["\\dn"]);
     assert!(
         schemas.contains(" public ") && schemas.contains("weir_catalog"),
@@ -80,6 +88,21 @@ fn backslash_commands_describe_the_catalog() {
         " id     | integer               |           | not null |",
         " region | character varying(10) |           | not null |",
         " amount | numeric(8,2)          |           |          |",
+    ] {
+        assert!(described.contains(line), "{described}");
+    }
+    for line in [
+        "Indexes:",
+        "    \"orders_pkey\" PRIMARY KEY, btree (id)",
+        "    \"orders_region\" btree (region, amount DESC)",
+    ] {
+        assert!(described.contains(line), "{described}");
+    }
+    let described = psql(&server, &["\\d orders_region"]);
+    for line in [
+        "Index \"public.orders_region\"",
+        " region | character varying(10) | yes  | region",
+        "btree, for table \"public.orders\"",
     ] {
         assert!(described.contains(line), "{described}");
     }

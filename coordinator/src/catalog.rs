@@ -46,6 +46,72 @@ pub struct Entry {
     /// file source's rows). Not recorded: a restarted server treats the
     /// table as one that may change.
     pub append_only: bool,
+    /// The indexes `CREATE INDEX` made on this relation, oldest first.
+    pub indexes: Vec<Index>,
+}
+
+/// An index made by `CREATE INDEX`, kept with the relation it indexes and
+/// dropped with it.
+///
+/// Weir answers no query differently for it: reads of a table already
+/// filter on the workers and views keep their own arrangements. A `UNIQUE`
+/// index is a uniqueness constraint like `UNIQUE (...)`, checked on every
+/// write (`23505`). Either kind is a catalog object psql lists (`\di`,
+/// `\d table`), so schemas written for PostgreSQL load unchanged.
+#[derive(Debug, Clone)]
+pub struct Index {
+    pub id: GlobalId,
+    pub name: String,
+    /// The indexed columns, in index order.
+    pub columns: Vec<IndexColumn>,
+    pub unique: bool,
+    /// The access method: `btree` or `hash`.
+    pub method: &'static str,
+    /// The `CREATE INDEX` statement, as the user wrote it.
+    pub create_sql: String,
+}
+
+/// A column of an [`Index`] and its order.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexColumn {
+    pub column: usize,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+impl Index {
+    /// PostgreSQL's `pg_get_indexdef`: `CREATE INDEX i ON public.t USING
+    /// btree (a, b DESC)`, naming a column's order only where it is not
+    /// the default.
+    pub fn definition(&self, table: &Entry) -> String {
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let mut s = table.columns[c.column].name.clone();
+                if c.descending {
+                    s.push_str(" DESC");
+                }
+                // NULLs come last ascending and first descending, unless said.
+                if c.nulls_first != c.descending {
+                    s.push_str(if c.nulls_first {
+                        " NULLS FIRST"
+                    } else {
+                        " NULLS LAST"
+                    });
+                }
+                s
+            })
+            .collect();
+        format!(
+            "CREATE {}INDEX {} ON public.{} USING {} ({})",
+            if self.unique { "UNIQUE " } else { "" },
+            self.name,
+            table.name,
+            self.method,
+            columns.join(", ")
+        )
+    }
 }
 
 impl Entry {
@@ -60,7 +126,24 @@ impl Entry {
             let names: Vec<&str> = cols.iter().map(|i| self.columns[*i].name.as_str()).collect();
             out.push((format!("{}_{}_key", self.name, names.join("_")), cols.clone()));
         }
+        for index in self.indexes.iter().filter(|i| i.unique) {
+            out.push((
+                index.name.clone(),
+                index.columns.iter().map(|c| c.column).collect(),
+            ));
+        }
         out
+    }
+
+    /// The durable catalog items of this relation: its own and its
+    /// indexes', dropped together.
+    pub fn item_ids(&self) -> impl Iterator<Item = GlobalId> + '_ {
+        std::iter::once(self.id).chain(self.indexes.iter().map(|i| i.id))
+    }
+
+    /// The index named `name` on this relation.
+    pub fn index(&self, name: &str) -> Option<&Index> {
+        self.indexes.iter().find(|i| i.name == name)
     }
 
     pub fn kind_name(&self) -> &'static str {
@@ -166,12 +249,16 @@ impl Catalog {
     }
 
     /// Make table `name` a retired version (its name is about to name the
-    /// table's next version).
-    pub fn retire(&self, name: &str) -> Option<Entry> {
+    /// table's next version), and return its indexes: they pass to the
+    /// next version, whose columns start with the same ones.
+    pub fn retire(&self, name: &str) -> Vec<Index> {
         let mut s = self.state.write().expect("catalog lock");
-        let entry = s.entries.remove(name)?;
-        s.retired.insert(entry.id, entry.clone());
-        Some(entry)
+        let Some(mut entry) = s.entries.remove(name) else {
+            return Vec::new();
+        };
+        let indexes = std::mem::take(&mut entry.indexes);
+        s.retired.insert(entry.id, entry);
+        indexes
     }
 
     /// Retired table version `id`.
@@ -239,6 +326,23 @@ impl Catalog {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// The relation holding the index named `name`.
+    pub fn index_owner(&self, name: &str) -> Option<Entry> {
+        self.state
+            .read()
+            .expect("catalog lock")
+            .entries
+            .values()
+            .find(|e| e.index(name).is_some())
+            .cloned()
+    }
+
+    /// Whether a relation or an index is named `name` (they share
+    /// PostgreSQL's namespace).
+    pub fn name_taken(&self, name: &str) -> bool {
+        self.get(name).is_some() || self.index_owner(name).is_some()
     }
 
     /// Names of the relations that read `name` directly.

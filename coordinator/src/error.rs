@@ -14,6 +14,10 @@ pub enum AdapterError {
     Sql(#[from] SqlError),
     #[error("duplicate key value violates unique constraint \"{constraint}\"")]
     UniqueViolation { constraint: String, detail: String },
+    #[error("could not create unique index \"{index}\"")]
+    UniqueIndexDuplicate { index: String, detail: String },
+    #[error("cannot drop index {index} because constraint {index} on table {table} requires it")]
+    IndexRequired { index: String, table: String },
     #[error("null value in column \"{column}\" of relation \"{table}\" violates not-null constraint")]
     NotNullViolation { table: String, column: String },
     #[error("value too long for type character varying({0})")]
@@ -81,7 +85,8 @@ impl AdapterError {
                 SqlError::Evaluation { code, .. } => eval_code(*code),
                 SqlError::Plan(_) => "42000",
             },
-            AdapterError::UniqueViolation { .. } => "23505",
+            AdapterError::UniqueViolation { .. } | AdapterError::UniqueIndexDuplicate { .. } => "23505",
+            AdapterError::IndexRequired { .. } => "2BP01",
             AdapterError::NotNullViolation { .. } => "23502",
             AdapterError::StringTooLong(_) => "22001",
             AdapterError::DependentObjects { .. } => "2BP01",
@@ -117,7 +122,8 @@ impl AdapterError {
 
     fn detail(&self) -> Option<String> {
         match self {
-            AdapterError::UniqueViolation { detail, .. } => Some(detail.clone()),
+            AdapterError::UniqueViolation { detail, .. }
+            | AdapterError::UniqueIndexDuplicate { detail, .. } => Some(detail.clone()),
             AdapterError::DependentObjects { dependents, .. } => Some(
                 dependents
                     .iter()
@@ -134,6 +140,9 @@ impl AdapterError {
             AdapterError::DependentObjects { .. } => {
                 Some("Use DROP ... CASCADE to drop the dependent objects too.".into())
             }
+            AdapterError::IndexRequired { index, table } => Some(format!(
+                "You can drop constraint {index} on table {table} instead."
+            )),
             AdapterError::Upstream(e) => e.hint(),
             _ => None,
         }

@@ -181,9 +181,51 @@ impl KeyIndexes {
         } else {
             Some(RowsByKey::new(entry)?)
         };
-        let unique = entry.unique.iter().map(|_| HashSet::new()).collect();
+        let others = entry.constraints().len() - usize::from(rows.is_some());
+        let unique = (0..others).map(|_| HashSet::new()).collect();
         self.tables.insert(entry.id, TableKeys { rows, unique });
         Ok(())
+    }
+
+    /// The keys of a new unique index `name` over columns `cols` of
+    /// `entry`, whose rows are now `rows`: refused when two rows without
+    /// a NULL among those columns share one. Hold the write lock until
+    /// [`KeyIndexes::add_unique`] so that no write comes between.
+    pub(crate) fn unique_keys(
+        entry: &Entry,
+        name: &str,
+        cols: &[usize],
+        rows: &RecordBatch,
+    ) -> Result<HashSet<Vec<u8>>> {
+        let mut keys = HashSet::with_capacity(rows.num_rows());
+        for (i, k) in key_values(entry, cols, rows)?.into_iter().enumerate() {
+            if let Some(k) = k
+                && !keys.insert(k)
+            {
+                return Err(AdapterError::UniqueIndexDuplicate {
+                    index: name.to_string(),
+                    detail: format!("{} is duplicated.", key_text(entry, cols, rows, i)),
+                });
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Enforce a unique index with `keys` (from [`KeyIndexes::unique_keys`])
+    /// on `table`, whose constraints have just gained it as their last.
+    pub(crate) fn add_unique(&mut self, table: GlobalId, keys: HashSet<Vec<u8>>) {
+        if let Some(t) = self.tables.get_mut(&table) {
+            t.unique.push(keys);
+        }
+    }
+
+    /// Stop enforcing constraint `c` (in [`Entry::constraints`] order, not
+    /// the primary key) of `table`: its unique index was dropped.
+    pub(crate) fn remove_unique(&mut self, table: GlobalId, c: usize) {
+        if let Some(t) = self.tables.get_mut(&table) {
+            let slot = t.unique_slot(c);
+            t.unique.remove(slot);
+        }
     }
 
     pub(crate) fn remove(&mut self, table: GlobalId) {
@@ -323,6 +365,11 @@ fn key_values(entry: &Entry, cols: &[usize], batch: &RecordBatch) -> Result<Vec<
 
 /// `Key (a, b)=(1, x) already exists.`
 fn key_detail(entry: &Entry, cols: &[usize], batch: &RecordBatch, row: usize) -> String {
+    format!("{} already exists.", key_text(entry, cols, batch, row))
+}
+
+/// `Key (a, b)=(1, x)`: row `row` of `batch` by columns `cols`.
+fn key_text(entry: &Entry, cols: &[usize], batch: &RecordBatch, row: usize) -> String {
     let names: Vec<&str> = cols.iter().map(|i| entry.columns[*i].name.as_str()).collect();
     let options = FormatOptions::default();
     let values: Vec<String> = cols
@@ -333,11 +380,7 @@ fn key_detail(entry: &Entry, cols: &[usize], batch: &RecordBatch, row: usize) ->
                 .unwrap_or_default()
         })
         .collect();
-    format!(
-        "Key ({})=({}) already exists.",
-        names.join(", "),
-        values.join(", ")
-    )
+    format!("Key ({})=({})", names.join(", "), values.join(", "))
 }
 
 #[cfg(test)]
@@ -433,6 +476,7 @@ mod tests {
             depends_on: Vec::new(),
             source: None,
             append_only: false,
+            indexes: Vec::new(),
         };
         (entry, batch)
     }

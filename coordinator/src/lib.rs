@@ -14,6 +14,7 @@ pub mod durable;
 pub mod error;
 pub mod files;
 pub mod generate;
+pub mod index;
 pub mod ingest;
 mod keys;
 pub mod record;

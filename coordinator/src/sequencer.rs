@@ -81,7 +81,7 @@ pub struct Coordinator {
     pub(crate) ddl: Mutex<()>,
     /// Serializes writes; holds, per table and uniqueness constraint (in
     /// [`Entry::constraints`] order), the keys present.
-    writes: Mutex<KeyIndexes>,
+    pub(crate) writes: Mutex<KeyIndexes>,
     /// Where changes become durable; unset while the durable state is
     /// being replayed at startup.
     durable: OnceLock<Durable>,
@@ -107,11 +107,11 @@ pub type SourceStart = (String, Option<u64>, HashMap<GlobalId, Vec<String>>);
 
 type Result<T> = std::result::Result<T, AdapterError>;
 
-fn unsupported(what: impl Into<String>) -> AdapterError {
+pub(crate) fn unsupported(what: impl Into<String>) -> AdapterError {
     AdapterError::Sql(SqlError::Unsupported(what.into()))
 }
 
-fn object_name(name: &ast::ObjectName) -> String {
+pub(crate) fn object_name(name: &ast::ObjectName) -> String {
     let last = name.0.last().map(|p| p.to_string()).unwrap_or_default();
     match last.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
         Some(quoted) => quoted.to_string(),
@@ -119,7 +119,7 @@ fn object_name(name: &ast::ObjectName) -> String {
     }
 }
 
-fn ident(i: &ast::Ident) -> String {
+pub(crate) fn ident(i: &ast::Ident) -> String {
     if i.quote_style.is_some() {
         i.value.clone()
     } else {
@@ -181,8 +181,8 @@ impl Coordinator {
                 continue;
             }
             // A source table's next version (it gained columns upstream)
-            // takes over the name; views replayed so far keep reading the
-            // version they were created on.
+            // takes over the name and the indexes; views replayed so far
+            // keep reading the version they were created on.
             if let Some(retired) = replaced_table(item.detail.as_deref()) {
                 let Some(name) = self
                     .catalog
@@ -195,7 +195,15 @@ impl Coordinator {
                         "the table version {retired} it replaces is missing"
                     )));
                 };
-                self.catalog.retire(&name);
+                let indexes = self.catalog.retire(&name);
+                self.execute(statement, &[])
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                if let Some(mut entry) = self.catalog.get(&name) {
+                    entry.indexes = indexes;
+                    self.catalog.insert(entry);
+                }
+                continue;
             }
             self.execute(statement, &[])
                 .await
@@ -406,7 +414,7 @@ impl Coordinator {
     }
 
     /// Wait until every enqueued write is visible to reads.
-    async fn barrier(&self) -> Result<()> {
+    pub(crate) async fn barrier(&self) -> Result<()> {
         match self.durable.get() {
             Some(d) => d.barrier().await,
             None => Ok(()),
@@ -492,6 +500,13 @@ impl Coordinator {
             }
             ast::Statement::CreateTable(ct) => self.create_table(ct, sql).await,
             ast::Statement::CreateView(cv) => self.create_view(cv, sql).await,
+            ast::Statement::CreateIndex(ci) => self.create_index(ci, sql).await,
+            ast::Statement::Drop {
+                object_type: ObjectType::Index,
+                if_exists,
+                names,
+                ..
+            } => self.drop_indexes(*if_exists, names).await,
             ast::Statement::Drop {
                 object_type,
                 if_exists,
@@ -671,7 +686,7 @@ impl Coordinator {
     async fn create_table(&self, ct: &ast::CreateTable, sql: &str) -> Result<ExecuteResult> {
         let _ddl = self.ddl.lock().await;
         let name = object_name(&ct.name);
-        if self.catalog.get(&name).is_some() {
+        if self.catalog.name_taken(&name) {
             if ct.if_not_exists {
                 return Ok(ExecuteResult::Command {
                     tag: "CREATE TABLE".into(),
@@ -797,6 +812,7 @@ impl Coordinator {
             depends_on: Vec::new(),
             source,
             append_only: false,
+            indexes: Vec::new(),
         })
     }
 
@@ -830,6 +846,9 @@ impl Coordinator {
         } else {
             "CREATE VIEW"
         };
+        if self.catalog.get(&name).is_none() && self.catalog.name_taken(&name) {
+            return Err(SqlError::DuplicateRelation(name).into());
+        }
         if let Some(existing) = self.catalog.get(&name) {
             if cv.if_not_exists {
                 return Ok(ExecuteResult::Command { tag: tag.into() });
@@ -908,9 +927,12 @@ impl Coordinator {
         let mut ops: Vec<_> = self
             .catalog
             .get(&name)
-            .map(|old| weir_persist::CatalogOp::Drop(old.id))
-            .into_iter()
-            .collect();
+            .map(|old| {
+                old.item_ids()
+                    .map(weir_persist::CatalogOp::Drop)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
         ops.push(weir_persist::CatalogOp::Create(weir_persist::CatalogItem {
             id,
             sql: sql.trim().to_string(),
@@ -945,6 +967,7 @@ impl Coordinator {
             depends_on,
             source: None,
             append_only: false,
+            indexes: Vec::new(),
         });
         if cv.materialized
             && let Some(entry) = self.catalog.get(&name)
@@ -998,7 +1021,8 @@ impl Coordinator {
             self.persist_catalog(
                 doomed
                     .iter()
-                    .map(|e| weir_persist::CatalogOp::Drop(e.id))
+                    .flat_map(|e| e.item_ids())
+                    .map(weir_persist::CatalogOp::Drop)
                     .collect(),
             )
             .await?;

@@ -443,7 +443,7 @@ impl Coordinator {
         tables: Vec<(String, String)>,
     ) -> Result<Vec<crate::catalog::Entry>> {
         for (name, _) in &tables {
-            if self.catalog.get(name).is_some() || self.catalog.object(name).is_some() {
+            if self.catalog.name_taken(name) || self.catalog.object(name).is_some() {
                 return Err(weir_sql::SqlError::DuplicateRelation(name.clone()).into());
             }
         }
@@ -542,7 +542,8 @@ impl Coordinator {
             .write_with_catalog(vec![update], ops, self.catalog.next_id())
             .wait()
             .await?;
-        self.catalog.retire(&old.name);
+        let mut entry = entry;
+        entry.indexes = self.catalog.retire(&old.name);
         self.catalog.insert(entry);
         if let Some(s) = self.catalog.sources().get_mut(source)
             && let SourceKind::Postgres { feeds: live, .. } = &mut s.kind
@@ -717,7 +718,11 @@ impl Coordinator {
         }
         doomed.extend(tables.iter().filter_map(|t| self.catalog.get(t)));
         doomed.extend(retired.into_iter().filter_map(|id| self.catalog.retired(id)));
-        let mut ops: Vec<CatalogOp> = doomed.iter().map(|e| CatalogOp::Drop(e.id)).collect();
+        let mut ops: Vec<CatalogOp> = doomed
+            .iter()
+            .flat_map(|e| e.item_ids())
+            .map(CatalogOp::Drop)
+            .collect();
         ops.push(CatalogOp::Drop(id));
         self.persist_catalog(ops).await?;
         if let Some(mut s) = self.catalog.sources().remove(name)

@@ -50,6 +50,7 @@ pub fn table_names(schema: &str) -> Vec<String> {
             "pg_description",
             "pg_extension",
             "pg_index",
+            "pg_indexes",
             "pg_inherits",
             "pg_matviews",
             "pg_namespace",
@@ -88,7 +89,6 @@ pub const EMPTY_RELATIONS: &[&str] = &[
     "pg_constraint",
     "pg_description",
     "pg_extension",
-    "pg_index",
     "pg_inherits",
     "pg_policy",
     "pg_proc",
@@ -218,12 +218,16 @@ fn column_type(e: &Entry, i: usize) -> (i64, i64) {
     }
 }
 
-/// A relation as `pg_class` and `pg_attribute` describe it.
+/// A relation or index as `pg_class` and `pg_attribute` describe it.
 struct Described {
     oid: i64,
     name: String,
     namespace: i64,
-    kind: RelationKind,
+    /// `pg_class.relkind`: `r`, `v`, `m` or `i`.
+    relkind: &'static str,
+    /// `pg_class.relam`: the access method's oid in `pg_am` (0 for a view).
+    am: i64,
+    has_index: bool,
     columns: Vec<DescribedColumn>,
 }
 
@@ -234,34 +238,52 @@ struct DescribedColumn {
     not_null: bool,
 }
 
-/// Every relation `\d` can describe: the user's, in `public`, and
-/// `weir_catalog`'s own (as views, at OIDs `pg_table_is_visible` treats as
-/// off the search path, so `\dv` does not list them).
+impl DescribedColumn {
+    fn of(e: &Entry, i: usize) -> DescribedColumn {
+        let (type_oid, typmod) = column_type(e, i);
+        DescribedColumn {
+            name: e.schema.field(i).name().clone(),
+            type_oid,
+            typmod,
+            not_null: !nullable(e, i),
+        }
+    }
+}
+
+/// Every relation and index `\d` can describe: the user's, in `public`,
+/// and `weir_catalog`'s own (as views, at OIDs `pg_table_is_visible`
+/// treats as off the search path, so `\dv` does not list them).
 fn described(entries: &[Entry]) -> Vec<Described> {
+    let indexes = listed_indexes(entries);
     let mut out: Vec<Described> = entries
         .iter()
         .map(|e| Described {
             oid: relation_oid(e),
             name: e.name.clone(),
             namespace: PUBLIC_OID,
-            kind: e.kind,
-            columns: e
-                .schema
-                .fields()
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    let (type_oid, typmod) = column_type(e, i);
-                    DescribedColumn {
-                        name: f.name().clone(),
-                        type_oid,
-                        typmod,
-                        not_null: !nullable(e, i),
-                    }
-                })
+            relkind: relkind(e.kind),
+            am: if e.kind == RelationKind::View { 0 } else { HEAP_AM },
+            has_index: indexes.iter().any(|i| i.table.id == e.id),
+            columns: (0..e.schema.fields().len())
+                .map(|i| DescribedColumn::of(e, i))
                 .collect(),
         })
         .collect();
+    out.extend(indexes.iter().map(|i| {
+        Described {
+            oid: i.oid,
+            name: i.name.clone(),
+            namespace: PUBLIC_OID,
+            relkind: "i",
+            am: if i.method == "hash" { HASH_AM } else { BTREE_AM },
+            has_index: false,
+            columns: i
+                .columns
+                .iter()
+                .map(|c| DescribedColumn::of(i.table, *c))
+                .collect(),
+        }
+    }));
     let first = weir_sql::pg_compat::WEIR_CATALOG_RELATION_OIDS.start;
     for (i, name) in table_names("weir_catalog").into_iter().enumerate() {
         let Some(b) = table("weir_catalog", &name, &[], &Default::default(), None) else {
@@ -282,8 +304,71 @@ fn described(entries: &[Entry]) -> Vec<Described> {
                 .collect(),
             name,
             namespace: WEIR_CATALOG_OID,
-            kind: RelationKind::View,
+            relkind: "v",
+            am: 0,
+            has_index: false,
         });
+    }
+    out
+}
+
+/// `pg_am`'s access methods.
+const HEAP_AM: i64 = 2;
+const BTREE_AM: i64 = 403;
+const HASH_AM: i64 = 405;
+/// The indexes backing primary keys and `UNIQUE` constraints have no
+/// catalog ids; their OIDs are made from their table's id from here up.
+const CONSTRAINT_INDEX_OIDS: i64 = 1 << 30;
+
+/// An index as `pg_class`, `pg_index` and `pg_indexes` list it: one made
+/// by `CREATE INDEX`, or the one PostgreSQL backs a primary key or a
+/// `UNIQUE` constraint with (named as the constraint).
+struct ListedIndex<'a> {
+    oid: i64,
+    name: String,
+    table: &'a Entry,
+    columns: Vec<usize>,
+    unique: bool,
+    primary: bool,
+    method: &'static str,
+    definition: String,
+}
+
+fn listed_indexes(entries: &[Entry]) -> Vec<ListedIndex<'_>> {
+    let mut out = Vec::new();
+    for e in entries {
+        for (c, (name, columns)) in e.constraints().into_iter().enumerate() {
+            if e.index(&name).is_some() {
+                continue;
+            }
+            let names: Vec<&str> = columns.iter().map(|i| e.columns[*i].name.as_str()).collect();
+            out.push(ListedIndex {
+                oid: CONSTRAINT_INDEX_OIDS + ((e.id as i64) << 8) + c as i64,
+                definition: format!(
+                    "CREATE UNIQUE INDEX {name} ON public.{} USING btree ({})",
+                    e.name,
+                    names.join(", ")
+                ),
+                name,
+                table: e,
+                columns,
+                unique: true,
+                primary: c == 0 && !e.primary_key.is_empty(),
+                method: "btree",
+            });
+        }
+        for i in &e.indexes {
+            out.push(ListedIndex {
+                oid: FIRST_USER_OID + i.id as i64,
+                name: i.name.clone(),
+                table: e,
+                columns: i.columns.iter().map(|c| c.column).collect(),
+                unique: i.unique,
+                primary: false,
+                method: i.method,
+                definition: i.definition(e),
+            });
+        }
     }
     out
 }
@@ -416,13 +501,13 @@ pub fn table(
                         int(0),
                         int(0),
                         int(OWNER_OID),
-                        int(if r.kind == RelationKind::View { 0 } else { 2 }),
+                        int(r.am),
                         int(0),
                         int(0),
-                        boolean(false),
+                        boolean(r.has_index),
                         boolean(false),
                         text("p"),
-                        text(relkind(r.kind)),
+                        text(r.relkind),
                         int(r.columns.len() as i64),
                         int(0),
                         boolean(false),
@@ -594,8 +679,9 @@ pub fn table(
         ("pg_catalog", "pg_am") => batch(
             &[("oid", I), ("amname", T), ("amtype", T)],
             vec![
-                vec![int(2), text("heap"), text("t")],
-                vec![int(403), text("btree"), text("i")],
+                vec![int(HEAP_AM), text("heap"), text("t")],
+                vec![int(BTREE_AM), text("btree"), text("i")],
+                vec![int(HASH_AM), text("hash"), text("i")],
             ],
         ),
         ("pg_catalog", "pg_tables") => batch(
@@ -608,7 +694,31 @@ pub fn table(
             entries
                 .iter()
                 .filter(|e| e.kind == RelationKind::Table)
-                .map(|e| vec![text("public"), text(&e.name), text(OWNER), boolean(false)])
+                .map(|e| {
+                    let indexed = !e.constraints().is_empty() || !e.indexes.is_empty();
+                    vec![text("public"), text(&e.name), text(OWNER), boolean(indexed)]
+                })
+                .collect(),
+        ),
+        ("pg_catalog", "pg_indexes") => batch(
+            &[
+                ("schemaname", T),
+                ("tablename", T),
+                ("indexname", T),
+                ("tablespace", T),
+                ("indexdef", T),
+            ],
+            listed_indexes(entries)
+                .into_iter()
+                .map(|i| {
+                    vec![
+                        text("public"),
+                        text(&i.table.name),
+                        text(i.name),
+                        null_text(),
+                        text(i.definition),
+                    ]
+                })
                 .collect(),
         ),
         ("pg_catalog", "pg_views") | ("pg_catalog", "pg_matviews") => {
@@ -648,16 +758,55 @@ pub fn table(
                 vec![text("server_encoding"), text("UTF8")],
             ],
         ),
-        ("pg_catalog", "pg_index") => empty(&[
-            ("indexrelid", I),
-            ("indrelid", I),
-            ("indisprimary", B),
-            ("indisunique", B),
-            ("indisclustered", B),
-            ("indisvalid", B),
-            ("indisreplident", B),
-            ("indkey", T),
-        ]),
+        ("pg_catalog", "pg_index") => batch(
+            &[
+                ("indexrelid", I),
+                ("indrelid", I),
+                ("indnatts", I),
+                ("indnkeyatts", I),
+                ("indisunique", B),
+                ("indnullsnotdistinct", B),
+                ("indisprimary", B),
+                ("indisexclusion", B),
+                ("indimmediate", B),
+                ("indisclustered", B),
+                ("indisvalid", B),
+                ("indcheckxmin", B),
+                ("indisready", B),
+                ("indislive", B),
+                ("indisreplident", B),
+                // `int2vector` as PostgreSQL prints it: 1-based, by spaces.
+                ("indkey", T),
+                ("indexprs", T),
+                ("indpred", T),
+            ],
+            listed_indexes(entries)
+                .into_iter()
+                .map(|i| {
+                    let key: Vec<String> = i.columns.iter().map(|c| (c + 1).to_string()).collect();
+                    vec![
+                        int(i.oid),
+                        int(relation_oid(i.table)),
+                        int(i.columns.len() as i64),
+                        int(i.columns.len() as i64),
+                        boolean(i.unique),
+                        boolean(false),
+                        boolean(i.primary),
+                        boolean(false),
+                        boolean(true),
+                        boolean(false),
+                        boolean(true),
+                        boolean(false),
+                        boolean(true),
+                        boolean(true),
+                        boolean(false),
+                        text(key.join(" ")),
+                        null_text(),
+                        null_text(),
+                    ]
+                })
+                .collect(),
+        ),
         ("pg_catalog", "pg_constraint") => empty(&[
             ("oid", I),
             ("conname", T),

@@ -47,6 +47,13 @@ pub fn rewrite(statement: &mut ast::Statement) {
                     return ControlFlow::<()>::Continue(());
                 }
                 if f.name.0.len() == 1
+                    && part_is(&f.name.0[0], "pg_get_indexdef")
+                    && let Some(rewritten) = index_definition(f)
+                {
+                    *e = rewritten;
+                    return ControlFlow::<()>::Continue(());
+                }
+                if f.name.0.len() == 1
                     && part_is(&f.name.0[0], "array")
                     && let ast::FunctionArguments::Subquery(q) = &f.args
                     && let Some(rewritten) = array_subquery(q)
@@ -168,7 +175,13 @@ fn alias_select_list(q: &mut ast::Query) {
         let text = e.to_string();
         let repeat = seen.contains(&text);
         seen.push(text);
-        if matches!(e, SqlExpr::Subquery(_)) || repeat {
+        // DataFusion names every subquery `<subquery>`, so two items that
+        // differ only in their subqueries (or their left sides) would clash.
+        let subquery = matches!(
+            e,
+            SqlExpr::Subquery(_) | SqlExpr::InSubquery { .. } | SqlExpr::Exists { .. }
+        );
+        if subquery || repeat {
             let name = format!("{} {i}", crate::names::expr_name(e));
             *item = ast::SelectItem::ExprWithAlias {
                 expr: e.clone(),
@@ -246,6 +259,39 @@ fn view_definition(f: &ast::Function) -> Option<SqlExpr> {
           UNION ALL SELECT matviewname, definition FROM pg_catalog.pg_matviews) d \
          ON d.n = c.relname WHERE c.oid = {oid})"
     );
+    parse_expr(&text)
+}
+
+/// `pg_get_indexdef(oid [, column, pretty])` (psql's `\d` of a table
+/// and of an index) as a lookup: of the index's definition in
+/// `pg_indexes` by the name `pg_class` gives the oid, or for a column
+/// other than 0, of that column's name in `pg_attribute`.
+fn index_definition(f: &ast::Function) -> Option<SqlExpr> {
+    let ast::FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let arg = |i: usize| match list.args.get(i) {
+        Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e))) => Some(e),
+        _ => None,
+    };
+    let oid = arg(0)?;
+    let whole = match arg(1) {
+        None => true,
+        Some(SqlExpr::Value(v)) => v.to_string() == "0",
+        Some(_) => false,
+    };
+    let text = if whole {
+        format!(
+            "(SELECT d.indexdef FROM pg_catalog.pg_class c JOIN pg_catalog.pg_indexes d \
+             ON d.indexname = c.relname WHERE c.oid = {oid})"
+        )
+    } else {
+        let column = arg(1)?;
+        format!(
+            "(SELECT d.attname FROM pg_catalog.pg_attribute d \
+             WHERE d.attrelid = {oid} AND d.attnum = {column})"
+        )
+    };
     parse_expr(&text)
 }
 
@@ -375,7 +421,6 @@ pub fn register_functions(state: &mut SessionState) {
         constant("pg_encoding_to_char", text("UTF8")),
         constant("pg_get_expr", ScalarValue::Utf8(None)),
         constant("pg_get_constraintdef", ScalarValue::Utf8(None)),
-        constant("pg_get_indexdef", ScalarValue::Utf8(None)),
         constant("pg_get_statisticsobjdef_columns", ScalarValue::Utf8(None)),
         constant("obj_description", ScalarValue::Utf8(None)),
         constant("col_description", ScalarValue::Utf8(None)),

@@ -193,7 +193,7 @@ fn parse_tokens(sql: &str, tokens: &[TokenWithSpan], whole: (&str, usize)) -> Re
         _ => {}
     }
     let mut stmts = Parser::new(&PostgreSqlDialect {})
-        .with_tokens_with_locations(tokens.to_vec())
+        .with_tokens_with_locations(empty_in_lists(tokens))
         .parse_statements()
         .map_err(|e| match parser_error(e, whole.0) {
             SqlError::Syntax { message, position } => SqlError::Syntax {
@@ -209,6 +209,36 @@ fn parse_tokens(sql: &str, tokens: &[TokenWithSpan], whole: (&str, usize)) -> Re
             position: None,
         }),
     }
+}
+
+/// `tokens`, with each empty list of `IN ()` made an empty subquery,
+/// `IN (SELECT NULL WHERE false)`: SQLite's and the SQL logic tests'
+/// reading (`x IN ()` is false and `x NOT IN ()` true, whatever `x`, NULL
+/// included), where PostgreSQL's grammar has no empty list.
+fn empty_in_lists(tokens: &[TokenWithSpan]) -> Vec<TokenWithSpan> {
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    // Indices in `out` of the last two tokens that are not whitespace.
+    let mut last: [Option<usize>; 2] = [None, None];
+    for t in tokens {
+        if t.token == Token::RParen
+            && let [Some(word), Some(open)] = last
+            && out[open].token == Token::LParen
+            && matches!(&out[word].token, Token::Word(w) if w.keyword == datafusion::sql::sqlparser::keywords::Keyword::IN)
+        {
+            for k in ["SELECT", "NULL", "WHERE", "FALSE"] {
+                out.push(TokenWithSpan::new(Token::make_keyword(k), t.span));
+                out.push(TokenWithSpan::new(
+                    Token::Whitespace(datafusion::sql::sqlparser::tokenizer::Whitespace::Space),
+                    t.span,
+                ));
+            }
+        }
+        if !matches!(t.token, Token::Whitespace(_)) {
+            last = [last[1], Some(out.len())];
+        }
+        out.push(t.clone());
+    }
+    out
 }
 
 /// Turn a sqlparser error into a syntax error with a position.
@@ -525,6 +555,20 @@ mod tests {
         );
         assert!(matches!(stmts[2].statement, Statement::Show(Show::Tables)));
         assert_eq!(stmts[1].offset, 11);
+    }
+
+    #[test]
+    fn an_empty_in_list_is_an_empty_subquery() {
+        let Statement::Sql(ast) = parse_one("SELECT a IN ( ), a NOT IN () FROM t WHERE f(x) IN (1)").unwrap()
+        else {
+            panic!("not SQL");
+        };
+        assert_eq!(
+            ast.to_string(),
+            "SELECT a IN (SELECT NULL WHERE false), a NOT IN (SELECT NULL WHERE false) FROM t WHERE f(x) IN (1)"
+        );
+        // A call with no arguments is no list.
+        assert!(parse_one("SELECT now() IN (SELECT now())").is_ok());
     }
 
     #[test]
