@@ -340,9 +340,14 @@ impl Catalog {
     }
 
     /// Whether a relation or an index is named `name` (they share
-    /// PostgreSQL's namespace).
+    /// PostgreSQL's namespace), counting the index behind each primary key
+    /// and `UNIQUE` constraint, which is named as the constraint.
     pub fn name_taken(&self, name: &str) -> bool {
-        self.get(name).is_some() || self.index_owner(name).is_some()
+        let s = self.state.read().expect("catalog lock");
+        s.entries.contains_key(name)
+            || s.entries
+                .values()
+                .any(|e| e.constraints().iter().any(|(c, _)| c == name) || e.index(name).is_some())
     }
 
     /// Names of the relations that read `name` directly.

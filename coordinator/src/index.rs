@@ -13,13 +13,9 @@ use crate::catalog::{Entry, Index, IndexColumn};
 use crate::controller::PeekTarget;
 use crate::error::AdapterError;
 use crate::keys::KeyIndexes;
-use crate::sequencer::{Coordinator, ExecuteResult, ident, object_name, unsupported};
+use crate::sequencer::{Coordinator, ExecuteResult, command, ident, object_name, unsupported};
 
 type Result<T> = std::result::Result<T, AdapterError>;
-
-fn done(tag: &str) -> ExecuteResult {
-    ExecuteResult::Command { tag: tag.into() }
-}
 
 impl Coordinator {
     pub(crate) async fn create_index(&self, ci: &ast::CreateIndex, sql: &str) -> Result<ExecuteResult> {
@@ -44,7 +40,7 @@ impl Coordinator {
         };
         if self.catalog.name_taken(&name) {
             if ci.if_not_exists {
-                return Ok(done("CREATE INDEX"));
+                return Ok(command("CREATE INDEX"));
             }
             return Err(SqlError::DuplicateRelation(name).into());
         }
@@ -88,7 +84,7 @@ impl Coordinator {
         }
         entry.indexes.push(index);
         self.catalog.insert(entry);
-        Ok(done("CREATE INDEX"))
+        Ok(command("CREATE INDEX"))
     }
 
     /// The rows of table `entry` once every write queued before is in
@@ -166,7 +162,7 @@ impl Coordinator {
             }
             self.catalog.insert(entry);
         }
-        Ok(done("DROP INDEX"))
+        Ok(command("DROP INDEX"))
     }
 
     /// The table whose primary key or `UNIQUE` constraint is named `name`

@@ -107,6 +107,11 @@ pub type SourceStart = (String, Option<u64>, HashMap<GlobalId, Vec<String>>);
 
 type Result<T> = std::result::Result<T, AdapterError>;
 
+/// A statement's completion with command tag `tag`.
+pub(crate) fn command(tag: &str) -> ExecuteResult {
+    ExecuteResult::Command { tag: tag.into() }
+}
+
 pub(crate) fn unsupported(what: impl Into<String>) -> AdapterError {
     AdapterError::Sql(SqlError::Unsupported(what.into()))
 }

@@ -16,13 +16,9 @@ use weir_sql::source_sql::{ObjectKind, OptionValue, SourceStatement};
 use crate::catalog::Object;
 use crate::error::AdapterError;
 use crate::ingest::{Feed, Source, SourceKind, Status};
-use crate::sequencer::{Coordinator, ExecuteResult};
+use crate::sequencer::{Coordinator, ExecuteResult, command};
 
 type Result<T> = std::result::Result<T, AdapterError>;
-
-fn command(tag: &str) -> ExecuteResult {
-    ExecuteResult::Command { tag: tag.into() }
-}
 
 impl Coordinator {
     pub(crate) async fn source_statement(
