@@ -141,6 +141,37 @@ impl Entry {
         std::iter::once(self.id).chain(self.indexes.iter().map(|i| i.id))
     }
 
+    /// The indexes PostgreSQL keeps behind the primary key and each
+    /// `UNIQUE` constraint (named as the constraint, ascending btrees),
+    /// each with its position in [`Entry::constraints`]. They have no
+    /// catalog item of their own: their `id` is the table's.
+    pub fn constraint_indexes(&self) -> Vec<(usize, Index)> {
+        self.constraints()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (name, _))| self.index(name).is_none())
+            .map(|(c, (name, columns))| {
+                let columns = columns
+                    .into_iter()
+                    .map(|column| IndexColumn {
+                        column,
+                        descending: false,
+                        nulls_first: false,
+                    })
+                    .collect();
+                let index = Index {
+                    id: self.id,
+                    name,
+                    columns,
+                    unique: true,
+                    method: "btree",
+                    create_sql: String::new(),
+                };
+                (c, index)
+            })
+            .collect()
+    }
+
     /// The index named `name` on this relation.
     pub fn index(&self, name: &str) -> Option<&Index> {
         self.indexes.iter().find(|i| i.name == name)

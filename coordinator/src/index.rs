@@ -44,33 +44,31 @@ impl Coordinator {
             }
             return Err(SqlError::DuplicateRelation(name).into());
         }
-        let index = Index {
-            id: 0,
-            name,
-            columns: index_columns(&entry, ci)?,
-            unique: ci.unique,
-            method: method(ci)?,
-            create_sql: sql.trim().to_string(),
-        };
-        if index.unique && entry.kind != RelationKind::Table {
+        let columns = index_columns(&entry, ci)?;
+        let method = method(ci)?;
+        if ci.unique && entry.kind != RelationKind::Table {
             return Err(unsupported("a unique index on a materialized view"));
         }
-        if index.unique && entry.source.is_some() {
+        if ci.unique && entry.source.is_some() {
             return Err(unsupported("a unique index on a table fed by a source"));
         }
         // Held until the index is in place, so that no write comes between
         // the check of the rows and the index that checks later writes.
         let mut writes = self.writes.lock().await;
-        let keys = if index.unique {
-            let columns: Vec<usize> = index.columns.iter().map(|c| c.column).collect();
+        let keys = if ci.unique {
+            let keyed: Vec<usize> = columns.iter().map(|c| c.column).collect();
             let rows = self.current_rows(&entry).await?;
-            Some(KeyIndexes::unique_keys(&entry, &index.name, &columns, &rows)?)
+            Some(KeyIndexes::unique_keys(&entry, &name, &keyed, &rows)?)
         } else {
             None
         };
         let index = Index {
             id: self.catalog.allocate_id(),
-            ..index
+            name,
+            columns,
+            unique: ci.unique,
+            method,
+            create_sql: sql.trim().to_string(),
         };
         self.persist_catalog(vec![weir_persist::CatalogOp::Create(weir_persist::CatalogItem {
             id: index.id,
@@ -171,11 +169,7 @@ impl Coordinator {
         self.catalog
             .entries()
             .into_iter()
-            .find(|e| {
-                e.constraints()
-                    .iter()
-                    .any(|(c, _)| c == name && e.index(c).is_none())
-            })
+            .find(|e| e.constraint_indexes().iter().any(|(_, i)| i.name == name))
             .map(|e| e.name)
     }
 }

@@ -188,31 +188,33 @@ impl Coordinator {
             // A source table's next version (it gained columns upstream)
             // takes over the name and the indexes; views replayed so far
             // keep reading the version they were created on.
-            if let Some(retired) = replaced_table(item.detail.as_deref()) {
-                let Some(name) = self
-                    .catalog
-                    .entries()
-                    .into_iter()
-                    .find(|e| e.id == retired)
-                    .map(|e| e.name)
-                else {
-                    return Err(failed(format!(
-                        "the table version {retired} it replaces is missing"
-                    )));
-                };
-                let indexes = self.catalog.retire(&name);
-                self.execute(statement, &[])
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
-                if let Some(mut entry) = self.catalog.get(&name) {
-                    entry.indexes = indexes;
-                    self.catalog.insert(entry);
+            let replaced = match replaced_table(item.detail.as_deref()) {
+                Some(retired) => {
+                    let Some(name) = self
+                        .catalog
+                        .entries()
+                        .into_iter()
+                        .find(|e| e.id == retired)
+                        .map(|e| e.name)
+                    else {
+                        return Err(failed(format!(
+                            "the table version {retired} it replaces is missing"
+                        )));
+                    };
+                    let indexes = self.catalog.retire(&name);
+                    Some((name, indexes))
                 }
-                continue;
-            }
+                None => None,
+            };
             self.execute(statement, &[])
                 .await
                 .map_err(|e| failed(e.to_string()))?;
+            if let Some((name, indexes)) = replaced
+                && let Some(mut entry) = self.catalog.get(&name)
+            {
+                entry.indexes = indexes;
+                self.catalog.insert(entry);
+            }
         }
         let mut starts = Vec::new();
         for (id, name, sql, detail) in sources {
@@ -851,10 +853,12 @@ impl Coordinator {
         } else {
             "CREATE VIEW"
         };
-        if self.catalog.get(&name).is_none() && self.catalog.name_taken(&name) {
+        let existing = self.catalog.get(&name);
+        if existing.is_none() && self.catalog.name_taken(&name) {
+            // An index holds the name.
             return Err(SqlError::DuplicateRelation(name).into());
         }
-        if let Some(existing) = self.catalog.get(&name) {
+        if let Some(existing) = existing {
             if cv.if_not_exists {
                 return Ok(ExecuteResult::Command { tag: tag.into() });
             }

@@ -504,7 +504,7 @@ impl Coordinator {
                 _ => return Err(gone()),
             };
         let old = feeds.get(feed).cloned().ok_or_else(gone)?;
-        let entry = self.source_table_entry(source, &table_sql(&old.name, &upstream))?;
+        let mut entry = self.source_table_entry(source, &table_sql(&old.name, &upstream))?;
         let batch = rows
             .finish(&entry.schema)
             .map_err(|e| AdapterError::Internal(format!("the rows of {}: {e}", old.name)))?;
@@ -538,7 +538,6 @@ impl Coordinator {
             .write_with_catalog(vec![update], ops, self.catalog.next_id())
             .wait()
             .await?;
-        let mut entry = entry;
         entry.indexes = self.catalog.retire(&old.name);
         self.catalog.insert(entry);
         if let Some(s) = self.catalog.sources().get_mut(source)

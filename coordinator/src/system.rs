@@ -337,24 +337,16 @@ struct ListedIndex<'a> {
 fn listed_indexes(entries: &[Entry]) -> Vec<ListedIndex<'_>> {
     let mut out = Vec::new();
     for e in entries {
-        for (c, (name, columns)) in e.constraints().into_iter().enumerate() {
-            if e.index(&name).is_some() {
-                continue;
-            }
-            let names: Vec<&str> = columns.iter().map(|i| e.columns[*i].name.as_str()).collect();
+        for (c, i) in e.constraint_indexes() {
             out.push(ListedIndex {
                 oid: CONSTRAINT_INDEX_OIDS + ((e.id as i64) << 8) + c as i64,
-                definition: format!(
-                    "CREATE UNIQUE INDEX {name} ON public.{} USING btree ({})",
-                    e.name,
-                    names.join(", ")
-                ),
-                name,
+                definition: i.definition(e),
+                name: i.name,
                 table: e,
-                columns,
-                unique: true,
+                columns: i.columns.iter().map(|c| c.column).collect(),
+                unique: i.unique,
                 primary: c == 0 && !e.primary_key.is_empty(),
-                method: "btree",
+                method: i.method,
             });
         }
         for i in &e.indexes {

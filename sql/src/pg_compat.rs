@@ -39,17 +39,13 @@ pub fn rewrite(statement: &mut ast::Statement) {
                 if f.name.0.len() == 2 && part_is(&f.name.0[0], "pg_catalog") {
                     f.name.0.remove(0);
                 }
-                if f.name.0.len() == 1
-                    && part_is(&f.name.0[0], "pg_get_viewdef")
-                    && let Some(rewritten) = view_definition(f)
-                {
-                    *e = rewritten;
-                    return ControlFlow::<()>::Continue(());
-                }
-                if f.name.0.len() == 1
-                    && part_is(&f.name.0[0], "pg_get_indexdef")
-                    && let Some(rewritten) = index_definition(f)
-                {
+                // Catalog lookups by oid, as subqueries of the catalog.
+                let lookup = match f.name.0.as_slice() {
+                    [n] if part_is(n, "pg_get_viewdef") => view_definition(f),
+                    [n] if part_is(n, "pg_get_indexdef") => index_definition(f),
+                    _ => None,
+                };
+                if let Some(rewritten) = lookup {
                     *e = rewritten;
                     return ControlFlow::<()>::Continue(());
                 }
@@ -243,16 +239,22 @@ fn array_subquery(q: &ast::Query) -> Option<SqlExpr> {
     Some(SqlExpr::Subquery(Box::new(q)))
 }
 
+/// The `i`th argument of call `f`, when it is a plain positional one.
+fn argument(f: &ast::Function, i: usize) -> Option<&SqlExpr> {
+    let ast::FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    match list.args.get(i) {
+        Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e))) => Some(e),
+        _ => None,
+    }
+}
+
 /// `pg_get_viewdef(oid [, pretty])` (psql's `\d+` of a view) as a lookup
 /// of the view's definition in `pg_views` and `pg_matviews` by the name
 /// `pg_class` gives the oid.
 fn view_definition(f: &ast::Function) -> Option<SqlExpr> {
-    let ast::FunctionArguments::List(list) = &f.args else {
-        return None;
-    };
-    let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(oid))) = list.args.first() else {
-        return None;
-    };
+    let oid = argument(f, 0)?;
     let text = format!(
         "(SELECT d.definition FROM pg_catalog.pg_class c JOIN \
          (SELECT viewname AS n, definition FROM pg_catalog.pg_views \
@@ -267,15 +269,8 @@ fn view_definition(f: &ast::Function) -> Option<SqlExpr> {
 /// `pg_indexes` by the name `pg_class` gives the oid, or for a column
 /// other than 0, of that column's name in `pg_attribute`.
 fn index_definition(f: &ast::Function) -> Option<SqlExpr> {
-    let ast::FunctionArguments::List(list) = &f.args else {
-        return None;
-    };
-    let arg = |i: usize| match list.args.get(i) {
-        Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e))) => Some(e),
-        _ => None,
-    };
-    let oid = arg(0)?;
-    let whole = match arg(1) {
+    let oid = argument(f, 0)?;
+    let whole = match argument(f, 1) {
         None => true,
         Some(SqlExpr::Value(v)) => v.to_string() == "0",
         Some(_) => false,
@@ -286,7 +281,7 @@ fn index_definition(f: &ast::Function) -> Option<SqlExpr> {
              ON d.indexname = c.relname WHERE c.oid = {oid})"
         )
     } else {
-        let column = arg(1)?;
+        let column = argument(f, 1)?;
         format!(
             "(SELECT d.attname FROM pg_catalog.pg_attribute d \
              WHERE d.attrelid = {oid} AND d.attnum = {column})"
