@@ -13,6 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use sqllogictest::{Condition, DBOutput, DefaultColumnType, Record, Runner};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -37,7 +38,8 @@ struct Weir {
     client: Client,
     /// Views mode: every query also becomes a materialized view, which must
     /// hold the same rows as the query, then and after every later change.
-    views: Option<Vec<(String, String)>>,
+    /// (The number made so far.)
+    views: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -91,14 +93,13 @@ impl sqllogictest::AsyncDB for Weir {
             .trim_start()
             .get(..6)
             .is_some_and(|w| w.eq_ignore_ascii_case("select"));
-        let Some(views) = self.views.as_mut().filter(|_| is_query) else {
+        let (Some(views), true, DBOutput::Rows { types, rows }) = (self.views.as_mut(), is_query, &output) else {
             return Ok(output);
         };
-        let name = format!("corpus_view_{}", views.len());
+        let name = format!("corpus_view_{views}");
         // Name the columns: like PostgreSQL, Weir wants distinct names in a
         // view, and the corpus leaves expressions unnamed.
-        let width = self.client.prepare(sql).await.map_err(db_error)?.columns().len();
-        let columns: Vec<String> = (0..width).map(|i| format!("c{i}")).collect();
+        let columns: Vec<String> = (0..types.len()).map(|i| format!("c{i}")).collect();
         self.client
             .batch_execute(&format!(
                 "CREATE MATERIALIZED VIEW {name} ({}) AS {sql}",
@@ -106,8 +107,11 @@ impl sqllogictest::AsyncDB for Weir {
             ))
             .await
             .map_err(db_error)?;
-        views.push((name.clone(), sql.to_string()));
-        check_view(self, &name, sql).await?;
+        *views += 1;
+        // The query's own answer, just taken, is what the view must hold.
+        let mut expected = rows.clone();
+        expected.sort();
+        view_holds(self, &name, expected).await?;
         Ok(output)
     }
 
@@ -170,15 +174,13 @@ fn dropped_relation(sql: &str) -> Option<String> {
 
 /// The rows of `view` must be the rows of `sql` (as multisets).
 async fn check_view(db: &mut Weir, view: &str, sql: &str) -> Result<(), DbError> {
-    let rows = |o: DBOutput<DefaultColumnType>| match o {
-        DBOutput::Rows { mut rows, .. } => {
-            rows.sort();
-            rows
-        }
-        _ => Vec::new(),
-    };
-    let expected = rows(db.run_once(sql).await?);
-    let actual = rows(db.run_once(&format!("SELECT * FROM {view}")).await?);
+    let expected = sorted_rows(db.run_once(sql).await?);
+    view_holds(db, view, expected).await
+}
+
+/// The rows of `view` must be `expected` (sorted).
+async fn view_holds(db: &mut Weir, view: &str, expected: Vec<Vec<String>>) -> Result<(), DbError> {
+    let actual = sorted_rows(db.run_once(&format!("SELECT * FROM {view}")).await?);
     if expected == actual {
         Ok(())
     } else {
@@ -187,6 +189,16 @@ async fn check_view(db: &mut Weir, view: &str, sql: &str) -> Result<(), DbError>
             actual.len(),
             expected.len()
         )))
+    }
+}
+
+fn sorted_rows(output: DBOutput<DefaultColumnType>) -> Vec<Vec<String>> {
+    match output {
+        DBOutput::Rows { mut rows, .. } => {
+            rows.sort();
+            rows
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -236,7 +248,7 @@ fn runner(
             });
             Ok(Weir {
                 client,
-                views: views.then(Vec::new),
+                views: views.then_some(0),
             })
         }
     });
@@ -325,101 +337,42 @@ async fn run_corpus(views: bool) {
             prefixes.iter().any(|p| name.starts_with(p))
         });
     }
+    // Each file runs on a server of its own, and a server's coordinator
+    // is one busy thread: files run side by side, one per core
+    // (`WEIR_CONFORMANCE_JOBS` overrides), largest first so that the
+    // longest does not start last.
+    let jobs = std::env::var("WEIR_CONFORMANCE_JOBS")
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    files.sort_by_key(|f| std::cmp::Reverse(std::fs::metadata(f).map_or(0, |m| m.len())));
+    let mut outcomes: Vec<FileOutcome> = futures::stream::iter(files)
+        .map(|file| run_corpus_file(file, views))
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    outcomes.sort_by(|a, b| a.file.cmp(&b.file));
     let (mut total_pass, mut total) = (0, 0);
     let mut unexpected: Vec<String> = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
-        // The parser does not take trailing comments on condition lines.
-        let text: String = text
-            .lines()
-            .map(
-                |l| match (l.starts_with("onlyif") || l.starts_with("skipif"), l.find(" #")) {
-                    (true, Some(i)) => &l[..i],
-                    _ => l,
-                },
-            )
-            .collect::<Vec<_>>()
-            .join("\n");
-        let script = format!("hash-threshold 8\ncontrol resultmode valuewise\n{text}\n");
-        let records: Vec<Record<DefaultColumnType>> =
-            sqllogictest::parse(&script).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let server = common::Server::start();
-        let mut runner = runner(&server, views);
-        let (mut pass, mut count, mut shown) = (0, 0, 0);
-        // `halt` ends the file for the engines its conditions select, as
-        // SQLite's own runner reads it (`onlyif mssql` then `halt`: only
-        // there; `skipif sqlite` then `halt`: everywhere but SQLite). The
-        // crate halts whatever the conditions, or not at all when records
-        // are run one by one.
-        let mut conditions: Vec<Condition> = Vec::new();
-        for record in records {
-            match &record {
-                Record::Condition(c) => conditions.push(c.clone()),
-                Record::Halt { .. } if conditions.iter().all(|c| !skips_us(c)) => break,
-                Record::Comment(_) | Record::Newline => {}
-                _ => conditions.clear(),
-            }
-            let sql = match &record {
-                Record::Query { sql, .. } | Record::Statement { sql, .. } => Some(sql.trim().to_string()),
-                _ => None,
-            };
-            let result = runner.run_async(record).await;
-            if let Some(sql) = sql {
-                count += 1;
-                match result {
-                    Ok(_) => pass += 1,
-                    Err(e) => {
-                        if shown < 3 {
-                            shown += 1;
-                            eprintln!("{}: {}", file.display(), e.display(false));
-                        }
-                        if !POSTGRESQL_REJECTS.contains(&sql.as_str()) {
-                            unexpected.push(format!("{}: {sql}", file.display()));
-                        }
-                    }
-                }
-            }
-        }
-        let mut stale = 0;
-        if views {
-            // After everything that followed them, every view must still
-            // equal its query.
-            let mut db = Weir {
-                client: server.connect().await,
-                views: None,
-            };
-            let listed = db
-                .client
-                .query(
-                    "SELECT name, definition FROM weir_catalog.relations \
-                     WHERE kind = 'materialized view' AND name LIKE 'corpus_view_%'",
-                    &[],
-                )
-                .await
-                .unwrap();
-            for row in listed {
-                let (name, definition): (String, String) = (row.get(0), row.get(1));
-                count += 1;
-                match check_view(&mut db, &name, &view_query(definition)).await {
-                    Ok(()) => pass += 1,
-                    Err(_) => {
-                        stale += 1;
-                        unexpected.push(format!("{}: view {name} stale at the end", file.display()));
-                    }
-                }
-            }
+    for o in outcomes {
+        let name = o.file.file_name().unwrap().to_string_lossy().to_string();
+        for shown in &o.shown {
+            eprintln!("{}: {shown}", o.file.display());
         }
         println!(
-            "{} ({mode}): {pass}/{count} records pass{}",
-            file.file_name().unwrap().to_string_lossy(),
+            "{name} ({mode}): {}/{} records pass{}",
+            o.pass,
+            o.count,
             if views {
-                format!(", {stale} views stale at the end")
+                format!(", {} views stale at the end", o.stale)
             } else {
                 String::new()
             }
         );
-        total_pass += pass;
-        total += count;
+        total_pass += o.pass;
+        total += o.count;
+        unexpected.extend(o.unexpected);
     }
     println!("conformance ({mode}): {total_pass}/{total} records pass");
     assert!(
@@ -428,4 +381,109 @@ async fn run_corpus(views: bool) {
         unexpected.len(),
         unexpected.join("\n")
     );
+}
+
+/// What one corpus file gave.
+struct FileOutcome {
+    file: PathBuf,
+    pass: usize,
+    count: usize,
+    stale: usize,
+    /// The first few failures, as the runner describes them.
+    shown: Vec<String>,
+    /// Failing records (and stale views) not in [`POSTGRESQL_REJECTS`].
+    unexpected: Vec<String>,
+}
+
+/// Run every record of `file` on a fresh server, counting passes instead
+/// of stopping at the first failure.
+async fn run_corpus_file(file: PathBuf, views: bool) -> FileOutcome {
+    let text = std::fs::read_to_string(&file).unwrap();
+    // The parser does not take trailing comments on condition lines.
+    let text: String = text
+        .lines()
+        .map(
+            |l| match (l.starts_with("onlyif") || l.starts_with("skipif"), l.find(" #")) {
+                (true, Some(i)) => &l[..i],
+                _ => l,
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("\n");
+    let script = format!("hash-threshold 8\ncontrol resultmode valuewise\n{text}\n");
+    let records: Vec<Record<DefaultColumnType>> =
+        sqllogictest::parse(&script).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let server = common::Server::start();
+    let mut runner = runner(&server, views);
+    let mut o = FileOutcome {
+        file,
+        pass: 0,
+        count: 0,
+        stale: 0,
+        shown: Vec::new(),
+        unexpected: Vec::new(),
+    };
+    // `halt` ends the file for the engines its conditions select, as
+    // SQLite's own runner reads it (`onlyif mssql` then `halt`: only
+    // there; `skipif sqlite` then `halt`: everywhere but SQLite). The
+    // crate halts whatever the conditions, or not at all when records
+    // are run one by one.
+    let mut conditions: Vec<Condition> = Vec::new();
+    for record in records {
+        match &record {
+            Record::Condition(c) => conditions.push(c.clone()),
+            Record::Halt { .. } if conditions.iter().all(|c| !skips_us(c)) => break,
+            Record::Comment(_) | Record::Newline => {}
+            _ => conditions.clear(),
+        }
+        let sql = match &record {
+            Record::Query { sql, .. } | Record::Statement { sql, .. } => Some(sql.trim().to_string()),
+            _ => None,
+        };
+        let result = runner.run_async(record).await;
+        if let Some(sql) = sql {
+            o.count += 1;
+            match result {
+                Ok(_) => o.pass += 1,
+                Err(e) => {
+                    if o.shown.len() < 3 {
+                        o.shown.push(e.display(false).to_string());
+                    }
+                    if !POSTGRESQL_REJECTS.contains(&sql.as_str()) {
+                        o.unexpected.push(format!("{}: {sql}", o.file.display()));
+                    }
+                }
+            }
+        }
+    }
+    if views {
+        // After everything that followed them, every view must still
+        // equal its query.
+        let mut db = Weir {
+            client: server.connect().await,
+            views: None,
+        };
+        let listed = db
+            .client
+            .query(
+                "SELECT name, definition FROM weir_catalog.relations \
+                 WHERE kind = 'materialized view' AND name LIKE 'corpus_view_%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        for row in listed {
+            let (name, definition): (String, String) = (row.get(0), row.get(1));
+            o.count += 1;
+            match check_view(&mut db, &name, &view_query(definition)).await {
+                Ok(()) => o.pass += 1,
+                Err(_) => {
+                    o.stale += 1;
+                    o.unexpected
+                        .push(format!("{}: view {name} stale at the end", o.file.display()));
+                }
+            }
+        }
+    }
+    o
 }

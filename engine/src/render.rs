@@ -170,6 +170,7 @@ impl<'a, 's> Imports<'a, 's> {
 
 /// Render `plan` in `scope`. A stateful subplan equal to one already
 /// rendered in this dataflow reuses its collections.
+#[recursive::recursive]
 pub fn render<'s>(
     plan: &Plan,
     scope: Scope<'s, Time>,

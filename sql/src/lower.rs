@@ -37,6 +37,7 @@ struct Lowering<'a> {
 }
 
 impl Lowering<'_> {
+    #[recursive::recursive]
     fn lower(&mut self, plan: &LogicalPlan) -> Result<Plan, SqlError> {
         let schema = plan.schema().clone();
         let node = match plan {
