@@ -613,7 +613,10 @@ async fn a_join_of_many_tables_runs_and_is_maintained() {
     for i in 0..N {
         exec(
             &c,
-            &format!("CREATE TABLE t{i} (a{i} int, b{i} int); INSERT INTO t{i} VALUES ({i}, {})", i + 1),
+            &format!(
+                "CREATE TABLE t{i} (a{i} int, b{i} int); INSERT INTO t{i} VALUES ({i}, {})",
+                i + 1
+            ),
         )
         .await;
     }
@@ -632,6 +635,9 @@ async fn a_join_of_many_tables_runs_and_is_maintained() {
     assert_eq!(rows(&c, "SELECT * FROM chain").await, expected);
     // Break the chain in the middle: the view empties.
     exec(&c, &format!("UPDATE t{} SET a{} = -1", N / 2, N / 2)).await;
-    assert_eq!(rows(&c, "SELECT * FROM chain").await, Vec::<Vec<Option<String>>>::new());
+    assert_eq!(
+        rows(&c, "SELECT * FROM chain").await,
+        Vec::<Vec<Option<String>>>::new()
+    );
     assert_eq!(rows(&c, &query).await, Vec::<Vec<Option<String>>>::new());
 }
