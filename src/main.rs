@@ -116,6 +116,10 @@ fn start(pg_addr: SocketAddr, workers: Option<usize>, state: &str) -> anyhow::Re
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("weir-coord")
+        // Statements are refused past 1,000 levels of nesting, but what
+        // runs below that (DataFusion's passes, our lowering) recurses
+        // with frames far larger in a debug build.
+        .thread_stack_size(16 << 20)
         .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(pg_addr)

@@ -641,3 +641,27 @@ async fn a_join_of_many_tables_runs_and_is_maintained() {
     );
     assert_eq!(rows(&c, &query).await, Vec::<Vec<Option<String>>>::new());
 }
+
+/// An expression nested past the limit (`a + a + ... + a`, 100,000 deep)
+/// is refused as PostgreSQL refuses one past its stack, `54001`, and the
+/// server goes on; one just inside the limit runs, one-shot and as a view.
+#[tokio::test]
+async fn a_too_deep_expression_is_refused_not_a_crash() {
+    let server = Server::start();
+    let c = server.connect().await;
+    exec(&c, "CREATE TABLE t (a int); INSERT INTO t VALUES (1)").await;
+    let chain = |n: usize| format!("SELECT {} AS s FROM t", vec!["a"; n].join(" + "));
+    for sql in [
+        chain(100_000),
+        format!("CREATE MATERIALIZED VIEW deep AS {}", chain(1_001)),
+    ] {
+        let (code, message, _) = error(&c, &sql).await;
+        assert_eq!(code, "54001");
+        assert!(message.starts_with("stack depth limit exceeded"), "{message}");
+    }
+    // Just inside the limit: 999 additions are 1,000 levels.
+    assert_eq!(rows(&c, &chain(999)).await, vec![vec![Some("999".to_string())]]);
+    exec(&c, &format!("CREATE MATERIALIZED VIEW deep AS {}", chain(999))).await;
+    exec(&c, "INSERT INTO t VALUES (2)").await;
+    assert_eq!(sorted(&c, "SELECT s FROM deep").await, ["1998", "999"]);
+}

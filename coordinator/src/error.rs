@@ -82,6 +82,7 @@ impl AdapterError {
                 SqlError::UndefinedType(_) => "42704",
                 SqlError::Unsupported(_) => "0A000",
                 SqlError::InvalidRecursion(_) => "42P19",
+                SqlError::TooDeep(_) => "54001",
                 SqlError::Evaluation { code, .. } => eval_code(*code),
                 SqlError::Plan(_) => "42000",
             },

@@ -45,6 +45,10 @@ pub enum SqlError {
     /// A `WITH RECURSIVE` whose recursive term uses what SQL forbids there.
     #[error("{0} are not allowed in a recursive query's recursive term")]
     InvalidRecursion(String),
+    /// Expressions nested deeper than a statement may (PostgreSQL stops at
+    /// its stack limit the same way); the number is the limit.
+    #[error("stack depth limit exceeded: expressions nest more than {0} levels deep")]
+    TooDeep(usize),
     /// A plan-time evaluation error (e.g. a constant division by zero).
     #[error("{message}")]
     Evaluation { code: EvalErrorCode, message: String },

@@ -6,6 +6,8 @@
 //! `COPY ... FROM STDIN`, transaction control) here, everything else with
 //! sqlparser's PostgreSQL dialect.
 
+use std::ops::ControlFlow;
+
 use datafusion::sql::sqlparser::ast;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -202,12 +204,80 @@ fn parse_tokens(sql: &str, tokens: &[TokenWithSpan], whole: (&str, usize)) -> Re
             },
             other => other,
         })?;
+    if let Some(statement) = stmts.first()
+        && let Err(e) = check_depth(statement)
+    {
+        stmts.into_iter().for_each(dismantle);
+        return Err(e);
+    }
     match stmts.len() {
         1 => Ok(Statement::Sql(Box::new(stmts.remove(0)))),
         _ => Err(SqlError::Syntax {
             message: "expected exactly one statement".into(),
             position: None,
         }),
+    }
+}
+
+/// The deepest expression nesting a statement may have. The parser
+/// builds a chain like `a + a + ... + a` without recursing, but cloning,
+/// dropping, planning and evaluating it all recurse once per level.
+pub const MAX_EXPRESSION_DEPTH: usize = 1_000;
+
+/// Refuse a statement whose expressions nest deeper than
+/// [`MAX_EXPRESSION_DEPTH`], looking no deeper than that.
+fn check_depth(statement: &ast::Statement) -> Result<(), SqlError> {
+    struct Depth(usize);
+    impl ast::Visitor for Depth {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &ast::Expr) -> ControlFlow<()> {
+            self.0 += 1;
+            if self.0 > MAX_EXPRESSION_DEPTH {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn post_visit_expr(&mut self, _: &ast::Expr) -> ControlFlow<()> {
+            self.0 -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+    match ast::Visit::visit(statement, &mut Depth(0)) {
+        ControlFlow::Break(()) => Err(SqlError::TooDeep(MAX_EXPRESSION_DEPTH)),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// Drop `statement` one expression level at a time: dropping a chain too
+/// deep for [`check_depth`] in one go would recurse once per level.
+fn dismantle(mut statement: ast::Statement) {
+    /// Moves each expression it meets out into `taken`, leaving a NULL
+    /// behind, so a visit goes one level into expressions and no further;
+    /// the first expression met is left in place when `keep_root` holds.
+    struct Take {
+        taken: Vec<ast::Expr>,
+        keep_root: bool,
+    }
+    impl ast::VisitorMut for Take {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &mut ast::Expr) -> ControlFlow<()> {
+            if std::mem::take(&mut self.keep_root) {
+                return ControlFlow::Continue(());
+            }
+            let null = ast::Expr::Value(ast::Value::Null.into());
+            self.taken.push(std::mem::replace(e, null));
+            ControlFlow::Continue(())
+        }
+    }
+    let mut take = Take {
+        taken: Vec::new(),
+        keep_root: false,
+    };
+    let _ = ast::VisitMut::visit(&mut statement, &mut take);
+    while let Some(mut e) = take.taken.pop() {
+        take.keep_root = true;
+        let _ = ast::VisitMut::visit(&mut e, &mut take);
     }
 }
 
