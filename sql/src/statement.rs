@@ -222,7 +222,7 @@ fn parse_tokens(sql: &str, tokens: &[TokenWithSpan], whole: (&str, usize)) -> Re
 /// The deepest expression nesting a statement may have. The parser
 /// builds a chain like `a + a + ... + a` without recursing, but cloning,
 /// dropping, planning and evaluating it all recurse once per level.
-pub const MAX_EXPRESSION_DEPTH: usize = 1_000;
+const MAX_EXPRESSION_DEPTH: usize = 1_000;
 
 /// Refuse a statement whose expressions nest deeper than
 /// [`MAX_EXPRESSION_DEPTH`], looking no deeper than that.
