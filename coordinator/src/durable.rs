@@ -173,6 +173,10 @@ impl Durable {
 /// The most requests folded into one metadata version.
 const GROUP_LIMIT: usize = 4096;
 
+/// How long a view's output or a merge may wait for a commit that
+/// someone waits for before it is committed alone.
+const DEFER: std::time::Duration = std::time::Duration::from_millis(50);
+
 enum Ack {
     Write(Reply<Timestamp>),
     Done(Reply<()>),
@@ -186,14 +190,49 @@ async fn run(
     fatal: watch::Sender<Option<String>>,
 ) {
     let mut compacting: HashSet<u64> = HashSet::new();
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
+    // Views' outputs and finished merges, which nobody waits for, held
+    // back for the next commit that someone does wait for, or until
+    // `DEFER` passes: under a stream of writes each view's output then
+    // rides on the next write's metadata version instead of costing a
+    // version (and its fsyncs) of its own, which halved the versions a
+    // single writing session makes.
+    let mut deferred: Vec<Request> = Vec::new();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        // `None` when the deadline came first.
+        let first = match deadline {
+            Some(at) => tokio::select! {
+                r = rx.recv() => Some(r),
+                () = tokio::time::sleep_until(at) => None,
+            },
+            None => Some(rx.recv().await),
+        };
+        let closed = matches!(first, Some(None));
+        let mut group = std::mem::take(&mut deferred);
+        group.extend(first.flatten());
         while group.len() < GROUP_LIMIT {
             match rx.try_recv() {
                 Ok(r) => group.push(r),
                 Err(_) => break,
             }
         }
+        if group.is_empty() {
+            if closed {
+                return;
+            }
+            deadline = None;
+            continue;
+        }
+        let waited_for = group
+            .iter()
+            .any(|r| !matches!(r, Request::Output { .. } | Request::Compacted { .. }));
+        let due = deadline.is_some_and(|at| tokio::time::Instant::now() >= at);
+        if !waited_for && !due && !closed {
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + DEFER);
+            deferred = group;
+            continue;
+        }
+        deadline = None;
         let mut commit = Commit::default();
         let mut appends: BTreeMap<u64, Vec<Updates>> = BTreeMap::new();
         let mut writes = Vec::new();
@@ -229,7 +268,15 @@ async fn run(
                     shard,
                     updates,
                     upper,
-                } => commit.outputs.push((shard, updates, upper)),
+                } => match commit.outputs.iter_mut().find(|(s, _, _)| *s == shard) {
+                    // One batch per shard and version: a shard's batches
+                    // follow one another in time.
+                    Some((_, held, held_upper)) => {
+                        held.extend(updates);
+                        *held_upper = (*held_upper).max(upper);
+                    }
+                    None => commit.outputs.push((shard, updates, upper)),
+                },
                 Request::Compacted { shard, result } => {
                     compacting.remove(&shard);
                     match result {
