@@ -665,3 +665,69 @@ async fn a_too_deep_expression_is_refused_not_a_crash() {
     exec(&c, "INSERT INTO t VALUES (2)").await;
     assert_eq!(sorted(&c, "SELECT s FROM deep").await, ["1998", "999"]);
 }
+
+/// A prepared statement runs the plan bound when it was prepared for as
+/// long as the catalog stays as it was, and is bound anew after any DDL;
+/// one that reads a system relation is bound at every execution, since
+/// the rows of one are taken when it is bound.
+#[tokio::test]
+async fn prepared_statements_rebind_after_the_catalog_changes() {
+    let server = Server::start();
+    let c = server.connect().await;
+    exec(&c, "CREATE TABLE p (k bigint PRIMARY KEY, v text)").await;
+    exec(&c, "INSERT INTO p VALUES (1, 'a'), (2, 'b')").await;
+    let select = c
+        .prepare("SELECT k, v FROM p WHERE k >= $1 ORDER BY k")
+        .await
+        .unwrap();
+    let update = c.prepare("UPDATE p SET v = v || $1 WHERE k = $2").await.unwrap();
+    let as_text = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+        rows.iter()
+            .map(|r| format!("{}|{}", r.get::<_, i64>(0), r.get::<_, String>(1)))
+            .collect()
+    };
+    assert_eq!(as_text(c.query(&select, &[&1i64]).await.unwrap()), ["1|a", "2|b"]);
+    // The same plan, other values, and the writes in between seen.
+    assert_eq!(c.execute(&update, &[&"!", &2i64]).await.unwrap(), 1);
+    exec(&c, "INSERT INTO p VALUES (3, 'c')").await;
+    assert_eq!(
+        as_text(c.query(&select, &[&2i64]).await.unwrap()),
+        ["2|b!", "3|c"]
+    );
+    // The table replaced by one of another shape: the statement is bound
+    // to the new one (as PostgreSQL replans), not run with the old plan.
+    exec(&c, "DROP TABLE p").await;
+    exec(&c, "CREATE TABLE p (v text, k bigint, w int)").await;
+    exec(&c, "INSERT INTO p VALUES ('x', 5, 0)").await;
+    assert_eq!(as_text(c.query(&select, &[&0i64]).await.unwrap()), ["5|x"]);
+    assert_eq!(c.execute(&update, &[&"?", &5i64]).await.unwrap(), 1);
+    assert_eq!(as_text(c.query(&select, &[&0i64]).await.unwrap()), ["5|x?"]);
+    // Gone: the error is the one binding gives, at execution.
+    exec(&c, "DROP TABLE p").await;
+    let e = c.query(&select, &[&0i64]).await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "42P01", "{e:?}");
+    // A system relation's rows are read at each execution, though no DDL
+    // came between.
+    exec(&c, "CREATE TABLE s (g int, x int)").await;
+    exec(
+        &c,
+        "CREATE MATERIALIZED VIEW sg AS SELECT g, count(DISTINCT x) FROM s GROUP BY g",
+    )
+    .await;
+    let arranged = c
+        .prepare("SELECT coalesce(sum(records), 0)::bigint FROM weir_catalog.arrangement_sizes WHERE relation = 'sg'")
+        .await
+        .unwrap();
+    let count = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, i64>(0);
+    let before = count(c.query(&arranged, &[]).await.unwrap());
+    exec(
+        &c,
+        "INSERT INTO s SELECT x % 7, x FROM generate_series(1, 100) AS t(x)",
+    )
+    .await;
+    // Sizes are measured when read: read the view first, so that its
+    // dataflow has caught up.
+    assert_eq!(sorted(&c, "SELECT count(*) FROM sg").await, ["7"]);
+    let after = count(c.query(&arranged, &[]).await.unwrap());
+    assert!(after > before, "{before} records arranged, then {after}");
+}

@@ -222,10 +222,27 @@ pub struct Catalog {
     /// `weir_catalog.arrangement_sizes` (measured afresh before each
     /// statement that reads it).
     arrangement_sizes: std::sync::Mutex<Option<arrow::array::RecordBatch>>,
+    /// Bumped by every change to the catalog: a plan bound at one
+    /// generation is bound right while it lasts (see [`Catalog::generation`]).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Catalog {
+    /// The catalog's state for changing, counted as a change.
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        let state = self.state.write().expect("catalog lock");
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        state
+    }
+
+    /// A number that differs after any change to the catalog: a prepared
+    /// statement's plan, bound at one generation, is rebound at another.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn allocate_id(&self) -> GlobalId {
+        // Not a change to what names mean.
         let mut s = self.state.write().expect("catalog lock");
         s.next_id += 1;
         s.next_id
@@ -239,7 +256,7 @@ impl Catalog {
     /// Make [`Catalog::allocate_id`] hand out `id` next (restoring the
     /// ids a durable catalog recorded).
     pub fn set_next_id(&self, id: GlobalId) {
-        self.state.write().expect("catalog lock").next_id = id.saturating_sub(1);
+        self.write().next_id = id.saturating_sub(1);
     }
 
     pub fn get(&self, name: &str) -> Option<Entry> {
@@ -258,20 +275,16 @@ impl Catalog {
     }
 
     pub fn insert(&self, entry: Entry) {
-        self.state
-            .write()
-            .expect("catalog lock")
-            .entries
-            .insert(entry.name.clone(), entry);
+        self.write().entries.insert(entry.name.clone(), entry);
     }
 
     pub fn remove(&self, name: &str) -> Option<Entry> {
-        self.state.write().expect("catalog lock").entries.remove(name)
+        self.write().entries.remove(name)
     }
 
     /// Remove `entry`, by name or as a retired version.
     pub fn remove_entry(&self, entry: &Entry) {
-        let mut s = self.state.write().expect("catalog lock");
+        let mut s = self.write();
         if s.retired.remove(&entry.id).is_none()
             && s.entries.get(&entry.name).is_some_and(|e| e.id == entry.id)
         {
@@ -283,7 +296,7 @@ impl Catalog {
     /// table's next version), and return its indexes: they pass to the
     /// next version, whose columns start with the same ones.
     pub fn retire(&self, name: &str) -> Vec<Index> {
-        let mut s = self.state.write().expect("catalog lock");
+        let mut s = self.write();
         let Some(mut entry) = s.entries.remove(name) else {
             return Vec::new();
         };
@@ -327,15 +340,11 @@ impl Catalog {
     }
 
     pub fn insert_object(&self, object: Object) {
-        self.state
-            .write()
-            .expect("catalog lock")
-            .objects
-            .insert(object.name.clone(), object);
+        self.write().objects.insert(object.name.clone(), object);
     }
 
     pub fn remove_object(&self, name: &str) -> Option<Object> {
-        self.state.write().expect("catalog lock").objects.remove(name)
+        self.write().objects.remove(name)
     }
 
     /// Secrets and connections, by name.

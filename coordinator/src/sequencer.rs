@@ -93,6 +93,34 @@ pub struct Coordinator {
     widen_requests: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::ingest::Widen>>>,
 }
 
+/// A statement's plan as bound for Describe, and the catalog generation
+/// it was bound at.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    plan: LogicalPlan,
+    generation: u64,
+}
+
+/// What Describe tells of a statement.
+#[derive(Debug, Default)]
+pub struct Described {
+    /// The types the planner expects for `$1..$n`.
+    pub params: Vec<Option<DataType>>,
+    /// The rows' schema, for a statement that returns rows.
+    pub schema: Option<SchemaRef>,
+    /// The plan, where executing the statement may run it again.
+    pub bound: Option<Bound>,
+}
+
+impl Described {
+    fn schema(schema: SchemaRef) -> Self {
+        Described {
+            schema: Some(schema),
+            ..Default::default()
+        }
+    }
+}
+
 /// What replaying the durable state leaves to start once writes are
 /// durable again: view recorders and sources.
 pub struct Replayed {
@@ -445,9 +473,23 @@ impl Coordinator {
 
     /// Execute one statement with bound parameter values.
     pub async fn execute(&self, stmt: &ParsedStatement, params: &[ScalarValue]) -> Result<ExecuteResult> {
+        self.execute_prepared(stmt, params, None).await
+    }
+
+    /// [`Coordinator::execute`] of a prepared statement, with the plan
+    /// [`Coordinator::describe`] bound for it, which is run again while
+    /// the catalog is as it was (rather than binding the statement anew
+    /// for every execution, and twice for the first).
+    pub async fn execute_prepared(
+        &self,
+        stmt: &ParsedStatement,
+        params: &[ScalarValue],
+        bound: Option<&Bound>,
+    ) -> Result<ExecuteResult> {
         let sql = stmt.sql.as_str();
+        let bound = bound.filter(|b| b.generation == self.catalog.generation());
         let result = match &stmt.statement {
-            Statement::Sql(ast) => self.execute_sql(ast, sql, params).await,
+            Statement::Sql(ast) => self.execute_sql(ast, sql, params, bound).await,
             Statement::Subscribe { target, copy_out } => self.subscribe(target, *copy_out).await,
             Statement::Show(show) => crate::show::show(self, show),
             Statement::Copy(copy) => self.copy_target(copy),
@@ -472,6 +514,7 @@ impl Coordinator {
         ast: &ast::Statement,
         sql: &str,
         params: &[ScalarValue],
+        bound: Option<&Bound>,
     ) -> Result<ExecuteResult> {
         match ast {
             ast::Statement::Query(q) => {
@@ -481,7 +524,7 @@ impl Coordinator {
                     let sizes = self.controller.arrangement_sizes().await?;
                     self.catalog.set_arrangement_sizes(sizes);
                 }
-                let answer = match self.bind_with_params(ast, sql, params).await {
+                let answer = match self.bind_or_reuse(ast, sql, params, bound).await {
                     Ok(plan) => self.run(plan).await,
                     Err(e) => Err(e),
                 };
@@ -523,7 +566,7 @@ impl Coordinator {
             } => self.drop(*object_type, *if_exists, names, *cascade).await,
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
                 let ast = self.fill_insert_columns(ast);
-                let plan = self.bind_with_params(&ast, sql, params).await?;
+                let plan = self.bind_or_reuse(&ast, sql, params, bound).await?;
                 self.write_dml(plan).await
             }
             ast::Statement::Explain { statement, .. } => self.explain(statement, sql).await,
@@ -556,6 +599,29 @@ impl Coordinator {
             }
         }
         std::borrow::Cow::Owned(stmt)
+    }
+
+    /// `bound`'s plan where there is one (bound at the catalog's current
+    /// generation), else `ast` bound now; with parameter values
+    /// substituted.
+    async fn bind_or_reuse(
+        &self,
+        ast: &ast::Statement,
+        sql: &str,
+        params: &[ScalarValue],
+        bound: Option<&Bound>,
+    ) -> Result<LogicalPlan> {
+        let Some(bound) = bound else {
+            return self.bind_with_params(ast, sql, params).await;
+        };
+        if params.is_empty() {
+            return Ok(bound.plan.clone());
+        }
+        bound
+            .plan
+            .clone()
+            .with_param_values(ParamValues::from(params.to_vec()))
+            .map_err(AdapterError::from)
     }
 
     /// Bind a statement and substitute parameter values.
@@ -1453,17 +1519,18 @@ impl Coordinator {
         })
     }
 
-    /// The parameter types and result schema of a statement, for Describe.
-    pub async fn describe(
-        &self,
-        stmt: &ParsedStatement,
-    ) -> Result<(Vec<Option<DataType>>, Option<SchemaRef>)> {
+    /// The parameter types and result schema of a statement, for Describe,
+    /// and the plan bound for them where executing it may reuse it.
+    pub async fn describe(&self, stmt: &ParsedStatement) -> Result<Described> {
         match &stmt.statement {
             Statement::Sql(ast) => match ast.as_ref() {
                 ast::Statement::Query(_)
                 | ast::Statement::Insert(_)
                 | ast::Statement::Update(_)
                 | ast::Statement::Delete(_) => {
+                    // Read before binding: a change to the catalog while
+                    // binding leaves the plan marked stale.
+                    let generation = self.catalog.generation();
                     let plan = self
                         .planner
                         .bind(self.fill_insert_columns(ast).into_owned(), &stmt.sql)
@@ -1486,24 +1553,29 @@ impl Coordinator {
                         }
                         _ => None,
                     };
-                    Ok((out, schema))
+                    let bound =
+                        weir_sql::planner::plan_is_reusable(&plan).then_some(Bound { plan, generation });
+                    Ok(Described {
+                        params: out,
+                        schema,
+                        bound,
+                    })
                 }
-                ast::Statement::Explain { .. } => Ok((
-                    vec![],
-                    Some(Arc::new(Schema::new(vec![Field::new(
+                ast::Statement::Explain { .. } => {
+                    Ok(Described::schema(Arc::new(Schema::new(vec![Field::new(
                         "Dataflow Plan",
                         DataType::Utf8,
                         false,
-                    )]))),
-                )),
-                _ => Ok((vec![], None)),
+                    )]))))
+                }
+                _ => Ok(Described::default()),
             },
-            Statement::Show(show) => Ok((vec![], Some(crate::show::schema(self, show)?))),
+            Statement::Show(show) => Ok(Described::schema(crate::show::schema(self, show)?)),
             Statement::Subscribe {
                 target,
                 copy_out: false,
-            } => Ok((vec![], Some(self.subscribe_schema(target).await?))),
-            _ => Ok((vec![], None)),
+            } => Ok(Described::schema(self.subscribe_schema(target).await?)),
+            _ => Ok(Described::default()),
         }
     }
 

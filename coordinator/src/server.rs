@@ -32,7 +32,7 @@ use pgwire::messages::startup::ParameterStatus;
 use weir_sql::statement::{ParsedStatement, parse};
 
 use crate::error::AdapterError;
-use crate::sequencer::{Coordinator, CopyTarget, ExecuteResult, Subscription};
+use crate::sequencer::{Bound, Coordinator, CopyTarget, Described, ExecuteResult, Subscription};
 use crate::values::{data_rows, fields, parameter, pg_type};
 
 /// A statement prepared with the extended protocol.
@@ -44,6 +44,9 @@ pub struct Prepared {
     /// The PostgreSQL types announced for `$1..$n`.
     pub param_types: Vec<Type>,
     pub schema: Option<SchemaRef>,
+    /// The plan bound to describe it, which executions reuse while the
+    /// catalog is unchanged.
+    pub bound: Option<Bound>,
 }
 
 pub struct WeirQueryParser {
@@ -76,7 +79,11 @@ impl QueryParser for WeirQueryParser {
             }
         }
         let stmt = stmts.remove(0);
-        let (targets, schema) = self.coord.describe(&stmt).await?;
+        let Described {
+            params: targets,
+            schema,
+            bound,
+        } = self.coord.describe(&stmt).await?;
         let n = targets.len().max(types.len());
         let param_types = (0..n)
             .map(|i| match types.get(i).cloned().flatten() {
@@ -94,6 +101,7 @@ impl QueryParser for WeirQueryParser {
             targets,
             param_types,
             schema,
+            bound,
         }))
     }
 
@@ -401,7 +409,10 @@ impl ExtendedQueryHandler for Handler {
                 target.as_ref(),
             )?);
         }
-        let result = self.coord.execute(&prepared.stmt, &params).await?;
+        let result = self
+            .coord
+            .execute_prepared(&prepared.stmt, &params, prepared.bound.as_ref())
+            .await?;
         self.respond(client, result, &portal.result_column_format, false)
             .await
     }

@@ -349,6 +349,35 @@ impl SchemaProvider for WeirSchema {
     }
 }
 
+/// Whether a bound plan stays right for as long as the catalog does not
+/// change, so that a prepared statement may run it again without binding
+/// anew: true unless it reads a system relation (pg_catalog and the like),
+/// whose rows are taken when the statement is bound.
+pub fn plan_is_reusable(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::datasource::source_as_provider;
+    let mut reusable = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let provider = source_as_provider(&scan.source).ok();
+            let any = provider.as_deref().map(|p| p as &dyn std::any::Any);
+            reusable &= match any {
+                Some(a) if a.is::<RelationTable>() => true,
+                Some(a) => a
+                    .downcast_ref::<ViewTable>()
+                    .is_some_and(|v| plan_is_reusable(v.logical_plan())),
+                None => false,
+            };
+        }
+        Ok(if reusable {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    reusable
+}
+
 /// The relation a DataFusion table reference names, if it is in our schema.
 pub fn relation_name(reference: &TableReference) -> Option<&str> {
     match reference.schema() {
