@@ -611,27 +611,10 @@ impl Coordinator {
         params: &[ScalarValue],
         bound: Option<&Bound>,
     ) -> Result<LogicalPlan> {
-        let Some(bound) = bound else {
-            return self.bind_with_params(ast, sql, params).await;
+        let plan = match bound {
+            Some(bound) => bound.plan.clone(),
+            None => self.planner.bind(ast.clone(), sql).await?,
         };
-        if params.is_empty() {
-            return Ok(bound.plan.clone());
-        }
-        bound
-            .plan
-            .clone()
-            .with_param_values(ParamValues::from(params.to_vec()))
-            .map_err(AdapterError::from)
-    }
-
-    /// Bind a statement and substitute parameter values.
-    pub async fn bind_with_params(
-        &self,
-        ast: &ast::Statement,
-        sql: &str,
-        params: &[ScalarValue],
-    ) -> Result<LogicalPlan> {
-        let plan = self.planner.bind(ast.clone(), sql).await?;
         if params.is_empty() {
             return Ok(plan);
         }
