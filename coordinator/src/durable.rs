@@ -216,12 +216,9 @@ async fn run(
                 Err(_) => break,
             }
         }
+        // Nothing held back, nothing received: the channel closed.
         if group.is_empty() {
-            if closed {
-                return;
-            }
-            deadline = None;
-            continue;
+            return;
         }
         let waited_for = group
             .iter()

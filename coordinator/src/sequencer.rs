@@ -565,8 +565,7 @@ impl Coordinator {
                 ..
             } => self.drop(*object_type, *if_exists, names, *cascade).await,
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
-                let ast = self.fill_insert_columns(ast);
-                let plan = self.bind_or_reuse(&ast, sql, params, bound).await?;
+                let plan = self.bind_or_reuse(ast, sql, params, bound).await?;
                 self.write_dml(plan).await
             }
             ast::Statement::Explain { statement, .. } => self.explain(statement, sql).await,
@@ -601,6 +600,12 @@ impl Coordinator {
         std::borrow::Cow::Owned(stmt)
     }
 
+    /// Bind `ast`, an `INSERT` naming the columns its values fill.
+    async fn bind(&self, ast: &ast::Statement, sql: &str) -> Result<LogicalPlan> {
+        let ast = self.fill_insert_columns(ast).into_owned();
+        Ok(self.planner.bind(ast, sql).await?)
+    }
+
     /// `bound`'s plan where there is one (bound at the catalog's current
     /// generation), else `ast` bound now; with parameter values
     /// substituted.
@@ -613,7 +618,7 @@ impl Coordinator {
     ) -> Result<LogicalPlan> {
         let plan = match bound {
             Some(bound) => bound.plan.clone(),
-            None => self.planner.bind(ast.clone(), sql).await?,
+            None => self.bind(ast, sql).await?,
         };
         if params.is_empty() {
             return Ok(plan);
@@ -1514,10 +1519,7 @@ impl Coordinator {
                     // Read before binding: a change to the catalog while
                     // binding leaves the plan marked stale.
                     let generation = self.catalog.generation();
-                    let plan = self
-                        .planner
-                        .bind(self.fill_insert_columns(ast).into_owned(), &stmt.sql)
-                        .await?;
+                    let plan = self.bind(ast, &stmt.sql).await?;
                     let types = plan.get_parameter_types()?;
                     let mut params: Vec<(usize, Option<DataType>)> = types
                         .into_iter()
