@@ -467,6 +467,7 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
     let cpu = weir.cpu_seconds()? - cpu_at_start;
     profiler.stop()?;
     let final_rss = rss(pid)?;
+    let arrangements_after = arrangement_sizes(&c).await?;
 
     // Check the view against the model.
     let mut expected: std::collections::BTreeMap<(String, String), (i64, i64, i64)> = Default::default();
@@ -526,6 +527,8 @@ async fn updates(args: &[String]) -> Result<serde_json::Value> {
         "arranged_capacity_bytes_per_record": arrangements["capacity_bytes_per_record"],
         "arrangements_after_load": arrangements["arrangements"],
         "rss_bytes_after_updates": final_rss,
+        "arranged_records_after_updates": arrangements_after["records"],
+        "arrangements_after_updates": arrangements_after["arrangements"],
         "peak_rss_bytes": weir.peak_rss()?,
         "view_rows": got.len(),
     }))

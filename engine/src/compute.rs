@@ -47,7 +47,7 @@ struct PendingPeek {
     peek_id: u64,
     target: GlobalId,
     time: Time,
-    keys: Option<std::sync::Arc<Vec<Row>>>,
+    keys: Option<std::sync::Arc<Vec<Vec<u8>>>>,
     columns: Option<std::sync::Arc<Vec<usize>>>,
 }
 

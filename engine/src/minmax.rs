@@ -274,7 +274,7 @@ pub(crate) fn reduce<'s>(
             output.push((assemble(accums, &mut parts), 1));
         },
     );
-    let results = results.map(|(key, r)| r.map(|agg_row| [key, agg_row].concat()));
+    let results = results.map(|(key, r)| r.map(|agg_row| Row::concat(&key, &agg_row)));
     Ok((results, errs))
 }
 
@@ -352,7 +352,7 @@ where
             .iter()
             .enumerate()
             .filter_map(|(j, e)| e.value.as_ref().map(|v| (j, v)));
-        assemble(&state.accums, &mut parts).map(|agg_row| [key, agg_row].concat())
+        assemble(&state.accums, &mut parts).map(|agg_row| Row::concat(&key, &agg_row))
     });
     (results, errs)
 }

@@ -57,11 +57,12 @@ impl Ord for Acc {
 }
 
 /// The accumulated state of a group: its row count and one [`Acc`] per
-/// accumulable aggregate.
+/// accumulable aggregate (inline up to two, so that a row's contribution
+/// allocates nothing).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
 pub struct Accums {
     pub rows: i64,
-    pub accs: Vec<Acc>,
+    pub accs: smallvec::SmallVec<[Acc; 2]>,
 }
 
 impl IsZero for Accums {
@@ -138,7 +139,7 @@ impl Accumulator {
     /// `count(*)` any array), scaled by `diff`.
     pub fn contribution(&self, args: &[ArrayRef], i: usize, diff: Diff) -> Result<Accums, String> {
         let d = diff as i64;
-        let mut accs = Vec::with_capacity(self.kept);
+        let mut accs = smallvec::SmallVec::with_capacity(self.kept);
         for (agg, arr) in self.aggs.iter().zip(args) {
             if !keeps_acc(agg.func) {
                 continue;

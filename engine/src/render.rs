@@ -84,10 +84,10 @@ where
             logic,
             |out, key, updates| {
                 out.clear();
-                out.extend(updates.drain(..).map(|(v, t, d)| ((key.to_vec(), v), t, d)));
+                out.extend(updates.drain(..).map(|(v, t, d)| ((Row::from(key), v), t, d)));
             },
         );
-    measured(results, name).as_collection(|k, v| (k.to_vec(), v.clone()))
+    measured(results, name).as_collection(|k, v| (Row::from(k), v.clone()))
 }
 
 /// Each distinct element of `rows` once (DISTINCT, semi-join hits, set
@@ -660,7 +660,7 @@ fn cross_constant<'s>(
             for (row, t, d) in data {
                 for c in &constant {
                     let (first, second) = if constant_left { (c, row) } else { (row, c) };
-                    out.push(([first.as_slice(), second.as_slice()].concat(), *t, *d));
+                    out.push((Row::concat(first, second), *t, *d));
                 }
             }
             match &eval {
@@ -696,7 +696,7 @@ pub(crate) fn join_collections<'s, T: RenderTime>(
     let la = lk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeLeft", KeyedBatcher::new);
     let ra = rk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeRight", KeyedBatcher::new);
     let (la, ra) = (measured(la, "JoinArrangeLeft"), measured(ra, "JoinArrangeRight"));
-    let pairs = la.join_core(ra, |_k, l, r| Some((l.to_vec(), r.to_vec())));
+    let pairs = la.join_core(ra, |_k, l, r| Some((Row::from(l), Row::from(r))));
     let mut errs = lerr.concat(rerr).concat(lkerr).concat(rkerr);
     let matched = match spec.residual {
         None => pairs,
@@ -709,10 +709,7 @@ pub(crate) fn join_collections<'s, T: RenderTime>(
                 pairs,
                 "JoinResidual",
                 move |data: &[((Row, Row), T, Diff)], oks, errs| {
-                    let joined: Vec<Row> = data
-                        .iter()
-                        .map(|((l, r), _, _)| [l.as_slice(), r.as_slice()].concat())
-                        .collect();
+                    let joined: Vec<Row> = data.iter().map(|((l, r), _, _)| Row::concat(l, r)).collect();
                     let rows: Vec<&[u8]> = joined.iter().map(|r| r.as_slice()).collect();
                     keep_passing(&eval, &rows, data, oks, errs);
                 },
@@ -755,16 +752,16 @@ pub(crate) fn join_collections<'s, T: RenderTime>(
                 .concat(null_blocked.negate())
         }
         JoinKind::Inner | JoinKind::LeftOuter | JoinKind::RightOuter | JoinKind::FullOuter => {
-            let mut out = matched.clone().map(|(l, r)| [l, r].concat());
+            let mut out = matched.clone().map(|(l, r)| Row::concat(&l, &r));
             if matches!(spec.kind, JoinKind::LeftOuter | JoinKind::FullOuter) {
                 let pad = RowCodec::new(arrow_schema(right))?.null_row()?;
                 let unmatched = semijoin_rows(lok, left_hits(), false);
-                out = out.concat(unmatched.map(move |l| [l, pad.clone()].concat()));
+                out = out.concat(unmatched.map(move |l| Row::concat(&l, &pad)));
             }
             if matches!(spec.kind, JoinKind::RightOuter | JoinKind::FullOuter) {
                 let pad = RowCodec::new(arrow_schema(left))?.null_row()?;
                 let unmatched = semijoin_rows(rok, right_hits(), false);
-                out = out.concat(unmatched.map(move |r| [pad.clone(), r].concat()));
+                out = out.concat(unmatched.map(move |r| Row::concat(&pad, &r)));
             }
             out
         }
@@ -965,7 +962,7 @@ fn render_reduce<'s>(
                 }
                 Some(finalize(&aggs, &accums, &[]).and_then(|cols| {
                     let agg_row = agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0);
-                    Ok([key, agg_row].concat())
+                    Ok(Row::concat(&key, &agg_row))
                 }))
             });
         (results, e)
@@ -1011,7 +1008,7 @@ fn render_reduce<'s>(
                 output.push((res, 1));
             },
         )
-        .map(|(key, res)| res.map(|agg_row| [key, agg_row].concat()));
+        .map(|(key, res)| res.map(|agg_row| Row::concat(&key, &agg_row)));
         (results, e)
     };
     let (rows, eval_errs): (RowStream<'s>, ErrStream<'s>) = results.inner.ok_err(|(r, t, d)| match r {

@@ -11,11 +11,86 @@ use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
 use arrow::compute::{SortOptions, cast};
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
+use serde::{Deserialize, Serialize};
 
 use crate::EngineError;
 
-/// An encoded row.
-pub type Row = Vec<u8>;
+/// An encoded row: held inline up to 24 bytes (a few integer or
+/// timestamp columns: most keys, and most rows of narrow tables), so that
+/// a row in flight between operators costs no allocation of its own; a
+/// longer row is one heap allocation, as a `Vec<u8>` would be. It orders,
+/// compares and hashes as its bytes.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Row(smallvec::SmallVec<[u8; 24]>);
+
+impl Row {
+    pub fn new() -> Self {
+        Row::default()
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The concatenation of two encoded rows: a row of both schemas.
+    pub fn concat(a: &[u8], b: &[u8]) -> Row {
+        let mut row = smallvec::SmallVec::with_capacity(a.len() + b.len());
+        row.extend_from_slice(a);
+        row.extend_from_slice(b);
+        Row(row)
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    /// The bytes it keeps on the heap (none while inline).
+    pub fn heap_capacity(&self) -> usize {
+        if self.0.spilled() { self.0.capacity() } else { 0 }
+    }
+}
+
+impl From<&[u8]> for Row {
+    fn from(bytes: &[u8]) -> Row {
+        Row(smallvec::SmallVec::from_slice(bytes))
+    }
+}
+
+impl std::ops::Deref for Row {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Row {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Row {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PartialEq<Row> for [u8] {
+    fn eq(&self, other: &Row) -> bool {
+        self == other.as_slice()
+    }
+}
+
+impl std::fmt::Debug for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_slice().fmt(f)
+    }
+}
 
 /// Encodes columns of one schema into rows and back.
 pub struct RowCodec {
@@ -62,14 +137,28 @@ impl RowCodec {
     /// where they differ).
     pub fn encode(&self, columns: &[ArrayRef], num_rows: usize) -> Result<Vec<Row>, EngineError> {
         if self.schema.fields().is_empty() {
-            return Ok(vec![Vec::new(); num_rows]);
+            return Ok(vec![Row::new(); num_rows]);
         }
         let columns = self.conform(columns)?;
         let rows = self
             .converter
             .convert_columns(&columns)
             .map_err(|e| EngineError::Encoding(e.to_string()))?;
-        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+        Ok(rows.iter().map(|r| Row::from(r.as_ref())).collect())
+    }
+
+    /// Encode rows given as columns into one buffer (no allocation per
+    /// row); `None` for a schema without columns, whose rows are all the
+    /// empty row.
+    pub fn encode_rows(&self, columns: &[ArrayRef]) -> Result<Option<arrow::row::Rows>, EngineError> {
+        if self.schema.fields().is_empty() {
+            return Ok(None);
+        }
+        let columns = self.conform(columns)?;
+        self.converter
+            .convert_columns(&columns)
+            .map(Some)
+            .map_err(|e| EngineError::Encoding(e.to_string()))
     }
 
     /// `columns` cast to this schema's types where they differ.
@@ -159,7 +248,7 @@ impl differential_dataflow::trace::implementations::BatchContainer for RowContai
     type ReadItem<'a> = &'a [u8];
 
     fn into_owned(item: &[u8]) -> Row {
-        item.to_vec()
+        Row::from(item)
     }
 
     fn clone_onto(item: &[u8], other: &mut Row) {
@@ -252,11 +341,7 @@ mod tests {
         let r = right
             .encode(&[Arc::new(StringArray::from(vec![Some("x"), None]))], 2)
             .unwrap();
-        let joined: Vec<Row> = l
-            .iter()
-            .zip(&r)
-            .map(|(a, b)| [a.as_slice(), b.as_slice()].concat())
-            .collect();
+        let joined: Vec<Row> = l.iter().zip(&r).map(|(a, b)| Row::concat(a, b)).collect();
         let batch = both.decode(joined.iter().map(|r| r.as_slice())).unwrap();
         let a = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         let b = batch.column(1).as_any().downcast_ref::<StringArray>().unwrap();

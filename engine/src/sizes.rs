@@ -231,6 +231,9 @@ plain!((), u64, isize, timely::order::Product<u64, u64>);
 impl Element for crate::reduce::Accums {
     const OWNS_HEAP: bool = true;
     fn heap(&self) -> (usize, usize) {
+        if !self.accs.spilled() {
+            return (0, 0);
+        }
         let width = std::mem::size_of::<crate::reduce::Acc>();
         (self.accs.len() * width, self.accs.capacity() * width)
     }
@@ -244,8 +247,9 @@ impl Element for crate::minmax::Running {
         bytes += self.extremes.len() * width;
         capacity += self.extremes.capacity() * width;
         for v in self.extremes.iter().filter_map(|e| e.value.as_ref()) {
-            bytes += v.len();
-            capacity += v.capacity();
+            let (b, c) = v.heap();
+            bytes += b;
+            capacity += c;
         }
         (bytes, capacity)
     }
@@ -254,7 +258,8 @@ impl Element for crate::minmax::Running {
 impl Element for Row {
     const OWNS_HEAP: bool = true;
     fn heap(&self) -> (usize, usize) {
-        (self.len(), self.capacity())
+        let capacity = self.heap_capacity();
+        (if capacity > 0 { self.len() } else { 0 }, capacity)
     }
 }
 
@@ -269,7 +274,7 @@ impl Element for Result<Row, String> {
     const OWNS_HEAP: bool = true;
     fn heap(&self) -> (usize, usize) {
         match self {
-            Ok(r) => (r.len(), r.capacity()),
+            Ok(r) => r.heap(),
             Err(e) => (e.len(), e.capacity()),
         }
     }

@@ -91,7 +91,7 @@ impl PartitionEval {
         let mut out: Vec<(Row, Diff)> = expanded
             .iter()
             .zip(encoded)
-            .map(|(r, w)| ([*r, w.as_slice()].concat(), 1))
+            .map(|(r, w)| (Row::concat(r, &w), 1))
             .collect();
         differential_dataflow::consolidation::consolidate(&mut out);
         Ok(out)
