@@ -231,9 +231,6 @@ plain!((), u64, isize, timely::order::Product<u64, u64>);
 impl Element for crate::reduce::Accums {
     const OWNS_HEAP: bool = true;
     fn heap(&self) -> (usize, usize) {
-        if !self.accs.spilled() {
-            return (0, 0);
-        }
         let width = std::mem::size_of::<crate::reduce::Acc>();
         (self.accs.len() * width, self.accs.capacity() * width)
     }
