@@ -321,23 +321,21 @@ impl KeyIndexes {
                 Some(b) => key_values(entry, &cols, b)?,
                 None => Vec::new(),
             };
-            {
-                let present = |k: &[u8]| match &table.rows {
-                    Some(rows) if with_rows => rows.find(k).is_some(),
-                    _ => table.unique[table.unique_slot(c)].contains(k),
-                };
-                let removed_set: HashSet<&[u8]> = removed.iter().map(|k| &k[..]).collect();
-                let mut seen = HashSet::with_capacity(added.len());
-                // Keys with a NULL never conflict.
-                for (i, k) in added.iter().enumerate() {
-                    let Some(k) = k else { continue };
-                    if (present(k) && !removed_set.contains(&k[..])) || !seen.insert(k) {
-                        let b = inserted.expect("keys came from inserted rows");
-                        return Err(AdapterError::UniqueViolation {
-                            constraint,
-                            detail: key_detail(entry, &cols, b, i),
-                        });
-                    }
+            let present = |k: &[u8]| match &table.rows {
+                Some(rows) if with_rows => rows.find(k).is_some(),
+                _ => table.unique[table.unique_slot(c)].contains(k),
+            };
+            let removed_set: HashSet<&[u8]> = removed.iter().map(|k| &k[..]).collect();
+            let mut seen = HashSet::with_capacity(added.len());
+            // Keys with a NULL never conflict.
+            for (i, k) in added.iter().enumerate() {
+                let Some(k) = k else { continue };
+                if (present(k) && !removed_set.contains(&k[..])) || !seen.insert(k) {
+                    let b = inserted.expect("keys came from inserted rows");
+                    return Err(AdapterError::UniqueViolation {
+                        constraint,
+                        detail: key_detail(entry, &cols, b, i),
+                    });
                 }
             }
             changes.push(Change::Keys {

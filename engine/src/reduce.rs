@@ -59,7 +59,8 @@ impl Ord for Acc {
 /// The accumulated state of a group: its row count and one [`Acc`] per
 /// accumulable aggregate. (A vector, not inline: held inline, two
 /// accumulators made every update of a count-only reduction, which keeps
-/// none, 112 bytes wider, and moving them cost more than the allocation.)
+/// none, several times wider, and moving updates cost more than the
+/// allocation saved.)
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
 pub struct Accums {
     pub rows: i64,
