@@ -77,6 +77,15 @@ struct RowsByKey {
     table: hashbrown::HashTable<Box<[u8]>>,
 }
 
+/// An entry of [`RowsByKey`]: the key's length, then the row (whose
+/// prefix is the key).
+fn stored(key: &[u8], row: &[u8]) -> Box<[u8]> {
+    let mut stored = Vec::with_capacity(4 + row.len());
+    stored.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    stored.extend_from_slice(row);
+    stored.into_boxed_slice()
+}
+
 fn stored_key(stored: &[u8]) -> &[u8] {
     let len = u32::from_le_bytes(stored[..4].try_into().expect("4 bytes")) as usize;
     &stored[4..4 + len]
@@ -124,10 +133,7 @@ impl RowsByKey {
             .map(|(row, key)| {
                 let row = row.as_ref();
                 debug_assert!(row.starts_with(key), "the key is the row's prefix");
-                let mut stored = Vec::with_capacity(4 + row.len());
-                stored.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                stored.extend_from_slice(row);
-                stored.into_boxed_slice()
+                stored(key, row)
             })
             .collect())
     }
@@ -149,16 +155,9 @@ impl RowsByKey {
             let (key, row) = (key.as_ref(), row.as_ref());
             let hash = self.hasher.hash_one(key);
             match self.table.find_mut(hash, |stored| stored_key(stored) == key) {
-                Some(stored) if stored.len() == 4 + row.len() => stored[4..].copy_from_slice(row),
-                found => {
-                    let mut fresh = Vec::with_capacity(4 + row.len());
-                    fresh.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                    fresh.extend_from_slice(row);
-                    match found {
-                        Some(stored) => *stored = fresh.into_boxed_slice(),
-                        None => self.insert(fresh.into_boxed_slice()),
-                    }
-                }
+                Some(held) if held.len() == 4 + row.len() => held[4..].copy_from_slice(row),
+                Some(held) => *held = stored(key, row),
+                None => self.insert(stored(key, row)),
             }
         }
         Ok(())

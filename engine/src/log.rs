@@ -589,9 +589,12 @@ impl TableLog {
             let consolidated = consolidate(&self.codec, entries).map_err(|e| e.to_string())?;
             let mut out = Gathered::default();
             for (row, diff) in consolidated.iter() {
-                out.push(row, diff)?;
+                if diff < 0 {
+                    return Err("internal error: negative multiplicity".into());
+                }
+                out.push(row, diff.unsigned_abs());
             }
-            out.into_batch(&self.codec)?
+            out.into_batch(&self.codec).map_err(|e| e.to_string())?
         };
         match (keys, &self.key) {
             (Some(keys), Some((key_columns, codec))) => {
@@ -860,35 +863,33 @@ fn first_error(errors: &[(String, Time, Diff)], time: Time) -> Option<String> {
 
 /// Rows and their multiplicities, gathered to be decoded at once.
 #[derive(Default)]
-struct Gathered {
-    rows: Vec<Row>,
+struct Gathered<'a> {
+    rows: Vec<&'a [u8]>,
     /// For each output row, its index in `rows` (repeated rows repeat).
     take: Vec<u32>,
 }
 
-impl Gathered {
-    fn push(&mut self, row: &[u8], count: Diff) -> Result<(), String> {
-        if count < 0 {
-            return Err("internal error: negative multiplicity".into());
-        }
+impl<'a> Gathered<'a> {
+    /// `row`, `count` times.
+    fn push(&mut self, row: &'a [u8], count: usize) {
         if count > 0 {
-            for _ in 0..count {
-                self.take.push(self.rows.len() as u32);
-            }
-            self.rows.push(Row::from(row));
+            self.take
+                .extend(std::iter::repeat_n(self.rows.len() as u32, count));
+            self.rows.push(row);
         }
-        Ok(())
     }
 
-    fn into_batch(self, codec: &RowCodec) -> Result<RecordBatch, String> {
-        let batch = codec
-            .decode(self.rows.iter().map(|r| r.as_slice()))
-            .map_err(|e| e.to_string())?;
-        if self.take.len() == self.rows.len() {
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn into_batch(self, codec: &RowCodec) -> Result<RecordBatch, EngineError> {
+        let batch = codec.decode(self.rows.into_iter())?;
+        if self.take.len() == batch.num_rows() {
             return Ok(batch);
         }
         arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(self.take))
-            .map_err(|e| e.to_string())
+            .map_err(|e| EngineError::Encoding(e.to_string()))
     }
 }
 
@@ -947,21 +948,19 @@ fn consolidate(codec: &RowCodec, entries: &[Entry]) -> Result<Consolidated, Engi
             let row = row.data();
             let hash = hasher.hash_one(row);
             let (encoded, net) = (&out.encoded, &mut out.net);
-            let same = |i: &u32| {
-                let ((se, sr), _) = net[*i as usize];
-                let held = if se == e { &rows } else { &encoded[se as usize] };
-                held.row(sr as usize).data() == row
+            // The bytes of distinct row `i`, which may be in this entry's
+            // rows, not yet among `encoded`.
+            let held = |net: &[((u32, u32), Diff)], i: u32| {
+                let ((se, sr), _) = net[i as usize];
+                let part = if se == e { &rows } else { &encoded[se as usize] };
+                part.row(sr as usize)
             };
-            match table.find(hash, same) {
+            match table.find(hash, |i| held(net, *i).data() == row) {
                 Some(i) => net[*i as usize].1 += entry.diff,
                 None => {
                     net.push(((e, r as u32), entry.diff));
                     let i = (net.len() - 1) as u32;
-                    table.insert_unique(hash, i, |i| {
-                        let ((se, sr), _) = net[*i as usize];
-                        let held = if se == e { &rows } else { &encoded[se as usize] };
-                        hasher.hash_one(held.row(sr as usize).data())
-                    });
+                    table.insert_unique(hash, i, |i| hasher.hash_one(held(net, *i).data()));
                 }
             }
         }
@@ -981,19 +980,13 @@ fn consolidated(
     let consolidated = consolidate(codec, entries)?;
     let mut out = Vec::new();
     for sign in [1, -1] {
-        let (mut batch_rows, mut take) = (Vec::new(), Vec::new());
-        for (row, diff) in consolidated.iter() {
-            if diff.signum() == sign {
-                take.extend(std::iter::repeat_n(batch_rows.len() as u32, diff.unsigned_abs()));
-                batch_rows.push(row);
-            }
+        let mut gathered = Gathered::default();
+        for (row, diff) in consolidated.iter().filter(|(_, d)| d.signum() == sign) {
+            gathered.push(row, diff.unsigned_abs());
         }
-        if !batch_rows.is_empty() {
-            let batch = codec.decode(batch_rows.into_iter())?;
-            let batch = arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(take))
-                .map_err(|e| EngineError::Encoding(e.to_string()))?;
+        if !gathered.is_empty() {
             out.push(Entry {
-                batch,
+                batch: gathered.into_batch(codec)?,
                 time: since,
                 diff: sign as Diff,
             });

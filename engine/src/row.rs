@@ -68,18 +68,6 @@ impl std::ops::Deref for Row {
     }
 }
 
-impl AsRef<[u8]> for Row {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for Row {
-    fn borrow(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 impl PartialEq<Row> for [u8] {
     fn eq(&self, other: &Row) -> bool {
         self == other.as_slice()
