@@ -90,6 +90,61 @@ async fn nexmark_is_reproducible_and_exactly_once_across_kill() {
 }
 
 #[tokio::test]
+async fn nexmark_for_tables_feeds_only_those_across_restart() {
+    let state = state_dir();
+    let path = state.path().to_str().unwrap();
+    let a = Server::on_state(path, 2, &[]);
+    let c = a.connect().await;
+    // The same events twice: once every table, once only bids (renamed)
+    // and people.
+    exec(
+        &c,
+        "CREATE SOURCE every FROM LOAD GENERATOR NEXMARK (MAX EVENTS 20000) FOR ALL TABLES;
+         CREATE SOURCE some FROM LOAD GENERATOR NEXMARK (MAX EVENTS 20000) FOR TABLES (person AS people, bid AS bids)",
+    )
+    .await;
+    wait_state(&c, "every", |s| s == "finished").await;
+    wait_state(&c, "some", |s| s == "finished").await;
+    assert_eq!(
+        sorted(&c, BIDS).await,
+        sorted(&c, &BIDS.replace("FROM bid", "FROM bids")).await
+    );
+    assert_eq!(
+        sorted(&c, PEOPLE).await,
+        sorted(&c, &PEOPLE.replace("FROM person", "FROM people")).await
+    );
+    // Both drew every event (a generator's position is its event count):
+    // the second dropped the auctions.
+    assert_eq!(
+        sorted(
+            &c,
+            "SELECT name, rows_ingested FROM weir_catalog.sources WHERE name IN ('every', 'some')"
+        )
+        .await,
+        vec!["every|20000", "some|20000"]
+    );
+    assert_eq!(sorted(&c, "SELECT count(*) FROM bids").await, vec!["18400"]);
+    drop(c);
+    drop(a);
+    // The choice is durable: after a restart the same tables, no others,
+    // and the source does not draw again.
+    let a = Server::on_state(path, 2, &[]);
+    let c = a.connect().await;
+    wait_state(&c, "some", |s| s == "finished").await;
+    assert_eq!(
+        sorted(
+            &c,
+            "SELECT (SELECT count(*) FROM bids), (SELECT count(*) FROM people), (SELECT count(*) FROM auction)"
+        )
+        .await,
+        vec!["18400|400|1200"]
+    );
+    exec(&c, "DROP SOURCE every").await;
+    assert_eq!(error(&c, "SELECT * FROM auction").await.0, "42P01");
+    assert_eq!(sorted(&c, "SELECT count(*) FROM people").await, vec!["400"]);
+}
+
+#[tokio::test]
 async fn counter_counts_at_its_rate_and_stops_at_max() {
     let s = Server::start();
     let c = s.connect().await;
@@ -157,6 +212,31 @@ async fn bad_generators_are_refused_clearly() {
             "PREGENERATE needs MAX EVENTS",
         ),
         ("CREATE SOURCE x FROM LOAD GENERATOR", "42601", "syntax error"),
+        (
+            "CREATE SOURCE x FROM LOAD GENERATOR NEXMARK FOR TABLES (bids)",
+            "22023",
+            "LOAD GENERATOR NEXMARK has no table bids; it has person, auction, bid",
+        ),
+        (
+            "CREATE SOURCE x FROM LOAD GENERATOR NEXMARK FOR TABLES (bid, BID AS b)",
+            "22023",
+            "table bid is named twice",
+        ),
+        (
+            "CREATE SOURCE x FROM LOAD GENERATOR NEXMARK FOR TABLES (public.bid)",
+            "22023",
+            "write bid, not public.bid",
+        ),
+        (
+            "CREATE SOURCE x FROM LOAD GENERATOR COUNTER FOR TABLES (counter)",
+            "22023",
+            "it feeds one table, named after the source",
+        ),
+        (
+            "CREATE SOURCE x FROM LOAD GENERATOR NEXMARK FOR TABLES ()",
+            "42601",
+            "syntax error",
+        ),
     ];
     for (sql, code, message) in cases {
         let (got, text, _) = error(&c, sql).await;

@@ -92,6 +92,14 @@ pub enum SpecError {
     NotANumber { option: String, value: String },
     #[error("PREGENERATE needs MAX EVENTS: an unbounded stream cannot be generated ahead")]
     PregenerateUnbounded,
+    #[error("LOAD GENERATOR {generator} has no table {table}; {known}")]
+    UnknownTable {
+        generator: &'static str,
+        table: String,
+        known: String,
+    },
+    #[error("table {0} is named twice in FOR TABLES")]
+    TableTwice(String),
 }
 
 /// A generator and its options, as recorded durably for the source.
@@ -109,6 +117,10 @@ pub struct Spec {
     /// The event time of event 0, in ms since the epoch (fixed when the
     /// source is created, so a restart reproduces the same events).
     pub base_time_ms: u64,
+    /// The tables fed, as indexes into [`Kind::tables`], ascending: all of
+    /// them unless `FOR TABLES` chose some. Events of the others are drawn
+    /// (numbering must not change) but never built into rows.
+    pub tables: Vec<usize>,
 }
 
 impl Spec {
@@ -126,6 +138,7 @@ impl Spec {
             seed: 0,
             pregenerate: false,
             base_time_ms,
+            tables: (0..kind.tables().len()).collect(),
         };
         for (key, value) in options {
             let number = || -> Result<u64, SpecError> {
@@ -156,6 +169,38 @@ impl Spec {
             return Err(SpecError::PregenerateUnbounded);
         }
         Ok(spec)
+    }
+
+    /// Feed only the tables named in `upstream` (as [`Kind::tables`] names
+    /// them, any case), in the generator's order whatever order they are
+    /// named in.
+    pub fn choose(&mut self, upstream: &[&str]) -> Result<(), SpecError> {
+        let all = self.kind.tables();
+        let mut chosen = Vec::new();
+        for name in upstream {
+            let index = all
+                .iter()
+                .position(|(t, _)| t.is_some_and(|t| t.eq_ignore_ascii_case(name)))
+                .ok_or_else(|| {
+                    let names: Vec<&str> = all.iter().filter_map(|(t, _)| *t).collect();
+                    SpecError::UnknownTable {
+                        generator: self.kind.name(),
+                        table: name.to_string(),
+                        known: if names.is_empty() {
+                            "it feeds one table, named after the source".into()
+                        } else {
+                            format!("it has {}", names.join(", "))
+                        },
+                    }
+                })?;
+            if chosen.contains(&index) {
+                return Err(SpecError::TableTwice(name.to_string()));
+            }
+            chosen.push(index);
+        }
+        chosen.sort_unstable();
+        self.tables = chosen;
+        Ok(())
     }
 
     /// How many events are due `now_ms` (all of them when unpaced), never
@@ -194,8 +239,8 @@ impl Spec {
         }
     }
 
-    /// Events `from..to` as one batch per table (in [`Kind::tables`]
-    /// order), each with the schema in `schemas` at the same place.
+    /// Events `from..to` as one batch per table fed (`self.tables`), each
+    /// with the schema in `schemas` at the same place.
     pub fn generate(
         &self,
         from: u64,
@@ -216,16 +261,23 @@ impl Spec {
 
     fn nexmark(&self, from: u64, to: u64, schemas: &[SchemaRef]) -> Result<Vec<RecordBatch>, ArrowError> {
         let n = (to - from) as usize;
-        let mut person = NexmarkColumns::new(PERSON, n / 50 + 1);
-        let mut auction = NexmarkColumns::new(AUCTION, n * 3 / 50 + 1);
-        let mut bid = NexmarkColumns::new(BID, n * 46 / 50 + 1);
+        // Only the tables fed get builders; events of the others are
+        // drawn and dropped.
+        let fed = |t: usize, order: &'static [u8], per_50: usize| {
+            self.tables
+                .contains(&t)
+                .then(|| NexmarkColumns::new(order, n * per_50 / 50 + 1))
+        };
+        let mut person = fed(0, PERSON, 1);
+        let mut auction = fed(1, AUCTION, 3);
+        let mut bid = fed(2, BID, 46);
         let events = nexmark::EventGenerator::new(self.nexmark_config())
             .with_offset(from)
             .take(n);
         for event in events {
             match event {
                 Event::Person(p) => {
-                    let c = &mut person;
+                    let Some(c) = &mut person else { continue };
                     c.int(p.id as i64);
                     for s in [&p.name, &p.email_address, &p.credit_card, &p.city, &p.state] {
                         c.text(s);
@@ -235,7 +287,7 @@ impl Spec {
                     c.row();
                 }
                 Event::Auction(a) => {
-                    let c = &mut auction;
+                    let Some(c) = &mut auction else { continue };
                     c.int(a.id as i64);
                     c.text(&a.item_name);
                     c.text(&a.description);
@@ -249,7 +301,7 @@ impl Spec {
                     c.row();
                 }
                 Event::Bid(b) => {
-                    let c = &mut bid;
+                    let Some(c) = &mut bid else { continue };
                     c.int(b.auction as i64);
                     c.int(b.bidder as i64);
                     c.int(b.price as i64);
@@ -263,6 +315,7 @@ impl Spec {
         }
         [person, auction, bid]
             .into_iter()
+            .flatten()
             .zip(schemas)
             .map(|(c, schema)| c.finish(schema))
             .collect()
@@ -348,5 +401,57 @@ impl NexmarkColumns {
             .collect::<Option<_>>()
             .ok_or_else(|| ArrowError::SchemaError("nexmark column layout".into()))?;
         RecordBatch::try_new(schema.clone(), columns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    /// A schema for each of a generator's tables, read off their column
+    /// kinds (names do not matter here).
+    fn schema(order: &[u8]) -> SchemaRef {
+        Arc::new(Schema::new(
+            order
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let ty = match *k {
+                        INT => DataType::Int64,
+                        TEXT => DataType::Utf8,
+                        _ => DataType::Timestamp(TimeUnit::Microsecond, None),
+                    };
+                    Field::new(format!("c{i}"), ty, false)
+                })
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    #[test]
+    fn chosen_tables_hold_the_same_rows_as_all() {
+        let all = Spec::new(Kind::Nexmark, &[], 0).unwrap();
+        let every = all
+            .generate(100, 1100, &[schema(PERSON), schema(AUCTION), schema(BID)])
+            .unwrap();
+        let mut some = all.clone();
+        // Named in any order and case; fed in the generator's order.
+        some.choose(&["BID", "person"]).unwrap();
+        assert_eq!(some.tables, [0, 2]);
+        let chosen = some.generate(100, 1100, &[schema(PERSON), schema(BID)]).unwrap();
+        assert_eq!(chosen, [every[0].clone(), every[2].clone()]);
+        assert_eq!((every[0].num_rows(), every[2].num_rows()), (20, 920));
+
+        assert_eq!(
+            some.choose(&["bid", "bid"]),
+            Err(SpecError::TableTwice("bid".into()))
+        );
+        let err = some.choose(&["bids"]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "LOAD GENERATOR NEXMARK has no table bids; it has person, auction, bid"
+        );
+        let mut counter = Spec::new(Kind::Counter, &[], 0).unwrap();
+        assert!(counter.choose(&["counter"]).is_err());
     }
 }

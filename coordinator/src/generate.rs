@@ -165,6 +165,7 @@ pub(crate) fn detail(spec: &Spec, tables: &[String]) -> String {
         "seed": spec.seed,
         "pregenerate": spec.pregenerate,
         "base_time_ms": spec.base_time_ms,
+        "upstream": spec.tables,
         "tables": tables,
     })
     .to_string()
@@ -181,6 +182,7 @@ pub(crate) fn from_detail(
     let kind = Kind::from_name(v["generator"].as_str()?)?;
     let parse = || -> Result<Source, String> {
         let number = |k: &str| v[k].as_u64().ok_or_else(|| format!("no {k}"));
+        let all = (0..kind.tables().len()).collect();
         let spec = Spec {
             kind,
             rate: number("rate")?,
@@ -188,6 +190,11 @@ pub(crate) fn from_detail(
             seed: number("seed")?,
             pregenerate: v["pregenerate"].as_bool().unwrap_or(false),
             base_time_ms: number("base_time_ms")?,
+            // Recorded since FOR TABLES; all of them before.
+            tables: match v.get("upstream") {
+                Some(u) => serde_json::from_value(u.clone()).map_err(|e| e.to_string())?,
+                None => all,
+            },
         };
         let tables = v["tables"]
             .as_array()

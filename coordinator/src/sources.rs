@@ -88,12 +88,13 @@ impl Coordinator {
                 name,
                 generator,
                 options,
+                tables,
                 if_not_exists,
             } => {
                 if self.name_taken(name, *if_not_exists)? {
                     return Ok(command("CREATE SOURCE"));
                 }
-                self.create_generator_source(name, generator, options, sql)
+                self.create_generator_source(name, generator, options, tables.as_deref(), sql)
                     .await?;
                 Ok(command("CREATE SOURCE"))
             }
@@ -250,13 +251,15 @@ impl Coordinator {
         Ok(())
     }
 
-    /// `CREATE SOURCE ... FROM LOAD GENERATOR`: its tables, made durable
-    /// with the generator's spec in one step, then generating.
+    /// `CREATE SOURCE ... FROM LOAD GENERATOR`: its tables (those `wanted`,
+    /// or all), made durable with the generator's spec in one step, then
+    /// generating.
     async fn create_generator_source(
         &self,
         name: &str,
         generator: &str,
         options: &[(String, Option<String>)],
+        wanted: Option<&[weir_sql::source_sql::TableRef]>,
         sql: &str,
     ) -> Result<()> {
         use weir_connectors::generator::{Kind, Spec};
@@ -265,15 +268,41 @@ impl Coordinator {
                 "there is no load generator {generator}; there are COUNTER and NEXMARK"
             ))
         })?;
-        let spec = Spec::new(kind, options, crate::controller::now_ms())
-            .map_err(|e| AdapterError::InvalidParameter(e.to_string()))?;
+        let invalid =
+            |e: weir_connectors::generator::SpecError| AdapterError::InvalidParameter(e.to_string());
+        let mut spec = Spec::new(kind, options, crate::controller::now_ms()).map_err(invalid)?;
+        if let Some(wanted) = wanted {
+            if let Some(qualified) = wanted.iter().find(|t| t.schema.is_some()) {
+                return Err(AdapterError::InvalidParameter(format!(
+                    "a load generator's tables have no schema: write {}, not {}.{}",
+                    qualified.name,
+                    qualified.schema.as_deref().unwrap_or_default(),
+                    qualified.name
+                )));
+            }
+            let names: Vec<&str> = wanted.iter().map(|t| t.name.as_str()).collect();
+            spec.choose(&names).map_err(invalid)?;
+        }
+        // The Weir name of each table fed: its alias in FOR TABLES, or the
+        // generator's name for it (the source's own for COUNTER's one).
+        let alias = |upstream: &str| {
+            wanted
+                .into_iter()
+                .flatten()
+                .find(|t| t.name.eq_ignore_ascii_case(upstream))
+                .and_then(|t| t.alias.clone())
+        };
         let id = self.catalog.allocate_id();
         let entries = self.source_tables(
             name,
-            kind.tables()
+            spec.tables
                 .iter()
-                .map(|(table, columns)| {
-                    let table = table.map(String::from).unwrap_or_else(|| name.to_string());
+                .map(|&i| {
+                    let (table, columns) = kind.tables()[i];
+                    let table = match table {
+                        Some(t) => alias(t).unwrap_or_else(|| t.to_string()),
+                        None => name.to_string(),
+                    };
                     let create = format!("CREATE TABLE {} ({columns})", quoted(&table));
                     (table, create)
                 })

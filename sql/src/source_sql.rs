@@ -8,7 +8,8 @@
 //! CREATE SOURCE [IF NOT EXISTS] name FROM POSTGRES CONNECTION c
 //!     (PUBLICATION 'p') FOR ALL TABLES | FOR TABLES (schema.a, b AS c)
 //! CREATE SOURCE [IF NOT EXISTS] name FROM LOAD GENERATOR COUNTER | NEXMARK
-//!     [(EVENTS PER SECOND n, MAX EVENTS n, SEED n, PREGENERATE)] [FOR ALL TABLES]
+//!     [(EVENTS PER SECOND n, MAX EVENTS n, SEED n, PREGENERATE)]
+//!     [FOR ALL TABLES | FOR TABLES (bid, auction AS a)]
 //! CREATE SOURCE [IF NOT EXISTS] name [(column type [NOT NULL], ...)]
 //!     FROM FILES 'file:///dir/*.csv' | 's3://bucket/prefix/*.parquet'
 //!     [(FORMAT PARQUET | CSV | JSON, HEADER, DELIMITER ',', WATCH)] [WATCH]
@@ -48,11 +49,13 @@ pub enum SourceStatement {
         if_not_exists: bool,
     },
     /// `FROM LOAD GENERATOR`: the generator's name as written (upper
-    /// case) and its options (keys upper case; `None` for a bare flag).
+    /// case), its options (keys upper case; `None` for a bare flag) and
+    /// the tables chosen (`None`: all of them).
     CreateGeneratorSource {
         name: String,
         generator: String,
         options: Vec<(String, Option<String>)>,
+        tables: Option<Vec<TableRef>>,
         if_not_exists: bool,
     },
     /// `FROM FILES`: the URL pattern, the declared columns (`None`:
@@ -125,6 +128,41 @@ struct P<'a> {
 impl P<'_> {
     fn err(&self, e: datafusion::sql::sqlparser::parser::ParserError) -> SqlError {
         parser_error(e, self.sql)
+    }
+
+    /// After `FOR`: `ALL TABLES` (`None`) or `TABLES (a, schema.b AS c)`.
+    fn tables(&mut self) -> Result<Option<Vec<TableRef>>, SqlError> {
+        Ok(if self.word("ALL") {
+            self.expect_word("TABLES")?;
+            None
+        } else {
+            self.expect_word("TABLES")?;
+            self.parser
+                .expect_token(&Token::LParen)
+                .map_err(|e| self.err(e))?;
+            let mut tables = Vec::new();
+            loop {
+                let first = self.ident()?;
+                let (schema, name) = if self.parser.consume_token(&Token::Period) {
+                    (Some(first), self.ident()?)
+                } else {
+                    (None, first)
+                };
+                let alias = if self.word("AS") {
+                    Some(self.ident()?)
+                } else {
+                    None
+                };
+                tables.push(TableRef { schema, name, alias });
+                if !self.parser.consume_token(&Token::Comma) {
+                    break;
+                }
+            }
+            self.parser
+                .expect_token(&Token::RParen)
+                .map_err(|e| self.err(e))?;
+            Some(tables)
+        })
     }
 
     /// Consume the word `w` (any case) if it is next.
@@ -374,15 +412,13 @@ pub fn parse(sql: &str) -> Result<SourceStatement, SqlError> {
                 } else {
                     Vec::new()
                 };
-                if p.word("FOR") {
-                    p.expect_word("ALL")?;
-                    p.expect_word("TABLES")?;
-                }
+                let tables = if p.word("FOR") { p.tables()? } else { None };
                 p.end()?;
                 return Ok(SourceStatement::CreateGeneratorSource {
                     name,
                     generator,
                     options,
+                    tables,
                     if_not_exists,
                 });
             }
@@ -399,33 +435,7 @@ pub fn parse(sql: &str) -> Result<SourceStatement, SqlError> {
                 .expect_token(&Token::RParen)
                 .map_err(|e| parser_error(e, sql))?;
             p.expect_word("FOR")?;
-            let tables = if p.word("ALL") {
-                p.expect_word("TABLES")?;
-                None
-            } else {
-                p.expect_word("TABLES")?;
-                p.parser
-                    .expect_token(&Token::LParen)
-                    .map_err(|e| parser_error(e, sql))?;
-                let mut tables = Vec::new();
-                loop {
-                    let first = p.ident()?;
-                    let (schema, name) = if p.parser.consume_token(&Token::Period) {
-                        (Some(first), p.ident()?)
-                    } else {
-                        (None, first)
-                    };
-                    let alias = if p.word("AS") { Some(p.ident()?) } else { None };
-                    tables.push(TableRef { schema, name, alias });
-                    if !p.parser.consume_token(&Token::Comma) {
-                        break;
-                    }
-                }
-                p.parser
-                    .expect_token(&Token::RParen)
-                    .map_err(|e| parser_error(e, sql))?;
-                Some(tables)
-            };
+            let tables = p.tables()?;
             SourceStatement::CreateSource {
                 name,
                 connection,
@@ -520,9 +530,15 @@ mod tests {
                     ("MAX EVENTS".into(), Some("5".into())),
                     ("PREGENERATE".into(), None),
                 ],
+                tables: None,
                 if_not_exists: false
             }
         );
+        assert!(matches!(
+            parse("CREATE SOURCE n FROM LOAD GENERATOR NEXMARK FOR TABLES (bid, auction AS a)").unwrap(),
+            SourceStatement::CreateGeneratorSource { tables: Some(ref t), .. }
+                if t.len() == 2 && t[1].alias.as_deref() == Some("a")
+        ));
         assert!(matches!(
             parse("CREATE SOURCE c FROM LOAD GENERATOR COUNTER").unwrap(),
             SourceStatement::CreateGeneratorSource { ref options, .. } if options.is_empty()
