@@ -1,7 +1,8 @@
 """Plot a Nexmark run: events/s per query for Weir, Flink and the
 hand-written differential ceiling, from `weir-bench nexmark` JSON files
-(one run, or several runs of the same event count over different
-queries, taken together).
+(one run, or several runs of the same event count, taken together; where
+two give a figure for the same query and system, the later file's
+counts).
 
     python3 benches/plot.py benches/results/nexmark-<stamp>.json [more.json ...] [--out out.png] [--workers N]
 
@@ -46,7 +47,7 @@ def main():
         }
 
     series = [("Weir", rates("runs")), ("Flink (PyFlink 2.3)", rates("flink")), ("differential, by hand", rates("ceiling"))]
-    queries = [r["query"] for r in run["runs"] if r["workers"] == workers]
+    queries = list(dict.fromkeys(r["query"] for r in run["runs"] if r["workers"] == workers))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(8, len(queries) * 0.7), 4.5))
     for i, (name, values) in enumerate(series):

@@ -39,6 +39,53 @@ fn query(name: &str) -> Result<String> {
         .join("\n"))
 }
 
+/// The Nexmark tables `sql` reads, in the generator's order: each name
+/// that follows `FROM` or `JOIN`, or follows a comma and is followed by an
+/// alias (so `SELECT x, auction FROM bid` and `PARTITION BY x, auction
+/// ORDER BY ...` read only `bid`). Flink and the ceiling read only the
+/// tables a query names; with `FOR TABLES` Weir's source feeds only those
+/// too. A table missed here makes the view's `CREATE` fail, never a figure
+/// wrong.
+fn tables_read(sql: &str) -> Vec<&'static str> {
+    /// Words that end a select list or a `PARTITION BY` list, where an
+    /// alias would stand after a table.
+    const CLAUSES: &[&str] = &[
+        "from", "where", "group", "order", "having", "limit", "on", "join", "inner", "left", "right", "full",
+        "cross", "union", "window", "and", "or", "over", "rows", "range",
+    ];
+    let mut tokens = Vec::new();
+    let mut word = String::new();
+    for c in sql.chars().chain(std::iter::once(' ')) {
+        if c.is_alphanumeric() || c == '_' {
+            word.push(c.to_ascii_lowercase());
+            continue;
+        }
+        if !word.is_empty() {
+            tokens.push(std::mem::take(&mut word));
+        }
+        if c == ',' || c == '(' || c == ')' {
+            tokens.push(c.to_string());
+        }
+    }
+    ["person", "auction", "bid"]
+        .into_iter()
+        .filter(|table| {
+            tokens.iter().enumerate().any(|(i, t)| {
+                let before = i.checked_sub(1).map(|b| tokens[b].as_str());
+                let after = tokens.get(i + 1).map(String::as_str);
+                t == table
+                    && match before {
+                        Some("from" | "join") => true,
+                        Some(",") => after.is_some_and(|a| {
+                            a.starts_with(|c: char| c.is_alphabetic()) && !CLAUSES.contains(&a)
+                        }),
+                        _ => false,
+                    }
+            })
+        })
+        .collect()
+}
+
 fn list(args: &[String], name: &str, default: &str) -> Vec<String> {
     crate::flag(args, name)
         .unwrap_or(default)
@@ -54,7 +101,8 @@ async fn run_one(name: &str, sql: &str, events: usize, workers: usize) -> Result
     let c = weir.connect().await?;
     let generate_started = Instant::now();
     c.batch_execute(&format!(
-        "CREATE SOURCE nexmark FROM LOAD GENERATOR NEXMARK (MAX EVENTS {events}, PREGENERATE)"
+        "CREATE SOURCE nexmark FROM LOAD GENERATOR NEXMARK (MAX EVENTS {events}, PREGENERATE) FOR TABLES ({})",
+        tables_read(sql).join(", ")
     ))
     .await?;
     c.batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {sql}"))
@@ -299,4 +347,24 @@ pub async fn nexmark(args: &[String]) -> Result<serde_json::Value> {
         "ceiling": ceiling,
         "flink": flink,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_tables_every_query_reads() {
+        let reads = |q: &str| tables_read(&query(q).unwrap());
+        assert_eq!(reads("q0"), ["bid"]);
+        assert_eq!(reads("q3"), ["person", "auction"]);
+        assert_eq!(reads("q4"), ["auction", "bid"]);
+        assert_eq!(reads("q8"), ["person", "auction"]);
+        // A column named like a table is not one.
+        assert_eq!(reads("q18"), ["bid"]);
+        assert_eq!(reads("q20"), ["auction", "bid"]);
+        for q in available().unwrap() {
+            assert!(!reads(&q).is_empty(), "{q} reads no table");
+        }
+    }
 }
