@@ -7,6 +7,7 @@
 //! [`CatalogReader`]; the engine consumes the [`plan::Plan`] IR this crate
 //! produces and must not re-plan SQL itself.
 
+pub mod constant_lists;
 pub mod decorrelate;
 pub mod error;
 pub mod extreme_join;

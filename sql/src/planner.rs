@@ -127,14 +127,28 @@ impl Planner {
     /// Bind a statement into an unoptimized `LogicalPlan`.
     pub async fn bind(&self, mut statement: ast::Statement, sql: &str) -> Result<LogicalPlan, SqlError> {
         crate::pg_compat::rewrite(&mut statement);
-        let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
-        let plan = self
-            .state
-            .statement_to_plan(statement)
-            .await
-            .map_err(|e| SqlError::from_datafusion(e, sql))?;
+        let lists = crate::constant_lists::take(&mut statement);
+        let plan = if lists.is_empty() {
+            self.statement_to_plan(statement).await
+        } else {
+            let bound = self.statement_to_plan(statement.clone()).await;
+            match bound.and_then(|plan| crate::constant_lists::restore(plan, &lists)) {
+                Ok(Some(plan)) => Ok(plan),
+                // The statement as written binds, or says what is wrong.
+                _ => {
+                    crate::constant_lists::put_back(&mut statement, lists);
+                    self.statement_to_plan(statement).await
+                }
+            }
+        };
+        let plan = plan.map_err(|e| SqlError::from_datafusion(e, sql))?;
         let plan = crate::set_ops::number_duplicates(plan).map_err(|e| SqlError::from_datafusion(e, sql))?;
         bytea_literals(plan).map_err(|e| SqlError::from_datafusion(e, sql))
+    }
+
+    async fn statement_to_plan(&self, statement: ast::Statement) -> DfResult<LogicalPlan> {
+        let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
+        self.state.statement_to_plan(statement).await
     }
 
     /// Run DataFusion's analyzer (type coercion) and optimizer over a plan

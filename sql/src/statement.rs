@@ -194,8 +194,9 @@ fn parse_tokens(sql: &str, tokens: &[TokenWithSpan], whole: (&str, usize)) -> Re
         "DISCARD" => return Ok(Statement::SetVariable { tag: "DISCARD ALL" }),
         _ => {}
     }
+    let (tokens, mut lists) = constant_in_lists(empty_in_lists(tokens));
     let mut stmts = Parser::new(&PostgreSqlDialect {})
-        .with_tokens_with_locations(empty_in_lists(tokens))
+        .with_tokens_with_locations(tokens)
         .parse_statements()
         .map_err(|e| match parser_error(e, whole.0) {
             SqlError::Syntax { message, position } => SqlError::Syntax {
@@ -209,6 +210,21 @@ fn parse_tokens(sql: &str, tokens: &[TokenWithSpan], whole: (&str, usize)) -> Re
     {
         stmts.into_iter().for_each(dismantle);
         return Err(e);
+    }
+    if !lists.is_empty() {
+        for statement in &mut stmts {
+            let _ = ast::visit_expressions_mut(statement, |e| {
+                if let ast::Expr::InList { list, .. } = e
+                    && let [ast::Expr::Value(v)] = list.as_slice()
+                    && let ast::Value::Placeholder(p) = &v.value
+                    && let Some(i) = p.strip_prefix(LIST_MARK).and_then(|i| i.parse::<usize>().ok())
+                    && let Some(constants) = lists.get_mut(i)
+                {
+                    *list = std::mem::take(constants);
+                }
+                ControlFlow::<()>::Continue(())
+            });
+        }
     }
     match stmts.len() {
         1 => Ok(Statement::Sql(Box::new(stmts.remove(0)))),
@@ -309,6 +325,93 @@ fn empty_in_lists(tokens: &[TokenWithSpan]) -> Vec<TokenWithSpan> {
         out.push(t.clone());
     }
     out
+}
+
+/// `IN` lists of at least this many constants are read straight off the
+/// tokens (see [`constant_in_lists`]).
+const LONG_LIST: usize = 16;
+
+/// What stands for such a list while the parser runs, followed by its
+/// index: a placeholder no tokenizer makes (a NUL cannot reach it).
+const LIST_MARK: &str = "$\0in";
+
+/// `tokens`, with the items of each long `IN (...)` list of constants
+/// (numbers, negated or not, or quoted strings) taken out and one
+/// placeholder left in their place; and those items as the expressions
+/// the parser would have made of them. A `WHERE id IN (...)` of 1,000
+/// keys (as feeds and ORMs send) otherwise spends more in the parser's
+/// expression machinery, once per item, than in everything else it
+/// parses. Positions of every other token are unchanged.
+fn constant_in_lists(tokens: Vec<TokenWithSpan>) -> (Vec<TokenWithSpan>, Vec<Vec<ast::Expr>>) {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    let is_in = |t: &TokenWithSpan| matches!(&t.token, Token::Word(w) if w.keyword == Keyword::IN);
+    if !tokens.iter().any(is_in) {
+        return (tokens, Vec::new());
+    }
+    let significant = |i: usize| !matches!(tokens[i].token, Token::Whitespace(_));
+    // The constants of a list whose `(` is at `open`, and the index of
+    // its `)`; `None` where it is not such a list.
+    let constants = |open: usize| -> Option<(Vec<ast::Expr>, usize)> {
+        let mut items = Vec::new();
+        let mut i = open + 1;
+        let next = |i: &mut usize| {
+            while *i < tokens.len() && !significant(*i) {
+                *i += 1;
+            }
+            let t = tokens.get(*i)?;
+            *i += 1;
+            Some(t)
+        };
+        loop {
+            let mut t = next(&mut i)?;
+            let negated = t.token == Token::Minus;
+            if negated {
+                t = next(&mut i)?;
+            }
+            let value = match &t.token {
+                Token::Number(n, long) => ast::Value::Number(n.clone(), *long),
+                Token::SingleQuotedString(s) if !negated => ast::Value::SingleQuotedString(s.clone()),
+                _ => return None,
+            };
+            let value = ast::Expr::Value(value.with_span(t.span));
+            items.push(if negated {
+                ast::Expr::UnaryOp {
+                    op: ast::UnaryOperator::Minus,
+                    expr: Box::new(value),
+                }
+            } else {
+                value
+            });
+            match next(&mut i)?.token {
+                Token::Comma => continue,
+                Token::RParen => return Some((items, i - 1)),
+                _ => return None,
+            }
+        }
+    };
+    let mut out = Vec::with_capacity(tokens.len());
+    let mut lists = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        out.push(tokens[i].clone());
+        if is_in(&tokens[i]) {
+            let open = (i + 1..tokens.len()).find(|&j| significant(j));
+            if let Some(open) = open.filter(|&o| tokens[o].token == Token::LParen)
+                && let Some((items, close)) = constants(open)
+                && items.len() >= LONG_LIST
+            {
+                let mark = Token::Placeholder(format!("{LIST_MARK}{}", lists.len()));
+                out.push(tokens[open].clone());
+                out.push(TokenWithSpan::new(mark, tokens[open + 1].span));
+                out.push(tokens[close].clone());
+                lists.push(items);
+                i = close + 1;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    (out, lists)
 }
 
 /// Turn a sqlparser error into a syntax error with a position.
@@ -625,6 +728,39 @@ mod tests {
         );
         assert!(matches!(stmts[2].statement, Statement::Show(Show::Tables)));
         assert_eq!(stmts[1].offset, 11);
+    }
+
+    #[test]
+    fn long_constant_in_lists_parse_as_the_parser_would() {
+        let numbers: Vec<String> = (0..40)
+            .map(|i| {
+                if i % 3 == 0 {
+                    format!("-{i}")
+                } else {
+                    i.to_string()
+                }
+            })
+            .collect();
+        let strings: Vec<String> = (0..20).map(|i| format!("'s''{i}'")).collect();
+        let sql = format!(
+            "UPDATE t SET v = v + 1 WHERE id IN ({}) AND k NOT IN ( {} ) AND z IN (1, 2.5e3, 3) \
+             AND w IN ({}, x)",
+            numbers.join(", "),
+            strings.join(" ,"),
+            numbers.join(",")
+        );
+        let Statement::Sql(ast) = parse_one(&sql).unwrap() else {
+            panic!("not SQL");
+        };
+        let plain = Parser::parse_sql(&PostgreSqlDialect {}, &sql).unwrap().remove(0);
+        assert_eq!(*ast, plain);
+        assert_eq!(ast.to_string(), plain.to_string());
+        // An error after a long list still points at its own token.
+        let bad = format!("SELECT * FROM t WHERE id IN ({}) AND )", numbers.join(","));
+        let Err(SqlError::Syntax { position, .. }) = parse_one(&bad) else {
+            panic!("no syntax error");
+        };
+        assert_eq!(position, Some(bad.rfind(')').unwrap() + 1));
     }
 
     #[test]
