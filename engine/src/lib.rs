@@ -14,6 +14,7 @@ pub mod compute;
 pub mod eval;
 pub mod log;
 pub mod minmax;
+mod rank;
 pub mod recursive;
 pub mod reduce;
 pub mod render;

@@ -233,6 +233,14 @@ fn render_node<'s>(
                 };
                 return render_get(*id, Some(prepare), scope, imports);
             }
+            if let Some(prefix) = crate::rank::RankPrefix::of(input, filters) {
+                // `row_number() ... <= k`: only the first k rows of each
+                // partition are numbered; the filters still apply.
+                let (ok, err) = render(prefix.input, scope, imports)?;
+                let (ok, err2) = prefix.render(ok)?;
+                let (ok, err3) = map_filter_project(ok, &input.schema, filters, projection, &plan.schema)?;
+                return Ok((ok, err.concat(err2).concat(err3)));
+            }
             let (ok, err) = render(input, scope, imports)?;
             let (ok, err2) = map_filter_project(ok, &input.schema, filters, projection, &plan.schema)?;
             Ok((ok, err.concat(err2)))
@@ -420,7 +428,7 @@ type ErrRow<T = Time> = (String, T, Diff);
 
 /// Apply `logic` to each batch of updates. `logic` pushes output updates
 /// and errors (message, time, diff).
-fn batch_map<'s, T, D, O, L>(
+pub(crate) fn batch_map<'s, T, D, O, L>(
     input: VecCollection<'s, T, D, Diff>,
     name: &str,
     mut logic: L,
@@ -460,7 +468,7 @@ where
 /// Evaluate `rows`, calling `on_ok` with the absolute input indices of the
 /// rows that passed the filters and their evaluation, and recording an error
 /// for each row that failed.
-fn for_each_evaluated<D, T: Clone>(
+pub(crate) fn for_each_evaluated<D, T: Clone>(
     eval: &RowEval,
     rows: &[&[u8]],
     errs: &mut Vec<ErrRow<T>>,
