@@ -169,3 +169,21 @@ pub fn encode_group(codec: &RowCodec, ev: &Evaluated, group: usize) -> Result<Ve
 pub fn any_null(arrays: &[ArrayRef], i: usize) -> bool {
     arrays.iter().any(|a| a.is_null(i))
 }
+
+/// Nullable fields named `{prefix}0`, `{prefix}1`, ... of the types of
+/// `exprs` over `schema`: the schema of a row of evaluated expressions.
+pub fn expr_fields(
+    exprs: &[Expr],
+    schema: &DFSchema,
+    prefix: &str,
+) -> Result<Vec<arrow::datatypes::Field>, EngineError> {
+    exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let t = datafusion::logical_expr::ExprSchemable::get_type(e, schema)
+                .map_err(|e| EngineError::Expression(e.to_string()))?;
+            Ok(arrow::datatypes::Field::new(format!("{prefix}{i}"), t, true))
+        })
+        .collect()
+}

@@ -19,11 +19,11 @@ use arrow::array::{ArrayRef, UInt64Array};
 use arrow::compute::{SortOptions, cast};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{DFSchema, ScalarValue};
-use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator, SortExpr};
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, SortExpr};
 use differential_dataflow::AsCollection;
 use weir_sql::{Plan, PlanNode};
 
-use crate::eval::{RowEval, encode_group};
+use crate::eval::{RowEval, encode_group, expr_fields};
 use crate::render::{Coll, Errs, batch_map, for_each_evaluated};
 use crate::row::{Row, RowCodec};
 use crate::{Diff, EngineError, Time};
@@ -90,19 +90,11 @@ impl<'a> RankPrefix<'a> {
         let schema = &self.input.schema;
         let order: Vec<Expr> = self.order.iter().map(|s| s.expr.clone()).collect();
         let eval = RowEval::new(schema, &[], &[self.partition_by, &order])?;
-        let fields = |exprs: &[Expr]| {
-            exprs
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    let t = e
-                        .get_type(schema)
-                        .map_err(|e| EngineError::Expression(e.to_string()))?;
-                    Ok(Field::new(format!("k{i}"), t, true))
-                })
-                .collect::<Result<Vec<_>, EngineError>>()
-        };
-        let partition = RowCodec::new(Arc::new(Schema::new(fields(self.partition_by)?)))?;
+        let partition = RowCodec::new(Arc::new(Schema::new(expr_fields(
+            self.partition_by,
+            schema,
+            "k",
+        )?)))?;
         let options = self
             .order
             .iter()
@@ -111,7 +103,7 @@ impl<'a> RankPrefix<'a> {
                 nulls_first: s.nulls_first,
             })
             .collect();
-        let sort = RowCodec::with_options(Arc::new(Schema::new(fields(&order)?)), options)?;
+        let sort = RowCodec::with_options(Arc::new(Schema::new(expr_fields(&order, schema, "o")?)), options)?;
         // Every number this operator can emit, encoded once.
         let numbers: ArrayRef = Arc::new(UInt64Array::from_iter_values(1..=self.keep as u64));
         let numbers =

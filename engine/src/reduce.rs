@@ -15,7 +15,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, new_null_
 use arrow::compute::{SortOptions, cast, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DFSchema, ScalarValue};
-use datafusion::logical_expr::{Expr, ExprSchemable, lit};
+use datafusion::logical_expr::{Expr, lit};
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
 use datafusion::physical_expr::expressions::{Column, Literal};
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
@@ -281,16 +281,7 @@ impl GroupFolder {
                 }
             }
         }
-        let fields = exprs
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let t = e
-                    .get_type(input)
-                    .map_err(|e| EngineError::Expression(e.to_string()))?;
-                Ok(Field::new(format!("a{i}"), t, true))
-            })
-            .collect::<Result<Vec<_>, EngineError>>()?;
+        let fields = crate::eval::expr_fields(&exprs, input, "a")?;
         let arg_schema: SchemaRef = Arc::new(Schema::new(fields));
         let column = |i: usize| -> Arc<dyn PhysicalExpr> { Arc::new(Column::new(&format!("a{i}"), i)) };
         let generals = aggs

@@ -544,16 +544,9 @@ fn keyed<'s, T: RenderTime>(
     name: &str,
 ) -> Result<(Keyed<'s, T>, Errs<'s, T>), EngineError> {
     let eval = RowEval::new(schema, &[], &[keys])?;
-    let key_codec = RowCodec::new(Arc::new(Schema::new(
-        keys.iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let t = datafusion::logical_expr::ExprSchemable::get_type(k, schema)
-                    .map_err(|e| EngineError::Expression(e.to_string()))?;
-                Ok(arrow::datatypes::Field::new(format!("k{i}"), t, true))
-            })
-            .collect::<Result<Vec<_>, EngineError>>()?,
-    )))?;
+    let key_codec = RowCodec::new(Arc::new(Schema::new(crate::eval::expr_fields(
+        keys, schema, "k",
+    )?)))?;
     let (s, e) = map_encoded(
         ok,
         name,
@@ -860,15 +853,7 @@ fn render_topk<'s>(
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     let exprs: Vec<Expr> = order.iter().map(|s| s.expr.clone()).collect();
     let eval = RowEval::new(schema, &[], &[&exprs])?;
-    let fields = exprs
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let t = datafusion::logical_expr::ExprSchemable::get_type(e, schema)
-                .map_err(|e| EngineError::Expression(e.to_string()))?;
-            Ok(arrow::datatypes::Field::new(format!("o{i}"), t, true))
-        })
-        .collect::<Result<Vec<_>, EngineError>>()?;
+    let fields = crate::eval::expr_fields(&exprs, schema, "o")?;
     let options = order
         .iter()
         .map(|s| arrow::compute::SortOptions {
