@@ -53,6 +53,12 @@ impl Kind {
         }
     }
 
+    /// Indexes of every table in [`Kind::tables`]: what a source feeds
+    /// unless `FOR TABLES` chose some.
+    pub fn every_table(self) -> Vec<usize> {
+        (0..self.tables().len()).collect()
+    }
+
     /// The tables this generator feeds: a name (`None`: the source's own
     /// name) and the column list of its `CREATE TABLE`.
     pub fn tables(self) -> &'static [(Option<&'static str>, &'static str)] {
@@ -138,7 +144,7 @@ impl Spec {
             seed: 0,
             pregenerate: false,
             base_time_ms,
-            tables: (0..kind.tables().len()).collect(),
+            tables: kind.every_table(),
         };
         for (key, value) in options {
             let number = || -> Result<u64, SpecError> {

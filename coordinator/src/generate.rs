@@ -182,7 +182,6 @@ pub(crate) fn from_detail(
     let kind = Kind::from_name(v["generator"].as_str()?)?;
     let parse = || -> Result<Source, String> {
         let number = |k: &str| v[k].as_u64().ok_or_else(|| format!("no {k}"));
-        let all = (0..kind.tables().len()).collect();
         let spec = Spec {
             kind,
             rate: number("rate")?,
@@ -193,7 +192,7 @@ pub(crate) fn from_detail(
             // Recorded since FOR TABLES; all of them before.
             tables: match v.get("upstream") {
                 Some(u) => serde_json::from_value(u.clone()).map_err(|e| e.to_string())?,
-                None => all,
+                None => kind.every_table(),
             },
         };
         let tables = v["tables"]

@@ -19,8 +19,9 @@ use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::sql::sqlparser::ast;
 
-/// Lists at least this long are taken; shorter ones cost little.
-const LONG_LIST: usize = 16;
+/// Lists at least this long are taken (here, and read off the tokens by
+/// the parser, `statement::constant_in_lists`); shorter ones cost little.
+pub(crate) const LONG_LIST: usize = 16;
 
 /// The placeholder left in a list's place, followed by its index: no
 /// tokenizer makes a name with a NUL in it.

@@ -13,6 +13,7 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
 
+use crate::constant_lists::LONG_LIST;
 use crate::error::{SqlError, line_col_to_position};
 
 /// One statement cut out of a query string.
@@ -326,10 +327,6 @@ fn empty_in_lists(tokens: &[TokenWithSpan]) -> Vec<TokenWithSpan> {
     }
     out
 }
-
-/// `IN` lists of at least this many constants are read straight off the
-/// tokens (see [`constant_in_lists`]).
-const LONG_LIST: usize = 16;
 
 /// What stands for such a list while the parser runs, followed by its
 /// index: a placeholder no tokenizer makes (a NUL cannot reach it).
