@@ -14,12 +14,13 @@ pub mod compute;
 pub mod eval;
 pub mod log;
 pub mod minmax;
-mod rank;
+pub(crate) mod rank;
 pub mod recursive;
 pub mod reduce;
 pub mod render;
 pub mod rising;
 pub mod row;
+mod running;
 pub mod sizes;
 pub mod window;
 

@@ -12,6 +12,13 @@
 //! them. The filter and projection above the window are still applied to
 //! the result unchanged, so a bound recognised here only ever drops rows
 //! the filter would drop. This module owns that recognition and rendering.
+//!
+//! Over an input that only inserts ([`crate::render::monotonic`]) a
+//! partition's first k rows never come back once passed, so each partition
+//! keeps only them, as a running state ([`Leaders`]) that differential adds
+//! up; an insert re-reads at most k rows, not the whole partition, and
+//! only the numbered rows that moved are emitted ([`crate::running`]).
+//! Nexmark q9, q18 and q19 read such inputs.
 
 use std::sync::Arc;
 
@@ -21,11 +28,15 @@ use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, SortExpr};
 use differential_dataflow::AsCollection;
+use differential_dataflow::difference::{IsZero, Semigroup};
+use serde::{Deserialize, Serialize};
 use weir_sql::{Plan, PlanNode};
 
 use crate::eval::{RowEval, encode_group, expr_fields};
 use crate::render::{Coll, Errs, batch_map, for_each_evaluated};
 use crate::row::{Row, RowCodec};
+use crate::running::derive_changes;
+use crate::sizes::measured;
 use crate::{Diff, EngineError, Time};
 
 /// Bounds beyond this are left to the window path.
@@ -85,8 +96,8 @@ impl<'a> RankPrefix<'a> {
     }
 
     /// The window's output rows that the filters can keep, from `ok`, the
-    /// window input's rows.
-    pub fn render<'s>(&self, ok: Coll<'s>) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
+    /// window input's rows; `inserts_only` says those are only inserted.
+    pub fn render<'s>(&self, ok: Coll<'s>, inserts_only: bool) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
         let schema = &self.input.schema;
         let order: Vec<Expr> = self.order.iter().map(|s| s.expr.clone()).collect();
         let eval = RowEval::new(schema, &[], &[self.partition_by, &order])?;
@@ -110,6 +121,9 @@ impl<'a> RankPrefix<'a> {
             cast(&numbers, self.number.data_type()).map_err(|e| EngineError::Expression(e.to_string()))?;
         let numbers =
             RowCodec::new(Arc::new(Schema::new(vec![self.number.clone()])))?.encode(&[numbers], self.keep)?;
+        if inserts_only {
+            return Ok(self.running(ok, eval, partition, sort, numbers));
+        }
         let (keyed, errs) = batch_map(ok, "RankKeys", move |data: &[(Row, Time, Diff)], oks, errs| {
             let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
             for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| match encode_group(
@@ -144,6 +158,152 @@ impl<'a> RankPrefix<'a> {
             )
             .map(|(_partition, row)| row);
         Ok((top, errs))
+    }
+}
+
+impl RankPrefix<'_> {
+    /// [`RankPrefix::render`] over rows that are only inserted: one
+    /// [`Leaders`] state per partition.
+    fn running<'s>(
+        &self,
+        ok: Coll<'s>,
+        eval: RowEval,
+        partition: RowCodec,
+        sort: RowCodec,
+        numbers: Vec<Row>,
+    ) -> (Coll<'s>, Errs<'s>) {
+        let keep = self.keep;
+        let (states, errs) = batch_map(
+            ok,
+            "RankRunningKeys",
+            move |data: &[(Row, Time, Diff)], oks, errs| {
+                let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
+                for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| match encode_group(
+                    &partition, ev, 0,
+                )
+                .and_then(|p| Ok((p, encode_group(&sort, ev, 1)?)))
+                {
+                    Ok((p, s)) => {
+                        for ((i, p), s) in indices.iter().zip(p).zip(s) {
+                            let (r, t, d) = &data[*i];
+                            if *d < 0 {
+                                // Were the promise ever broken, the view says
+                                // so rather than answer wrongly.
+                                errs.push((
+                                    "internal error: a row was deleted from an input that only inserts"
+                                        .into(),
+                                    *t,
+                                    1,
+                                ));
+                            } else if keep > 0 {
+                                oks.push((p, *t, Leaders::one(keep, s, r.clone(), *d)));
+                            }
+                        }
+                    }
+                    Err(e) => indices
+                        .iter()
+                        .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
+                });
+            },
+        );
+        let states: differential_dataflow::VecCollection<'s, Time, Row, Leaders> = states.as_collection();
+        let arranged = measured(
+            states.arrange_by_self_named("Arrange: RankRunning"),
+            "Arrange: RankRunning",
+        );
+        let top = derive_changes(arranged, "RankRunning", move |_partition, before, after, out| {
+            let before = before.map(Leaders::positions).unwrap_or_default();
+            let after = after.positions();
+            for (i, number) in numbers.iter().enumerate().take(before.len().max(after.len())) {
+                let (was, is) = (before.get(i), after.get(i));
+                if was == is {
+                    continue;
+                }
+                if let Some(row) = was {
+                    out.push((Row::concat(row, number), -1));
+                }
+                if let Some(row) = is {
+                    out.push((Row::concat(row, number), 1));
+                }
+            }
+        });
+        (top, errs)
+    }
+}
+
+/// A partition's first rows so far, over an input that only inserts: its
+/// distinct rows with their sort keys and copies, in the window's order
+/// (sort key, then the encoded row), at most `keep` copies in all. Adding
+/// two states keeps the first `keep` of both.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) struct Leaders {
+    /// How many copies to keep; each state carries it because differential
+    /// adds states without any context to ask.
+    keep: usize,
+    /// (sort key, row, copies), ascending by sort key and row.
+    pub(crate) rows: Vec<(Row, Row, Diff)>,
+}
+
+impl Leaders {
+    fn one(keep: usize, sort: Row, row: Row, copies: Diff) -> Self {
+        Leaders {
+            keep,
+            rows: vec![(sort, row, copies.min(keep as Diff))],
+        }
+    }
+
+    /// Each kept copy's row, first to last.
+    fn positions(&self) -> Vec<&Row> {
+        self.rows
+            .iter()
+            .flat_map(|(_, row, copies)| std::iter::repeat_n(row, *copies as usize))
+            .collect()
+    }
+}
+
+impl IsZero for Leaders {
+    fn is_zero(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+impl Semigroup for Leaders {
+    fn plus_equals(&mut self, rhs: &Self) {
+        let keep = self.keep.max(rhs.keep) as Diff;
+        let held: Diff = self.rows.iter().map(|(_, _, c)| c).sum();
+        // Most inserts into a full partition come after its last row.
+        let after_all = match (rhs.rows.first(), self.rows.last()) {
+            (Some((s, r, _)), Some((last_s, last_r, _))) => (s, r) > (last_s, last_r),
+            _ => false,
+        };
+        if rhs.rows.is_empty() || (held >= keep && after_all) {
+            return;
+        }
+        let mut merged = Vec::with_capacity(self.rows.len() + rhs.rows.len());
+        let (mut a, mut b) = (self.rows.iter().peekable(), rhs.rows.iter().peekable());
+        let mut room = keep;
+        while room > 0 {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => match (&x.0, &x.1).cmp(&(&y.0, &y.1)) {
+                    std::cmp::Ordering::Less => a.next().cloned(),
+                    std::cmp::Ordering::Greater => b.next().cloned(),
+                    std::cmp::Ordering::Equal => {
+                        let (s, r, c) = a.next().cloned().expect("peeked");
+                        let (_, _, d) = b.next().expect("peeked");
+                        Some((s, r, c + d))
+                    }
+                },
+                (Some(_), None) => a.next().cloned(),
+                (None, Some(_)) => b.next().cloned(),
+                (None, None) => None,
+            };
+            let Some((s, r, c)) = next else { break };
+            let c = c.min(room);
+            room -= c;
+            merged.push((s, r, c));
+        }
+        self.keep = keep as usize;
+        self.rows = merged;
     }
 }
 

@@ -237,7 +237,7 @@ fn render_node<'s>(
                 // `row_number() ... <= k`: only the first k rows of each
                 // partition are numbered; the filters still apply.
                 let (ok, err) = render(prefix.input, scope, imports)?;
-                let (ok, err2) = prefix.render(ok)?;
+                let (ok, err2) = prefix.render(ok, monotonic(prefix.input, imports.logs))?;
                 let (ok, err3) = map_filter_project(ok, &input.schema, filters, projection, &plan.schema)?;
                 return Ok((ok, err.concat(err2).concat(err3)));
             }

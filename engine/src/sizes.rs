@@ -252,6 +252,21 @@ impl Element for crate::minmax::Running {
     }
 }
 
+impl Element for crate::rank::Leaders {
+    const OWNS_HEAP: bool = true;
+    fn heap(&self) -> (usize, usize) {
+        let width = std::mem::size_of::<(Row, Row, crate::Diff)>();
+        let (mut bytes, mut capacity) = (self.rows.len() * width, self.rows.capacity() * width);
+        for (sort, row, _) in &self.rows {
+            for (b, c) in [sort.heap(), row.heap()] {
+                bytes += b;
+                capacity += c;
+            }
+        }
+        (bytes, capacity)
+    }
+}
+
 impl Element for Row {
     const OWNS_HEAP: bool = true;
     fn heap(&self) -> (usize, usize) {
