@@ -350,6 +350,12 @@ async fn extremes_over_inserts_only_are_running_values() {
             "SELECT max(n) AS most, min(hi) AS least FROM per_auction",
         ),
         ("written_max", "SELECT k, max(v) AS hi FROM written GROUP BY k"),
+        // Distinct and filtered counts join the running state.
+        (
+            "per_auction_distinct",
+            "SELECT auction, count(DISTINCT bidder) AS bidders, count(*) FILTER (WHERE price < 10000) AS cheap, \
+             max(price) FILTER (WHERE bidder % 2 = 0) AS even_top, min(DISTINCT channel) AS ch FROM bid GROUP BY auction",
+        ),
         // Counts and maxima over inserts only rise: their maxima, by
         // anything the counted group determines, skip the retractions.
         (
@@ -389,7 +395,14 @@ async fn extremes_over_inserts_only_are_running_values() {
             "SELECT DISTINCT relation FROM weir_catalog.arrangement_sizes WHERE operator = 'Arrange: ReduceRunning'"
         )
         .await,
-        vec!["cheapest", "hottest", "hottest_of_all", "per_auction", "per_category"]
+        vec![
+            "cheapest",
+            "hottest",
+            "hottest_of_all",
+            "per_auction",
+            "per_auction_distinct",
+            "per_category"
+        ]
     );
 }
 

@@ -11,6 +11,7 @@
 //! time ([`eval`]).
 
 pub mod compute;
+mod distinct_count;
 pub mod eval;
 pub mod log;
 pub mod minmax;

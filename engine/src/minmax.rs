@@ -33,6 +33,7 @@ use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use timely::dataflow::operators::OkErr;
+use timely::dataflow::operators::core::Map;
 use weir_sql::{AggregateExpr, AggregateFunc, GlobalId, Plan};
 
 use crate::eval::RowEval;
@@ -149,8 +150,7 @@ pub(crate) fn reduce<'s>(
     let args: Vec<Expr> = aggregates
         .iter()
         .map(|a| {
-            a.arg
-                .clone()
+            a.argument()
                 .unwrap_or_else(|| datafusion::logical_expr::lit(true))
         })
         .collect();
@@ -190,10 +190,13 @@ pub(crate) fn reduce<'s>(
         let cols = finalize(&aggs, accums, &values)?;
         Ok::<_, String>(agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0))
     };
+    let distinct =
+        crate::distinct_count::contributions(ok.clone(), input, group_keys, aggregates, key_codec)?;
     if changes != Changes::Any {
         let skip_retractions = changes == Changes::RisingMaxima;
         return Ok(running(
             ok,
+            distinct,
             eval,
             key_codec,
             aggregates,
@@ -226,7 +229,10 @@ pub(crate) fn reduce<'s>(
         },
     );
     let (contributions, values) = mixed.ok_err(|r| r);
-    let totals: VecCollection<'s, Time, Row, Accums> = contributions.as_collection();
+    let mut totals: VecCollection<'s, Time, Row, Accums> = contributions.as_collection();
+    if let Some(distinct) = distinct {
+        totals = totals.concat(distinct);
+    }
     let states = totals
         .count_total()
         .flat_map(|(key, accums): (Row, Accums)| (accums.rows > 0).then_some((key, Part::State(accums))));
@@ -294,6 +300,7 @@ fn value(codec: &RowCodec, column: &ArrayRef, pos: usize) -> Result<Option<Row>,
 /// skipped: one running state per group.
 fn running<'s, A>(
     ok: Coll<'s>,
+    distinct: Option<VecCollection<'s, Time, Row, Accums>>,
     eval: RowEval,
     key_codec: &RowCodec,
     aggregates: &[AggregateExpr],
@@ -308,6 +315,13 @@ where
     let maxima: Vec<bool> = encoders
         .iter()
         .map(|(i, _)| aggregates[*i].func == AggregateFunc::Max)
+        .collect();
+    let no_extremes: Vec<Extreme> = maxima
+        .iter()
+        .map(|max| Extreme {
+            max: *max,
+            value: None,
+        })
         .collect();
     let (states, errs) = map_encoded(
         ok,
@@ -341,7 +355,18 @@ where
             oks.push((key, *t, Running { accums, extremes }));
         },
     );
-    let states: VecCollection<'s, Time, Row, Running> = states.as_collection();
+    let mut states: VecCollection<'s, Time, Row, Running> = states.as_collection();
+    if let Some(distinct) = distinct {
+        states = states.concat(
+            distinct
+                .inner
+                .map::<Vec<_>, _, _>(move |(key, t, accums): (Row, Time, Accums)| {
+                    let extremes = no_extremes.clone();
+                    (key, t, Running { accums, extremes })
+                })
+                .as_collection(),
+        );
+    }
     let arranged = measured(
         states.arrange_by_self_named("Arrange: ReduceRunning"),
         "Arrange: ReduceRunning",

@@ -146,7 +146,9 @@ impl Accumulator {
             if !keeps_acc(agg.func) {
                 continue;
             }
-            let valid = arr.is_valid(i);
+            // A distinct count's values arrive counted once each, from
+            // [`crate::distinct_count`], not from every row.
+            let valid = arr.is_valid(i) && !agg.distinct;
             accs.push(match agg.func {
                 AggregateFunc::Count => Acc::Count(if valid { d } else { 0 }),
                 _ => {
@@ -159,6 +161,19 @@ impl Accumulator {
             });
         }
         Ok(Accums { rows: d, accs })
+    }
+
+    /// The contribution of one distinct value of aggregate `agg` (a
+    /// distinct count) appearing (`diff` 1) or vanishing (-1).
+    pub fn distinct_unit(&self, agg: usize, diff: Diff) -> Accums {
+        let mut unit = self.zero();
+        unit.accs[self.slot(agg)] = Acc::Count(diff as i64);
+        unit
+    }
+
+    /// Where aggregate `agg`'s [`Acc`] sits in a state.
+    fn slot(&self, agg: usize) -> usize {
+        self.aggs[..agg].iter().filter(|a| keeps_acc(a.func)).count()
     }
 }
 
@@ -248,7 +263,7 @@ impl GroupFolder {
             let start = exprs.len();
             match &agg.general {
                 None => {
-                    exprs.push(agg.arg.clone().unwrap_or_else(|| lit(true)));
+                    exprs.push(agg.argument().unwrap_or_else(|| lit(true)));
                     layout.push(AggColumns {
                         args: vec![Ok(start)],
                         filter: None,
@@ -339,6 +354,16 @@ impl GroupFolder {
         let mut total = acc.zero();
         for (i, c) in counts.iter().enumerate() {
             total.plus_equals(&acc.contribution(&primary, i, *c)?);
+        }
+        for (j, _) in self.aggs.iter().enumerate().filter(|(_, a)| a.distinct) {
+            let values = &primary[j];
+            let mut seen = std::collections::HashSet::new();
+            for (i, c) in counts.iter().enumerate() {
+                if *c > 0 && values.is_valid(i) {
+                    seen.insert(ScalarValue::try_from_array(values, i).map_err(|e| e.to_string())?);
+                }
+            }
+            total.plus_equals(&acc.distinct_unit(j, seen.len() as Diff));
         }
         let mut values = Vec::new();
         let mut expanded: Option<RecordBatch> = None;

@@ -930,6 +930,13 @@ fn render_reduce<'s>(
         )?
     } else if accumulable {
         let acc = Accumulator::new(aggregates);
+        let distinct = crate::distinct_count::contributions(
+            ok.clone(),
+            &input.schema,
+            group_keys,
+            aggregates,
+            &key_codec,
+        )?;
         let (contributions, e) = map_encoded(
             ok,
             "ReduceAccumulate",
@@ -940,7 +947,10 @@ fn render_reduce<'s>(
                 Err(e) => errs.push((e, *t, *d)),
             },
         );
-        let totals: VecCollection<'s, Time, Row, Accums> = contributions.as_collection();
+        let mut totals: VecCollection<'s, Time, Row, Accums> = contributions.as_collection();
+        if let Some(distinct) = distinct {
+            totals = totals.concat(distinct);
+        }
         let aggs = aggs.clone();
         let agg_codec = agg_codec.clone();
         let arranged = measured(

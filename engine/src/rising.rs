@@ -51,7 +51,7 @@ pub fn max_of_rising(
     let column_rises = |e: &Expr| column_index(e, &input.schema).is_some_and(|i| growth.rising[i]);
     aggregates
         .iter()
-        .all(|a| a.arg.as_ref().is_some_and(column_rises))
+        .all(|a| a.argument().as_ref().is_some_and(column_rises))
         && group_keys
             .iter()
             .all(|k| of_identity(k, &input.schema, &growth.identity))

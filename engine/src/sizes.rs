@@ -275,6 +275,14 @@ impl Element for Row {
     }
 }
 
+impl Element for (Row, Row) {
+    const OWNS_HEAP: bool = true;
+    fn heap(&self) -> (usize, usize) {
+        let ((b0, c0), (b1, c1)) = (self.0.heap(), self.1.heap());
+        (b0 + b1, c0 + c1)
+    }
+}
+
 impl Element for String {
     const OWNS_HEAP: bool = true;
     fn heap(&self) -> (usize, usize) {

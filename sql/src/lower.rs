@@ -562,7 +562,11 @@ fn aggregate(e: &Expr, input_schema: &DFSchemaRef, output_type: DataType) -> Res
                 || a.get_type(input_schema.as_ref())
                     .is_ok_and(|t| accumulable_type(&t))
         });
-    if !builtin || params.distinct || params.filter.is_some() || !params.order_by.is_empty() || !simple_arg {
+    // `count(DISTINCT x)` counts the distinct values the engine keeps
+    // apart; `min`/`max` of distinct values are those of all values.
+    let distinct = params.distinct && name == "count";
+    let distinct_kept = distinct || matches!(name.as_str(), "min" | "max");
+    if !builtin || (params.distinct && !distinct_kept) || !params.order_by.is_empty() || !simple_arg {
         check_exprs(&params.args)?;
         if let Some(f) = &params.filter {
             check_exprs(std::slice::from_ref(f))?;
@@ -572,6 +576,8 @@ fn aggregate(e: &Expr, input_schema: &DFSchemaRef, output_type: DataType) -> Res
         return Ok(AggregateExpr {
             func: AggregateFunc::General,
             arg: None,
+            filter: None,
+            distinct: false,
             input_type: DataType::Null,
             output_type,
             general: Some(GeneralAggregate {
@@ -595,7 +601,16 @@ fn aggregate(e: &Expr, input_schema: &DFSchemaRef, output_type: DataType) -> Res
             return Err(SqlError::Unsupported(format!("{name} with several arguments")));
         }
     };
+    let filter = params.filter.as_deref().cloned();
+    if let Some(f) = &filter {
+        check_exprs(std::slice::from_ref(f))?;
+    }
     let func = match (name.as_str(), &arg) {
+        // A filtered count(*) counts the rows where the filter holds: a
+        // count of its (non-NULL) argument, `true` there.
+        ("count", Some(_)) if distinct => AggregateFunc::Count,
+        ("count", None) if filter.is_some() => AggregateFunc::Count,
+        ("count", Some(Expr::Literal(v, _))) if !v.is_null() && filter.is_some() => AggregateFunc::Count,
         ("count", None) => AggregateFunc::CountStar,
         ("count", Some(Expr::Literal(v, _))) if !v.is_null() => AggregateFunc::CountStar,
         ("count", Some(_)) => AggregateFunc::Count,
@@ -609,10 +624,11 @@ fn aggregate(e: &Expr, input_schema: &DFSchemaRef, output_type: DataType) -> Res
             )));
         }
     };
-    let (arg, input_type) = match func {
-        AggregateFunc::CountStar => (None, DataType::Null),
-        _ => {
-            let a = arg.expect("checked above");
+    let (arg, input_type) = match (func, arg) {
+        (AggregateFunc::CountStar, _) => (None, DataType::Null),
+        // A filtered count(*): its argument is `true` where it counts.
+        (_, None) => (None, DataType::Boolean),
+        (_, Some(a)) => {
             let t = a
                 .get_type(input_schema.as_ref())
                 .map_err(|e| SqlError::Plan(e.to_string()))?;
@@ -625,6 +641,8 @@ fn aggregate(e: &Expr, input_schema: &DFSchemaRef, output_type: DataType) -> Res
     Ok(AggregateExpr {
         func,
         arg,
+        filter,
+        distinct,
         input_type,
         output_type,
         general: None,

@@ -169,12 +169,36 @@ pub struct AggregateExpr {
     /// The argument, bound against the reduce's input schema (`None` for
     /// `count(*)` and general aggregates).
     pub arg: Option<Expr>,
+    /// `FILTER (WHERE f)`: only rows where `f` is true count. The engine
+    /// reads the aggregate of [`AggregateExpr::argument`] instead, the
+    /// argument where `f` holds and NULL elsewhere, which every one of
+    /// these aggregates skips; a filtered `count(*)` is then a `count` of
+    /// `true` where `f` holds.
+    pub filter: Option<Expr>,
+    /// `count(DISTINCT x)`: each distinct non-NULL value counts once.
+    pub distinct: bool,
     /// The argument's type after DataFusion's coercion.
     pub input_type: DataType,
     /// The type DataFusion gives the aggregate's result.
     pub output_type: DataType,
     /// For [`AggregateFunc::General`]: the DataFusion aggregate to run.
     pub general: Option<GeneralAggregate>,
+}
+
+impl AggregateExpr {
+    /// The expression whose values the aggregate folds, `FILTER` applied
+    /// (`None` for an unfiltered `count(*)` and general aggregates).
+    pub fn argument(&self) -> Option<Expr> {
+        let Some(filter) = &self.filter else {
+            return self.arg.clone();
+        };
+        let value = self.arg.clone().unwrap_or(datafusion::logical_expr::lit(true));
+        Some(Expr::Case(datafusion::logical_expr::expr::Case::new(
+            None,
+            vec![(Box::new(filter.clone()), Box::new(value))],
+            None,
+        )))
+    }
 }
 
 /// An aggregate the engine evaluates with DataFusion's own accumulator over
@@ -279,8 +303,20 @@ impl Plan {
                                 .unwrap_or_default();
                             format!("{}({distinct}{}){filter}", g.udaf.name(), args.join(", "))
                         }
-                        (Some(e), None) => format!("{}({e})", a.func.name()),
-                        (None, None) => "count(*)".to_string(),
+                        (arg, None) => {
+                            let arg = arg.as_ref().map_or("*".to_string(), |e| e.to_string());
+                            let arg = if a.distinct {
+                                format!("DISTINCT {arg}")
+                            } else {
+                                arg
+                            };
+                            let filter = a
+                                .filter
+                                .as_ref()
+                                .map(|f| format!(" FILTER ({f})"))
+                                .unwrap_or_default();
+                            format!("{}({arg}){filter}", a.func.name())
+                        }
                     })
                     .collect();
                 let kind = if aggregates.iter().all(|a| a.func.is_accumulable()) {
