@@ -448,6 +448,19 @@ async fn top_k_over_inserts_only_is_running() {
              FROM (SELECT auction, bidder, price FROM bid UNION ALL SELECT auction, bidder, price FROM bid WHERE price < 5000000) u) t \
              WHERE r <= 5",
         ),
+        // Filters that keep every emitted row, and the window's columns in
+        // order without the number: the rows pass through unnumbered.
+        (
+            "cheapest_bids",
+            "SELECT auction, bidder, price, channel, url, date_time, extra FROM (SELECT *, row_number() OVER \
+             (PARTITION BY auction ORDER BY price, date_time, bidder, extra) AS r FROM bid) t WHERE r <= 3",
+        ),
+        (
+            "copies_unnumbered",
+            "SELECT auction, bidder, price FROM (SELECT *, row_number() OVER (PARTITION BY auction % 7 ORDER BY price, bidder) AS r \
+             FROM (SELECT auction, bidder, price FROM bid UNION ALL SELECT auction, bidder, price FROM bid WHERE price < 5000000) u) t \
+             WHERE r < 6",
+        ),
         (
             "written_top",
             "SELECT * FROM (SELECT k, v, row_number() OVER (PARTITION BY k ORDER BY v DESC NULLS LAST) AS r FROM written) t WHERE r <= 2",
@@ -473,6 +486,13 @@ async fn top_k_over_inserts_only_is_running() {
             "SELECT DISTINCT relation FROM weir_catalog.arrangement_sizes WHERE operator = 'Arrange: RankRunning'"
         )
         .await,
-        vec!["last_bid", "top_bids", "winning", "with_copies"]
+        vec![
+            "cheapest_bids",
+            "copies_unnumbered",
+            "last_bid",
+            "top_bids",
+            "winning",
+            "with_copies"
+        ]
     );
 }

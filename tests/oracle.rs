@@ -53,6 +53,7 @@ const VIEWS: &[&str] = &[
     "SELECT * FROM (SELECT k, x, s, row_number() OVER (PARTITION BY k ORDER BY x NULLS FIRST, s DESC) AS r FROM a) t WHERE r = 1",
     "SELECT k, s, r FROM (SELECT k, x, s, row_number() OVER (PARTITION BY k ORDER BY s NULLS LAST, x) AS r FROM a) t WHERE 3 > r AND x IS NOT NULL",
     "SELECT r, x FROM (SELECT x, row_number() OVER (ORDER BY x DESC NULLS LAST, k, s) AS r FROM a) t WHERE r < 4",
+    "SELECT k, x, s FROM (SELECT k, x, s, row_number() OVER (PARTITION BY k ORDER BY x DESC NULLS LAST, s) AS r FROM a) t WHERE r <= 2",
     "SELECT k, x FROM a ORDER BY x, k LIMIT 2 OFFSET 1",
     "SELECT a.k, b.y FROM a CROSS JOIN b WHERE a.x < b.y",
     "SELECT a.k, b.k AS bk FROM a JOIN b ON a.x < b.y",

@@ -84,7 +84,7 @@ impl<'a> RankPrefix<'a> {
         let at = input.schema.fields().len();
         let keep = filters
             .iter()
-            .filter_map(|e| bound(e, &window.schema, at))
+            .filter_map(|e| bound(e, &window.schema, at).map(|(last, _)| last))
             .min()?;
         Some(RankPrefix {
             input,
@@ -95,9 +95,34 @@ impl<'a> RankPrefix<'a> {
         })
     }
 
+    /// Whether the `filters` that made this hold for every row it emits
+    /// (each bounds the number, and keeps every number up to the least
+    /// bound), and `projection` of the window's output (`schema`) is its
+    /// columns in order, with the number (`Some(true)`) or without it, last
+    /// (`Some(false)`): then the rows it emits, numbered or not, are the
+    /// result as they stand, and nothing needs decoding to filter and
+    /// project them (Nexmark q9, q18 and q19).
+    pub fn passes_through(&self, filters: &[Expr], projection: &[Expr], schema: &DFSchema) -> Option<bool> {
+        let at = self.input.schema.fields().len();
+        let all_kept = filters
+            .iter()
+            .all(|e| bound(e, schema, at).is_some_and(|(_, prefix)| prefix));
+        let in_order = projection.iter().enumerate().all(
+            |(i, e)| matches!(strip_alias(e), Expr::Column(c) if schema.index_of_column(c).ok() == Some(i)),
+        );
+        (all_kept && in_order && (projection.len() == at || projection.len() == at + 1))
+            .then_some(projection.len() == at + 1)
+    }
+
     /// The window's output rows that the filters can keep, from `ok`, the
-    /// window input's rows; `inserts_only` says those are only inserted.
-    pub fn render<'s>(&self, ok: Coll<'s>, inserts_only: bool) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
+    /// window input's rows; `inserts_only` says those are only inserted,
+    /// and `numbered` whether each row carries its number.
+    pub fn render<'s>(
+        &self,
+        ok: Coll<'s>,
+        inserts_only: bool,
+        numbered: bool,
+    ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
         let schema = &self.input.schema;
         let order: Vec<Expr> = self.order.iter().map(|s| s.expr.clone()).collect();
         let eval = RowEval::new(schema, &[], &[self.partition_by, &order])?;
@@ -119,10 +144,13 @@ impl<'a> RankPrefix<'a> {
         let numbers: ArrayRef = Arc::new(UInt64Array::from_iter_values(1..=self.keep as u64));
         let numbers =
             cast(&numbers, self.number.data_type()).map_err(|e| EngineError::Expression(e.to_string()))?;
-        let numbers =
-            RowCodec::new(Arc::new(Schema::new(vec![self.number.clone()])))?.encode(&[numbers], self.keep)?;
+        let numbers = if numbered {
+            RowCodec::new(Arc::new(Schema::new(vec![self.number.clone()])))?.encode(&[numbers], self.keep)?
+        } else {
+            vec![Row::new(); self.keep]
+        };
         if inserts_only {
-            return Ok(self.running(ok, eval, partition, sort, numbers));
+            return Ok(self.running(ok, eval, partition, sort, numbers, numbered));
         }
         let (keyed, errs) = batch_map(ok, "RankKeys", move |data: &[(Row, Time, Diff)], oks, errs| {
             let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
@@ -171,6 +199,7 @@ impl RankPrefix<'_> {
         partition: RowCodec,
         sort: RowCodec,
         numbers: Vec<Row>,
+        numbered: bool,
     ) -> (Coll<'s>, Errs<'s>) {
         let keep = self.keep;
         let (states, errs) = batch_map(
@@ -212,6 +241,10 @@ impl RankPrefix<'_> {
             "Arrange: RankRunning",
         );
         let top = derive_changes(arranged, "RankRunning", move |_partition, before, after, out| {
+            if !numbered {
+                // Unnumbered, a row only counts while among the first k.
+                return Leaders::difference(before, after, out);
+            }
             let before = before.map(Leaders::positions).unwrap_or_default();
             let after = after.positions();
             for (i, number) in numbers.iter().enumerate().take(before.len().max(after.len())) {
@@ -252,6 +285,38 @@ impl Leaders {
         }
     }
 
+    /// The change from the rows of `before` to those of `after`, as rows
+    /// and the change in their copies.
+    fn difference(before: Option<&Leaders>, after: &Leaders, out: &mut Vec<(Row, Diff)>) {
+        let empty = Vec::new();
+        let mut was = before.map_or(&empty, |b| &b.rows).iter().peekable();
+        let mut is = after.rows.iter().peekable();
+        loop {
+            let order = match (was.peek(), is.peek()) {
+                (Some((s1, r1, _)), Some((s2, r2, _))) => (s1, r1).cmp(&(s2, r2)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => return,
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    let (_, r, c) = was.next().expect("peeked");
+                    out.push((r.clone(), -c));
+                }
+                std::cmp::Ordering::Greater => {
+                    let (_, r, c) = is.next().expect("peeked");
+                    out.push((r.clone(), *c));
+                }
+                std::cmp::Ordering::Equal => {
+                    let ((_, r, c1), (_, _, c2)) = (was.next().expect("peeked"), is.next().expect("peeked"));
+                    if c1 != c2 {
+                        out.push((r.clone(), c2 - c1));
+                    }
+                }
+            }
+        }
+    }
+
     /// Each kept copy's row, first to last.
     fn positions(&self) -> Vec<&Row> {
         self.rows
@@ -270,40 +335,43 @@ impl IsZero for Leaders {
 impl Semigroup for Leaders {
     fn plus_equals(&mut self, rhs: &Self) {
         let keep = self.keep.max(rhs.keep) as Diff;
-        let held: Diff = self.rows.iter().map(|(_, _, c)| c).sum();
-        // Most inserts into a full partition come after its last row.
-        let after_all = match (rhs.rows.first(), self.rows.last()) {
-            (Some((s, r, _)), Some((last_s, last_r, _))) => (s, r) > (last_s, last_r),
-            _ => false,
-        };
-        if rhs.rows.is_empty() || (held >= keep && after_all) {
-            return;
-        }
-        let mut merged = Vec::with_capacity(self.rows.len() + rhs.rows.len());
-        let (mut a, mut b) = (self.rows.iter().peekable(), rhs.rows.iter().peekable());
-        let mut room = keep;
-        while room > 0 {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => match (&x.0, &x.1).cmp(&(&y.0, &y.1)) {
-                    std::cmp::Ordering::Less => a.next().cloned(),
-                    std::cmp::Ordering::Greater => b.next().cloned(),
-                    std::cmp::Ordering::Equal => {
-                        let (s, r, c) = a.next().cloned().expect("peeked");
-                        let (_, _, d) = b.next().expect("peeked");
-                        Some((s, r, c + d))
-                    }
-                },
-                (Some(_), None) => a.next().cloned(),
-                (None, Some(_)) => b.next().cloned(),
-                (None, None) => None,
-            };
-            let Some((s, r, c)) = next else { break };
-            let c = c.min(room);
-            room -= c;
-            merged.push((s, r, c));
-        }
         self.keep = keep as usize;
-        self.rows = merged;
+        let mut held: Diff = self.rows.iter().map(|(_, _, c)| c).sum();
+        for (s, r, c) in &rhs.rows {
+            if held >= keep && self.rows.last().is_some_and(|(ls, lr, _)| (s, r) > (ls, lr)) {
+                // The rest of `rhs` comes later still.
+                break;
+            }
+            match self.rows.binary_search_by(|(s2, r2, _)| (s2, r2).cmp(&(s, r))) {
+                Ok(i) => self.rows[i].2 += c,
+                Err(i) => self.rows.insert(i, (s.clone(), r.clone(), *c)),
+            }
+            held += c;
+            // Copies beyond `keep` fall off the end.
+            while held > keep {
+                let last = self.rows.last_mut().expect("held copies are in rows");
+                let excess = held - keep;
+                if last.2 <= excess {
+                    held -= last.2;
+                    self.rows.pop();
+                } else {
+                    last.2 -= excess;
+                    held = keep;
+                }
+            }
+        }
+    }
+}
+
+impl crate::running::Absorbs for Leaders {
+    /// Rows after the last of a full state change nothing.
+    fn absorbs(&self, diff: &Self) -> bool {
+        let held: Diff = self.rows.iter().map(|(_, _, c)| c).sum();
+        match (self.rows.last(), diff.rows.first()) {
+            (Some((ls, lr, _)), Some((s, r, _))) => held >= self.keep as Diff && (s, r) > (ls, lr),
+            (_, None) => true,
+            (None, Some(_)) => false,
+        }
     }
 }
 
@@ -315,8 +383,9 @@ fn strip_alias(e: &Expr) -> &Expr {
 }
 
 /// How many leading numbers `filter` can keep, where it bounds the column
-/// at index `at` of `schema` from above by a constant.
-fn bound(filter: &Expr, schema: &DFSchema, at: usize) -> Option<usize> {
+/// at index `at` of `schema` from above by a constant, and whether it
+/// keeps every one of them (`= k` keeps only the last, unless k is 1).
+fn bound(filter: &Expr, schema: &DFSchema, at: usize) -> Option<(usize, bool)> {
     let Expr::BinaryExpr(BinaryExpr { left, op, right }) = filter else {
         return None;
     };
@@ -341,10 +410,11 @@ fn bound(filter: &Expr, schema: &DFSchema, at: usize) -> Option<usize> {
     } else {
         return None;
     };
-    let last = match op {
-        Operator::LtEq | Operator::Eq => n,
-        Operator::Lt => n - 1,
+    let (last, prefix) = match op {
+        Operator::LtEq => (n, true),
+        Operator::Eq => (n, n <= 1),
+        Operator::Lt => (n - 1, true),
         _ => return None,
     };
-    (last <= MOST as i64).then(|| last.max(0) as usize)
+    (last <= MOST as i64).then(|| (last.max(0) as usize, prefix))
 }

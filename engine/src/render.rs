@@ -237,7 +237,12 @@ fn render_node<'s>(
                 // `row_number() ... <= k`: only the first k rows of each
                 // partition are numbered; the filters still apply.
                 let (ok, err) = render(prefix.input, scope, imports)?;
-                let (ok, err2) = prefix.render(ok, monotonic(prefix.input, imports.logs))?;
+                let inserts_only = monotonic(prefix.input, imports.logs);
+                if let Some(numbered) = prefix.passes_through(filters, projection, &input.schema) {
+                    let (ok, err2) = prefix.render(ok, inserts_only, numbered)?;
+                    return Ok((ok, err.concat(err2)));
+                }
+                let (ok, err2) = prefix.render(ok, inserts_only, true)?;
                 let (ok, err3) = map_filter_project(ok, &input.schema, filters, projection, &plan.schema)?;
                 return Ok((ok, err.concat(err2).concat(err3)));
             }

@@ -12,10 +12,10 @@
 //! only what differs. This module owns that operator and nothing about
 //! what the states mean.
 
-use differential_dataflow::difference::{IsZero, Semigroup};
+use differential_dataflow::difference::Semigroup;
 use differential_dataflow::lattice::Lattice;
 use differential_dataflow::operators::arrange::Arranged;
-use differential_dataflow::trace::{BatchCursor, BatchDiff, BatchDiffGat, Cursor, Navigable, TraceReader};
+use differential_dataflow::trace::{BatchCursor, Cursor, Navigable, TraceReader};
 use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Operator;
@@ -24,26 +24,34 @@ use timely::progress::{Antichain, Timestamp};
 
 use crate::Diff;
 
+/// A running state that can tell, more cheaply than adding, that adding
+/// a difference leaves it unchanged (a full top-k and rows after its
+/// last): the operator then neither copies nor adds.
+pub(crate) trait Absorbs {
+    fn absorbs(&self, _diff: &Self) -> bool {
+        false
+    }
+}
+
+impl Absorbs for Diff {}
+
 /// For each key and time at which `arranged` changes, call `derive` with
 /// the key, the accumulated state before (`None` where there was none, or
 /// it was zero) and after, and a buffer for the output rows and their
 /// multiplicity changes at that time.
-pub(crate) fn derive_changes<'s, K, Tr, D, F>(
+pub(crate) fn derive_changes<'s, K, S, Tr, D, F>(
     arranged: Arranged<'s, Tr>,
     name: &str,
     mut derive: F,
 ) -> VecCollection<'s, Tr::Time, D, Diff>
 where
     Tr: TraceReader<Batch: Navigable, Time: TotalOrder + Lattice + Timestamp> + Clone + 'static,
-    for<'a> BatchCursor<Tr>: Cursor<
-            Key<'a> = &'a K,
-            Val<'a> = &'a (),
-            Time = Tr::Time,
-            Diff: ExchangeData + Semigroup<BatchDiffGat<'a, Tr>>,
-        >,
+    for<'a> BatchCursor<Tr>:
+        Cursor<Key<'a> = &'a K, Val<'a> = &'a (), Time = Tr::Time, Diff = S, DiffGat<'a> = &'a S>,
     K: ExchangeData,
+    S: ExchangeData + Semigroup + Absorbs,
     D: Clone + 'static,
-    F: FnMut(&K, Option<&BatchDiff<Tr>>, &BatchDiff<Tr>, &mut Vec<(D, Diff)>) + 'static,
+    F: FnMut(&K, Option<&S>, &S, &mut Vec<(D, Diff)>) + 'static,
 {
     let mut trace = arranged.trace.clone();
     arranged
@@ -78,19 +86,23 @@ where
                             .expect("the trace holds the read times"),
                     );
                     while let Some(key) = new.get_key(&new_storage) {
-                        let mut state: Option<BatchDiff<Tr>> = None;
+                        let mut state: Option<S> = None;
                         old.seek_key(&old_storage, key);
                         if old.get_key(&old_storage) == Some(key) {
                             old.map_times(&old_storage, |_, diff| match state.as_mut() {
-                                Some(s) => s.plus_equals(&diff),
-                                None => state = Some(<BatchCursor<Tr> as Cursor>::owned_diff(diff)),
+                                Some(s) => s.plus_equals(diff),
+                                None => state = Some(diff.clone()),
                             });
                         }
                         new.map_times(&new_storage, |time, diff| {
-                            let before = state.clone().filter(|s| !s.is_zero());
+                            let before = state.as_ref().filter(|s| !s.is_zero());
+                            if before.is_some_and(|s| s.absorbs(diff)) {
+                                return;
+                            }
+                            let before = before.cloned();
                             match state.as_mut() {
-                                Some(s) => s.plus_equals(&diff),
-                                None => state = Some(<BatchCursor<Tr> as Cursor>::owned_diff(diff)),
+                                Some(s) => s.plus_equals(diff),
+                                None => state = Some(diff.clone()),
                             }
                             let after = state.as_ref().expect("a state was just added");
                             derive(key, before.as_ref(), after, &mut rows);
