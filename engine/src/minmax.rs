@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef};
+use arrow::array::Array;
 use arrow::datatypes::{Field, Schema};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::Expr;
@@ -36,10 +36,10 @@ use timely::dataflow::operators::OkErr;
 use timely::dataflow::operators::core::Map;
 use weir_sql::{AggregateExpr, AggregateFunc, GlobalId, Plan};
 
-use crate::eval::RowEval;
+use crate::eval::{Evaluated, RowEval};
 use crate::log::TableLog;
 use crate::reduce::{Accums, Accumulator, finalize};
-use crate::render::{Coll, Errs, map_encoded};
+use crate::render::{Coll, Errs, map_encoded_with};
 use crate::row::{Row, RowCodec};
 use crate::sizes::measured;
 use crate::{Diff, EngineError, Time};
@@ -208,22 +208,21 @@ pub(crate) fn reduce<'s>(
     // One pass over the input: each row's contribution to the group's state
     // (row count and the accumulable aggregates), and its extreme values.
     let acc = Accumulator::new(aggregates);
-    let (mixed, errs) = map_encoded(
+    let (mixed, errs) = map_encoded_with(
         ok,
         "ReduceExtremeValues",
         eval,
         key_codec.duplicate(),
-        move |(row, t, d), pos, key, ev, oks, errs| {
+        move |ev| values(&encoders, ev),
+        move |(row, t, d), pos, key, ev, values, oks, errs| {
             match acc.contribution(&ev.outputs[1], pos, *d) {
                 Ok(c) => oks.push(Ok((key.clone(), *t, c))),
                 Err(e) => return errs.push((e, *t, *d)),
             }
             let bucket = row.hashed() & ((1 << BUCKET_BITS) - 1);
-            for (j, (i, codec)) in encoders.iter().enumerate() {
-                match value(codec, &ev.outputs[1][*i], pos) {
-                    Ok(Some(v)) => oks.push(Err((((key.clone(), bucket), (j, v)), *t, *d))),
-                    Ok(None) => {}
-                    Err(e) => errs.push((e, *t, *d)),
+            for (j, column) in values.iter().enumerate() {
+                if let Some(v) = &column[pos] {
+                    oks.push(Err((((key.clone(), bucket), (j, v.clone())), *t, *d)));
                 }
             }
         },
@@ -284,16 +283,24 @@ pub(crate) fn reduce<'s>(
     Ok((results, errs))
 }
 
-/// Row `pos` of `column` encoded alone (so bytes compare as values do),
-/// or `None` for NULL, which `min` and `max` skip.
-fn value(codec: &RowCodec, column: &ArrayRef, pos: usize) -> Result<Option<Row>, String> {
-    if column.is_null(pos) {
-        return Ok(None);
-    }
-    let mut encoded = codec
-        .encode(&[column.slice(pos, 1)], 1)
-        .map_err(|e| e.to_string())?;
-    Ok(Some(encoded.remove(0)))
+/// Each extreme's argument values in `ev`, each encoded alone (so bytes
+/// compare as values do), a column at a time; `None` for NULL, which
+/// `min` and `max` skip.
+fn values(encoders: &[(usize, RowCodec)], ev: &Evaluated) -> Result<Vec<Vec<Option<Row>>>, String> {
+    encoders
+        .iter()
+        .map(|(i, codec)| {
+            let column = &ev.outputs[1][*i];
+            let encoded = codec
+                .encode(std::slice::from_ref(column), ev.kept.len())
+                .map_err(|e| e.to_string())?;
+            Ok(encoded
+                .into_iter()
+                .enumerate()
+                .map(|(pos, v)| column.is_valid(pos).then_some(v))
+                .collect())
+        })
+        .collect()
 }
 
 /// [`reduce`] over an input that only inserts, or whose retractions may be
@@ -323,12 +330,13 @@ where
             value: None,
         })
         .collect();
-    let (states, errs) = map_encoded(
+    let (states, errs) = map_encoded_with(
         ok,
         "ReduceRunning",
         eval,
         key_codec.duplicate(),
-        move |(_, t, d), pos, key, ev, oks, errs| {
+        move |ev| values(&encoders, ev),
+        move |(_, t, d), pos, key, ev, values, oks, errs| {
             // A running extreme cannot give a value back: were the promise
             // ever broken, the view says so rather than answer wrongly.
             if *d < 0 {
@@ -345,13 +353,14 @@ where
                 Ok(c) => c,
                 Err(e) => return errs.push((e, *t, *d)),
             };
-            let mut extremes = Vec::with_capacity(encoders.len());
-            for ((i, codec), max) in encoders.iter().zip(&maxima) {
-                match value(codec, &ev.outputs[1][*i], pos) {
-                    Ok(value) => extremes.push(Extreme { max: *max, value }),
-                    Err(e) => return errs.push((e, *t, *d)),
-                }
-            }
+            let extremes = values
+                .iter()
+                .zip(&maxima)
+                .map(|(column, max)| Extreme {
+                    max: *max,
+                    value: column[pos].clone(),
+                })
+                .collect();
             oks.push((key, *t, Running { accums, extremes }));
         },
     );

@@ -522,13 +522,40 @@ where
     O: Clone + 'static,
     F: FnMut(&(Row, T, Diff), usize, Row, &Evaluated, &mut Vec<O>, &mut Vec<ErrRow<T>>) + 'static,
 {
+    map_encoded_with(
+        input,
+        name,
+        eval,
+        codec,
+        |_| Ok(()),
+        move |update, pos, row, ev, _, oks, errs| emit(update, pos, row, ev, oks, errs),
+    )
+}
+
+/// [`map_encoded`], where `prepare` first derives what `emit` reads from
+/// each evaluation as a whole (say, a column encoded at once rather than
+/// row by row); an evaluation it fails makes errors of all its rows.
+pub(crate) fn map_encoded_with<'s, T, O, P, G, F>(
+    input: Coll<'s, T>,
+    name: &str,
+    eval: RowEval,
+    codec: RowCodec,
+    mut prepare: G,
+    mut emit: F,
+) -> (Stream<'s, T, Vec<O>>, Errs<'s, T>)
+where
+    T: RenderTime,
+    O: Clone + 'static,
+    G: FnMut(&Evaluated) -> Result<P, String> + 'static,
+    F: FnMut(&(Row, T, Diff), usize, Row, &Evaluated, &P, &mut Vec<O>, &mut Vec<ErrRow<T>>) + 'static,
+{
     batch_map(input, name, move |data: &[(Row, T, Diff)], oks, errs| {
         let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
         for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
-            match encode_group(&codec, ev, 0) {
-                Ok(encoded) => {
+            match encode_group(&codec, ev, 0).and_then(|encoded| Ok((encoded, prepare(ev)?))) {
+                Ok((encoded, prepared)) => {
                     for (pos, (i, row)) in indices.iter().zip(encoded).enumerate() {
-                        emit(&data[*i], pos, row, ev, oks, errs);
+                        emit(&data[*i], pos, row, ev, &prepared, oks, errs);
                     }
                 }
                 Err(e) => indices
