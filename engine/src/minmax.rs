@@ -194,16 +194,9 @@ pub(crate) fn reduce<'s>(
         crate::distinct_count::contributions(ok.clone(), input, group_keys, aggregates, key_codec)?;
     if changes != Changes::Any {
         let skip_retractions = changes == Changes::RisingMaxima;
-        return Ok(running(
-            ok,
-            distinct,
-            eval,
-            key_codec,
-            aggregates,
-            encoders,
-            skip_retractions,
-            assemble,
-        ));
+        let (states, no_extremes, errs) =
+            running_states(ok, eval, key_codec, aggregates, encoders, skip_retractions);
+        return Ok((running(states, distinct, no_extremes, assemble), errs));
     }
     // One pass over the input: each row's contribution to the group's state
     // (row count and the accumulable aggregates), and its extreme values.
@@ -304,20 +297,16 @@ fn values(encoders: &[(usize, RowCodec)], ev: &Evaluated) -> Result<Vec<Vec<Opti
 }
 
 /// [`reduce`] over an input that only inserts, or whose retractions may be
-/// skipped: one running state per group.
-fn running<'s, A>(
+/// skipped: each row's contribution to its group's running state, and
+/// the state of no extremes, for contributions from elsewhere.
+fn running_states<'s>(
     ok: Coll<'s>,
-    distinct: Option<VecCollection<'s, Time, Row, Accums>>,
     eval: RowEval,
     key_codec: &RowCodec,
     aggregates: &[AggregateExpr],
     encoders: Vec<(usize, RowCodec)>,
     skip_retractions: bool,
-    assemble: A,
-) -> (Results<'s>, Errs<'s>)
-where
-    A: Fn(&Accums, &mut dyn Iterator<Item = (usize, &Row)>) -> Result<Row, String> + 'static,
-{
+) -> (VecCollection<'s, Time, Row, Running>, Vec<Extreme>, Errs<'s>) {
     let acc = Accumulator::new(aggregates);
     let maxima: Vec<bool> = encoders
         .iter()
@@ -364,7 +353,20 @@ where
             oks.push((key, *t, Running { accums, extremes }));
         },
     );
-    let mut states: VecCollection<'s, Time, Row, Running> = states.as_collection();
+    (states.as_collection(), no_extremes, errs)
+}
+
+/// One running state per group, from the rows' contributions (`states`)
+/// and those of distinct counts, put together by `assemble`.
+fn running<'s, A>(
+    mut states: VecCollection<'s, Time, Row, Running>,
+    distinct: Option<VecCollection<'s, Time, Row, Accums>>,
+    no_extremes: Vec<Extreme>,
+    assemble: A,
+) -> Results<'s>
+where
+    A: Fn(&Accums, &mut dyn Iterator<Item = (usize, &Row)>) -> Result<Row, String> + 'static,
+{
     if let Some(distinct) = distinct {
         states = states.concat(
             distinct
@@ -380,13 +382,12 @@ where
         states.arrange_by_self_named("Arrange: ReduceRunning"),
         "Arrange: ReduceRunning",
     );
-    let results = arranged.count_total().map(move |(key, state): (Row, Running)| {
+    arranged.count_total().map(move |(key, state): (Row, Running)| {
         let mut parts = state
             .extremes
             .iter()
             .enumerate()
             .filter_map(|(j, e)| e.value.as_ref().map(|v| (j, v)));
         assemble(&state.accums, &mut parts).map(|agg_row| Row::concat(&key, &agg_row))
-    });
-    (results, errs)
+    })
 }

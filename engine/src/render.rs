@@ -551,8 +551,14 @@ where
 {
     batch_map(input, name, move |data: &[(Row, T, Diff)], oks, errs| {
         let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-        for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
-            match encode_group(&codec, ev, 0).and_then(|encoded| Ok((encoded, prepare(ev)?))) {
+        for_each_evaluated(
+            &eval,
+            &rows,
+            errs,
+            data,
+            |indices, ev, errs| match encode_group(&codec, ev, 0)
+                .and_then(|encoded| Ok((encoded, prepare(ev)?)))
+            {
                 Ok((encoded, prepared)) => {
                     for (pos, (i, row)) in indices.iter().zip(encoded).enumerate() {
                         emit(&data[*i], pos, row, ev, &prepared, oks, errs);
@@ -561,8 +567,8 @@ where
                 Err(e) => indices
                     .iter()
                     .for_each(|i| errs.push((e.clone(), data[*i].1.clone(), data[*i].2))),
-            }
-        });
+            },
+        );
     })
 }
 
