@@ -152,24 +152,14 @@ impl<'a> RankPrefix<'a> {
         if inserts_only {
             return Ok(self.running(ok, eval, partition, sort, numbers, numbered));
         }
-        let (keyed, errs) = batch_map(ok, "RankKeys", move |data: &[(Row, Time, Diff)], oks, errs| {
-            let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-            for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| match encode_group(
-                &partition, ev, 0,
-            )
-            .and_then(|p| Ok((p, encode_group(&sort, ev, 1)?)))
-            {
-                Ok((p, s)) => {
-                    for ((i, p), s) in indices.iter().zip(p).zip(s) {
-                        let (r, t, d) = &data[*i];
-                        oks.push(((p, (s, r.clone())), *t, *d));
-                    }
-                }
-                Err(e) => indices
-                    .iter()
-                    .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
-            });
-        });
+        let (keyed, errs) = keyed_by_partition(
+            ok,
+            "RankKeys",
+            eval,
+            partition,
+            sort,
+            |p, s, (r, t, d), oks, _| oks.push(((p, (s, r.clone())), *t, *d)),
+        );
         let keyed: differential_dataflow::VecCollection<'s, Time, (Row, (Row, Row)), Diff> =
             keyed.as_collection();
         let top = keyed
@@ -202,37 +192,24 @@ impl RankPrefix<'_> {
         numbered: bool,
     ) -> (Coll<'s>, Errs<'s>) {
         let keep = self.keep;
-        let (states, errs) = batch_map(
+        let (states, errs) = keyed_by_partition(
             ok,
             "RankRunningKeys",
-            move |data: &[(Row, Time, Diff)], oks, errs| {
-                let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-                for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| match encode_group(
-                    &partition, ev, 0,
-                )
-                .and_then(|p| Ok((p, encode_group(&sort, ev, 1)?)))
-                {
-                    Ok((p, s)) => {
-                        for ((i, p), s) in indices.iter().zip(p).zip(s) {
-                            let (r, t, d) = &data[*i];
-                            if *d < 0 {
-                                // Were the promise ever broken, the view says
-                                // so rather than answer wrongly.
-                                errs.push((
-                                    "internal error: a row was deleted from an input that only inserts"
-                                        .into(),
-                                    *t,
-                                    1,
-                                ));
-                            } else if keep > 0 {
-                                oks.push((p, *t, Leaders::one(keep, s, r.clone(), *d)));
-                            }
-                        }
-                    }
-                    Err(e) => indices
-                        .iter()
-                        .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
-                });
+            eval,
+            partition,
+            sort,
+            move |p, s, (r, t, d), oks, errs| {
+                if *d < 0 {
+                    // Were the promise ever broken, the view says so rather
+                    // than answer wrongly.
+                    errs.push((
+                        "internal error: a row was deleted from an input that only inserts".into(),
+                        *t,
+                        1,
+                    ));
+                } else if keep > 0 {
+                    oks.push((p, *t, Leaders::one(keep, s, r.clone(), *d)));
+                }
             },
         );
         let states: differential_dataflow::VecCollection<'s, Time, Row, Leaders> = states.as_collection();
@@ -262,6 +239,44 @@ impl RankPrefix<'_> {
         });
         (top, errs)
     }
+}
+
+/// Each row of `ok` with its partition key and its sort key, both
+/// encoded (by `partition` and `sort`, from `eval`'s two output groups),
+/// handed to `emit`.
+fn keyed_by_partition<'s, O, F>(
+    ok: Coll<'s>,
+    name: &str,
+    eval: RowEval,
+    partition: RowCodec,
+    sort: RowCodec,
+    mut emit: F,
+) -> (timely::dataflow::Stream<'s, Time, Vec<O>>, Errs<'s>)
+where
+    O: Clone + 'static,
+    F: FnMut(Row, Row, &(Row, Time, Diff), &mut Vec<O>, &mut Vec<(String, Time, Diff)>) + 'static,
+{
+    batch_map(ok, name, move |data: &[(Row, Time, Diff)], oks, errs| {
+        let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
+        for_each_evaluated(
+            &eval,
+            &rows,
+            errs,
+            data,
+            |indices, ev, errs| match encode_group(&partition, ev, 0)
+                .and_then(|p| Ok((p, encode_group(&sort, ev, 1)?)))
+            {
+                Ok((p, s)) => {
+                    for ((i, p), s) in indices.iter().zip(p).zip(s) {
+                        emit(p, s, &data[*i], oks, errs);
+                    }
+                }
+                Err(e) => indices
+                    .iter()
+                    .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
+            },
+        );
+    })
 }
 
 /// A partition's first rows so far, over an input that only inserts: its
