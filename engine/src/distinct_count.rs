@@ -21,9 +21,9 @@ use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::operators::core::Map;
 use weir_sql::AggregateExpr;
 
-use crate::eval::{RowEval, encode_group};
+use crate::eval::{RowEval, encode_alone};
 use crate::reduce::{Accums, Accumulator};
-use crate::render::{Coll, batch_map, for_each_evaluated};
+use crate::render::{Coll, map_encoded_with};
 use crate::row::{Row, RowCodec};
 use crate::running::derive_changes;
 use crate::sizes::measured;
@@ -57,43 +57,24 @@ pub(crate) fn contributions<'s>(
         .collect();
     let eval = RowEval::new(input, &[], &[group_keys, &args])?;
     // Each value encoded alone, behind its aggregate's position.
-    let codecs: Vec<RowCodec> = crate::eval::expr_fields(&args, input, "v")?
+    let encoders: Vec<(usize, RowCodec)> = crate::eval::expr_fields(&args, input, "v")?
         .into_iter()
-        .map(|f: Field| RowCodec::new(Arc::new(Schema::new(vec![f]))))
-        .collect::<Result<_, _>>()?;
+        .enumerate()
+        .map(|(i, f): (usize, Field)| Ok((i, RowCodec::new(Arc::new(Schema::new(vec![f])))?)))
+        .collect::<Result<_, EngineError>>()?;
     let tags: Vec<[u8; 2]> = distinct.iter().map(|j| (*j as u16).to_be_bytes()).collect();
-    let keys = key_codec.duplicate();
-    let (values, _reported) = batch_map(
+    let (values, _reported) = map_encoded_with(
         ok,
         "DistinctCountValues",
-        move |data: &[(Row, Time, Diff)], oks, errs| {
-            let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-            for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
-                let keys = match encode_group(&keys, ev, 0) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        return indices
-                            .iter()
-                            .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2)));
-                    }
-                };
-                for ((codec, tag), column) in codecs.iter().zip(&tags).zip(&ev.outputs[1]) {
-                    let encoded = match codec.encode(std::slice::from_ref(column), ev.kept.len()) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            return indices
-                                .iter()
-                                .for_each(|i| errs.push((e.to_string(), data[*i].1, data[*i].2)));
-                        }
-                    };
-                    for (pos, (i, value)) in indices.iter().zip(encoded).enumerate() {
-                        if column.is_valid(pos) {
-                            let (_, t, d) = &data[*i];
-                            oks.push(((keys[pos].clone(), Row::concat(tag, &value)), *t, *d));
-                        }
-                    }
+        eval,
+        key_codec.duplicate(),
+        move |ev| encode_alone(&encoders, ev, 1),
+        move |(_, t, d), pos, key, _, values, oks, _| {
+            for (tag, column) in tags.iter().zip(values) {
+                if let Some(value) = &column[pos] {
+                    oks.push(((key.clone(), Row::concat(tag, value)), *t, *d));
                 }
-            });
+            }
         },
     );
     let values: VecCollection<'s, Time, (Row, Row), Diff> = values.as_collection();

@@ -165,6 +165,30 @@ pub fn encode_group(codec: &RowCodec, ev: &Evaluated, group: usize) -> Result<Ve
         .map_err(|e| e.to_string())
 }
 
+/// Columns of output group `group` of `ev`, each `(index, codec)` encoding
+/// its column alone (so bytes compare as values do), a column at a time;
+/// `None` for NULL.
+pub fn encode_alone(
+    encoders: &[(usize, RowCodec)],
+    ev: &Evaluated,
+    group: usize,
+) -> Result<Vec<Vec<Option<Row>>>, String> {
+    encoders
+        .iter()
+        .map(|(i, codec)| {
+            let column = &ev.outputs[group][*i];
+            let encoded = codec
+                .encode(std::slice::from_ref(column), ev.kept.len())
+                .map_err(|e| e.to_string())?;
+            Ok(encoded
+                .into_iter()
+                .enumerate()
+                .map(|(pos, v)| column.is_valid(pos).then_some(v))
+                .collect())
+        })
+        .collect()
+}
+
 /// Whether any of `arrays` is NULL at `i`.
 pub fn any_null(arrays: &[ArrayRef], i: usize) -> bool {
     arrays.iter().any(|a| a.is_null(i))

@@ -25,7 +25,6 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use arrow::array::Array;
 use arrow::datatypes::{Field, Schema};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::Expr;
@@ -36,7 +35,7 @@ use timely::dataflow::operators::OkErr;
 use timely::dataflow::operators::core::Map;
 use weir_sql::{AggregateExpr, AggregateFunc, GlobalId, Plan};
 
-use crate::eval::{Evaluated, RowEval};
+use crate::eval::{RowEval, encode_alone};
 use crate::log::TableLog;
 use crate::reduce::{Accums, Accumulator, finalize};
 use crate::render::{Coll, Errs, map_encoded_with};
@@ -206,7 +205,7 @@ pub(crate) fn reduce<'s>(
         "ReduceExtremeValues",
         eval,
         key_codec.duplicate(),
-        move |ev| values(&encoders, ev),
+        move |ev| encode_alone(&encoders, ev, 1),
         move |(row, t, d), pos, key, ev, values, oks, errs| {
             match acc.contribution(&ev.outputs[1], pos, *d) {
                 Ok(c) => oks.push(Ok((key.clone(), *t, c))),
@@ -276,26 +275,6 @@ pub(crate) fn reduce<'s>(
     Ok((results, errs))
 }
 
-/// Each extreme's argument values in `ev`, each encoded alone (so bytes
-/// compare as values do), a column at a time; `None` for NULL, which
-/// `min` and `max` skip.
-fn values(encoders: &[(usize, RowCodec)], ev: &Evaluated) -> Result<Vec<Vec<Option<Row>>>, String> {
-    encoders
-        .iter()
-        .map(|(i, codec)| {
-            let column = &ev.outputs[1][*i];
-            let encoded = codec
-                .encode(std::slice::from_ref(column), ev.kept.len())
-                .map_err(|e| e.to_string())?;
-            Ok(encoded
-                .into_iter()
-                .enumerate()
-                .map(|(pos, v)| column.is_valid(pos).then_some(v))
-                .collect())
-        })
-        .collect()
-}
-
 /// [`reduce`] over an input that only inserts, or whose retractions may be
 /// skipped: each row's contribution to its group's running state, and
 /// the state of no extremes, for contributions from elsewhere.
@@ -324,7 +303,7 @@ fn running_states<'s>(
         "ReduceRunning",
         eval,
         key_codec.duplicate(),
-        move |ev| values(&encoders, ev),
+        move |ev| encode_alone(&encoders, ev, 1),
         move |(_, t, d), pos, key, ev, values, oks, errs| {
             // A running extreme cannot give a value back: were the promise
             // ever broken, the view says so rather than answer wrongly.

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use weir_sql::{Plan, PlanNode};
 
 use crate::eval::{RowEval, encode_group, expr_fields};
-use crate::render::{Coll, Errs, batch_map, for_each_evaluated};
+use crate::render::{Coll, Errs, map_encoded_with};
 use crate::row::{Row, RowCodec};
 use crate::running::derive_changes;
 use crate::sizes::measured;
@@ -256,27 +256,14 @@ where
     O: Clone + 'static,
     F: FnMut(Row, Row, &(Row, Time, Diff), &mut Vec<O>, &mut Vec<(String, Time, Diff)>) + 'static,
 {
-    batch_map(ok, name, move |data: &[(Row, Time, Diff)], oks, errs| {
-        let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-        for_each_evaluated(
-            &eval,
-            &rows,
-            errs,
-            data,
-            |indices, ev, errs| match encode_group(&partition, ev, 0)
-                .and_then(|p| Ok((p, encode_group(&sort, ev, 1)?)))
-            {
-                Ok((p, s)) => {
-                    for ((i, p), s) in indices.iter().zip(p).zip(s) {
-                        emit(p, s, &data[*i], oks, errs);
-                    }
-                }
-                Err(e) => indices
-                    .iter()
-                    .for_each(|i| errs.push((e.clone(), data[*i].1, data[*i].2))),
-            },
-        );
-    })
+    map_encoded_with(
+        ok,
+        name,
+        eval,
+        partition,
+        move |ev| encode_group(&sort, ev, 1),
+        move |update, pos, p, _, sorts: &Vec<Row>, oks, errs| emit(p, sorts[pos].clone(), update, oks, errs),
+    )
 }
 
 /// A partition's first rows so far, over an input that only inserts: its
