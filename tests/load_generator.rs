@@ -496,3 +496,53 @@ async fn top_k_over_inserts_only_is_running() {
         ]
     );
 }
+
+/// Nexmark q11 (bids per session: sessions numbered by `lag` and a running
+/// `sum`, then grouped by bidder and session) runs as one reduce per
+/// bidder, `Arrange: WindowReduce`, and equals the one-shot answer after
+/// streaming in. So does a grouping by bidder and auction of a window
+/// partitioned by bidder, fused too, and a grouping by bidder alone of a
+/// window partitioned by bidder and auction, whose groups span partitions
+/// and which is not fused.
+#[tokio::test]
+async fn sessions_group_within_partitions() {
+    let s = Server::start();
+    let c = s.connect().await;
+    exec(
+        &c,
+        "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (EVENTS PER SECOND 20000, MAX EVENTS 20000, SEED 11) FOR TABLES (bid)",
+    )
+    .await;
+    let q11 = include_str!("../benches/nexmark/q11.sql");
+    let views = [
+        ("sessions", q11),
+        (
+            "bidder_auctions",
+            "SELECT bidder, auction, count(*) AS bids, min(rank) AS best, avg(price) AS mean FROM (SELECT bidder, auction, price, \
+             rank() OVER (PARTITION BY bidder ORDER BY price DESC) AS rank FROM bid) t GROUP BY bidder, auction",
+        ),
+        (
+            "auction_runs",
+            "SELECT bidder, count(*) AS bids, max(r) AS longest, sum(price) AS spent FROM (SELECT bidder, price, \
+             row_number() OVER (PARTITION BY bidder, auction ORDER BY date_time, price, extra) AS r FROM bid) t \
+             WHERE r > 1 GROUP BY bidder",
+        ),
+    ];
+    for (name, sql) in views {
+        exec(&c, &format!("CREATE MATERIALIZED VIEW {name} AS {sql}")).await;
+    }
+    wait_state(&c, "nx", |s| s == "finished").await;
+    for (name, sql) in views {
+        let (view, batch) = common::view_and_batch(&c, name, sql).await;
+        assert!(!batch.is_empty(), "{name} is empty");
+        assert_eq!(view, batch, "{name}");
+    }
+    assert_eq!(
+        sorted(
+            &c,
+            "SELECT DISTINCT relation FROM weir_catalog.arrangement_sizes WHERE operator = 'Arrange: WindowReduce'"
+        )
+        .await,
+        vec!["bidder_auctions", "sessions"]
+    );
+}

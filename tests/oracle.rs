@@ -55,6 +55,9 @@ const VIEWS: &[&str] = &[
     "SELECT r, x FROM (SELECT x, row_number() OVER (ORDER BY x DESC NULLS LAST, k, s) AS r FROM a) t WHERE r < 4",
     "SELECT k, x, s FROM (SELECT k, x, s, row_number() OVER (PARTITION BY k ORDER BY x DESC NULLS LAST, s) AS r FROM a) t WHERE r <= 2",
     "SELECT k, x FROM a ORDER BY x, k LIMIT 2 OFFSET 1",
+    // Grouped within the window's partitions: one reduce per partition.
+    "SELECT k, g, count(*) AS n, sum(x) AS sx FROM (SELECT k, x, sum(opens) OVER (PARTITION BY k ORDER BY x) AS g FROM (SELECT k, x, CASE WHEN lag(x) OVER (PARTITION BY k ORDER BY x) >= x - 1 THEN 0 ELSE 1 END AS opens FROM a WHERE x IS NOT NULL) m) n GROUP BY k, g",
+    "SELECT k, g, count(*) AS n, min(x) AS mn, max(s) AS mx FROM (SELECT k, x, s, sum(CASE WHEN x > 1 THEN 1 ELSE 0 END) OVER (PARTITION BY k ORDER BY x, s ROWS UNBOUNDED PRECEDING) AS g FROM a) t WHERE s IS DISTINCT FROM 'q' GROUP BY g, k",
     "SELECT a.k, b.y FROM a CROSS JOIN b WHERE a.x < b.y",
     "SELECT a.k, b.k AS bk FROM a JOIN b ON a.x < b.y",
     "SELECT k, x, y FROM a JOIN b USING (k)",

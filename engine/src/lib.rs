@@ -24,6 +24,7 @@ pub mod row;
 mod running;
 pub mod sizes;
 pub mod window;
+mod window_reduce;
 
 pub use compute::ComputeState;
 

@@ -38,7 +38,7 @@ use weir_sql::{AggregateExpr, AggregateFunc, GlobalId, Plan};
 use crate::eval::{RowEval, encode_alone};
 use crate::log::TableLog;
 use crate::reduce::{Accums, Accumulator, finalize};
-use crate::render::{Coll, Errs, map_encoded_with};
+use crate::render::{Coll, Errs, combine, map_encoded_with};
 use crate::row::{Row, RowCodec};
 use crate::sizes::measured;
 use crate::{Diff, EngineError, Time};
@@ -220,7 +220,8 @@ pub(crate) fn reduce<'s>(
         },
     );
     let (contributions, values) = mixed.ok_err(|r| r);
-    let mut totals: VecCollection<'s, Time, Row, Accums> = contributions.as_collection();
+    let mut totals: VecCollection<'s, Time, Row, Accums> =
+        combine(contributions.as_collection(), "ReduceExtremeCombine");
     if let Some(distinct) = distinct {
         totals = totals.concat(distinct);
     }
@@ -332,7 +333,11 @@ fn running_states<'s>(
             oks.push((key, *t, Running { accums, extremes }));
         },
     );
-    (states.as_collection(), no_extremes, errs)
+    (
+        combine(states.as_collection(), "ReduceRunningCombine"),
+        no_extremes,
+        errs,
+    )
 }
 
 /// One running state per group, from the rows' contributions (`states`)

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use weir_sql::{Plan, PlanNode};
 
 use crate::eval::{RowEval, encode_group, expr_fields};
-use crate::render::{Coll, Errs, map_encoded_with};
+use crate::render::{Coll, Errs, combine, map_encoded_with};
 use crate::row::{Row, RowCodec};
 use crate::running::derive_changes;
 use crate::sizes::measured;
@@ -212,7 +212,8 @@ impl RankPrefix<'_> {
                 }
             },
         );
-        let states: differential_dataflow::VecCollection<'s, Time, Row, Leaders> = states.as_collection();
+        let states: differential_dataflow::VecCollection<'s, Time, Row, Leaders> =
+            combine(states.as_collection(), "RankRunningCombine");
         let arranged = measured(
             states.arrange_by_self_named("Arrange: RankRunning"),
             "Arrange: RankRunning",

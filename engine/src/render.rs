@@ -90,6 +90,30 @@ where
     measured(results, name).as_collection(|k, v| (Row::from(k), v.clone()))
 }
 
+/// A reduce that evaluates each partition of `input` (rows keyed by their
+/// partition) with `evaluate`, which gives the partition's output rows or
+/// one error for the partition.
+pub(crate) fn reduce_partitions<'s, F>(input: Keyed<'s>, name: &str, evaluate: F) -> (Coll<'s>, Errs<'s>)
+where
+    F: Fn(&[(&[u8], Diff)]) -> Result<Vec<(Row, Diff)>, String> + 'static,
+{
+    let results = reduce_rows(
+        input,
+        name,
+        move |_key: &[u8], rows: &[(&[u8], Diff)], output: &mut Vec<(Result<Row, String>, Diff)>| {
+            match evaluate(rows) {
+                Ok(out) => output.extend(out.into_iter().map(|(r, d)| (Ok(r), d))),
+                Err(e) => output.push((Err(e), 1)),
+            }
+        },
+    );
+    let (rows, errs): (RowStream<'s>, ErrStream<'s>) = results.inner.ok_err(|((_key, r), t, d)| match r {
+        Ok(r) => Ok((r, t, d)),
+        Err(e) => Err((e, t, d)),
+    });
+    (rows.as_collection(), errs.as_collection())
+}
+
 /// Each distinct element of `rows` once (DISTINCT, semi-join hits, set
 /// operations): differential's `distinct_core`, with its input and output
 /// arrangements measured (see [`crate::sizes`]).
@@ -295,25 +319,8 @@ fn render_node<'s>(
                 .collect();
             let eval = PartitionEval::new(&input.schema, functions, fields)?;
             let (keyed, kerr) = keyed(ok, &input.schema, partition_by, true, "WindowPartition")?;
-            let results = reduce_rows(
-                keyed,
-                "Window",
-                move |_key: &[u8], rows: &[(&[u8], Diff)], output: &mut Vec<(Result<Row, String>, Diff)>| {
-                    match eval.evaluate(rows) {
-                        Ok(out) => output.extend(out.into_iter().map(|(r, d)| (Ok(r), d))),
-                        Err(e) => output.push((Err(e), 1)),
-                    }
-                },
-            );
-            let (rows, eval_errs): (RowStream<'s>, ErrStream<'s>) =
-                results.inner.ok_err(|((_key, r), t, d)| match r {
-                    Ok(r) => Ok((r, t, d)),
-                    Err(e) => Err((e, t, d)),
-                });
-            Ok((
-                rows.as_collection(),
-                err.concat(kerr).concat(eval_errs.as_collection()),
-            ))
+            let (rows, errs) = reduce_partitions(keyed, "Window", move |rows| eval.evaluate(rows));
+            Ok((rows, err.concat(kerr).concat(errs)))
         }
         PlanNode::Union { inputs } => {
             let parts = inputs
@@ -470,6 +477,54 @@ where
     (ok, err.as_collection())
 }
 
+/// Sums the updates that share data and time among those an operator
+/// receives at once, before they are exchanged and arranged: the rows of
+/// a hot group reach the arrangement as one update, not one per row
+/// (Flink's local aggregation; a combiner in MapReduce). For updates whose
+/// difference is a reduction's state (counts, sums, running extremes, the
+/// first k rows), so that only semigroups differential adds up anyway.
+pub(crate) fn combine<'s, D, R>(
+    updates: VecCollection<'s, Time, D, R>,
+    name: &str,
+) -> VecCollection<'s, Time, D, R>
+where
+    D: Clone + std::hash::Hash + Eq + 'static,
+    R: differential_dataflow::difference::Semigroup + 'static,
+{
+    updates
+        .inner
+        .unary::<timely::container::CapacityContainerBuilder<Vec<(D, Time, R)>>, _, _, _>(
+            Pipeline,
+            name,
+            |_cap, _info| {
+                let mut sums: hashbrown::HashMap<(D, Time), R> = hashbrown::HashMap::new();
+                move |input, output| {
+                    input.for_each_stamp(|cap, containers| {
+                        for data in containers {
+                            for (d, t, r) in data.drain(..) {
+                                match sums.entry((d, t)) {
+                                    hashbrown::hash_map::Entry::Occupied(mut e) => {
+                                        e.get_mut().plus_equals(&r)
+                                    }
+                                    hashbrown::hash_map::Entry::Vacant(e) => {
+                                        e.insert(r);
+                                    }
+                                }
+                            }
+                        }
+                        let mut session = output.session(&cap);
+                        for ((d, t), r) in sums.drain() {
+                            if !r.is_zero() {
+                                session.give((d, t, r));
+                            }
+                        }
+                    });
+                }
+            },
+        )
+        .as_collection()
+}
+
 /// Evaluate `rows`, calling `on_ok` with the absolute input indices of the
 /// rows that passed the filters and their evaluation, and recording an error
 /// for each row that failed.
@@ -574,7 +629,7 @@ where
 
 /// Key each row by `keys`. Rows with a NULL key are dropped unless
 /// `nulls_equal` (a NULL key never matches in an ordinary join).
-fn keyed<'s, T: RenderTime>(
+pub(crate) fn keyed<'s, T: RenderTime>(
     ok: Coll<'s, T>,
     schema: &DFSchema,
     keys: &[Expr],
@@ -939,6 +994,9 @@ fn render_reduce<'s>(
     scope: Scope<'s, Time>,
     imports: &mut Imports<'_, 's>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
+    if let Some(fused) = crate::window_reduce::fusable(input, group_keys) {
+        return crate::window_reduce::render_fused(plan, fused, group_keys, aggregates, scope, imports);
+    }
     let (ok, err) = render(input, scope, imports)?;
     // Each input row becomes its group key and an argument row holding the
     // inputs of every aggregate.
@@ -985,7 +1043,8 @@ fn render_reduce<'s>(
                 Err(e) => errs.push((e, *t, *d)),
             },
         );
-        let mut totals: VecCollection<'s, Time, Row, Accums> = contributions.as_collection();
+        let mut totals: VecCollection<'s, Time, Row, Accums> =
+            combine(contributions.as_collection(), "ReduceCombine");
         if let Some(distinct) = distinct {
             totals = totals.concat(distinct);
         }

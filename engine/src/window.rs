@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, UInt32Array};
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{SortColumn, cast, lexsort_to_indices, take, take_record_batch};
 use arrow::datatypes::{Field, Schema};
 use datafusion::common::DFSchema;
@@ -51,10 +51,7 @@ impl PartitionEval {
     /// The partition's rows, each followed by its window values. `rows` are
     /// the partition's distinct rows in encoded order with their counts.
     pub fn evaluate(&self, rows: &[(&[u8], Diff)]) -> Result<Vec<(Row, Diff)>, String> {
-        let expanded: Vec<&[u8]> = rows
-            .iter()
-            .flat_map(|(r, c)| std::iter::repeat_n(*r, (*c).max(0) as usize))
-            .collect();
+        let expanded = expand(rows);
         let n = expanded.len();
         if n == 0 {
             return Ok(Vec::new());
@@ -63,16 +60,32 @@ impl PartitionEval {
             .input
             .decode(expanded.iter().copied())
             .map_err(|e| e.to_string())?;
+        let columns = self.columns(&batch)?;
+        let encoded = self.output.encode(&columns, n).map_err(|e| e.to_string())?;
+        let mut out: Vec<(Row, Diff)> = expanded
+            .iter()
+            .zip(encoded)
+            .map(|(r, w)| (Row::concat(r, &w), 1))
+            .collect();
+        differential_dataflow::consolidation::consolidate(&mut out);
+        Ok(out)
+    }
+
+    /// The window values of a decoded partition, one array per function
+    /// in `batch`'s row order. Ties in a function's order fall back to
+    /// that row order.
+    pub fn columns(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>, String> {
+        let n = batch.num_rows();
         let position: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..n as u32));
         let mut columns = Vec::with_capacity(self.functions.len());
         for (f, field) in self.functions.iter().zip(self.output.schema().fields()) {
-            let mut keys = f.order_by_columns(&batch).map_err(|e| e.to_string())?;
+            let mut keys = f.order_by_columns(batch).map_err(|e| e.to_string())?;
             keys.push(SortColumn {
                 values: position.clone(),
                 options: None,
             });
             let order = lexsort_to_indices(&keys, None).map_err(|e| e.to_string())?;
-            let sorted = take_record_batch(&batch, &order).map_err(|e| e.to_string())?;
+            let sorted = take_record_batch(batch, &order).map_err(|e| e.to_string())?;
             let values = f.evaluate(&sorted).map_err(|e| clean(&e))?;
             // Put the values back in the partition's row order.
             let mut back = vec![0u32; n];
@@ -87,13 +100,14 @@ impl PartitionEval {
             };
             columns.push(values);
         }
-        let encoded = self.output.encode(&columns, n).map_err(|e| e.to_string())?;
-        let mut out: Vec<(Row, Diff)> = expanded
-            .iter()
-            .zip(encoded)
-            .map(|(r, w)| (Row::concat(r, &w), 1))
-            .collect();
-        differential_dataflow::consolidation::consolidate(&mut out);
-        Ok(out)
+        Ok(columns)
     }
+}
+
+/// One entry per copy of each row (rows with a negative count, which a
+/// consistent input never holds, contribute none).
+pub(crate) fn expand<'a>(rows: &[(&'a [u8], Diff)]) -> Vec<&'a [u8]> {
+    rows.iter()
+        .flat_map(|(r, c)| std::iter::repeat_n(*r, (*c).max(0) as usize))
+        .collect()
 }
