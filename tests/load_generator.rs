@@ -374,27 +374,17 @@ async fn extremes_over_inserts_only_are_running_values() {
              SELECT n, max(m) AS top FROM c GROUP BY n",
         ),
     ];
-    for (name, sql) in views {
-        exec(&c, &format!("CREATE MATERIALIZED VIEW {name} AS {sql}")).await;
-    }
+    create_views(&c, &views).await;
     exec(
         &c,
         "INSERT INTO written VALUES (2, 3); DELETE FROM written WHERE v = 7;",
     )
     .await;
     wait_state(&c, "nx", |s| s == "finished").await;
-    for (name, sql) in views {
-        let (view, batch) = common::view_and_batch(&c, name, sql).await;
-        assert!(!batch.is_empty(), "{name} is empty");
-        assert_eq!(view, batch, "{name}");
-    }
+    assert_views_equal_one_shot(&c, &views).await;
     assert_eq!(sorted(&c, "SELECT * FROM written_max").await, vec!["1|5", "2|3"]);
     assert_eq!(
-        sorted(
-            &c,
-            "SELECT DISTINCT relation FROM weir_catalog.arrangement_sizes WHERE operator = 'Arrange: ReduceRunning'"
-        )
-        .await,
+        relations_arranged_by(&c, "Arrange: ReduceRunning").await,
         vec![
             "cheapest",
             "hottest",
@@ -466,26 +456,16 @@ async fn top_k_over_inserts_only_is_running() {
             "SELECT * FROM (SELECT k, v, row_number() OVER (PARTITION BY k ORDER BY v DESC NULLS LAST) AS r FROM written) t WHERE r <= 2",
         ),
     ];
-    for (name, sql) in views {
-        exec(&c, &format!("CREATE MATERIALIZED VIEW {name} AS {sql}")).await;
-    }
+    create_views(&c, &views).await;
     exec(&c, "DELETE FROM written WHERE v = 9").await;
     wait_state(&c, "nx", |s| s == "finished").await;
-    for (name, sql) in views {
-        let (view, batch) = common::view_and_batch(&c, name, sql).await;
-        assert!(!batch.is_empty(), "{name} is empty");
-        assert_eq!(view, batch, "{name}");
-    }
+    assert_views_equal_one_shot(&c, &views).await;
     assert_eq!(
         sorted(&c, "SELECT * FROM written_top").await,
         vec!["1|5|2", "1|7|1", "2|1|1", "2|NULL|2"]
     );
     assert_eq!(
-        sorted(
-            &c,
-            "SELECT DISTINCT relation FROM weir_catalog.arrangement_sizes WHERE operator = 'Arrange: RankRunning'"
-        )
-        .await,
+        relations_arranged_by(&c, "Arrange: RankRunning").await,
         vec![
             "cheapest_bids",
             "copies_unnumbered",
@@ -528,21 +508,38 @@ async fn sessions_group_within_partitions() {
              WHERE r > 1 GROUP BY bidder",
         ),
     ];
-    for (name, sql) in views {
-        exec(&c, &format!("CREATE MATERIALIZED VIEW {name} AS {sql}")).await;
-    }
+    create_views(&c, &views).await;
     wait_state(&c, "nx", |s| s == "finished").await;
+    assert_views_equal_one_shot(&c, &views).await;
+    assert_eq!(
+        relations_arranged_by(&c, "Arrange: WindowReduce").await,
+        vec!["bidder_auctions", "sessions"]
+    );
+}
+
+/// Create each `(name, sql)` as a materialized view.
+async fn create_views(c: &tokio_postgres::Client, views: &[(&str, &str)]) {
     for (name, sql) in views {
-        let (view, batch) = common::view_and_batch(&c, name, sql).await;
+        exec(c, &format!("CREATE MATERIALIZED VIEW {name} AS {sql}")).await;
+    }
+}
+
+/// Each view is not empty and equals the one-shot answer to its SQL.
+async fn assert_views_equal_one_shot(c: &tokio_postgres::Client, views: &[(&str, &str)]) {
+    for (name, sql) in views {
+        let (view, batch) = common::view_and_batch(c, name, sql).await;
         assert!(!batch.is_empty(), "{name} is empty");
         assert_eq!(view, batch, "{name}");
     }
-    assert_eq!(
-        sorted(
-            &c,
-            "SELECT DISTINCT relation FROM weir_catalog.arrangement_sizes WHERE operator = 'Arrange: WindowReduce'"
-        )
-        .await,
-        vec!["bidder_auctions", "sessions"]
-    );
+}
+
+/// The views with an arrangement of `operator`, sorted.
+async fn relations_arranged_by(c: &tokio_postgres::Client, operator: &str) -> Vec<String> {
+    sorted(
+        c,
+        &format!(
+            "SELECT DISTINCT relation FROM weir_catalog.arrangement_sizes WHERE operator = '{operator}'"
+        ),
+    )
+    .await
 }

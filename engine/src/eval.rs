@@ -189,6 +189,16 @@ pub fn encode_alone(
         .collect()
 }
 
+/// The position in `schema` of the column `e` is, through aliases; `None`
+/// for any other expression.
+pub fn column_index(e: &Expr, schema: &DFSchema) -> Option<usize> {
+    match e {
+        Expr::Alias(a) => column_index(&a.expr, schema),
+        Expr::Column(c) => schema.index_of_column(c).ok(),
+        _ => None,
+    }
+}
+
 /// Whether any of `arrays` is NULL at `i`.
 pub fn any_null(arrays: &[ArrayRef], i: usize) -> bool {
     arrays.iter().any(|a| a.is_null(i))

@@ -107,9 +107,10 @@ impl<'a> RankPrefix<'a> {
         let all_kept = filters
             .iter()
             .all(|e| bound(e, schema, at).is_some_and(|(_, prefix)| prefix));
-        let in_order = projection.iter().enumerate().all(
-            |(i, e)| matches!(strip_alias(e), Expr::Column(c) if schema.index_of_column(c).ok() == Some(i)),
-        );
+        let in_order = projection
+            .iter()
+            .enumerate()
+            .all(|(i, e)| crate::eval::column_index(e, schema) == Some(i));
         (all_kept && in_order && (projection.len() == at || projection.len() == at + 1))
             .then_some(projection.len() == at + 1)
     }

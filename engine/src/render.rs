@@ -312,12 +312,7 @@ fn render_node<'s>(
             functions,
         } => {
             let (ok, err) = render(input, scope, imports)?;
-            let n_in = input.schema.fields().len();
-            let fields = plan.schema.as_arrow().fields()[n_in..]
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            let eval = PartitionEval::new(&input.schema, functions, fields)?;
+            let eval = PartitionEval::new(&input.schema, functions, &plan.schema)?;
             let (keyed, kerr) = keyed(ok, &input.schema, partition_by, true, "WindowPartition")?;
             let (rows, errs) = reduce_partitions(keyed, "Window", move |rows| eval.evaluate(rows));
             Ok((rows, err.concat(kerr).concat(errs)))

@@ -19,6 +19,7 @@ use datafusion::common::DFSchema;
 use datafusion::logical_expr::Expr;
 use weir_sql::{AggregateExpr, AggregateFunc, GlobalId, Plan, PlanNode};
 
+use crate::eval::column_index;
 use crate::log::TableLog;
 use crate::render::monotonic;
 
@@ -103,15 +104,6 @@ fn growth(plan: &Plan, logs: &HashMap<GlobalId, Rc<RefCell<TableLog>>>) -> Optio
             }
             outer.rising.contains(&true).then_some(outer)
         }
-        _ => None,
-    }
-}
-
-/// The input column `e` is, through aliases.
-fn column_index(e: &Expr, schema: &DFSchema) -> Option<usize> {
-    match e {
-        Expr::Alias(a) => column_index(&a.expr, schema),
-        Expr::Column(c) => schema.index_of_column(c).ok(),
         _ => None,
     }
 }

@@ -30,9 +30,13 @@ pub struct PartitionEval {
 }
 
 impl PartitionEval {
-    /// Compile `functions`, bound against `input`; `output` lists the
-    /// functions' result fields.
-    pub fn new(input: &DFSchema, functions: &[Expr], output: Vec<Field>) -> Result<Self, EngineError> {
+    /// Compile `functions`, bound against `input`; `window` is the window
+    /// node's output schema, `input`'s columns then one per function.
+    pub fn new(input: &DFSchema, functions: &[Expr], window: &DFSchema) -> Result<Self, EngineError> {
+        let output: Vec<Field> = window.as_arrow().fields()[input.fields().len()..]
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         let props = ExecutionProps::new();
         let compiled = functions
             .iter()

@@ -24,7 +24,7 @@ use datafusion::common::DFSchema;
 use datafusion::logical_expr::Expr;
 use weir_sql::{AggregateExpr, Plan, PlanNode};
 
-use crate::eval::{RowEval, encode_group};
+use crate::eval::{RowEval, column_index, encode_group};
 use crate::reduce::{GroupFolder, aggregate_schema, finalize};
 use crate::render::{Coll, Errs, Imports, arrow_schema, keyed, reduce_partitions, render};
 use crate::row::{Row, RowCodec};
@@ -40,15 +40,6 @@ pub(crate) struct Fusable<'a> {
     partition_by: &'a [Expr],
     /// The window and map/filter nodes, lowest first.
     stages: Vec<&'a Plan>,
-}
-
-/// The position of `e` in `schema` if it is a plain column reference.
-fn column_of(e: &Expr, schema: &DFSchema) -> Option<usize> {
-    match e {
-        Expr::Column(c) => schema.index_of_column(c).ok(),
-        Expr::Alias(a) => column_of(&a.expr, schema),
-        _ => None,
-    }
 }
 
 /// Whether a reduction of `input` by `group_keys` can run per partition of
@@ -85,7 +76,7 @@ pub(crate) fn fusable<'a>(input: &'a Plan, group_keys: &[Expr]) -> Option<Fusabl
     };
     let mut columns: Vec<usize> = partition_by
         .iter()
-        .map(|e| column_of(e, &bottom.schema))
+        .map(|e| column_index(e, &bottom.schema))
         .collect::<Option<_>>()?;
     for stage in &stages {
         match &stage.node {
@@ -95,7 +86,7 @@ pub(crate) fn fusable<'a>(input: &'a Plan, group_keys: &[Expr]) -> Option<Fusabl
             } => {
                 let own: Vec<usize> = partition_by
                     .iter()
-                    .map(|e| column_of(e, &input.schema))
+                    .map(|e| column_index(e, &input.schema))
                     .collect::<Option<_>>()?;
                 if !columns.iter().all(|c| own.contains(c)) {
                     return None;
@@ -116,7 +107,7 @@ pub(crate) fn fusable<'a>(input: &'a Plan, group_keys: &[Expr]) -> Option<Fusabl
                     .map(|c| {
                         projection
                             .iter()
-                            .position(|e| column_of(e, &input.schema) == Some(*c))
+                            .position(|e| column_index(e, &input.schema) == Some(*c))
                     })
                     .collect::<Option<_>>()?;
             }
@@ -125,7 +116,7 @@ pub(crate) fn fusable<'a>(input: &'a Plan, group_keys: &[Expr]) -> Option<Fusabl
     }
     let keys: Vec<usize> = group_keys
         .iter()
-        .filter_map(|e| column_of(e, &input.schema))
+        .filter_map(|e| column_index(e, &input.schema))
         .collect();
     columns.iter().all(|c| keys.contains(c)).then_some(Fusable {
         bottom,
@@ -249,17 +240,10 @@ pub(crate) fn render_fused<'s>(
     let mut stages = Vec::with_capacity(fused.stages.len());
     for stage in &fused.stages {
         stages.push(match &stage.node {
-            PlanNode::Window { input, functions, .. } => {
-                let n_in = input.schema.fields().len();
-                let fields = stage.schema.as_arrow().fields()[n_in..]
-                    .iter()
-                    .map(|f| f.as_ref().clone())
-                    .collect();
-                Stage::Window(
-                    PartitionEval::new(&input.schema, functions, fields)?,
-                    nullable(&stage.schema),
-                )
-            }
+            PlanNode::Window { input, functions, .. } => Stage::Window(
+                PartitionEval::new(&input.schema, functions, &stage.schema)?,
+                nullable(&stage.schema),
+            ),
             PlanNode::MapFilterProject {
                 input,
                 filters,
