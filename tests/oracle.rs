@@ -59,6 +59,9 @@ const VIEWS: &[&str] = &[
     "SELECT k, g, count(*) AS n, sum(x) AS sx FROM (SELECT k, x, sum(opens) OVER (PARTITION BY k ORDER BY x) AS g FROM (SELECT k, x, CASE WHEN lag(x) OVER (PARTITION BY k ORDER BY x) >= x - 1 THEN 0 ELSE 1 END AS opens FROM a WHERE x IS NOT NULL) m) n GROUP BY k, g",
     "SELECT k, g, count(*) AS n, min(x) AS mn, max(s) AS mx FROM (SELECT k, x, s, sum(CASE WHEN x > 1 THEN 1 ELSE 0 END) OVER (PARTITION BY k ORDER BY x, s ROWS UNBOUNDED PRECEDING) AS g FROM a) t WHERE s IS DISTINCT FROM 'q' GROUP BY g, k",
     "SELECT a.k, b.y FROM a CROSS JOIN b WHERE a.x < b.y",
+    // Hopping windows as a join with constant slides: `x / 3` is computed
+    // below the join, and equal rows meet the slides once.
+    "SELECT k, w, count(*) AS n, sum(x) AS sx FROM (SELECT k, x, x / 3 - c.back AS w FROM a, (VALUES (0), (1), (2)) AS c(back)) h GROUP BY k, w",
     "SELECT a.k, b.k AS bk FROM a JOIN b ON a.x < b.y",
     "SELECT k, x, y FROM a JOIN b USING (k)",
     "SELECT * FROM a NATURAL JOIN b",

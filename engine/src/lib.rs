@@ -11,6 +11,7 @@
 //! time ([`eval`]).
 
 pub mod compute;
+mod constant_format;
 mod distinct_count;
 pub mod eval;
 pub mod log;
@@ -23,6 +24,7 @@ pub mod rising;
 pub mod row;
 mod running;
 pub mod sizes;
+mod timestamp_shift;
 pub mod window;
 mod window_reduce;
 

@@ -710,8 +710,15 @@ fn render_join<'s>(
                 .schema
                 .join(&right.schema)
                 .map_err(|e| EngineError::Expression(e.to_string()))?;
-            let other = render(other, scope, imports)?;
+            let (mut ok, err) = render(other, scope, imports)?;
             let rows = constant_rows(constant, batch)?;
+            if rows.len() > 1 {
+                // Equal rows (bids of one auction in one window slice, once
+                // the slice is computed below the join) are paired once,
+                // with their multiplicity.
+                ok = combine(ok, "JoinConstantCombine");
+            }
+            let other = (ok, err);
             return cross_constant(other, rows, constant_left, &joined, spec.residual);
         }
     }

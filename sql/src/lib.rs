@@ -8,6 +8,7 @@
 //! produces and must not re-plan SQL itself.
 
 pub mod constant_lists;
+pub mod cross_pushdown;
 pub mod decorrelate;
 pub mod error;
 pub mod extreme_join;

@@ -130,6 +130,11 @@ impl Lowering<'_> {
             LogicalPlan::Projection(p) => {
                 check_exprs(&p.expr)?;
                 let input = self.lower(&p.input)?;
+                if let Some((join, projection)) =
+                    crate::cross_pushdown::push_below_constant_join(&input, &p.expr)
+                {
+                    return Ok(fuse(join, Vec::new(), Some(projection), schema));
+                }
                 return Ok(fuse(input, Vec::new(), Some(p.expr.clone()), schema));
             }
             LogicalPlan::Filter(f) => {
@@ -192,9 +197,13 @@ impl Lowering<'_> {
                     .enumerate()
                     .map(|(i, e)| aggregate(e, input_schema, schema.field(n_keys + i).data_type().clone()))
                     .collect::<Result<Vec<_>, _>>()?;
+                let input = self.lower(&a.input)?;
+                let (input, group_keys) =
+                    crate::cross_pushdown::group_below_constant_join(&input, &a.group_expr, &a.aggr_expr)
+                        .unwrap_or((input, a.group_expr.clone()));
                 PlanNode::Reduce {
-                    input: Box::new(self.lower(&a.input)?),
-                    group_keys: a.group_expr.clone(),
+                    input: Box::new(input),
+                    group_keys,
                     aggregates,
                 }
             }
@@ -432,7 +441,12 @@ fn check_recursive_step(plan: &Plan, name: &str) -> Result<(), SqlError> {
 /// Put a filter and/or projection on top of `input`. When `input` is itself
 /// a MapFilterProject, the two fuse into one: the new expressions are
 /// rewritten in terms of its input, so rows are decoded and encoded once.
-fn fuse(input: Plan, filters: Vec<Expr>, projection: Option<Vec<Expr>>, schema: DFSchemaRef) -> Plan {
+pub(crate) fn fuse(
+    input: Plan,
+    filters: Vec<Expr>,
+    projection: Option<Vec<Expr>>,
+    schema: DFSchemaRef,
+) -> Plan {
     let projection = projection.unwrap_or_else(|| identity(&input.schema));
     // A projection that only renames the columns, in order, costs nothing.
     let renames_only = filters.is_empty()
