@@ -3,15 +3,14 @@
 //! DataFusion formats each timestamp through Arrow's display code, which
 //! hands the format string to chrono, which parses it again for every
 //! value: in Nexmark q17 (`to_char(date_time, '%Y-%m-%d')` per bid) that
-//! was among the top costs. [`rewrite`] wraps each `to_char` of a
-//! timestamp without time zone by a literal format in [`ConstantFormat`],
+//! was among the top costs. [`recognize`] gives each `to_char` of a
+//! timestamp without time zone by a literal format a [`Format`] kernel,
 //! which parses the format once and, where it names only parts of the date,
 //! formats each day once for the run of values on it. A format chrono
-//! cannot parse, a time zone or a value out of range takes DataFusion's
-//! own path, so every answer and error is DataFusion's.
+//! cannot parse, a time zone or a value out of range is left to DataFusion
+//! ([`crate::fast_path`]).
 
-use std::fmt::{self, Write};
-use std::hash::{Hash, Hasher};
+use std::fmt::Write;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, StringBuilder};
@@ -19,54 +18,53 @@ use arrow::datatypes::{
     ArrowTimestampType, DataType, Schema, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType,
 };
-use arrow::record_batch::RecordBatch;
 use arrow::temporal_conversions::as_datetime;
 use chrono::format::{Fixed, Item, Numeric, StrftimeItems};
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 
-/// Wrap every `to_char(timestamp, 'literal')` in `expr`, whose input is
-/// `schema`, in a [`ConstantFormat`].
-pub fn rewrite(expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
-    expr.transform_up(|e| {
-        let Some(call) = e.downcast_ref::<ScalarFunctionExpr>() else {
-            return Ok(Transformed::no(e));
-        };
-        let [value, format] = call.args() else {
-            return Ok(Transformed::no(e));
-        };
-        if !matches!(call.fun().name(), "to_char" | "date_format") {
-            return Ok(Transformed::no(e));
+use crate::fast_path::{FastPath, Kernel};
+
+/// A [`Format`] kernel for `e` where it is `to_char(timestamp, 'literal')`
+/// over `schema`.
+pub fn recognize(e: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+    let Some(call) = e.downcast_ref::<ScalarFunctionExpr>() else {
+        return Ok(None);
+    };
+    let [value, format] = call.args() else {
+        return Ok(None);
+    };
+    if !matches!(call.fun().name(), "to_char" | "date_format") {
+        return Ok(None);
+    }
+    let DataType::Timestamp(unit, None) = value.data_type(schema)? else {
+        return Ok(None);
+    };
+    let Some(format) = format.downcast_ref::<Literal>().and_then(|l| match l.value() {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
+            Some(s.to_string())
         }
-        let DataType::Timestamp(unit, None) = value.data_type(schema)? else {
-            return Ok(Transformed::no(e));
-        };
-        let Some(format) = format.downcast_ref::<Literal>().and_then(|l| match l.value() {
-            ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
-                Some(s.to_string())
-            }
-            _ => None,
-        }) else {
-            return Ok(Transformed::no(e));
-        };
-        let Ok(items) = StrftimeItems::new(&format).parse_to_owned() else {
-            return Ok(Transformed::no(e));
-        };
-        if items.contains(&Item::Error) {
-            return Ok(Transformed::no(e));
-        }
-        let date_only = items.iter().all(names_the_date_only);
-        Ok(Transformed::yes(Arc::new(ConstantFormat {
-            general: e,
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let Ok(items) = StrftimeItems::new(&format).parse_to_owned() else {
+        return Ok(None);
+    };
+    if items.contains(&Item::Error) {
+        return Ok(None);
+    }
+    let date_only = items.iter().all(names_the_date_only);
+    Ok(Some(FastPath::wrap(
+        Arc::clone(e),
+        Format {
             items,
             unit,
             date_only,
-        })))
-    })
-    .map(|t| t.data)
+        },
+    )))
 }
 
 /// Whether a format item prints only from the date (so one day's values
@@ -100,18 +98,16 @@ fn names_the_date_only(item: &Item<'_>) -> bool {
     }
 }
 
-/// `to_char` of a timestamp column by a format parsed once; `general`
-/// (the call it replaces) where this cannot answer.
+/// `to_char` of a timestamp column by a format parsed once.
 #[derive(Debug)]
-pub struct ConstantFormat {
-    general: Arc<dyn PhysicalExpr>,
+pub struct Format {
     items: Vec<Item<'static>>,
     unit: TimeUnit,
     /// Every item prints from the date alone.
     date_only: bool,
 }
 
-impl ConstantFormat {
+impl Format {
     fn format(&self, value: &ColumnarValue) -> Option<ColumnarValue> {
         let ColumnarValue::Array(array) = value else {
             return None;
@@ -152,56 +148,8 @@ impl ConstantFormat {
     }
 }
 
-impl PartialEq for ConstantFormat {
-    fn eq(&self, other: &Self) -> bool {
-        self.general.as_ref() == other.general.as_ref()
-    }
-}
-
-impl Eq for ConstantFormat {}
-
-impl Hash for ConstantFormat {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.general.as_ref().hash(state)
-    }
-}
-
-impl fmt::Display for ConstantFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.general, f)
-    }
-}
-
-impl PhysicalExpr for ConstantFormat {
-    fn data_type(&self, input_schema: &Schema) -> Result<DataType> {
-        self.general.data_type(input_schema)
-    }
-
-    fn nullable(&self, input_schema: &Schema) -> Result<bool> {
-        self.general.nullable(input_schema)
-    }
-
-    fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
-        let value = self.general.children()[0].evaluate(batch)?;
-        match self.format(&value) {
-            Some(out) => Ok(out),
-            None => self.general.evaluate(batch),
-        }
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
-        self.general.children()
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn PhysicalExpr>>,
-    ) -> Result<Arc<dyn PhysicalExpr>> {
-        // New children may be a new format: the plain call again.
-        Arc::clone(&self.general).with_new_children(children)
-    }
-
-    fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.general.fmt_sql(f)
+impl Kernel for Format {
+    fn evaluate(&self, children: &[ColumnarValue], _rows: usize) -> Option<ColumnarValue> {
+        self.format(children.first()?)
     }
 }

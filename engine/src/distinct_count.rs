@@ -77,7 +77,9 @@ pub(crate) fn contributions<'s>(
             }
         },
     );
-    let values: VecCollection<'s, Time, (Row, Row), Diff> = values.as_collection();
+    // A hot value's copies in one batch (q16's hot bidders and auctions)
+    // reach the arrangement as one update.
+    let values = crate::render::combine(values.as_collection(), "DistinctCountCombine");
     let arranged = measured(
         values.arrange_by_self_named("Arrange: DistinctCount"),
         "Arrange: DistinctCount",

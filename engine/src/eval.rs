@@ -25,8 +25,7 @@ pub fn compile(exprs: &[Expr], schema: &DFSchema) -> Result<Vec<Arc<dyn Physical
         .iter()
         .map(|e| {
             create_physical_expr(e, schema, &props, &Default::default())
-                .and_then(|p| crate::timestamp_shift::rewrite(p, schema.as_arrow()))
-                .and_then(|p| crate::constant_format::rewrite(p, schema.as_arrow()))
+                .and_then(|p| crate::fast_path::rewrite(p, schema.as_arrow()))
                 .map_err(|e| EngineError::Expression(e.to_string()))
         })
         .collect()

@@ -14,6 +14,7 @@ pub mod compute;
 mod constant_format;
 mod distinct_count;
 pub mod eval;
+mod fast_path;
 pub mod log;
 pub mod minmax;
 pub(crate) mod rank;

@@ -7,14 +7,11 @@
 //! seconds'`, a window start minus a slide) several percent of their CPU.
 //! When no interval in a batch has months, and none has days unless the
 //! timestamps have no time zone (so a day is always 86,400 s), the sum is
-//! integer arithmetic on the timestamps' ticks. [`rewrite`] wraps each such
-//! DataFusion `BinaryExpr` in [`TimestampShift`], which takes that path and
-//! otherwise (months, a time zone's days, a remainder below the timestamp's
-//! unit, an overflow) evaluates the original expression, so every answer
-//! and error is DataFusion's.
+//! integer arithmetic on the timestamps' ticks. [`recognize`] gives each
+//! such DataFusion `BinaryExpr` a [`Shift`] kernel, which declines
+//! (months, a time zone's days, a remainder below the timestamp's unit, an
+//! overflow) back to DataFusion ([`crate::fast_path`]).
 
-use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray};
@@ -23,56 +20,53 @@ use arrow::datatypes::{
     TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
 use arrow::error::ArrowError;
-use arrow::record_batch::RecordBatch;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::BinaryExpr;
 
-/// Wrap every `timestamp ± interval` (and `interval + timestamp`) in
-/// `expr`, whose input is `schema`, in a [`TimestampShift`].
-pub fn rewrite(expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
-    expr.transform_up(|e| {
-        let Some(binary) = e.downcast_ref::<BinaryExpr>() else {
-            return Ok(Transformed::no(e));
-        };
-        let (l, r) = (
-            binary.left().data_type(schema)?,
-            binary.right().data_type(schema)?,
-        );
-        let month_day_nano = DataType::Interval(IntervalUnit::MonthDayNano);
-        let shape = match (binary.op(), &l, &r) {
-            (Operator::Plus, DataType::Timestamp(unit, tz), iv) if *iv == month_day_nano => {
-                Some((false, false, unit, tz.is_some()))
-            }
-            (Operator::Minus, DataType::Timestamp(unit, tz), iv) if *iv == month_day_nano => {
-                Some((false, true, unit, tz.is_some()))
-            }
-            (Operator::Plus, iv, DataType::Timestamp(unit, tz)) if *iv == month_day_nano => {
-                Some((true, false, unit, tz.is_some()))
-            }
-            _ => None,
-        };
-        let Some((interval_left, negate, unit, zoned)) = shape else {
-            return Ok(Transformed::no(e));
-        };
-        Ok(Transformed::yes(Arc::new(TimestampShift {
-            general: e,
-            interval_left,
-            negate,
-            unit: *unit,
-            zoned,
-        })))
-    })
-    .map(|t| t.data)
+use crate::fast_path::{FastPath, Kernel};
+
+/// A [`Shift`] kernel for `e` where it is `timestamp ± interval` (or
+/// `interval + timestamp`) over `schema`.
+pub fn recognize(e: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+    let Some(binary) = e.downcast_ref::<BinaryExpr>() else {
+        return Ok(None);
+    };
+    let (l, r) = (
+        binary.left().data_type(schema)?,
+        binary.right().data_type(schema)?,
+    );
+    let month_day_nano = DataType::Interval(IntervalUnit::MonthDayNano);
+    let shape = match (binary.op(), &l, &r) {
+        (Operator::Plus, DataType::Timestamp(unit, tz), iv) if *iv == month_day_nano => {
+            Some((false, false, unit, tz.is_some()))
+        }
+        (Operator::Minus, DataType::Timestamp(unit, tz), iv) if *iv == month_day_nano => {
+            Some((false, true, unit, tz.is_some()))
+        }
+        (Operator::Plus, iv, DataType::Timestamp(unit, tz)) if *iv == month_day_nano => {
+            Some((true, false, unit, tz.is_some()))
+        }
+        _ => None,
+    };
+    Ok(shape.map(|(interval_left, negate, unit, zoned)| {
+        FastPath::wrap(
+            Arc::clone(e),
+            Shift {
+                interval_left,
+                negate,
+                unit: *unit,
+                zoned,
+            },
+        )
+    }))
 }
 
-/// `timestamp ± interval`, by integer arithmetic where the intervals are
-/// fixed lengths; `general` (the `BinaryExpr` it replaces) otherwise.
+/// `timestamp ± interval` by integer arithmetic, where the intervals are
+/// fixed lengths.
 #[derive(Debug)]
-pub struct TimestampShift {
-    general: Arc<dyn PhysicalExpr>,
+pub struct Shift {
     /// `interval + timestamp`.
     interval_left: bool,
     /// `timestamp - interval`.
@@ -82,11 +76,7 @@ pub struct TimestampShift {
     zoned: bool,
 }
 
-impl TimestampShift {
-    fn binary(&self) -> &BinaryExpr {
-        self.general.downcast_ref().expect("wraps a BinaryExpr")
-    }
-
+impl Shift {
     /// The interval's length in ticks of the timestamp's unit, or `None`
     /// where it is not a fixed whole number of them.
     fn ticks(&self, iv: IntervalMonthDayNano) -> Option<i64> {
@@ -165,64 +155,10 @@ fn timezone<T: ArrowTimestampType>(a: &PrimitiveArray<T>) -> Option<Arc<str>> {
     }
 }
 
-// The rest is decided by `general`.
-impl PartialEq for TimestampShift {
-    fn eq(&self, other: &Self) -> bool {
-        self.general.as_ref() == other.general.as_ref()
-    }
-}
-
-impl Eq for TimestampShift {}
-
-impl Hash for TimestampShift {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.general.as_ref().hash(state)
-    }
-}
-
-impl fmt::Display for TimestampShift {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.general, f)
-    }
-}
-
-impl PhysicalExpr for TimestampShift {
-    fn data_type(&self, input_schema: &Schema) -> Result<DataType> {
-        self.general.data_type(input_schema)
-    }
-
-    fn nullable(&self, input_schema: &Schema) -> Result<bool> {
-        self.general.nullable(input_schema)
-    }
-
-    fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
-        let binary = self.binary();
-        let (l, r) = (binary.left().evaluate(batch)?, binary.right().evaluate(batch)?);
-        let (ts, iv) = if self.interval_left { (&r, &l) } else { (&l, &r) };
-        match self.shift(ts, iv, batch.num_rows()) {
-            Some(out) => Ok(out),
-            None => self.general.evaluate(batch),
-        }
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
-        self.general.children()
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn PhysicalExpr>>,
-    ) -> Result<Arc<dyn PhysicalExpr>> {
-        Ok(Arc::new(TimestampShift {
-            general: Arc::clone(&self.general).with_new_children(children)?,
-            interval_left: self.interval_left,
-            negate: self.negate,
-            unit: self.unit,
-            zoned: self.zoned,
-        }))
-    }
-
-    fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.general.fmt_sql(f)
+impl Kernel for Shift {
+    fn evaluate(&self, children: &[ColumnarValue], rows: usize) -> Option<ColumnarValue> {
+        let [l, r] = children else { return None };
+        let (ts, iv) = if self.interval_left { (r, l) } else { (l, r) };
+        self.shift(ts, iv, rows)
     }
 }
