@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use weir_sql::{AggregateExpr, AggregateFunc};
 
 use crate::eval::clean;
+use crate::row::{Row, RowCodec};
 use crate::{Diff, EngineError};
 
 /// One accumulable aggregate's running state.
@@ -344,6 +345,14 @@ impl GroupFolder {
                 arg_schema,
             },
         ))
+    }
+
+    /// A group's aggregate values from its argument rows with counts,
+    /// encoded as one row by `codec`: fold, finalize, encode.
+    pub fn values_row(&self, args: &RecordBatch, counts: &[Diff], codec: &RowCodec) -> Result<Row, String> {
+        let (accums, extremes) = self.fold(args, counts)?;
+        let columns = finalize(&self.aggs, &accums, &extremes)?;
+        Ok(codec.encode(&columns, 1).map_err(|e| e.to_string())?.remove(0))
     }
 
     /// A group's accumulable state and, in order, the value of each

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::Expr;
@@ -1090,7 +1090,6 @@ fn render_reduce<'s>(
                 });
             },
         );
-        let aggs = aggs.clone();
         let agg_codec = agg_codec.clone();
         let folder = folder.clone();
         let pairs: VecCollection<'s, Time, (Row, Row), Diff> = pairs.as_collection();
@@ -1103,9 +1102,7 @@ fn render_reduce<'s>(
                     .map_err(|e| e.to_string())
                     .and_then(|batch| {
                         let counts: Vec<Diff> = input.iter().map(|(_, c)| *c).collect();
-                        let (accums, extremes) = folder.fold(&batch, &counts)?;
-                        let cols = finalize(&aggs, &accums, &extremes)?;
-                        Ok(agg_codec.encode(&cols, 1).map_err(|e| e.to_string())?.remove(0))
+                        folder.values_row(&batch, &counts, &agg_codec)
                     });
                 output.push((res, 1));
             },
@@ -1121,9 +1118,9 @@ fn render_reduce<'s>(
     if n_keys == 0 {
         // A global aggregate has one row even over empty input.
         let empty = RecordBatch::new_empty(folder.arg_schema.clone());
-        let (zero, values) = folder.fold(&empty, &[]).map_err(EngineError::Encoding)?;
-        let cols: Vec<ArrayRef> = finalize(aggregates, &zero, &values).map_err(EngineError::Encoding)?;
-        let default = agg_codec.encode(&cols, 1)?.remove(0);
+        let default = folder
+            .values_row(&empty, &[], &agg_codec)
+            .map_err(EngineError::Encoding)?;
         let d2 = default.clone();
         let defaults = if scope.index() == 0 {
             vec![(default, 0, 1)]

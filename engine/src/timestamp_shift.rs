@@ -23,7 +23,7 @@ use arrow::error::ArrowError;
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::BinaryExpr;
+use datafusion::physical_expr::expressions::{BinaryExpr, Literal};
 
 use crate::fast_path::{FastPath, Kernel};
 
@@ -50,17 +50,29 @@ pub fn recognize(e: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Option<Ar
         }
         _ => None,
     };
-    Ok(shape.map(|(interval_left, negate, unit, zoned)| {
-        FastPath::wrap(
-            Arc::clone(e),
-            Shift {
-                interval_left,
-                negate,
-                unit: *unit,
-                zoned,
-            },
-        )
-    }))
+    let Some((interval_left, negate, unit, zoned)) = shape else {
+        return Ok(None);
+    };
+    let shift = Shift {
+        interval_left,
+        negate,
+        unit: *unit,
+        zoned,
+    };
+    // A literal interval that is not a fixed length (`INTERVAL '1 month'`)
+    // would decline on every batch: leave it to DataFusion outright.
+    let interval = if interval_left {
+        binary.left()
+    } else {
+        binary.right()
+    };
+    if let Some(ScalarValue::IntervalMonthDayNano(Some(v))) =
+        interval.downcast_ref::<Literal>().map(|l| l.value())
+        && shift.ticks(*v).is_none()
+    {
+        return Ok(None);
+    }
+    Ok(Some(FastPath::wrap(Arc::clone(e), shift)))
 }
 
 /// `timestamp ± interval` by integer arithmetic, where the intervals are

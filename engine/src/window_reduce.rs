@@ -25,7 +25,7 @@ use datafusion::logical_expr::Expr;
 use weir_sql::{AggregateExpr, Plan, PlanNode};
 
 use crate::eval::{RowEval, column_index, encode_group};
-use crate::reduce::{GroupFolder, aggregate_schema, finalize};
+use crate::reduce::{GroupFolder, aggregate_schema};
 use crate::render::{Coll, Errs, Imports, arrow_schema, keyed, reduce_partitions, render};
 use crate::row::{Row, RowCodec};
 use crate::window::{PartitionEval, expand};
@@ -141,7 +141,6 @@ struct PartitionReduce {
     group: RowEval,
     keys: RowCodec,
     folder: GroupFolder,
-    aggregates: Vec<AggregateExpr>,
     output: RowCodec,
 }
 
@@ -198,10 +197,10 @@ impl PartitionReduce {
                     .take_while(|i| keys[**i as usize] == *key)
                     .count();
             let counts = vec![1; end - start];
-            let (accums, extremes) = self.folder.fold(&args.slice(start, end - start), &counts)?;
-            let columns = finalize(&self.aggregates, &accums, &extremes)?;
-            let values = self.output.encode(&columns, 1).map_err(|e| e.to_string())?;
-            out.push((Row::concat(key, &values[0]), 1));
+            let values = self
+                .folder
+                .values_row(&args.slice(start, end - start), &counts, &self.output)?;
+            out.push((Row::concat(key, &values), 1));
             start = end;
         }
         Ok(out)
@@ -266,7 +265,6 @@ pub(crate) fn render_fused<'s>(
             plan.schema.as_arrow().fields()[..n_keys].to_vec(),
         )))?,
         folder,
-        aggregates: aggregates.to_vec(),
         output: RowCodec::new(aggregate_schema(aggregates))?,
     };
     let (keyed, kerr) = keyed(

@@ -16,10 +16,13 @@
 //! `CASE`, `AND`, `OR` or a function that may skip an argument, which could
 //! have left it unevaluated.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
+use arrow::datatypes::Field;
+
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DFSchema};
+use datafusion::common::{Column, DFSchema, TableReference};
 use datafusion::logical_expr::{Expr, ExprSchemable, Operator};
 
 use crate::lower::{fuse, identity};
@@ -104,19 +107,10 @@ pub fn push_below_constant_join(input: &Plan, projection: &[Expr]) -> Option<(Pl
 
     // The other side now yields the columns still read above the join,
     // then the moved expressions.
-    let mut kept = Vec::new();
-    let mut fields = Vec::new();
-    for (i, c) in identity(&other.schema).into_iter().enumerate() {
-        let Expr::Column(col) = &c else { continue };
-        if projection.iter().any(|e| e.column_refs().contains(col)) {
-            let (q, f) = other.schema.qualified_field(i);
-            fields.push((q.cloned(), Arc::clone(f)));
-            kept.push(c);
-        }
-    }
+    let read: HashSet<&Column> = projection.iter().flat_map(|e| e.column_refs()).collect();
+    let (mut kept, mut fields) = columns_read(&other.schema, &read);
     for (e, name) in moved.iter().zip(&names) {
-        let (_, f) = e.to_field(&other.schema).ok()?;
-        fields.push((None, Arc::new(f.as_ref().clone().with_name(name))));
+        fields.push(named_field(e, &other.schema, name)?);
         kept.push(e.clone().alias(name));
     }
     let schema = Arc::new(DFSchema::new_with_metadata(fields, Default::default()).ok()?);
@@ -167,21 +161,12 @@ pub fn group_below_constant_join(
     if group_keys.iter().all(|k| matches!(k, Expr::Column(_))) {
         return None;
     }
-    let read: Vec<&Column> = aggregates
+    let read: HashSet<&Column> = aggregates
         .iter()
         .chain(group_keys.iter().filter(|k| matches!(k, Expr::Column(_))))
         .flat_map(|e| e.column_refs())
         .collect();
-    let mut projection = Vec::new();
-    let mut fields = Vec::new();
-    for (i, c) in identity(&input.schema).into_iter().enumerate() {
-        let Expr::Column(col) = &c else { continue };
-        if read.contains(&col) {
-            let (q, f) = input.schema.qualified_field(i);
-            fields.push((q.cloned(), Arc::clone(f)));
-            projection.push(c);
-        }
-    }
+    let (mut projection, mut fields) = columns_read(&input.schema, &read);
     let mut keys = Vec::new();
     for k in group_keys {
         if matches!(k, Expr::Column(_)) {
@@ -189,8 +174,7 @@ pub fn group_below_constant_join(
             continue;
         }
         let name = k.schema_name().to_string();
-        let (_, f) = k.to_field(&input.schema).ok()?;
-        fields.push((None, Arc::new(f.as_ref().clone().with_name(&name))));
+        fields.push(named_field(k, &input.schema, &name)?);
         projection.push(k.clone().alias(&name));
         keys.push(Expr::Column(Column::from_name(name)));
     }
@@ -198,3 +182,25 @@ pub fn group_below_constant_join(
     let (join, projection) = push_below_constant_join(input, &projection)?;
     Some((fuse(join, Vec::new(), Some(projection), schema), keys))
 }
+
+/// The columns of `schema` in `read`, in the schema's order, with their
+/// qualified fields.
+fn columns_read(schema: &DFSchema, read: &HashSet<&Column>) -> (Vec<Expr>, Vec<QualifiedField>) {
+    identity(schema)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c, Expr::Column(col) if read.contains(col)))
+        .map(|(i, c)| {
+            let (q, f) = schema.qualified_field(i);
+            (c, (q.cloned(), Arc::clone(f)))
+        })
+        .unzip()
+}
+
+/// `e`'s field over `schema`, unqualified and named `name`.
+fn named_field(e: &Expr, schema: &DFSchema, name: &str) -> Option<QualifiedField> {
+    let (_, f) = e.to_field(schema).ok()?;
+    Some((None, Arc::new(f.as_ref().clone().with_name(name))))
+}
+
+type QualifiedField = (Option<TableReference>, Arc<Field>);
