@@ -62,6 +62,9 @@ const VIEWS: &[&str] = &[
     // Hopping windows as a join with constant slides: `x / 3` is computed
     // below the join, and equal rows meet the slides once.
     "SELECT k, w, count(*) AS n, sum(x) AS sx FROM (SELECT k, x, x / 3 - c.back AS w FROM a, (VALUES (0), (1), (2)) AS c(back)) h GROUP BY k, w",
+    // A side table computed from constants, looked up by key (q13).
+    "SELECT a.k, a.x, s.tag FROM a JOIN (SELECT g, 'tag-' || g AS tag FROM generate_series(0, 4) AS t(g)) s ON a.x % 3 = s.g",
+    "SELECT a.k, a.x, c.t FROM a JOIN (VALUES (1, 'p'), (1, 'q'), (2, 'r')) AS c(n, t) ON c.n = a.k AND a.x > c.n",
     "SELECT a.k, b.k AS bk FROM a JOIN b ON a.x < b.y",
     "SELECT k, x, y FROM a JOIN b USING (k)",
     "SELECT * FROM a NATURAL JOIN b",

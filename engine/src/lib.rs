@@ -12,6 +12,7 @@
 
 pub mod compute;
 mod constant_format;
+mod constant_join;
 mod distinct_count;
 pub mod eval;
 mod fast_path;

@@ -167,8 +167,17 @@ impl Accumulator {
     /// The contribution of one distinct value of aggregate `agg` (a
     /// distinct count) appearing (`diff` 1) or vanishing (-1).
     pub fn distinct_unit(&self, agg: usize, diff: Diff) -> Accums {
+        self.distinct_units([(agg, diff)])
+    }
+
+    /// [`Accumulator::distinct_unit`] for several distinct counts at once.
+    pub fn distinct_units(&self, changes: impl IntoIterator<Item = (usize, Diff)>) -> Accums {
         let mut unit = self.zero();
-        unit.accs[self.slot(agg)] = Acc::Count(diff as i64);
+        for (agg, diff) in changes {
+            if let Acc::Count(c) = &mut unit.accs[self.slot(agg)] {
+                *c += diff as i64;
+            }
+        }
         unit
     }
 

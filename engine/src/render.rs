@@ -30,6 +30,7 @@ use timely::dataflow::operators::{OkErr, ToStream};
 use timely::dataflow::{Scope, Stream};
 use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 
+use crate::constant_join::{ConstantSide, join_constant, static_batch};
 use crate::eval::{Evaluated, RowEval, any_null, encode_group};
 use crate::log::{ErrorReader, Prepare, TableLog, TableReader};
 use crate::minmax::Changes;
@@ -431,7 +432,7 @@ pub fn arrow_schema(schema: &DFSchema) -> Arc<Schema> {
     Arc::new(schema.as_arrow().clone())
 }
 
-type ErrRow<T = Time> = (String, T, Diff);
+pub(crate) type ErrRow<T = Time> = (String, T, Diff);
 
 /// Apply `logic` to each batch of updates. `logic` pushes output updates
 /// and errors (message, time, diff).
@@ -545,7 +546,7 @@ pub(crate) fn for_each_evaluated<D, T: Clone>(
 
 /// Keep the updates of `data` whose rows (`rows[i]` is `data[i]`'s) pass
 /// `eval`'s filters; a row that fails to evaluate becomes an error.
-fn keep_passing<D: Clone, T: Clone>(
+pub(crate) fn keep_passing<D: Clone, T: Clone>(
     eval: &RowEval,
     rows: &[&[u8]],
     data: &[(D, T, Diff)],
@@ -699,76 +700,38 @@ fn render_join<'s>(
     scope: Scope<'s, Time>,
     imports: &mut Imports<'_, 's>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
-    if spec.kind == JoinKind::Inner && spec.left_keys.is_empty() {
-        let constant = match (&left.node, &right.node) {
-            (_, PlanNode::Constant { batch }) => Some((right, batch, left, false)),
-            (PlanNode::Constant { batch }, _) => Some((left, batch, right, true)),
-            _ => None,
-        };
-        if let Some((constant, batch, other, constant_left)) = constant {
+    if spec.kind == JoinKind::Inner {
+        let constant = static_batch(right)
+            .map(|batch| (right, batch, spec.right_keys, left, spec.left_keys, false))
+            .or_else(|| {
+                static_batch(left).map(|batch| (left, batch, spec.left_keys, right, spec.right_keys, true))
+            });
+        if let Some((constant, batch, keys, other, other_keys, constant_left)) = constant {
             let joined = left
                 .schema
                 .join(&right.schema)
                 .map_err(|e| EngineError::Expression(e.to_string()))?;
-            let (mut ok, err) = render(other, scope, imports)?;
-            let rows = constant_rows(constant, batch)?;
-            if rows.len() > 1 {
-                // Equal rows (bids of one auction in one window slice, once
-                // the slice is computed below the join) are paired once,
-                // with their multiplicity.
-                ok = combine(ok, "JoinConstantCombine");
-            }
-            let other = (ok, err);
-            return cross_constant(other, rows, constant_left, &joined, spec.residual);
+            let rendered = render(other, scope, imports)?;
+            let side = ConstantSide {
+                plan: constant,
+                batch,
+                keys,
+                left: constant_left,
+            };
+            return join_constant(
+                rendered,
+                &other.schema,
+                other_keys,
+                side,
+                spec.nulls_equal,
+                &joined,
+                spec.residual,
+            );
         }
     }
     let l = render(left, scope, imports)?;
     let r = render(right, scope, imports)?;
     join_collections(l, r, &left.schema, &right.schema, spec)
-}
-
-/// The rows of a constant plan, encoded.
-fn constant_rows(plan: &Plan, batch: &RecordBatch) -> Result<Vec<Row>, EngineError> {
-    RowCodec::new(arrow_schema(&plan.schema))?.encode(batch.columns(), batch.num_rows())
-}
-
-/// An inner join without keys of `other` with constant rows (`FROM t,
-/// (VALUES ...)`, as Nexmark q5 puts each bid in its five windows): each
-/// row meets every constant row on the worker it is on. As a join it
-/// would arrange every row under the one empty key, on one worker, for
-/// good. Output rows are `constant ++ row` when `constant_left`, else
-/// `row ++ constant`; `joined` is that row's schema.
-fn cross_constant<'s>(
-    (ok, err): (Coll<'s>, Errs<'s>),
-    constant: Vec<Row>,
-    constant_left: bool,
-    joined: &DFSchema,
-    residual: Option<&Expr>,
-) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
-    let eval = residual
-        .map(|e| RowEval::new(joined, std::slice::from_ref(e), &[]))
-        .transpose()?;
-    let (rows, errs) = batch_map(
-        ok,
-        "JoinConstant",
-        move |data: &[(Row, Time, Diff)], oks, errs| {
-            let mut out = Vec::with_capacity(data.len() * constant.len());
-            for (row, t, d) in data {
-                for c in &constant {
-                    let (first, second) = if constant_left { (c, row) } else { (row, c) };
-                    out.push((Row::concat(first, second), *t, *d));
-                }
-            }
-            match &eval {
-                None => oks.append(&mut out),
-                Some(eval) => {
-                    let rows: Vec<&[u8]> = out.iter().map(|(r, _, _)| r.as_slice()).collect();
-                    keep_passing(eval, &rows, &out, oks, errs);
-                }
-            }
-        },
-    );
-    Ok((rows.as_collection(), err.concat(errs)))
 }
 
 /// Join two rendered inputs whose rows have `left` and `right` schemas.

@@ -29,6 +29,11 @@ impl Row {
         Row::default()
     }
 
+    /// An empty row with room for `bytes` bytes.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Row(smallvec::SmallVec::with_capacity(bytes))
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         &self.0
     }

@@ -226,7 +226,13 @@ pub trait Element {
 macro_rules! plain {
     ($($t:ty),*) => { $(impl Element for $t { const OWNS_HEAP: bool = false; })* };
 }
-plain!((), u64, isize, timely::order::Product<u64, u64>);
+plain!(
+    (),
+    u64,
+    isize,
+    timely::order::Product<u64, u64>,
+    crate::distinct_count::FilterCounts
+);
 
 impl Element for crate::reduce::Accums {
     const OWNS_HEAP: bool = true;
