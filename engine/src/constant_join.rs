@@ -29,7 +29,7 @@ use crate::{Diff, EngineError, Time};
 /// `Constant`, or maps and filters of one without volatile functions.
 /// `None` for anything else, and where evaluating fails (the dataflow
 /// then evaluates it row by row and reports the error as usual).
-pub(crate) fn static_batch(plan: &Plan) -> Option<RecordBatch> {
+fn static_batch(plan: &Plan) -> Option<RecordBatch> {
     match &plan.node {
         PlanNode::Constant { batch } => Some(batch.clone()),
         PlanNode::MapFilterProject {
@@ -74,22 +74,47 @@ impl Partners {
     }
 }
 
-/// A side of an inner join, computed from constants, with its join keys.
+/// An inner join's side computed from constants, with its join keys, and
+/// the other side with its own.
 pub(crate) struct ConstantSide<'a> {
-    pub plan: &'a Plan,
-    pub batch: RecordBatch,
-    pub keys: &'a [Expr],
+    plan: &'a Plan,
+    batch: RecordBatch,
+    keys: &'a [Expr],
     /// Whether it is the join's left input.
-    pub left: bool,
+    left: bool,
+    pub other: &'a Plan,
+    other_keys: &'a [Expr],
 }
 
-/// The inner join of `other` (rows of `other_schema`, joined on
-/// `other_keys`) with `constant`, `residual` applied to the joined rows
-/// (of `joined`, the left side's columns then the right's).
+impl<'a> ConstantSide<'a> {
+    /// The side of the join of `left` and `right` (on `left_keys =
+    /// right_keys`) computed from constants, the right one where both are.
+    pub(crate) fn of(
+        left: &'a Plan,
+        right: &'a Plan,
+        left_keys: &'a [Expr],
+        right_keys: &'a [Expr],
+    ) -> Option<Self> {
+        let side = |plan: &'a Plan, keys, other, other_keys, left| {
+            static_batch(plan).map(|batch| ConstantSide {
+                plan,
+                batch,
+                keys,
+                left,
+                other,
+                other_keys,
+            })
+        };
+        side(right, right_keys, left, left_keys, false)
+            .or_else(|| side(left, left_keys, right, right_keys, true))
+    }
+}
+
+/// The inner join of `other` (the rendered [`ConstantSide::other`]) with
+/// `constant`, `residual` applied to the joined rows (of `joined`, the
+/// left side's columns then the right's).
 pub(crate) fn join_constant<'s>(
     (ok, err): (Coll<'s>, Errs<'s>),
-    other_schema: &DFSchema,
-    other_keys: &[Expr],
     constant: ConstantSide<'_>,
     nulls_equal: bool,
     joined: &DFSchema,
@@ -167,7 +192,13 @@ pub(crate) fn join_constant<'s>(
             },
         )
     } else {
-        let (probes, key_errs) = keyed(ok, other_schema, other_keys, nulls_equal, "JoinConstantKey")?;
+        let (probes, key_errs) = keyed(
+            ok,
+            &constant.other.schema,
+            constant.other_keys,
+            nulls_equal,
+            "JoinConstantKey",
+        )?;
         let probes = if fan_out {
             combine(probes, "JoinConstantCombine")
         } else {

@@ -30,7 +30,7 @@ use timely::dataflow::operators::{OkErr, ToStream};
 use timely::dataflow::{Scope, Stream};
 use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 
-use crate::constant_join::{ConstantSide, join_constant, static_batch};
+use crate::constant_join::{ConstantSide, join_constant};
 use crate::eval::{Evaluated, RowEval, any_null, encode_group};
 use crate::log::{ErrorReader, Prepare, TableLog, TableReader};
 use crate::minmax::Changes;
@@ -700,34 +700,15 @@ fn render_join<'s>(
     scope: Scope<'s, Time>,
     imports: &mut Imports<'_, 's>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
-    if spec.kind == JoinKind::Inner {
-        let constant = static_batch(right)
-            .map(|batch| (right, batch, spec.right_keys, left, spec.left_keys, false))
-            .or_else(|| {
-                static_batch(left).map(|batch| (left, batch, spec.left_keys, right, spec.right_keys, true))
-            });
-        if let Some((constant, batch, keys, other, other_keys, constant_left)) = constant {
-            let joined = left
-                .schema
-                .join(&right.schema)
-                .map_err(|e| EngineError::Expression(e.to_string()))?;
-            let rendered = render(other, scope, imports)?;
-            let side = ConstantSide {
-                plan: constant,
-                batch,
-                keys,
-                left: constant_left,
-            };
-            return join_constant(
-                rendered,
-                &other.schema,
-                other_keys,
-                side,
-                spec.nulls_equal,
-                &joined,
-                spec.residual,
-            );
-        }
+    if spec.kind == JoinKind::Inner
+        && let Some(side) = ConstantSide::of(left, right, spec.left_keys, spec.right_keys)
+    {
+        let joined = left
+            .schema
+            .join(&right.schema)
+            .map_err(|e| EngineError::Expression(e.to_string()))?;
+        let other = render(side.other, scope, imports)?;
+        return join_constant(other, side, spec.nulls_equal, &joined, spec.residual);
     }
     let l = render(left, scope, imports)?;
     let r = render(right, scope, imports)?;
