@@ -8,8 +8,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, BooleanArray, NullArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::{and, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::Expr;
@@ -17,6 +18,7 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use crate::EngineError;
 use crate::row::{Row, RowCodec};
+use crate::spans::{Layout, Picker};
 
 /// Compile logical expressions bound to `schema` into physical ones.
 pub fn compile(exprs: &[Expr], schema: &DFSchema) -> Result<Vec<Arc<dyn PhysicalExpr>>, EngineError> {
@@ -39,8 +41,103 @@ pub type RowResults = (Option<Evaluated>, Vec<(usize, Evaluated)>, Vec<(usize, S
 /// Filters then groups of output expressions over rows of one schema.
 pub struct RowEval {
     pub input: RowCodec,
+    /// Set when the expressions read only some of the columns.
+    narrow: Option<Narrow>,
     filters: Vec<Arc<dyn PhysicalExpr>>,
     outputs: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+}
+
+/// Decoding only the columns the expressions read: their bytes are cut out
+/// of each row ([`crate::spans`]) and decoded, and every other column of
+/// the batch is an untyped all-NULL placeholder no expression looks at.
+/// Strings a key or a filter does not read are never decoded or checked.
+struct Narrow {
+    /// The columns read, ascending; not every column.
+    read: Vec<usize>,
+    layout: Layout,
+    /// Cuts the read columns out of a row; `None` when they are its first
+    /// columns, which are decoded where they lie.
+    picker: Option<Picker>,
+    /// The read columns' codec.
+    codec: RowCodec,
+    /// The input's schema with unread columns typed `Null`.
+    schema: SchemaRef,
+}
+
+impl Narrow {
+    fn new(input: &RowCodec, schema: &DFSchema, exprs: &[&Expr]) -> Option<Narrow> {
+        let width = schema.fields().len();
+        let mut read = Vec::new();
+        for e in exprs {
+            for c in e.column_refs() {
+                read.push(schema.index_of_column(c).ok()?);
+            }
+        }
+        read.sort_unstable();
+        read.dedup();
+        let layout = input.layout()?;
+        // Worth it when it skips a string: a fixed-width column decodes
+        // about as fast as its bytes are cut out.
+        if !(0..width).any(|i| layout.is_variable(i) && read.binary_search(&i).is_err()) {
+            return None;
+        }
+        let prefix = read.iter().enumerate().all(|(k, &c)| k == c);
+        let picker = (!prefix).then(|| Picker::new(layout.clone(), read.clone()));
+        let arrow = schema.as_arrow();
+        let codec = RowCodec::new(Arc::new(arrow.project(&read).ok()?)).ok()?;
+        let fields: Vec<Field> = (0..width)
+            .map(|i| match read.binary_search(&i) {
+                Ok(_) => arrow.field(i).clone(),
+                Err(_) => Field::new(arrow.field(i).name(), DataType::Null, true),
+            })
+            .collect();
+        Some(Narrow {
+            read,
+            layout,
+            picker,
+            codec,
+            schema: Arc::new(Schema::new(fields)),
+        })
+    }
+
+    fn decode(&self, rows: &[&[u8]]) -> Result<RecordBatch, EngineError> {
+        let n = rows.len();
+        let mismatched = || EngineError::Encoding(crate::render::MISMATCHED_ROW.into());
+        let mut scratch = Vec::new();
+        let narrow = match &self.picker {
+            None => {
+                let k = self.read.len();
+                let mut prefixes = Vec::with_capacity(n);
+                for r in rows {
+                    self.layout.ends(r, k, &mut scratch).ok_or_else(mismatched)?;
+                    prefixes.push(&r[..scratch.last().copied().unwrap_or(0)]);
+                }
+                self.codec.decode(prefixes.into_iter())?
+            }
+            Some(picker) => {
+                let mut bytes = Row::with_capacity(rows.iter().map(|r| r.len()).sum());
+                let mut ends = Vec::with_capacity(n);
+                for r in rows {
+                    picker.pick(r, &mut scratch, &mut bytes).ok_or_else(mismatched)?;
+                    ends.push(bytes.len());
+                }
+                let start = |i: usize| if i == 0 { 0 } else { ends[i - 1] };
+                self.codec.decode((0..n).map(|i| &bytes[start(i)..ends[i]]))?
+            }
+        };
+        // One placeholder shared by every unread column.
+        let placeholder: ArrayRef = Arc::new(NullArray::new(n));
+        let mut columns = vec![placeholder; self.schema.fields().len()];
+        for (k, &c) in self.read.iter().enumerate() {
+            columns[c] = narrow.column(k).clone();
+        }
+        RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )
+        .map_err(|e| EngineError::Encoding(e.to_string()))
+    }
 }
 
 /// The result of evaluating a batch: which input rows passed the filters,
@@ -52,8 +149,11 @@ pub struct Evaluated {
 
 impl RowEval {
     pub fn new(schema: &DFSchema, filters: &[Expr], outputs: &[&[Expr]]) -> Result<Self, EngineError> {
+        let input = RowCodec::new(Arc::new(schema.as_arrow().clone()))?;
+        let exprs: Vec<&Expr> = filters.iter().chain(outputs.iter().copied().flatten()).collect();
         Ok(RowEval {
-            input: RowCodec::new(Arc::new(schema.as_arrow().clone()))?,
+            narrow: Narrow::new(&input, schema, &exprs),
+            input,
             filters: compile(filters, schema)?,
             outputs: outputs
                 .iter()
@@ -117,7 +217,11 @@ impl RowEval {
     /// Evaluate over encoded rows. On an error, falls back to one row at a
     /// time and reports `(row index, error)` for each failing row.
     pub fn eval_rows(&self, rows: &[&[u8]]) -> RowResults {
-        match self.input.decode(rows.iter().copied()) {
+        let batch = match &self.narrow {
+            Some(narrow) => narrow.decode(rows),
+            None => self.input.decode(rows.iter().copied()),
+        };
+        match batch {
             Ok(batch) => self.eval_isolated(&batch),
             Err(e) => (
                 None,
@@ -198,6 +302,23 @@ pub fn column_index(e: &Expr, schema: &DFSchema) -> Option<usize> {
         Expr::Column(c) => schema.index_of_column(c).ok(),
         _ => None,
     }
+}
+
+/// When every one of `exprs` is a column of `schema` of the type `out`
+/// (a codec with default sort options) gives it, a picker that makes their
+/// row in `out` by copying those columns' bytes out of a row of `schema`,
+/// with no decoding.
+pub fn column_picker(exprs: &[Expr], schema: &DFSchema, out: &RowCodec) -> Option<Picker> {
+    let types = out.schema().fields().iter().map(|f| f.data_type());
+    let picks = exprs
+        .iter()
+        .zip(types)
+        .map(|(e, t)| column_index(e, schema).filter(|&c| schema.field(c).data_type() == t))
+        .collect::<Option<Vec<usize>>>()?;
+    let layout = RowCodec::new(Arc::new(schema.as_arrow().clone()))
+        .ok()?
+        .layout()?;
+    (picks.len() == exprs.len() && out.layout().is_some()).then(|| Picker::new(layout, picks))
 }
 
 /// Whether any of `arrays` is NULL at `i`.

@@ -26,6 +26,7 @@ pub mod rising;
 pub mod row;
 mod running;
 pub mod sizes;
+mod spans;
 mod timestamp_shift;
 pub mod window;
 mod window_reduce;

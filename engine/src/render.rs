@@ -31,7 +31,7 @@ use timely::dataflow::{Scope, Stream};
 use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 
 use crate::constant_join::{ConstantSide, join_constant};
-use crate::eval::{Evaluated, RowEval, any_null, encode_group};
+use crate::eval::{Evaluated, RowEval, any_null, column_picker, encode_group};
 use crate::log::{ErrorReader, Prepare, TableLog, TableReader};
 use crate::minmax::Changes;
 use crate::reduce::{Accums, Accumulator, GroupFolder, aggregate_schema, finalize};
@@ -416,8 +416,39 @@ pub(crate) fn map_filter_project<'s, T: RenderTime>(
     projection: &[Expr],
     output: &DFSchema,
 ) -> Result<(Coll<'s, T>, Errs<'s, T>), EngineError> {
-    let eval = RowEval::new(input, filters, &[projection])?;
     let out = RowCodec::new(arrow_schema(output))?;
+    if let Some(picker) = column_picker(projection, input, &out) {
+        // Columns dropped or reordered (above a join, say): their bytes
+        // are copied; only what the filters read is decoded.
+        let filter = (!filters.is_empty())
+            .then(|| RowEval::new(input, filters, &[]))
+            .transpose()?;
+        let (ok, err) = batch_map(
+            ok,
+            "MapFilterProject",
+            move |data: &[(Row, T, Diff)], oks, errs| {
+                let mut ends = Vec::new();
+                let mut pick = |(r, t, d): &(Row, T, Diff), oks: &mut Vec<_>, errs: &mut Vec<ErrRow<T>>| {
+                    let mut row = Row::with_capacity(r.len());
+                    match picker.pick(r, &mut ends, &mut row) {
+                        Some(()) => oks.push((row, t.clone(), *d)),
+                        None => errs.push((MISMATCHED_ROW.to_string(), t.clone(), *d)),
+                    }
+                };
+                match &filter {
+                    None => data.iter().for_each(|u| pick(u, oks, errs)),
+                    Some(filter) => {
+                        let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
+                        for_each_evaluated(filter, &rows, errs, data, |kept, _, errs| {
+                            kept.iter().for_each(|i| pick(&data[*i], oks, errs))
+                        });
+                    }
+                }
+            },
+        );
+        return Ok((ok.as_collection(), err));
+    }
+    let eval = RowEval::new(input, filters, &[projection])?;
     let (ok, err) = map_encoded(
         ok,
         "MapFilterProject",
@@ -433,6 +464,10 @@ pub fn arrow_schema(schema: &DFSchema) -> Arc<Schema> {
 }
 
 pub(crate) type ErrRow<T = Time> = (String, T, Diff);
+
+/// The error of a row whose bytes do not walk as its schema's encoding
+/// (never expected: rows are encoded by the engine itself).
+pub(crate) const MISMATCHED_ROW: &str = "a row does not match its schema";
 
 /// Apply `logic` to each batch of updates. `logic` pushes output updates
 /// and errors (message, time, diff).
@@ -632,10 +667,27 @@ pub(crate) fn keyed<'s, T: RenderTime>(
     nulls_equal: bool,
     name: &str,
 ) -> Result<(Keyed<'s, T>, Errs<'s, T>), EngineError> {
-    let eval = RowEval::new(schema, &[], &[keys])?;
     let key_codec = RowCodec::new(Arc::new(Schema::new(crate::eval::expr_fields(
         keys, schema, "k",
     )?)))?;
+    if let Some(picker) = column_picker(keys, schema, &key_codec) {
+        // Keys that are columns of the row: their bytes are the key.
+        let (s, e) = batch_map(ok, name, move |data: &[(Row, T, Diff)], oks, errs| {
+            let mut ends = Vec::new();
+            for (r, t, d) in data {
+                let mut key = Row::new();
+                match picker.pick(r, &mut ends, &mut key) {
+                    Some(()) if nulls_equal || !picker.any_null(r, &ends) => {
+                        oks.push(((key, r.clone()), t.clone(), *d))
+                    }
+                    Some(()) => {}
+                    None => errs.push((MISMATCHED_ROW.to_string(), t.clone(), *d)),
+                }
+            }
+        });
+        return Ok((s.as_collection(), e));
+    }
+    let eval = RowEval::new(schema, &[], &[keys])?;
     let (s, e) = map_encoded(
         ok,
         name,

@@ -20,9 +20,24 @@ use crate::EngineError;
 /// a row in flight between operators costs no allocation of its own; a
 /// longer row is one heap allocation, as a `Vec<u8>` would be. It orders,
 /// compares and hashes as its bytes.
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Row(smallvec::SmallVec<[u8; 24]>);
+
+/// By hand: `SmallVec`'s own `Clone` collects an iterator, a byte at a
+/// time (it cannot know its items are `Copy`), where a row is copied
+/// with one `memcpy`. Rows are cloned wherever an operator keeps the row
+/// it was given and passes it on.
+impl Clone for Row {
+    fn clone(&self) -> Row {
+        Row(smallvec::SmallVec::from_slice(&self.0))
+    }
+
+    fn clone_from(&mut self, source: &Row) {
+        self.0.clear();
+        self.0.extend_from_slice(&source.0);
+    }
+}
 
 impl Row {
     pub fn new() -> Self {
@@ -117,6 +132,12 @@ impl RowCodec {
 
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// How to find each column in this codec's rows without decoding them;
+    /// `None` for a schema with a column whose encoding is not walked.
+    pub fn layout(&self) -> Option<crate::spans::Layout> {
+        crate::spans::Layout::of(&self.schema, &self.options)
     }
 
     /// An independent codec with the same layout (converters keep state,
