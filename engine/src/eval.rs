@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, NullArray, RecordBatch, RecordBatchOptions};
-use arrow::compute::{and, filter_record_batch};
+use arrow::compute::{SortOptions, and, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::execution::context::ExecutionProps;
@@ -315,10 +315,10 @@ pub fn column_picker(exprs: &[Expr], schema: &DFSchema, out: &RowCodec) -> Optio
         .zip(types)
         .map(|(e, t)| column_index(e, schema).filter(|&c| schema.field(c).data_type() == t))
         .collect::<Option<Vec<usize>>>()?;
-    let layout = RowCodec::new(Arc::new(schema.as_arrow().clone()))
-        .ok()?
-        .layout()?;
-    (picks.len() == exprs.len() && out.layout().is_some()).then(|| Picker::new(layout, picks))
+    // The layout alone: a codec would build a row converter to throw away.
+    let arrow = schema.as_arrow();
+    let layout = Layout::of(arrow, &vec![SortOptions::default(); arrow.fields().len()])?;
+    (picks.len() == exprs.len()).then(|| Picker::new(layout, picks))
 }
 
 /// Whether any of `arrays` is NULL at `i`.
