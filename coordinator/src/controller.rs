@@ -43,7 +43,7 @@ struct Pending {
 }
 
 /// One worker's message for a subscription.
-pub type SubscribeMessage = (usize, Option<Timestamp>, Result<SubscribeUpdate, String>);
+pub type SubscribeMessage = (usize, Option<Timestamp>, Result<Vec<SubscribeUpdate>, String>);
 
 pub struct Controller {
     inner: Mutex<Inner>,

@@ -81,9 +81,12 @@ pub fn start(
                     return;
                 }
             };
-            if update.batch.num_rows() > 0 {
-                pending.push((update.batch, update.times, update.diffs));
-            }
+            pending.extend(
+                update
+                    .into_iter()
+                    .filter(|u| u.batch.num_rows() > 0)
+                    .map(|u| (u.batch, u.times, u.diffs)),
+            );
             if let Some(u) = uppers.get_mut(worker) {
                 *u = upper;
             }

@@ -229,15 +229,15 @@ where
         let Some((worker, upper, update)) = message else {
             break;
         };
-        let update = update.map_err(AdapterError::Evaluation)?;
-        if update.batch.num_rows() > 0 {
+        let parts = update.map_err(AdapterError::Evaluation)?;
+        for part in parts.into_iter().filter(|p| p.batch.num_rows() > 0) {
             let mut columns: Vec<ArrayRef> = vec![
                 Arc::new(Int64Array::from(
-                    update.times.iter().map(|t| *t as i64).collect::<Vec<_>>(),
+                    part.times.iter().map(|t| *t as i64).collect::<Vec<_>>(),
                 )),
-                Arc::new(Int64Array::from(update.diffs.clone())),
+                Arc::new(Int64Array::from(part.diffs)),
             ];
-            columns.extend(update.batch.columns().iter().cloned());
+            columns.extend(part.batch.columns().iter().cloned());
             buffer.push(
                 RecordBatch::try_new(sub.schema.clone(), columns)
                     .map_err(|e| AdapterError::Internal(e.to_string()))?,

@@ -395,10 +395,12 @@ impl ComputeState {
                             rows.iter()
                                 .map(|(r, _, _)| r.as_ref().map(|r| r.as_slice()).unwrap_or(&[])),
                         )
-                        .map(|batch| SubscribeUpdate {
-                            batch,
-                            times: rows.iter().map(|(_, t, _)| *t).collect(),
-                            diffs: rows.iter().map(|(_, _, d)| *d as i64).collect(),
+                        .map(|batch| {
+                            vec![SubscribeUpdate {
+                                batch,
+                                times: rows.iter().map(|(_, t, _)| *t).collect(),
+                                diffs: rows.iter().map(|(_, _, d)| *d as i64).collect(),
+                            }]
                         })
                         .map_err(|e| e.to_string());
                     let _ = responses.send(Response::SubscribeBatch {

@@ -46,9 +46,18 @@ use crate::render::{Coll, Errs, Input};
 use crate::row::{Row, RowCodec};
 use crate::{Diff, EngineError, Time};
 
-/// Writes smaller than this are merged into one batch when the log
-/// compacts, so that many single-row `INSERT`s do not stay many batches.
+/// Writes smaller than [`SMALL_ROWS`] are merged, this many rows to a
+/// batch, when the log compacts, so that many single-row `INSERT`s do not
+/// stay many batches.
 const CHUNK_ROWS: usize = 64 * 1024;
+
+/// Batches of at least this many rows stay as they are when the log
+/// compacts: per batch, reads and merges cost next to nothing at this
+/// size, and copying them into bigger ones cost more than anything else
+/// the log does (a source's step split between two workers is two
+/// batches of ~46,000 bids: merging them was 40% of Nexmark q1's CPU,
+/// most of it the kernel zeroing the fresh pages copied into).
+const SMALL_ROWS: usize = 4 * 1024;
 
 /// Deletions among at most this many settled rows are cancelled in line
 /// rather than on a thread of their own.
@@ -675,7 +684,7 @@ impl TableLog {
         let mut small: Vec<RecordBatch> = Vec::new();
         let mut small_diff = 1;
         for entry in std::mem::take(&mut self.entries) {
-            if entry.batch.num_rows() >= CHUNK_ROWS {
+            if entry.batch.num_rows() >= SMALL_ROWS {
                 self.entries.push(Entry { time: since, ..entry });
                 continue;
             }
@@ -779,7 +788,7 @@ impl Subscriber {
         }
         self.reported = upper;
         let (tx, id, worker) = (&self.responses, self.id, self.worker);
-        let send = |upper: Option<Time>, update: Result<SubscribeUpdate, String>| {
+        let send = |upper: Option<Time>, update: Result<Vec<SubscribeUpdate>, String>| {
             let _ = tx.send(Response::SubscribeBatch {
                 subscribe_id: id,
                 worker,
@@ -810,9 +819,10 @@ impl Subscriber {
 
 /// `entries` (in time order) as one subscription message: where a time
 /// holds deletions, its rows are cancelled against each other first.
-fn changes(codec: &RowCodec, entries: &[Entry]) -> Result<SubscribeUpdate, EngineError> {
-    let mut batches = Vec::new();
-    let (mut times, mut diffs) = (Vec::new(), Vec::new());
+/// Batches are shared with the log, never concatenated: copying a view's
+/// whole output once more was a tenth of Nexmark q1's CPU.
+fn changes(codec: &RowCodec, entries: &[Entry]) -> Result<Vec<SubscribeUpdate>, EngineError> {
+    let mut parts = Vec::new();
     let mut rest = entries;
     while let Some(first) = rest.first() {
         let n = rest.iter().take_while(|e| e.time == first.time).count();
@@ -832,14 +842,13 @@ fn changes(codec: &RowCodec, entries: &[Entry]) -> Result<SubscribeUpdate, Engin
                 .map(|e| (e.batch.clone(), vec![e.diff; e.batch.num_rows()]))
                 .collect()
         };
-        for (batch, counts) in same {
-            times.extend(std::iter::repeat_n(first.time, batch.num_rows()));
-            diffs.extend(counts.into_iter().map(|d| d as i64));
-            batches.push(batch);
-        }
+        parts.extend(same.into_iter().map(|(batch, counts)| SubscribeUpdate {
+            times: vec![first.time; batch.num_rows()],
+            diffs: counts.into_iter().map(|d| d as i64).collect(),
+            batch,
+        }));
     }
-    let batch = concat_batches(codec.schema(), &batches).map_err(|e| EngineError::Encoding(e.to_string()))?;
-    Ok(SubscribeUpdate { batch, times, diffs })
+    Ok(parts)
 }
 
 /// Sum equal (message, time) errors and drop those that cancel.
@@ -1145,6 +1154,41 @@ mod tests {
         assert_eq!(log.entries[0].batch.num_rows(), N as usize - 1);
     }
 
+    /// Compaction merges small writes but leaves big ones as written: the
+    /// same buffers, not copies.
+    #[test]
+    fn compaction_leaves_big_batches_uncopied() {
+        let schema = nullable_schema();
+        let mut log = TableLog::new(RowCodec::new(schema.clone()).unwrap(), None);
+        let rows: Vec<(i64, &str)> = (0..SMALL_ROWS as i64).map(|i| (i, "y")).collect();
+        let mut written = Vec::new();
+        for t in 0..40 {
+            let b = if t % 2 == 0 {
+                batch(&schema, &rows)
+            } else {
+                batch(&schema, &[(t, "x")])
+            };
+            written.push(b.clone());
+            log.write(b, t as Time, 1).unwrap();
+        }
+        log.compact(39).unwrap();
+        let big: Vec<&Entry> = log
+            .entries
+            .iter()
+            .filter(|e| e.batch.num_rows() == SMALL_ROWS)
+            .collect();
+        assert_eq!(big.len(), 20, "every big write is an entry of its own");
+        for (e, w) in big.iter().zip(written.iter().step_by(2)) {
+            assert!(
+                e.batch.column(1).to_data().buffers()[1].as_ptr()
+                    == w.column(1).to_data().buffers()[1].as_ptr(),
+                "a big write was copied"
+            );
+        }
+        assert_eq!(log.entries.len(), 21, "the 20 single rows merged into one batch");
+        assert_eq!(log.read(39, None, None).unwrap().num_rows(), 20 * SMALL_ROWS + 20);
+    }
+
     /// A keyed table's log answers reads by key, after updates in place
     /// and after compaction cancelled them.
     #[test]
@@ -1264,14 +1308,15 @@ mod tests {
         let mut got: Vec<(i64, String, Time, i64)> = Vec::new();
         let mut uppers = Vec::new();
         while let Ok(Response::SubscribeBatch { upper, update, .. }) = rx.try_recv() {
-            let u = update.unwrap();
             uppers.push(upper);
-            let pairs = sorted(&u.batch);
-            // `sorted` reorders rows: pair each row with its time and diff first.
-            let a = u.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-            for i in 0..u.batch.num_rows() {
-                let row = pairs.iter().find(|p| p.0 == a.value(i)).unwrap().clone();
-                got.push((row.0, row.1, u.times[i], u.diffs[i]));
+            for u in update.unwrap() {
+                let pairs = sorted(&u.batch);
+                // `sorted` reorders rows: pair each row with its time and diff first.
+                let a = u.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                for i in 0..u.batch.num_rows() {
+                    let row = pairs.iter().find(|p| p.0 == a.value(i)).unwrap().clone();
+                    got.push((row.0, row.1, u.times[i], u.diffs[i]));
+                }
             }
         }
         got.sort();

@@ -20,6 +20,7 @@
 //! not SQL: catalog entries are opaque statements, tables are shard ids.
 
 pub mod batch;
+mod direct;
 pub mod error;
 pub mod location;
 

@@ -28,6 +28,8 @@ pub struct Location {
     url: String,
     /// The local directory, for `file://`: written files are fsynced.
     local: Option<PathBuf>,
+    /// Whether the local directory takes direct writes ([`crate::direct`]).
+    direct: bool,
 }
 
 /// The outcome of a create-if-absent put.
@@ -68,6 +70,7 @@ impl Location {
                 store,
                 url: url.to_string(),
                 local: None,
+                direct: false,
             });
         }
         let dir = match url.strip_prefix("file://") {
@@ -89,6 +92,7 @@ impl Location {
         Ok(Location {
             store: Arc::new(fs),
             url: url.to_string(),
+            direct: crate::direct::supported(&dir),
             local: Some(dir),
         })
     }
@@ -121,8 +125,9 @@ impl Location {
     /// it streamed into the file on a blocking thread, through a small
     /// buffer: encoding a step's object into memory first had the kernel
     /// fault in and zero fresh pages for every compaction's output (a
-    /// quarter of the coordinator's time in Nexmark q0). A store gets it
-    /// encoded into memory and put.
+    /// quarter of the coordinator's time in Nexmark q0). Where the
+    /// directory takes them, the writes bypass the page cache
+    /// ([`crate::direct`]). A store gets it encoded into memory and put.
     pub async fn put_with(
         &self,
         path: &Path,
@@ -138,18 +143,23 @@ impl Location {
             self.put(path, Bytes::from(bytes)).await?;
             return Ok(n);
         }
+        let direct = self.direct;
         let (_, size) = self
             .write_local_with(
                 path,
-                move |file| {
+                move |temporary| {
+                    if direct {
+                        let mut out = crate::direct::DirectWriter::new(crate::direct::create(temporary)?);
+                        write(&mut out)?;
+                        return out.finish();
+                    }
                     let mut out = Counted {
-                        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+                        inner: std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(temporary)?),
                         bytes: 0,
                     };
                     write(&mut out)?;
-                    use std::io::Write;
-                    out.flush()?;
-                    Ok(out.bytes)
+                    let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+                    Ok((file, out.bytes))
                 },
                 false,
             )
@@ -237,10 +247,11 @@ impl Location {
     async fn write_local(&self, path: &Path, bytes: Bytes, create: bool) -> Result<Created> {
         self.write_local_with(
             path,
-            move |f| {
+            move |temporary| {
                 use std::io::Write;
+                let mut f = std::fs::File::create(temporary)?;
                 f.write_all(&bytes)?;
-                Ok(bytes.len() as u64)
+                Ok((f, bytes.len() as u64))
             },
             create,
         )
@@ -248,12 +259,13 @@ impl Location {
         .map(|(created, _)| created)
     }
 
-    /// [`Location::write_local`] of what `write` writes into the file
-    /// (returning how much it wrote).
+    /// [`Location::write_local`] of the file `write` creates at the
+    /// temporary path it is given and fills (returning it and how much it
+    /// wrote).
     async fn write_local_with(
         &self,
         path: &Path,
-        write: impl FnOnce(&mut std::fs::File) -> std::io::Result<u64> + Send + 'static,
+        write: impl FnOnce(&std::path::Path) -> std::io::Result<(std::fs::File, u64)> + Send + 'static,
         create: bool,
     ) -> Result<(Created, u64)> {
         static TEMPORARY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -264,8 +276,8 @@ impl Location {
             let n = TEMPORARY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let temporary = PathBuf::from(format!("{}#{n}", file.display()));
             let mut size = 0;
-            let written = std::fs::File::create(&temporary).and_then(|mut f| {
-                size = write(&mut f)?;
+            let written = write(&temporary).and_then(|(f, n)| {
+                size = n;
                 f.sync_all()
             });
             let placed = written.and_then(|()| match create {

@@ -112,17 +112,19 @@ pub enum Response {
         worker: usize,
         result: Result<RecordBatch, String>,
     },
-    /// One worker's changes for a subscription at times before `upper`.
-    /// `times` and `diffs` are parallel to the rows of `batch`.
+    /// One worker's changes for a subscription at times before `upper`,
+    /// in parts (a log's batches are sent as they are held, not
+    /// concatenated).
     SubscribeBatch {
         subscribe_id: u64,
         worker: usize,
         upper: Option<Timestamp>,
-        update: Result<SubscribeUpdate, String>,
+        update: Result<Vec<SubscribeUpdate>, String>,
     },
 }
 
-/// Changes to a subscribed relation.
+/// Changes to a subscribed relation. `times` and `diffs` are parallel to
+/// the rows of `batch`.
 #[derive(Debug, Clone)]
 pub struct SubscribeUpdate {
     pub batch: RecordBatch,
