@@ -309,7 +309,7 @@ async fn nexmark_queries_as_views_equal_one_shot() {
 }
 
 /// `min` and `max` over what only a generator writes (through joins and
-/// views of views) keep one running value per group, `Arrange:
+/// views of views) keep one running value per group, `State:
 /// ReduceRunning`, and equal the one-shot answer after streaming in; so
 /// does a `max` of a count over such rows, grouped by what the count's
 /// group determines. Over a view whose rows change, a table statements
@@ -384,7 +384,7 @@ async fn extremes_over_inserts_only_are_running_values() {
     assert_views_equal_one_shot(&c, &views).await;
     assert_eq!(sorted(&c, "SELECT * FROM written_max").await, vec!["1|5", "2|3"]);
     assert_eq!(
-        relations_arranged_by(&c, "Arrange: ReduceRunning").await,
+        relations_arranged_by(&c, "State: ReduceRunning").await,
         vec![
             "cheapest",
             "hottest",
@@ -398,7 +398,7 @@ async fn extremes_over_inserts_only_are_running_values() {
 
 /// `row_number() ... <= k` over what only a generator writes (bids, a
 /// join of auctions and bids, a union with copies of rows) keeps each
-/// partition's first k rows as a running state, `Arrange: RankRunning`,
+/// partition's first k rows as a running state, `State: RankRunning`,
 /// and equals the one-shot answer after streaming in. Over a table
 /// statements write, rows can leave the first k: the reduction over the
 /// whole partition stays, and answers after a delete.
@@ -465,7 +465,7 @@ async fn top_k_over_inserts_only_is_running() {
         vec!["1|5|2", "1|7|1", "2|1|1", "2|NULL|2"]
     );
     assert_eq!(
-        relations_arranged_by(&c, "Arrange: RankRunning").await,
+        relations_arranged_by(&c, "State: RankRunning").await,
         vec![
             "cheapest_bids",
             "copies_unnumbered",

@@ -30,7 +30,6 @@ use crate::reduce::{Accums, Accumulator};
 use crate::render::{Coll, map_encoded_with};
 use crate::row::{Row, RowCodec};
 use crate::running::{Absorbs, derive_changes};
-use crate::sizes::measured;
 use crate::{Diff, EngineError, Time};
 
 /// How many distinct counts of one argument share an entry.
@@ -177,16 +176,12 @@ pub(crate) fn contributions<'s>(
         },
     );
     // A hot value's copies in one batch (q16's hot bidders and auctions)
-    // reach the arrangement as one update.
+    // reach the state as one update.
     let values = crate::render::combine(values.as_collection(), "DistinctCountCombine");
-    let arranged = measured(
-        values.arrange_by_self_named("Arrange: DistinctCount"),
-        "Arrange: DistinctCount",
-    );
     // Only a value's first copy under a filter and its last one change
     // that filter's count.
     let changes = derive_changes(
-        arranged,
+        values,
         "DistinctCount",
         |entry: &Row, before: Option<&FilterCounts>, after, out| {
             let mut signs = [0i8; SLOTS];

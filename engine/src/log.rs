@@ -325,7 +325,8 @@ impl TableLog {
             self.append_errors(errors);
         }
         if rows.iter().any(|(_, _, d)| *d < 0) {
-            let mut counts: hashbrown::HashMap<(Row, Time), Diff> = hashbrown::HashMap::new();
+            let mut counts: hashbrown::HashMap<(Row, Time), Diff> =
+                hashbrown::HashMap::with_capacity(rows.len());
             for (r, t, d) in rows.drain(..) {
                 *counts.entry((r, t)).or_insert(0) += d;
             }

@@ -40,7 +40,7 @@ use crate::log::TableLog;
 use crate::reduce::{Accums, Accumulator, finalize};
 use crate::render::{Coll, Errs, combine, map_encoded_with};
 use crate::row::{Row, RowCodec};
-use crate::sizes::measured;
+use crate::running::{Absorbs, derive_changes};
 use crate::{Diff, EngineError, Time};
 
 /// Hash bits of the first level; each level above drops four.
@@ -362,16 +362,23 @@ where
                 .as_collection(),
         );
     }
-    let arranged = measured(
-        states.arrange_by_self_named("Arrange: ReduceRunning"),
-        "Arrange: ReduceRunning",
-    );
-    arranged.count_total().map(move |(key, state): (Row, Running)| {
-        let mut parts = state
-            .extremes
-            .iter()
-            .enumerate()
-            .filter_map(|(j, e)| e.value.as_ref().map(|v| (j, v)));
-        assemble(&state.accums, &mut parts).map(|agg_row| Row::concat(&key, &agg_row))
+    derive_changes(states, "ReduceRunning", move |key, before, after, out| {
+        let mut row = |state: &Running| {
+            let mut parts = state
+                .extremes
+                .iter()
+                .enumerate()
+                .filter_map(|(j, e)| e.value.as_ref().map(|v| (j, v)));
+            assemble(&state.accums, &mut parts).map(|agg_row| Row::concat(key, &agg_row))
+        };
+        let before = before.map(&mut row);
+        let after = (!after.is_zero()).then(|| row(after));
+        if before == after {
+            return;
+        }
+        out.extend(before.map(|r| (r, -1)));
+        out.extend(after.map(|r| (r, 1)));
     })
 }
+
+impl Absorbs for Running {}

@@ -33,10 +33,9 @@ use serde::{Deserialize, Serialize};
 use weir_sql::{Plan, PlanNode};
 
 use crate::eval::{RowEval, encode_group, expr_fields};
-use crate::render::{Coll, Errs, combine, map_encoded_with};
+use crate::render::{Coll, Errs, map_encoded_with};
 use crate::row::{Row, RowCodec};
 use crate::running::derive_changes;
-use crate::sizes::measured;
 use crate::{Diff, EngineError, Time};
 
 /// Bounds beyond this are left to the window path.
@@ -213,13 +212,8 @@ impl RankPrefix<'_> {
                 }
             },
         );
-        let states: differential_dataflow::VecCollection<'s, Time, Row, Leaders> =
-            combine(states.as_collection(), "RankRunningCombine");
-        let arranged = measured(
-            states.arrange_by_self_named("Arrange: RankRunning"),
-            "Arrange: RankRunning",
-        );
-        let top = derive_changes(arranged, "RankRunning", move |_partition, before, after, out| {
+        let states: differential_dataflow::VecCollection<'s, Time, Row, Leaders> = states.as_collection();
+        let top = derive_changes(states, "RankRunning", move |_partition, before, after, out| {
             if !numbered {
                 // Unnumbered, a row only counts while among the first k.
                 return Leaders::difference(before, after, out);
@@ -272,7 +266,7 @@ where
 /// distinct rows with their sort keys and copies, in the window's order
 /// (sort key, then the encoded row), at most `keep` copies in all. Adding
 /// two states keeps the first `keep` of both.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) struct Leaders {
     /// How many copies to keep; each state carries it because differential
     /// adds states without any context to ask.
@@ -330,6 +324,29 @@ impl Leaders {
     }
 }
 
+/// By hand, so that copying a state into one kept for the purpose reuses
+/// its rows' allocations.
+impl Clone for Leaders {
+    fn clone(&self) -> Self {
+        Leaders {
+            keep: self.keep,
+            rows: self.rows.clone(),
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.keep = source.keep;
+        self.rows.truncate(source.rows.len());
+        for ((s, r, c), (source_s, source_r, source_c)) in self.rows.iter_mut().zip(&source.rows) {
+            s.clone_from(source_s);
+            r.clone_from(source_r);
+            *c = *source_c;
+        }
+        let kept = self.rows.len();
+        self.rows.extend_from_slice(&source.rows[kept..]);
+    }
+}
+
 impl IsZero for Leaders {
     fn is_zero(&self) -> bool {
         self.rows.is_empty()
@@ -368,6 +385,8 @@ impl Semigroup for Leaders {
 }
 
 impl crate::running::Absorbs for Leaders {
+    const ABSORBS: bool = true;
+
     /// Rows after the last of a full state change nothing.
     fn absorbs(&self, diff: &Self) -> bool {
         let held: Diff = self.rows.iter().map(|(_, _, c)| c).sum();

@@ -1048,6 +1048,10 @@ fn render_reduce<'s>(
         }
         let aggs = aggs.clone();
         let agg_codec = agg_codec.clone();
+        // An arrangement, not a keyed state (`crate::running`): with many
+        // groups, the arrangement's sorted merges find them faster than a
+        // hash map's scattered probes (a hash map of Nexmark q5's counts
+        // per auction and window took 60% more CPU).
         let arranged = measured(
             totals.arrange_by_self_named("Arrange: ReduceTotals"),
             "Arrange: ReduceTotals",

@@ -47,7 +47,7 @@ thread_local! {
 }
 
 /// Removes its registration when the dataflow drops it.
-struct Registration(u64);
+pub(crate) struct Registration(u64);
 
 impl Drop for Registration {
     fn drop(&mut self) {
@@ -70,7 +70,7 @@ where
     // A reader that never reads history: it holds back no compaction.
     trace.set_logical_compaction(Antichain::new().borrow());
     trace.set_physical_compaction(Antichain::new().borrow());
-    let measure = Box::new(move || {
+    let measure = move || {
         let mut size = Size::default();
         trace.map_spans(|span| {
             if let Some(batch) = &span.inner {
@@ -79,8 +79,27 @@ where
             }
         });
         size
-    });
-    let dataflow = arranged.stream.scope().addr()[0];
+    };
+    let registration = register(arranged.stream.scope().addr()[0], operator, measure);
+    arranged
+        .stream
+        .clone()
+        .sink(Pipeline, &format!("Measure: {operator}"), move |(input, _)| {
+            let _owned = &registration;
+            input.for_each(|_, _| {});
+        });
+    arranged
+}
+
+/// Register `measure` as what `operator` of `dataflow` holds, for as
+/// long as the returned registration lives (an operator of the dataflow
+/// owns it).
+pub(crate) fn register(
+    dataflow: usize,
+    operator: &str,
+    measure: impl Fn() -> Size + 'static,
+) -> Registration {
+    let measure = Box::new(measure);
     let id = REGISTRY.with(|r| {
         let (next, entries) = &mut *r.borrow_mut();
         *next += 1;
@@ -94,15 +113,25 @@ where
         );
         *next
     });
-    let registration = Registration(id);
-    arranged
-        .stream
-        .clone()
-        .sink(Pipeline, &format!("Measure: {operator}"), move |(input, _)| {
-            let _owned = &registration;
-            input.for_each(|_, _| {});
-        });
-    arranged
+    Registration(id)
+}
+
+/// What a hash map of keyed states holds: one batch, a record per key.
+pub(crate) fn map_size<K: Element, S: Element>(map: &hashbrown::HashMap<K, S>) -> Size {
+    let width = std::mem::size_of::<(K, S)>();
+    let mut size = Size {
+        batches: 1,
+        records: map.len(),
+        bytes: map.len() * width,
+        capacity: map.capacity() * width,
+    };
+    for (k, s) in map {
+        for (b, c) in [k.heap(), s.heap()] {
+            size.bytes += b;
+            size.capacity += c;
+        }
+    }
+    size
 }
 
 /// Every registered arrangement of this worker: its dataflow, operator
