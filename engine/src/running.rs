@@ -170,11 +170,10 @@ where
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
-    use std::collections::BTreeMap;
     use std::rc::Rc;
 
     use differential_dataflow::input::InputSession;
-    use timely::dataflow::operators::Inspect;
+    use timely::dataflow::operators::{Inspect, Probe};
 
     use super::derive_changes;
     use crate::row::Row;
@@ -185,11 +184,10 @@ mod tests {
     /// left: counts here, with the change reported as (key, before, after).
     #[test]
     fn changes_follow_time_order() {
-        let seen: Rc<RefCell<Vec<((u8, Diff, Diff), Time, Diff)>>> = Rc::default();
-        let out = seen.clone();
-        timely::execute_directly(move |worker| {
+        let mut seen = timely::execute_directly(move |worker| {
+            let seen: Rc<RefCell<Vec<((u8, Diff, Diff), Time, Diff)>>> = Rc::default();
             let mut input: InputSession<Time, Row, Diff> = InputSession::new();
-            let out = out.clone();
+            let out = seen.clone();
             let probe = worker.dataflow(|scope| {
                 let counts = input.to_collection(scope);
                 derive_changes(
@@ -202,6 +200,7 @@ mod tests {
                 .inner
                 .inspect(move |update| out.borrow_mut().push(update.clone()))
                 .probe()
+                .0
             });
             let (a, b) = (Row::from(&[1u8][..]), Row::from(&[2u8][..]));
             input.update_at(a.clone(), 3, 1);
@@ -216,8 +215,8 @@ mod tests {
             input.advance_to(5);
             input.flush();
             worker.step_while(|| probe.less_than(&5));
+            seen.take()
         });
-        let mut seen = seen.take();
         seen.sort();
         assert_eq!(
             seen,
