@@ -87,7 +87,6 @@ where
     updates
         .inner
         .unary_frontier(route, name, move |_, _| {
-            let _owned = registration;
             let mut caps = CapabilitySet::new();
             // Updates not yet complete, added up by time and key as they
             // come; a key's updates at one time make one change.
@@ -98,6 +97,8 @@ where
             let mut before: Option<S> = None;
             let mut rows = Vec::new();
             move |(input, frontier), output| {
+                // Owned by the operator: the registration goes with it.
+                let _owned = &registration;
                 let mut states = states.borrow_mut();
                 input.for_each(|cap, data| {
                     if let Some(cap) = cap.retain_least(0) {
