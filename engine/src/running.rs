@@ -180,13 +180,16 @@ mod tests {
     use crate::row::Row;
     use crate::{Diff, Time};
 
+    /// A change seen: (key, before, after) at a time, with its count.
+    type Change = ((u8, Diff, Diff), Time, Diff);
+
     /// Updates that arrive out of time order are read in time order, one
     /// change per key and time, each seeing the state the earlier times
     /// left: counts here, with the change reported as (key, before, after).
     #[test]
     fn changes_follow_time_order() {
         let mut seen = timely::execute_directly(move |worker| {
-            let seen: Rc<RefCell<Vec<((u8, Diff, Diff), Time, Diff)>>> = Rc::default();
+            let seen: Rc<RefCell<Vec<Change>>> = Rc::default();
             let mut input: InputSession<Time, Row, Diff> = InputSession::new();
             let out = seen.clone();
             let probe = worker.dataflow(|scope| {
@@ -199,7 +202,7 @@ mod tests {
                     },
                 )
                 .inner
-                .inspect(move |update| out.borrow_mut().push(update.clone()))
+                .inspect(move |update| out.borrow_mut().push(*update))
                 .probe()
                 .0
             });
