@@ -71,6 +71,11 @@ struct Entry {
     batch: RecordBatch,
     time: Time,
     diff: Diff,
+    /// Its time's changes were cancelled against each other before they
+    /// were stored (a view's output, see [`TableLog::append_updates`]):
+    /// no row of it is inserted or deleted again by another entry of its
+    /// time, so a subscription has nothing to cancel there.
+    net: bool,
 }
 
 /// A consolidation on its own thread (see [`TableLog::compact`]).
@@ -161,7 +166,7 @@ impl Derived {
         let (evaluated, failed) = evaluate_isolated(&self.eval, batch);
         for ev in evaluated.into_iter().filter(|ev| !ev.kept.is_empty()) {
             let out = view.batch_of(&ev.outputs[0], ev.kept.len())?;
-            view.store(out, None, time, diff)?;
+            view.store(out, None, time, diff, false)?;
         }
         if !failed.is_empty() {
             view.append_errors(failed.into_iter().map(|e| (e, time, diff)).collect());
@@ -205,6 +210,13 @@ pub struct TableLog {
     /// Rows left the last time deletions were cancelled.
     consolidated_rows: usize,
     consolidating: Option<Consolidating>,
+    /// (settled entries, entries) when compaction last looked: until
+    /// either changes there is nothing new to do.
+    looked: (usize, usize),
+    /// The latest time history may merge up to (see [`TableLog::compact`]):
+    /// a view's log, complete only as its dataflow catches up, compacts
+    /// again as it advances, not only when the next write allows it.
+    allowed: Time,
     /// Views kept as a map and filter of this log alone.
     derived: Vec<Derived>,
 }
@@ -247,6 +259,8 @@ impl TableLog {
             compacted: 0,
             consolidated_rows: 0,
             consolidating: None,
+            looked: (0, 0),
+            allowed: 0,
             derived: Vec::new(),
         }
     }
@@ -346,29 +360,31 @@ impl TableLog {
                 .count();
             let group: Vec<Row> = rows.drain(..n).map(|(r, _, _)| r).collect();
             let batch = self.codec.decode(group.iter().map(|r| r.as_slice()))?;
-            self.store(batch, Some(group), time, diff)?;
+            self.store(batch, Some(group), time, diff, true)?;
         }
         Ok(())
     }
 
     fn append(&mut self, batch: RecordBatch, time: Time, diff: Diff) -> Result<(), EngineError> {
-        self.store(batch, None, time, diff)
+        self.store(batch, None, time, diff, false)
     }
 
     /// Keep `batch` (whose rows, encoded, are `rows` where known) and
-    /// hand it to every reader and subscriber.
+    /// hand it to every reader and subscriber; `net` as [`Entry::net`].
     fn store(
         &mut self,
         batch: RecordBatch,
         rows: Option<Vec<Row>>,
         time: Time,
         diff: Diff,
+        net: bool,
     ) -> Result<(), EngineError> {
         for s in &mut self.subscribers {
             s.pending.push(Entry {
                 batch: batch.clone(),
                 time,
                 diff,
+                net,
             });
         }
         let mut plain = self.readers.iter().filter(|r| r.prepare.is_none()).count();
@@ -406,7 +422,12 @@ impl TableLog {
                 d.store(&mut view.borrow_mut(), &batch, time, diff)?;
             }
         }
-        self.entries.push(Entry { batch, time, diff });
+        self.entries.push(Entry {
+            batch,
+            time,
+            diff,
+            net,
+        });
         Ok(())
     }
 
@@ -580,6 +601,21 @@ impl TableLog {
         let upto = self.entries.partition_point(|e| e.time <= time);
         let entries = &self.entries[..upto];
         let inserts_only = entries.iter().all(|e| e.diff == 1);
+        if keys.is_none() && columns.is_some_and(|c| c.is_empty()) {
+            // `count(*)`: no row's count is ever negative here (see
+            // `write_part`), so the entries' counts add up to the rows'
+            // without cancelling any.
+            let rows: i64 = entries
+                .iter()
+                .map(|e| e.diff as i64 * e.batch.num_rows() as i64)
+                .sum();
+            if rows < 0 {
+                return Err("internal error: negative multiplicity".into());
+            }
+            let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows as usize));
+            let schema = Arc::new(self.schema().project(&[]).map_err(|e| e.to_string())?);
+            return RecordBatch::try_new_with_options(schema, vec![], &options).map_err(|e| e.to_string());
+        }
         if keys.is_none()
             && let Some(columns) = columns
             && inserts_only
@@ -623,16 +659,18 @@ impl TableLog {
         }
     }
 
-    /// Let history before `since` merge. Once the log has twice the
-    /// entries it had after the last compaction, the writes at or before
-    /// `since` become one time and small batches are merged. Once their
-    /// rows have also doubled since deletions were last cancelled, and
-    /// some of them delete, the deletions cancel what they deleted: that
+    /// Let history before `since` merge. Once the rows at or before
+    /// `since` have doubled since deletions were last cancelled, and some
+    /// of them delete, the deletions cancel what they deleted. Otherwise,
+    /// once the log has twice the entries it had after the last
+    /// compaction, those writes become one time and small batches are
+    /// merged. Cancelling
     /// touches every settled row, so it runs on a thread of its own (the
     /// worker goes on; a table of a million rows took ~0.9 s to cancel in
     /// line, stalling every view behind it) and its result replaces the
     /// entries it covered at a later compaction.
     pub fn compact(&mut self, since: Time) -> Result<(), EngineError> {
+        self.allowed = self.allowed.max(since);
         // Entries stay in time order: a view's log that is behind the
         // latest write still gets appends below `since`, so what merges
         // goes no later than the log is complete.
@@ -652,11 +690,16 @@ impl TableLog {
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => self.consolidating = None,
             }
         }
-        if self.entries.len() < (2 * self.compacted).max(32) {
+        let settled = self.entries.partition_point(|e| e.time <= since);
+        if (settled, self.entries.len()) == self.looked {
+            // Nothing settled or appended since the last look.
             return Ok(());
         }
-        let settled = self.entries.partition_point(|e| e.time <= since);
+        self.looked = (settled, self.entries.len());
         let rows: usize = self.entries[..settled].iter().map(|e| e.batch.num_rows()).sum();
+        // Deletions are cancelled as soon as the rows double, however few
+        // the entries: a view that caught up on a backlog in one time
+        // holds all its churn in two or three.
         if self.entries[..settled].iter().any(|e| e.diff < 0) && rows >= 2 * self.consolidated_rows {
             if rows <= INLINE_ROWS {
                 // Small (a grouped view's output): cheaper than a thread.
@@ -681,12 +724,19 @@ impl TableLog {
             });
             return Ok(());
         }
+        if self.entries.len() < (2 * self.compacted).max(32) {
+            return Ok(());
+        }
         let rest = self.entries.split_off(settled);
         let mut small: Vec<RecordBatch> = Vec::new();
         let mut small_diff = 1;
         for entry in std::mem::take(&mut self.entries) {
             if entry.batch.num_rows() >= SMALL_ROWS {
-                self.entries.push(Entry { time: since, ..entry });
+                self.entries.push(Entry {
+                    time: since,
+                    net: false,
+                    ..entry
+                });
                 continue;
             }
             if entry.diff != small_diff {
@@ -725,7 +775,12 @@ impl TableLog {
         let batch =
             concat_batches(self.schema(), small.iter()).map_err(|e| EngineError::Encoding(e.to_string()))?;
         small.clear();
-        self.entries.push(Entry { batch, time, diff });
+        self.entries.push(Entry {
+            batch,
+            time,
+            diff,
+            net: false,
+        });
         Ok(())
     }
 
@@ -776,6 +831,14 @@ pub fn record_output<'s>(ok: Coll<'s>, err: Errs<'s>, log: Rc<RefCell<TableLog>>
             tracing::warn!(error = %e, "cannot keep a view's output");
         }
         log.advance(upper);
+        // History the last write allowed to merge but that was not yet
+        // complete here may merge now: otherwise a view that catches up
+        // after its sources go quiet keeps every change it made until
+        // the next write, and the first read cancels them all.
+        let allowed = log.allowed;
+        if let Err(e) = log.compact(allowed) {
+            tracing::warn!(error = %e, "cannot compact a view's output");
+        }
     });
 }
 
@@ -805,6 +868,8 @@ impl Subscriber {
             .into_iter()
             .map(|e| Entry {
                 time: e.time.max(self.as_of),
+                // Times before `as_of` become one: their changes meet.
+                net: e.net && e.time >= self.as_of,
                 ..e
             })
             .collect();
@@ -819,7 +884,8 @@ impl Subscriber {
 }
 
 /// `entries` (in time order) as one subscription message: where a time
-/// holds deletions, its rows are cancelled against each other first.
+/// holds deletions, its rows are cancelled against each other first,
+/// unless they already were.
 /// Batches are shared with the log, never concatenated: copying a view's
 /// whole output once more was a tenth of Nexmark q1's CPU.
 fn changes(codec: &RowCodec, entries: &[Entry]) -> Result<Vec<SubscribeUpdate>, EngineError> {
@@ -829,7 +895,7 @@ fn changes(codec: &RowCodec, entries: &[Entry]) -> Result<Vec<SubscribeUpdate>, 
         let n = rest.iter().take_while(|e| e.time == first.time).count();
         let (same, later) = rest.split_at(n);
         rest = later;
-        let cancel = same.iter().any(|e| e.diff < 0) && same.len() > 1;
+        let cancel = same.iter().any(|e| e.diff < 0) && same.len() > 1 && !same.iter().all(|e| e.net);
         let same = if cancel {
             let consolidated = consolidate(codec, same)?;
             let (rows, counts): (Vec<&[u8]>, Vec<Diff>) = consolidated.iter().unzip();
@@ -999,6 +1065,7 @@ fn consolidated(
                 batch: gathered.into_batch(codec)?,
                 time: since,
                 diff: sign as Diff,
+                net: false,
             });
         }
     }
@@ -1153,6 +1220,29 @@ mod tests {
         // The deletion cancelled what it deleted: one batch, each row once.
         assert_eq!(log.entries.len(), 1);
         assert_eq!(log.entries[0].batch.num_rows(), N as usize - 1);
+    }
+
+    /// A log of a few big entries (a view that caught up on a backlog in
+    /// one time) cancels its deletions once its rows double, however few
+    /// the entries; `count(*)` reads the net count before and after.
+    #[test]
+    fn few_entries_with_deletions_are_cancelled() {
+        let schema = nullable_schema();
+        let mut log = TableLog::new(RowCodec::new(schema.clone()).unwrap(), None);
+        let all: Vec<(i64, &str)> = (0..1_000).map(|i| (i, "x")).collect();
+        log.write(batch(&schema, &all), 1, 1).unwrap();
+        log.write(batch(&schema, &all[..600]), 2, -1).unwrap();
+        log.write(batch(&schema, &[(7, "y")]), 2, 1).unwrap();
+        assert_eq!(log.read(2, None, Some(&[])).unwrap().num_rows(), 401);
+        log.compact(2).unwrap();
+        log.settle(2);
+        assert_eq!(log.entries.len(), 1, "the deletions cancelled what they deleted");
+        assert_eq!(log.entries[0].batch.num_rows(), 401);
+        assert_eq!(log.read(2, None, Some(&[])).unwrap().num_rows(), 401);
+        let mut expect: Vec<(i64, String)> = (600..1_000).map(|i| (i, "x".to_string())).collect();
+        expect.push((7, "y".into()));
+        expect.sort();
+        assert_eq!(sorted(&log.read(2, None, None).unwrap()), expect);
     }
 
     /// Compaction merges small writes but leaves big ones as written: the
