@@ -309,6 +309,17 @@ pub fn column_index(e: &Expr, schema: &DFSchema) -> Option<usize> {
 /// row in `out` by copying those columns' bytes out of a row of `schema`,
 /// with no decoding.
 pub fn column_picker(exprs: &[Expr], schema: &DFSchema, out: &RowCodec) -> Option<Picker> {
+    column_picker_as(exprs, schema, out, &vec![SortOptions::default(); exprs.len()])
+}
+
+/// [`column_picker`] for `out` encoded under `options` (one per
+/// expression; a sort key), where [`Picker::recoded`] can re-encode them.
+pub fn column_picker_as(
+    exprs: &[Expr],
+    schema: &DFSchema,
+    out: &RowCodec,
+    options: &[SortOptions],
+) -> Option<Picker> {
     let types = out.schema().fields().iter().map(|f| f.data_type());
     let picks = exprs
         .iter()
@@ -318,7 +329,10 @@ pub fn column_picker(exprs: &[Expr], schema: &DFSchema, out: &RowCodec) -> Optio
     // The layout alone: a codec would build a row converter to throw away.
     let arrow = schema.as_arrow();
     let layout = Layout::of(arrow, &vec![SortOptions::default(); arrow.fields().len()])?;
-    (picks.len() == exprs.len()).then(|| Picker::new(layout, picks))
+    if picks.len() != exprs.len() || options.len() != exprs.len() {
+        return None;
+    }
+    Picker::recoded(layout, picks, options)
 }
 
 /// Whether any of `arrays` is NULL at `i`.

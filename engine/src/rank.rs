@@ -32,10 +32,11 @@ use differential_dataflow::difference::{IsZero, Semigroup};
 use serde::{Deserialize, Serialize};
 use weir_sql::{Plan, PlanNode};
 
-use crate::eval::{RowEval, encode_group, expr_fields};
-use crate::render::{Coll, Errs, map_encoded_with};
+use crate::eval::{RowEval, column_picker, column_picker_as, encode_group, expr_fields};
+use crate::render::{Coll, Errs, MISMATCHED_ROW, batch_map, map_encoded_with};
 use crate::row::{Row, RowCodec};
 use crate::running::derive_changes;
+use crate::spans::Picker;
 use crate::{Diff, EngineError, Time};
 
 /// Bounds beyond this are left to the window path.
@@ -131,7 +132,7 @@ impl<'a> RankPrefix<'a> {
             schema,
             "k",
         )?)))?;
-        let options = self
+        let options: Vec<SortOptions> = self
             .order
             .iter()
             .map(|s| SortOptions {
@@ -139,7 +140,21 @@ impl<'a> RankPrefix<'a> {
                 nulls_first: s.nulls_first,
             })
             .collect();
-        let sort = RowCodec::with_options(Arc::new(Schema::new(expr_fields(&order, schema, "o")?)), options)?;
+        let sort = RowCodec::with_options(
+            Arc::new(Schema::new(expr_fields(&order, schema, "o")?)),
+            options.clone(),
+        )?;
+        let keys = match (
+            column_picker(self.partition_by, schema, &partition),
+            column_picker_as(&order, schema, &sort, &options),
+        ) {
+            (Some(partition), Some(sort)) => Keys::Picked { partition, sort },
+            _ => Keys::Evaluated {
+                eval,
+                partition,
+                sort,
+            },
+        };
         // Every number this operator can emit, encoded once.
         let numbers: ArrayRef = Arc::new(UInt64Array::from_iter_values(1..=self.keep as u64));
         let numbers =
@@ -150,16 +165,11 @@ impl<'a> RankPrefix<'a> {
             vec![Row::new(); self.keep]
         };
         if inserts_only {
-            return Ok(self.running(ok, eval, partition, sort, numbers, numbered));
+            return Ok(self.running(ok, keys, numbers, numbered));
         }
-        let (keyed, errs) = keyed_by_partition(
-            ok,
-            "RankKeys",
-            eval,
-            partition,
-            sort,
-            |p, s, (r, t, d), oks, _| oks.push(((p, (s, r.clone())), *t, *d)),
-        );
+        let (keyed, errs) = keyed_by_partition(ok, "RankKeys", keys, |p, s, (r, t, d), oks, _| {
+            oks.push(((p, (s, r.clone())), *t, *d))
+        });
         let keyed: differential_dataflow::VecCollection<'s, Time, (Row, (Row, Row)), Diff> =
             keyed.as_collection();
         let top = keyed
@@ -185,20 +195,13 @@ impl RankPrefix<'_> {
     fn running<'s>(
         &self,
         ok: Coll<'s>,
-        eval: RowEval,
-        partition: RowCodec,
-        sort: RowCodec,
+        keys: Keys,
         numbers: Vec<Row>,
         numbered: bool,
     ) -> (Coll<'s>, Errs<'s>) {
         let keep = self.keep;
-        let (states, errs) = keyed_by_partition(
-            ok,
-            "RankRunningKeys",
-            eval,
-            partition,
-            sort,
-            move |p, s, (r, t, d), oks, errs| {
+        let (states, errs) =
+            keyed_by_partition(ok, "RankRunningKeys", keys, move |p, s, (r, t, d), oks, errs| {
                 if *d < 0 {
                     // Were the promise ever broken, the view says so rather
                     // than answer wrongly.
@@ -210,8 +213,7 @@ impl RankPrefix<'_> {
                 } else if keep > 0 {
                     oks.push((p, *t, Leaders::one(keep, s, r.clone(), *d)));
                 }
-            },
-        );
+            });
         let states: differential_dataflow::VecCollection<'s, Time, Row, Leaders> = states.as_collection();
         let top = derive_changes(states, "RankRunning", move |_partition, before, after, out| {
             if !numbered {
@@ -237,21 +239,54 @@ impl RankPrefix<'_> {
     }
 }
 
+/// How a row's partition key and sort key are made.
+enum Keys {
+    /// Both are columns of the row: their bytes are picked, the sort
+    /// key's re-encoded for its direction (Nexmark q18 and q19), with
+    /// nothing decoded.
+    Picked { partition: Picker, sort: Picker },
+    /// Evaluated (`eval`'s two output groups) and encoded.
+    Evaluated {
+        eval: RowEval,
+        partition: RowCodec,
+        sort: RowCodec,
+    },
+}
+
 /// Each row of `ok` with its partition key and its sort key, both
-/// encoded (by `partition` and `sort`, from `eval`'s two output groups),
-/// handed to `emit`.
+/// encoded as `keys` says, handed to `emit`.
 fn keyed_by_partition<'s, O, F>(
     ok: Coll<'s>,
     name: &str,
-    eval: RowEval,
-    partition: RowCodec,
-    sort: RowCodec,
+    keys: Keys,
     mut emit: F,
 ) -> (timely::dataflow::Stream<'s, Time, Vec<O>>, Errs<'s>)
 where
     O: Clone + 'static,
     F: FnMut(Row, Row, &(Row, Time, Diff), &mut Vec<O>, &mut Vec<(String, Time, Diff)>) + 'static,
 {
+    let (eval, partition, sort) = match keys {
+        Keys::Evaluated {
+            eval,
+            partition,
+            sort,
+        } => (eval, partition, sort),
+        Keys::Picked { partition, sort } => {
+            return batch_map(ok, name, move |data: &[(Row, Time, Diff)], oks, errs| {
+                let mut ends = Vec::new();
+                for update in data {
+                    let (mut p, mut s) = (Row::new(), Row::new());
+                    let picked = partition
+                        .pick(&update.0, &mut ends, &mut p)
+                        .and_then(|()| sort.pick(&update.0, &mut ends, &mut s));
+                    match picked {
+                        Some(()) => emit(p, s, update, oks, errs),
+                        None => errs.push((MISMATCHED_ROW.to_string(), update.1, update.2)),
+                    }
+                }
+            });
+        }
+    };
     map_encoded_with(
         ok,
         name,

@@ -103,13 +103,45 @@ pub struct Picker {
     picks: Vec<usize>,
     /// How many leading columns a row is walked through.
     walk: usize,
+    /// For each pick, the sort options it is re-encoded under where they
+    /// differ from the layout's (fixed-width columns only).
+    recode: Vec<Option<SortOptions>>,
 }
 
 impl Picker {
     /// Picks `picks` (columns of `layout`, in output order).
     pub fn new(layout: Layout, picks: Vec<usize>) -> Picker {
         let walk = picks.iter().map(|c| c + 1).max().unwrap_or(0);
-        Picker { layout, picks, walk }
+        let recode = vec![None; picks.len()];
+        Picker {
+            layout,
+            picks,
+            walk,
+            recode,
+        }
+    }
+
+    /// Picks `picks` encoded under `options` (one per pick), as the
+    /// encoder would encode them (a sort key `ORDER BY a DESC` out of a row
+    /// that holds `a` ascending): a fixed-width value's bytes flip where
+    /// the direction differs, and a NULL takes the other sentinel where
+    /// NULLs sort the other way. `None` where the options of a string
+    /// (whose blocks this does not re-encode) or of a value wider than 16
+    /// bytes differ.
+    pub fn recoded(layout: Layout, picks: Vec<usize>, options: &[SortOptions]) -> Option<Picker> {
+        let recode = picks
+            .iter()
+            .zip(options)
+            .map(|(&c, &o)| match (layout.options[c] == o, layout.widths[c]) {
+                (true, _) => Some(None),
+                (false, Width::Fixed(n)) if n <= MAX_FIXED => Some(Some(o)),
+                (false, _) => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        (recode.len() == picks.len()).then(|| Picker {
+            recode,
+            ..Picker::new(layout, picks)
+        })
     }
 
     /// The picked columns of `row`, appended to `out`; `None` when `row` is
@@ -117,6 +149,16 @@ impl Picker {
     /// `ends` is scratch space, left holding the row's column ends.
     pub fn pick(&self, row: &[u8], ends: &mut Vec<usize>, out: &mut crate::row::Row) -> Option<()> {
         self.layout.ends(row, self.walk, ends)?;
+        if self.recode.iter().any(Option::is_some) {
+            for (&c, to) in self.picks.iter().zip(&self.recode) {
+                let bytes = &row[span(ends, c)];
+                match to {
+                    None => out.extend_from_slice(bytes),
+                    Some(to) => self.recode_fixed(c, bytes, *to, out),
+                }
+            }
+            return Some(());
+        }
         let mut run: Option<std::ops::Range<usize>> = None;
         for &c in &self.picks {
             let s = span(ends, c);
@@ -135,6 +177,26 @@ impl Picker {
         Some(())
     }
 
+    /// Fixed-width column `c`'s `bytes` as the encoder writes them under
+    /// `to`: the valid byte 1 and the value, flipped where the direction
+    /// differs, or the NULL sentinel and zeros.
+    fn recode_fixed(&self, c: usize, bytes: &[u8], to: SortOptions, out: &mut crate::row::Row) {
+        let from = self.layout.options[c];
+        if self.layout.is_null(c, bytes) {
+            out.extend_from_slice(&[if to.nulls_first { 0 } else { 0xFF }]);
+            out.extend_from_slice(&ZEROS[..bytes.len() - 1]);
+        } else if from.descending == to.descending {
+            out.extend_from_slice(bytes);
+        } else {
+            let mut flipped = [0u8; 1 + MAX_FIXED];
+            flipped[0] = bytes[0];
+            for (f, b) in flipped[1..].iter_mut().zip(&bytes[1..]) {
+                *f = !*b;
+            }
+            out.extend_from_slice(&flipped[..bytes.len()]);
+        }
+    }
+
     /// Whether any picked column of `row` is NULL, given the `ends` that
     /// [`Picker::pick`] left.
     pub fn any_null(&self, row: &[u8], ends: &[usize]) -> bool {
@@ -143,6 +205,12 @@ impl Picker {
             .any(|&c| self.layout.is_null(c, &row[span(ends, c)]))
     }
 }
+
+/// The widest fixed-width value re-encoded (`Decimal128`, intervals; the
+/// tests check each against the encoder), and that many zeros (a NULL's
+/// value bytes).
+const MAX_FIXED: usize = 16;
+const ZEROS: [u8; MAX_FIXED] = [0; MAX_FIXED];
 
 /// The span of column `i` given the `ends` of its row.
 pub fn span(ends: &[usize], i: usize) -> std::ops::Range<usize> {
@@ -342,6 +410,53 @@ mod tests {
                     "row {r} picks {picks:?}"
                 );
             }
+        }
+    }
+
+    /// Fixed-width columns picked under other sort options (a descending
+    /// sort key out of an ascending row) match the encoder under those
+    /// options; a string under other options is not picked.
+    #[test]
+    fn recoded_picks_match_the_encoder() {
+        let n = 64;
+        let (cols, schema) = columns(n);
+        let whole = {
+            let fields = cols
+                .iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect();
+            RowConverter::new(fields).unwrap().convert_columns(&cols).unwrap()
+        };
+        let layout = Layout::of(&schema, &vec![SortOptions::default(); cols.len()]).unwrap();
+        // Every fixed-width column, a string first under default options.
+        let picks: Vec<usize> = vec![0, 1, 2, 4, 5, 6, 7, 8, 9, 10];
+        for (descending, nulls_first) in [(true, true), (false, false), (true, false)] {
+            let o = SortOptions {
+                descending,
+                nulls_first,
+            };
+            let mut options = vec![o; picks.len()];
+            options[0] = SortOptions::default();
+            let picked: Vec<ArrayRef> = picks.iter().map(|&c| cols[c].clone()).collect();
+            let fields = picked
+                .iter()
+                .zip(&options)
+                .map(|(c, o)| SortField::new_with_options(c.data_type().clone(), *o))
+                .collect();
+            let expected = RowConverter::new(fields)
+                .unwrap()
+                .convert_columns(&picked)
+                .unwrap();
+            let picker =
+                Picker::recoded(layout.clone(), picks.clone(), &options).expect("fixed-width columns recode");
+            let mut ends = Vec::new();
+            for r in 0..n {
+                let mut out = crate::row::Row::new();
+                picker.pick(whole.row(r).as_ref(), &mut ends, &mut out).unwrap();
+                assert_eq!(out.as_slice(), expected.row(r).as_ref(), "row {r} under {o:?}");
+            }
+            let string_too = vec![o; picks.len()];
+            assert!(Picker::recoded(layout.clone(), picks.clone(), &string_too).is_none());
         }
     }
 
