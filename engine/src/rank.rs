@@ -150,7 +150,7 @@ impl<'a> RankPrefix<'a> {
         ) {
             (Some(partition), Some(sort)) => Keys::Picked { partition, sort },
             _ => Keys::Evaluated {
-                eval,
+                eval: Box::new(eval),
                 partition,
                 sort,
             },
@@ -247,7 +247,7 @@ enum Keys {
     Picked { partition: Picker, sort: Picker },
     /// Evaluated (`eval`'s two output groups) and encoded.
     Evaluated {
-        eval: RowEval,
+        eval: Box<RowEval>,
         partition: RowCodec,
         sort: RowCodec,
     },
@@ -270,7 +270,7 @@ where
             eval,
             partition,
             sort,
-        } => (eval, partition, sort),
+        } => (*eval, partition, sort),
         Keys::Picked { partition, sort } => {
             return batch_map(ok, name, move |data: &[(Row, Time, Diff)], oks, errs| {
                 let mut ends = Vec::new();

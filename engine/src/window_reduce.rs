@@ -130,7 +130,7 @@ enum Stage {
     /// Append the window functions' values.
     Window(PartitionEval, SchemaRef),
     /// Filter, then compute the projection.
-    Map(RowEval, SchemaRef),
+    Map(Box<RowEval>, SchemaRef),
 }
 
 /// Evaluates one partition through the chain and groups the result.
@@ -248,7 +248,7 @@ pub(crate) fn render_fused<'s>(
                 filters,
                 projection,
             } => Stage::Map(
-                RowEval::new(&input.schema, filters, &[projection])?,
+                Box::new(RowEval::new(&input.schema, filters, &[projection])?),
                 nullable(&stage.schema),
             ),
             _ => unreachable!("fusable chains hold windows and maps only"),
