@@ -10,12 +10,14 @@
 //! scalar expressions are DataFusion `PhysicalExpr`s evaluated a batch at a
 //! time ([`eval`]).
 
+mod byte_filter;
 pub mod compute;
 mod constant_format;
 mod constant_join;
 mod distinct_count;
 pub mod eval;
 mod fast_path;
+mod join_matches;
 pub mod log;
 pub mod minmax;
 pub(crate) mod rank;

@@ -17,10 +17,11 @@ use datafusion::common::DFSchema;
 use datafusion::logical_expr::Expr;
 use differential_dataflow::AsCollection;
 use differential_dataflow::VecCollection;
-use differential_dataflow::batcher::merge::MergeBatcher;
 use differential_dataflow::batcher::merge::chunker::ContainerChunker;
 use differential_dataflow::batcher::merge::vec::VecMerger;
+use differential_dataflow::batcher::merge::{MergeBatcher, Sealer};
 use differential_dataflow::operators::CountTotal;
+use differential_dataflow::trace::Builder;
 use differential_dataflow::trace::implementations::OffsetList;
 use differential_dataflow::trace::implementations::ord_neu::{OrdValBatch, OrdValBuilder};
 use differential_dataflow::trace::implementations::spine_fueled::Spine;
@@ -32,6 +33,7 @@ use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 
 use crate::constant_join::{ConstantSide, join_constant};
 use crate::eval::{Evaluated, RowEval, any_null, column_picker, encode_group};
+use crate::join_matches::MatchMap;
 use crate::log::{ErrorReader, Prepare, TableLog, TableReader};
 use crate::minmax::Changes;
 use crate::reduce::{Accums, Accumulator, GroupFolder, aggregate_schema, finalize};
@@ -50,11 +52,50 @@ pub type Errs<'s, T = Time> = VecCollection<'s, T, String, Diff>;
 type Layout<V, T> = (RowContainer, V, Vec<T>, Vec<Diff>, OffsetList);
 type Updates<V, T> = Vec<((Row, V), T, Diff)>;
 pub type KeyedSpine<T = Time> = Spine<Rc<OrdValBatch<Layout<RowContainer, T>>>>;
-pub type KeyedBatcher<T = Time> = MergeBatcher<
-    ContainerChunker<Updates<Row, T>>,
-    VecMerger<(Row, Row), T, Diff>,
-    OrdValBuilder<Layout<RowContainer, T>, Updates<Row, T>>,
->;
+pub type KeyedBatcher<T = Time> =
+    MergeBatcher<ContainerChunker<Updates<Row, T>>, VecMerger<(Row, Row), T, Diff>, KeyedSealer<T>>;
+
+/// Seals a sorted chain of keyed rows into a batch, its byte buffers sized
+/// from the chain first. A view catching up on a backlog seals batches of
+/// hundreds of megabytes: grown by doubling instead, their buffers faulted
+/// in and copied about twice that (a tenth of Nexmark q4's CPU went to the
+/// kernel zeroing those pages).
+pub struct KeyedSealer<T>(std::marker::PhantomData<T>);
+
+impl<T: RenderTime> Sealer<Updates<Row, T>> for KeyedSealer<T> {
+    type Output = OrdValBatch<Layout<RowContainer, T>>;
+
+    fn seal(chain: &mut Vec<Updates<Row, T>>) -> Option<Self::Output> {
+        let (mut keys, mut vals, mut upds, mut key_bytes, mut val_bytes) = (0, 0, 0, 0, 0);
+        let mut prev: Option<(&Row, &Row)> = None;
+        for ((k, v), _, _) in chain.iter().flatten() {
+            match prev {
+                Some((pk, pv)) if pk == k => {
+                    if pv != v {
+                        vals += 1;
+                        val_bytes += v.len();
+                    }
+                }
+                _ => {
+                    keys += 1;
+                    key_bytes += k.len();
+                    vals += 1;
+                    val_bytes += v.len();
+                }
+            }
+            upds += 1;
+            prev = Some((k, v));
+        }
+        let mut builder =
+            OrdValBuilder::<Layout<RowContainer, T>, Updates<Row, T>>::with_capacity(keys, vals, upds);
+        builder.result.keys = RowContainer::with_capacities(keys, key_bytes);
+        builder.result.vals.vals = RowContainer::with_capacities(vals, val_bytes);
+        for mut chunk in chain.drain(..) {
+            builder.push(&mut chunk);
+        }
+        builder.done()
+    }
+}
 
 /// A reduction's results by group key.
 type ResultLayout<T> = (
@@ -270,6 +311,19 @@ fn render_node<'s>(
                 let (ok, err2) = prefix.render(ok, inserts_only, true)?;
                 let (ok, err3) = map_filter_project(ok, &input.schema, filters, projection, &plan.schema)?;
                 return Ok((ok, err.concat(err2).concat(err3)));
+            }
+            if let PlanNode::Join { left, right, .. } = &input.node
+                && let Some(spec) = JoinSpec::of(&input.node)
+                && spec.kind == JoinKind::Inner
+                && ConstantSide::of(left, right, spec.left_keys, spec.right_keys).is_none()
+                && !imports.shared.iter().any(|(p, _)| p == input.as_ref())
+                && let Some(map) =
+                    MatchMap::fused(spec.residual, filters, projection, &input.schema, &plan.schema)
+            {
+                // Filtered and projected as the join makes each match.
+                let l = render(left, scope, imports)?;
+                let r = render(right, scope, imports)?;
+                return join_mapped(l, r, &left.schema, &right.schema, &spec, Some(map));
             }
             let (ok, err) = render(input, scope, imports)?;
             let (ok, err2) = map_filter_project(ok, &input.schema, filters, projection, &plan.schema)?;
@@ -769,11 +823,24 @@ fn render_join<'s>(
 
 /// Join two rendered inputs whose rows have `left` and `right` schemas.
 pub(crate) fn join_collections<'s, T: RenderTime>(
+    l: (Coll<'s, T>, Errs<'s, T>),
+    r: (Coll<'s, T>, Errs<'s, T>),
+    left: &DFSchema,
+    right: &DFSchema,
+    spec: &JoinSpec<'_>,
+) -> Result<(Coll<'s, T>, Errs<'s, T>), EngineError> {
+    join_mapped(l, r, left, right, spec, None)
+}
+
+/// [`join_collections`]; for an inner join, `above` is what a
+/// MapFilterProject over it makes of each match, done in the join.
+fn join_mapped<'s, T: RenderTime>(
     (lok, lerr): (Coll<'s, T>, Errs<'s, T>),
     (rok, rerr): (Coll<'s, T>, Errs<'s, T>),
     left: &DFSchema,
     right: &DFSchema,
     spec: &JoinSpec<'_>,
+    above: Option<MatchMap>,
 ) -> Result<(Coll<'s, T>, Errs<'s, T>), EngineError> {
     let (lk, lkerr) = keyed(lok.clone(), left, spec.left_keys, spec.nulls_equal, "JoinKeyLeft")?;
     let (rk, rkerr) = keyed(
@@ -788,15 +855,39 @@ pub(crate) fn join_collections<'s, T: RenderTime>(
     let la = lk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeLeft", KeyedBatcher::new);
     let ra = rk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeRight", KeyedBatcher::new);
     let (la, ra) = (measured(la, "JoinArrangeLeft"), measured(ra, "JoinArrangeRight"));
-    let pairs = la.join_core(ra, |_k, l, r| Some((Row::from(l), Row::from(r))));
     let mut errs = lerr.concat(rerr).concat(lkerr).concat(rkerr);
+    let joined = || {
+        left.join(right)
+            .map_err(|e| EngineError::Expression(e.to_string()))
+    };
+    if spec.kind == JoinKind::Inner {
+        // Matches become rows in the join itself; a residual that must be
+        // evaluated is evaluated over those rows.
+        let (map, evaluated) = match above {
+            Some(map) => (map, None),
+            None => match MatchMap::residual(spec.residual, &joined()?) {
+                Some(map) => (map, None),
+                None => (MatchMap::default(), spec.residual),
+            },
+        };
+        let (mut out, e) = map.join(la, ra);
+        errs = errs.concat(e);
+        if let Some(expr) = evaluated {
+            let eval = RowEval::new(&joined()?, std::slice::from_ref(expr), &[])?;
+            let (s, e) = batch_map(out, "JoinResidual", move |data: &[(Row, T, Diff)], oks, errs| {
+                let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
+                keep_passing(&eval, &rows, data, oks, errs);
+            });
+            errs = errs.concat(e);
+            out = s.as_collection();
+        }
+        return Ok((out, errs));
+    }
+    let pairs = la.join_core(ra, |_k, l, r| Some((Row::from(l), Row::from(r))));
     let matched = match spec.residual {
         None => pairs,
         Some(expr) => {
-            let joined = left
-                .join(right)
-                .map_err(|e| EngineError::Expression(e.to_string()))?;
-            let eval = RowEval::new(&joined, std::slice::from_ref(expr), &[])?;
+            let eval = RowEval::new(&joined()?, std::slice::from_ref(expr), &[])?;
             let (s, e) = batch_map(
                 pairs,
                 "JoinResidual",

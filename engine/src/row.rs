@@ -20,9 +20,85 @@ use crate::EngineError;
 /// a row in flight between operators costs no allocation of its own; a
 /// longer row is one heap allocation, as a `Vec<u8>` would be. It orders,
 /// compares and hashes as its bytes.
-#[derive(Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Default, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Row(smallvec::SmallVec<[u8; 24]>);
+
+/// The byte order of two encoded rows, eight bytes at a time. Arranging
+/// sorts and merges rows by this order, and most rows and keys are a few
+/// dozen bytes: comparing them inline, rather than by a call to `memcmp`
+/// that dispatches on length and alignment, was a tenth of a join's CPU.
+#[inline]
+pub fn compare_bytes(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let n = a.len().min(b.len());
+    if n > 64 {
+        return a.cmp(b);
+    }
+    let (mut x, mut y) = (&a[..n], &b[..n]);
+    while x.len() >= 8 {
+        let (p, q) = (word(&x[..8]), word(&y[..8]));
+        if p != q {
+            return p.cmp(&q);
+        }
+        x = &x[8..];
+        y = &y[8..];
+    }
+    for (p, q) in x.iter().zip(y) {
+        if p != q {
+            return p.cmp(q);
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+/// Whether two encoded rows hold the same bytes; as [`compare_bytes`].
+#[inline]
+pub fn equal_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() > 64 {
+        return a == b;
+    }
+    let (mut x, mut y) = (a, b);
+    while x.len() >= 8 {
+        if word(&x[..8]) != word(&y[..8]) {
+            return false;
+        }
+        x = &x[8..];
+        y = &y[8..];
+    }
+    x == y
+}
+
+/// Eight bytes as a number that orders as they do.
+#[inline(always)]
+fn word(bytes: &[u8]) -> u64 {
+    u64::from_be_bytes(bytes.try_into().expect("eight bytes"))
+}
+
+impl PartialEq for Row {
+    #[inline]
+    fn eq(&self, other: &Row) -> bool {
+        equal_bytes(&self.0, &other.0)
+    }
+}
+
+impl Eq for Row {}
+
+impl PartialOrd for Row {
+    #[inline]
+    fn partial_cmp(&self, other: &Row) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Row {
+    #[inline]
+    fn cmp(&self, other: &Row) -> std::cmp::Ordering {
+        compare_bytes(&self.0, &other.0)
+    }
+}
 
 /// By hand: `SmallVec`'s own `Clone` collects an iterator, a byte at a
 /// time (it cannot know its items are `Copy`), where a row is copied
@@ -89,8 +165,9 @@ impl std::ops::Deref for Row {
 }
 
 impl PartialEq<Row> for [u8] {
+    #[inline]
     fn eq(&self, other: &Row) -> bool {
-        self == other.as_slice()
+        equal_bytes(self, other.as_slice())
     }
 }
 
@@ -241,6 +318,14 @@ impl RowContainer {
         self.ends.index(index)
     }
 
+    /// Room for `rows` rows of `bytes` bytes in all.
+    pub fn with_capacities(rows: usize, bytes: usize) -> Self {
+        RowContainer {
+            bytes: Vec::with_capacity(bytes),
+            ends: differential_dataflow::trace::implementations::OffsetList::with_capacity(rows),
+        }
+    }
+
     /// The row bytes held and allocated (the end offsets aside).
     pub(crate) fn bytes_in_use(&self) -> (usize, usize) {
         (self.bytes.len(), self.bytes.capacity())
@@ -339,6 +424,38 @@ mod tests {
     use super::*;
     use arrow::array::{Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn rows_compare_as_their_bytes() {
+        // Byte strings of every length either side of a word and of the
+        // inline-compare limit, differing at every position, plus prefixes.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut rows: Vec<Vec<u8>> = Vec::new();
+        for len in (0..20).chain(60..70) {
+            let base: Vec<u8> = (0..len).map(|_| (next() % 4) as u8 * 85).collect();
+            for at in 0..len {
+                let mut other = base.clone();
+                other[at] = (next() % 256) as u8;
+                rows.push(other);
+            }
+            rows.push(base);
+        }
+        for a in &rows {
+            for b in &rows {
+                assert_eq!(compare_bytes(a, b), a.cmp(b), "{a:?} {b:?}");
+                assert_eq!(equal_bytes(a, b), a == b, "{a:?} {b:?}");
+                let (ra, rb) = (Row::from(&a[..]), Row::from(&b[..]));
+                assert_eq!(ra.cmp(&rb), a.cmp(b));
+                assert_eq!(*a.as_slice() == rb, a == b);
+            }
+        }
+    }
 
     #[test]
     fn concatenated_rows_decode_as_the_joined_schema() {

@@ -1,0 +1,112 @@
+//! An inner join's matches, made into output rows inside the join operator.
+//!
+//! Each match of a left and a right row becomes their concatenation (the
+//! joined schema's encoding), kept or dropped by the join's residual filter
+//! where that is decided on bytes ([`ByteFilter`]), and cut down to the
+//! columns a MapFilterProject above the join keeps ([`Picker`]): one row
+//! built per match, where pairing, filtering and projecting as separate
+//! operators built four and decoded each to Arrow to filter it. This module
+//! owns that step only; arranging the inputs and the other join kinds stay
+//! in [`crate::render`].
+
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::Expr;
+use differential_dataflow::AsCollection;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::operators::cursor::join::join_traces;
+use timely::container::{CapacityContainerBuilder, PushInto};
+use timely::dataflow::operators::OkErr;
+
+use crate::byte_filter::ByteFilter;
+use crate::eval::column_picker;
+use crate::render::{Coll, ErrRow, Errs, KeyedSpine, MISMATCHED_ROW, RenderTime, arrow_schema};
+use crate::row::{Row, RowCodec};
+use crate::spans::Picker;
+
+/// What becomes of each match: the filter it must pass and the columns
+/// kept, each absent when there is none.
+#[derive(Default)]
+pub(crate) struct MatchMap {
+    filter: Option<ByteFilter>,
+    picker: Option<Picker>,
+}
+
+impl MatchMap {
+    /// For an inner join whose `residual` (over the `joined` schema) is
+    /// decided on bytes or absent; `None` when it must be evaluated.
+    pub(crate) fn residual(residual: Option<&Expr>, joined: &DFSchema) -> Option<MatchMap> {
+        let filter = match residual {
+            None => None,
+            Some(r) => Some(ByteFilter::new(std::slice::from_ref(r), joined)?),
+        };
+        Some(MatchMap { filter, picker: None })
+    }
+
+    /// For a MapFilterProject of `filters` and `projection` (into rows of
+    /// `output`) over an inner join with `residual`, both over the `joined`
+    /// schema: when every filter is decided on bytes and every projected
+    /// expression is a column.
+    pub(crate) fn fused(
+        residual: Option<&Expr>,
+        filters: &[Expr],
+        projection: &[Expr],
+        joined: &DFSchema,
+        output: &DFSchema,
+    ) -> Option<MatchMap> {
+        let all: Vec<Expr> = residual.into_iter().chain(filters).cloned().collect();
+        let filter = if all.is_empty() {
+            None
+        } else {
+            Some(ByteFilter::new(&all, joined)?)
+        };
+        let out = RowCodec::new(arrow_schema(output)).ok()?;
+        let picker = column_picker(projection, joined, &out)?;
+        Some(MatchMap {
+            filter,
+            picker: Some(picker),
+        })
+    }
+
+    /// The output rows of joining `left` and `right`, and the errors of
+    /// rows that do not walk as the joined schema (never expected).
+    pub(crate) fn join<'s, T: RenderTime>(
+        self,
+        left: Arranged<'s, TraceAgent<KeyedSpine<T>>>,
+        right: Arranged<'s, TraceAgent<KeyedSpine<T>>>,
+    ) -> (Coll<'s, T>, Errs<'s, T>) {
+        type Out<T> = Result<(Row, T, isize), ErrRow<T>>;
+        let MatchMap { filter, picker } = self;
+        let mut joined: Vec<u8> = Vec::new();
+        let mut ends = Vec::new();
+        let matches = join_traces::<_, _, _, _, CapacityContainerBuilder<Vec<Out<T>>>>(
+            left,
+            right,
+            "JoinMatches",
+            move |_key, l: &[u8], r: &[u8], t, d1: &isize, d2: &isize, out| {
+                let d = d1 * d2;
+                joined.clear();
+                joined.extend_from_slice(l);
+                joined.extend_from_slice(r);
+                let passes = match &filter {
+                    None => Some(true),
+                    Some(f) => f.passes(&joined, &mut ends),
+                };
+                let row = match (passes, &picker) {
+                    (Some(false), _) => return,
+                    (Some(true), None) => Some(Row::from(joined.as_slice())),
+                    (Some(true), Some(p)) => {
+                        let mut row = Row::new();
+                        p.pick(&joined, &mut ends, &mut row).map(|()| row)
+                    }
+                    (None, _) => None,
+                };
+                match row {
+                    Some(row) => out.push_into(Ok((row, t, d))),
+                    None => out.push_into(Err((MISMATCHED_ROW.to_string(), t, d))),
+                }
+            },
+        );
+        let (ok, err) = matches.ok_err(|r| r);
+        (ok.as_collection(), err.as_collection())
+    }
+}
