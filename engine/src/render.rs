@@ -31,6 +31,7 @@ use timely::dataflow::operators::{OkErr, ToStream};
 use timely::dataflow::{Scope, Stream};
 use weir_sql::{AggregateExpr, GlobalId, JoinKind, Plan, PlanNode};
 
+use crate::byte_filter::ByteFilter;
 use crate::constant_join::{ConstantSide, join_constant};
 use crate::eval::{Evaluated, RowEval, any_null, column_picker, encode_group};
 use crate::join_matches::MatchMap;
@@ -473,8 +474,10 @@ pub(crate) fn map_filter_project<'s, T: RenderTime>(
     let out = RowCodec::new(arrow_schema(output))?;
     if let Some(picker) = column_picker(projection, input, &out) {
         // Columns dropped or reordered (above a join, say): their bytes
-        // are copied; only what the filters read is decoded.
-        let filter = (!filters.is_empty())
+        // are copied; filters are decided on the bytes where they can be,
+        // and otherwise only what they read is decoded.
+        let bytes = ByteFilter::new(filters, input);
+        let filter = (bytes.is_none() && !filters.is_empty())
             .then(|| RowEval::new(input, filters, &[]))
             .transpose()?;
         let (ok, err) = batch_map(
@@ -489,9 +492,19 @@ pub(crate) fn map_filter_project<'s, T: RenderTime>(
                         None => errs.push((MISMATCHED_ROW.to_string(), t.clone(), *d)),
                     }
                 };
-                match &filter {
-                    None => data.iter().for_each(|u| pick(u, oks, errs)),
-                    Some(filter) => {
+                match (&bytes, &filter) {
+                    (Some(bytes), _) => {
+                        let mut scratch = Vec::new();
+                        for u in data {
+                            match bytes.passes(&u.0, &mut scratch) {
+                                Some(true) => pick(u, oks, errs),
+                                Some(false) => {}
+                                None => errs.push((MISMATCHED_ROW.to_string(), u.1.clone(), u.2)),
+                            }
+                        }
+                    }
+                    (None, None) => data.iter().for_each(|u| pick(u, oks, errs)),
+                    (None, Some(filter)) => {
                         let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
                         for_each_evaluated(filter, &rows, errs, data, |kept, _, errs| {
                             kept.iter().for_each(|i| pick(&data[*i], oks, errs))
