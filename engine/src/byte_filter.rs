@@ -316,7 +316,10 @@ mod tests {
             col("a").gt(col("b")).or(col("a").lt(lit(0i64))), // a disjunction
             col("a").not_between(col("b"), lit(3i64)),
         ] {
-            assert!(ByteFilter::new(&[f.clone()], &schema).is_none(), "{f}");
+            assert!(
+                ByteFilter::new(std::slice::from_ref(&f), &schema).is_none(),
+                "{f}"
+            );
         }
         assert!(ByteFilter::new(&[], &schema).is_none());
     }

@@ -61,6 +61,9 @@ enum Part {
 }
 
 type Results<'s> = VecCollection<'s, Time, Result<Row, String>, Diff>;
+/// Each row's running state, the state of no extremes (for contributions
+/// from elsewhere), and the errors of rows that could not contribute.
+type RunningStates<'s> = (VecCollection<'s, Time, Row, Running>, Vec<Extreme>, Errs<'s>);
 /// One level of the hierarchy: (group key, bucket) to (aggregate, value).
 type Level<'s> = VecCollection<'s, Time, ((Row, u64), (usize, Row)), Diff>;
 
@@ -303,7 +306,7 @@ fn running_states<'s>(
     aggregates: &[AggregateExpr],
     encoders: Vec<(usize, RowCodec)>,
     skip_retractions: bool,
-) -> (VecCollection<'s, Time, Row, Running>, Vec<Extreme>, Errs<'s>) {
+) -> RunningStates<'s> {
     let acc = Accumulator::new(aggregates);
     let maxima: Vec<bool> = encoders
         .iter()
@@ -369,7 +372,7 @@ fn picked_states<'s>(
     aggregates: &[AggregateExpr],
     encoders: &[(usize, RowCodec)],
     skip_retractions: bool,
-) -> Option<(VecCollection<'s, Time, Row, Running>, Vec<Extreme>, Errs<'s>)> {
+) -> Option<RunningStates<'s>> {
     let only_extremes = aggregates.iter().all(|a| {
         !a.distinct
             && matches!(

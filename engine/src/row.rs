@@ -20,7 +20,7 @@ use crate::EngineError;
 /// a row in flight between operators costs no allocation of its own; a
 /// longer row is one heap allocation, as a `Vec<u8>` would be. It orders,
 /// compares and hashes as its bytes.
-#[derive(Default, Hash, Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Row(smallvec::SmallVec<[u8; 24]>);
 
@@ -85,6 +85,13 @@ impl PartialEq for Row {
 }
 
 impl Eq for Row {}
+
+/// As its bytes, as `SmallVec`'s own hash does: equal rows hash equally.
+impl std::hash::Hash for Row {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_slice().hash(state)
+    }
+}
 
 impl PartialOrd for Row {
     #[inline]
