@@ -350,8 +350,8 @@ async fn extremes_over_inserts_only_are_running_values() {
             "SELECT max(n) AS most, min(hi) AS least FROM per_auction",
         ),
         ("written_max", "SELECT k, max(v) AS hi FROM written GROUP BY k"),
-        // Keys and arguments that are columns of a join made in the join
-        // (Nexmark q4's inner query) are picked out of its rows.
+        // Over a join that filters and projects its matches itself
+        // (Nexmark q4's inner query).
         (
             "per_auction_open",
             "SELECT a.id, a.category, max(b.price) AS top, min(b.date_time) AS first_bid, count(*) AS n \

@@ -35,11 +35,10 @@ impl MatchMap {
     /// For an inner join whose `residual` (over the `joined` schema) is
     /// decided on bytes or absent; `None` when it must be evaluated.
     pub(crate) fn residual(residual: Option<&Expr>, joined: &DFSchema) -> Option<MatchMap> {
-        let filter = match residual {
-            None => None,
-            Some(r) => Some(ByteFilter::new(std::slice::from_ref(r), joined)?),
-        };
-        Some(MatchMap { filter, picker: None })
+        Some(MatchMap {
+            filter: decided(residual.map(std::slice::from_ref).unwrap_or_default(), joined)?,
+            picker: None,
+        })
     }
 
     /// For a MapFilterProject of `filters` and `projection` (into rows of
@@ -54,11 +53,7 @@ impl MatchMap {
         output: &DFSchema,
     ) -> Option<MatchMap> {
         let all: Vec<Expr> = residual.into_iter().chain(filters).cloned().collect();
-        let filter = if all.is_empty() {
-            None
-        } else {
-            Some(ByteFilter::new(&all, joined)?)
-        };
+        let filter = decided(&all, joined)?;
         let out = RowCodec::new(arrow_schema(output)).ok()?;
         let picker = column_picker(projection, joined, &out)?;
         Some(MatchMap {
@@ -109,4 +104,13 @@ impl MatchMap {
         let (ok, err) = matches.ok_err(|r| r);
         (ok.as_collection(), err.as_collection())
     }
+}
+
+/// The filter deciding all of `filters` on bytes: `Some(None)` when there
+/// are none, `None` when one of them must be evaluated.
+fn decided(filters: &[Expr], joined: &DFSchema) -> Option<Option<ByteFilter>> {
+    if filters.is_empty() {
+        return Some(None);
+    }
+    ByteFilter::new(filters, joined).map(Some)
 }

@@ -600,7 +600,6 @@ impl TableLog {
     ) -> Result<RecordBatch, String> {
         let upto = self.entries.partition_point(|e| e.time <= time);
         let entries = &self.entries[..upto];
-        let inserts_only = entries.iter().all(|e| e.diff == 1);
         if keys.is_none() && columns.is_some_and(|c| c.is_empty()) {
             // `count(*)`: no row's count is ever negative here (see
             // `write_part`), so the entries' counts add up to the rows'
@@ -616,6 +615,7 @@ impl TableLog {
             let schema = Arc::new(self.schema().project(&[]).map_err(|e| e.to_string())?);
             return RecordBatch::try_new_with_options(schema, vec![], &options).map_err(|e| e.to_string());
         }
+        let inserts_only = entries.iter().all(|e| e.diff == 1);
         if keys.is_none()
             && let Some(columns) = columns
             && inserts_only
@@ -657,6 +657,13 @@ impl TableLog {
             }
             _ => project(all, columns),
         }
+    }
+
+    /// [`TableLog::compact`] up to the latest time a write allowed: a view's
+    /// log, complete only as its dataflow catches up, merges what it could
+    /// not when the write came.
+    pub fn compact_as_allowed(&mut self) -> Result<(), EngineError> {
+        self.compact(self.allowed)
     }
 
     /// Let history before `since` merge. Once the rows at or before
@@ -835,8 +842,7 @@ pub fn record_output<'s>(ok: Coll<'s>, err: Errs<'s>, log: Rc<RefCell<TableLog>>
         // complete here may merge now: otherwise a view that catches up
         // after its sources go quiet keeps every change it made until
         // the next write, and the first read cancels them all.
-        let allowed = log.allowed;
-        if let Err(e) = log.compact(allowed) {
+        if let Err(e) = log.compact_as_allowed() {
             tracing::warn!(error = %e, "cannot compact a view's output");
         }
     });

@@ -35,19 +35,13 @@ use timely::dataflow::operators::OkErr;
 use timely::dataflow::operators::core::Map;
 use weir_sql::{AggregateExpr, AggregateFunc, GlobalId, Plan};
 
-use crate::eval::{RowEval, column_picker, encode_alone};
+use crate::eval::{RowEval, encode_alone};
 use crate::log::TableLog;
 use crate::reduce::{Accums, Accumulator, finalize};
-use crate::render::{Coll, Errs, MISMATCHED_ROW, batch_map, combine, map_encoded_with};
+use crate::render::{Coll, Errs, combine, map_encoded_with};
 use crate::row::{Row, RowCodec};
 use crate::running::{Absorbs, derive_changes};
-use crate::spans::Picker;
 use crate::{Diff, EngineError, Time};
-
-/// The error of a deletion reaching a running extreme, which cannot give
-/// a value back: were the promise ever broken, the view says so rather
-/// than answer wrongly.
-const INSERTS_ONLY: &str = "internal error: a row was deleted from an input that only inserts";
 
 /// Hash bits of the first level; each level above drops four.
 const BUCKET_BITS: u32 = 12;
@@ -61,9 +55,6 @@ enum Part {
 }
 
 type Results<'s> = VecCollection<'s, Time, Result<Row, String>, Diff>;
-/// Each row's running state, the state of no extremes (for contributions
-/// from elsewhere), and the errors of rows that could not contribute.
-type RunningStates<'s> = (VecCollection<'s, Time, Row, Running>, Vec<Extreme>, Errs<'s>);
 /// One level of the hierarchy: (group key, bucket) to (aggregate, value).
 type Level<'s> = VecCollection<'s, Time, ((Row, u64), (usize, Row)), Diff>;
 
@@ -202,19 +193,8 @@ pub(crate) fn reduce<'s>(
         crate::distinct_count::contributions(ok.clone(), input, group_keys, aggregates, key_codec)?;
     if changes != Changes::Any {
         let skip_retractions = changes == Changes::RisingMaxima;
-        let picked = picked_states(
-            ok.clone(),
-            input,
-            group_keys,
-            key_codec,
-            aggregates,
-            &encoders,
-            skip_retractions,
-        );
-        let (states, no_extremes, errs) = match picked {
-            Some(picked) => picked,
-            None => running_states(ok, eval, key_codec, aggregates, encoders, skip_retractions),
-        };
+        let (states, no_extremes, errs) =
+            running_states(ok, eval, key_codec, aggregates, encoders, skip_retractions);
         return Ok((running(states, distinct, no_extremes, assemble), errs));
     }
     // One pass over the input: each row's contribution to the group's state
@@ -306,13 +286,19 @@ fn running_states<'s>(
     aggregates: &[AggregateExpr],
     encoders: Vec<(usize, RowCodec)>,
     skip_retractions: bool,
-) -> RunningStates<'s> {
+) -> (VecCollection<'s, Time, Row, Running>, Vec<Extreme>, Errs<'s>) {
     let acc = Accumulator::new(aggregates);
     let maxima: Vec<bool> = encoders
         .iter()
         .map(|(i, _)| aggregates[*i].func == AggregateFunc::Max)
         .collect();
-    let no_extremes = no_extremes(aggregates, &encoders);
+    let no_extremes: Vec<Extreme> = maxima
+        .iter()
+        .map(|max| Extreme {
+            max: *max,
+            value: None,
+        })
+        .collect();
     let (states, errs) = map_encoded_with(
         ok,
         "ReduceRunning",
@@ -320,11 +306,17 @@ fn running_states<'s>(
         key_codec.duplicate(),
         move |ev| encode_alone(&encoders, ev, 1),
         move |(_, t, d), pos, key, ev, values, oks, errs| {
+            // A running extreme cannot give a value back: were the promise
+            // ever broken, the view says so rather than answer wrongly.
             if *d < 0 {
                 if skip_retractions {
                     return;
                 }
-                return errs.push((INSERTS_ONLY.into(), *t, 1));
+                return errs.push((
+                    "internal error: a row was deleted from an input that only inserts".into(),
+                    *t,
+                    1,
+                ));
             }
             let accums = match acc.contribution(&ev.outputs[1], pos, *d) {
                 Ok(c) => c,
@@ -346,97 +338,6 @@ fn running_states<'s>(
         no_extremes,
         errs,
     )
-}
-
-/// The state of no extremes, one per `min`/`max` of `encoders`.
-fn no_extremes(aggregates: &[AggregateExpr], encoders: &[(usize, RowCodec)]) -> Vec<Extreme> {
-    encoders
-        .iter()
-        .map(|(i, _)| Extreme {
-            max: aggregates[*i].func == AggregateFunc::Max,
-            value: None,
-        })
-        .collect()
-}
-
-/// [`running_states`] with nothing evaluated, when the group keys and the
-/// argument of each `min` and `max` are columns of the input and nothing
-/// else is aggregated but `count(*)`: keys and values are those columns'
-/// bytes, picked out of each row (a value's encoding alone is its bytes
-/// in the row). Nexmark q4's maximum price per auction takes this path.
-fn picked_states<'s>(
-    ok: Coll<'s>,
-    input: &DFSchema,
-    group_keys: &[Expr],
-    key_codec: &RowCodec,
-    aggregates: &[AggregateExpr],
-    encoders: &[(usize, RowCodec)],
-    skip_retractions: bool,
-) -> Option<RunningStates<'s>> {
-    let only_extremes = aggregates.iter().all(|a| {
-        !a.distinct
-            && matches!(
-                a.func,
-                AggregateFunc::Min | AggregateFunc::Max | AggregateFunc::CountStar
-            )
-    });
-    if !only_extremes {
-        return None;
-    }
-    let keys = column_picker(group_keys, input, key_codec)?;
-    let values: Vec<Picker> = encoders
-        .iter()
-        .map(|(i, codec)| column_picker(&[aggregates[*i].argument()?], input, codec))
-        .collect::<Option<_>>()?;
-    let no_extremes = no_extremes(aggregates, encoders);
-    let template = no_extremes.clone();
-    let (states, errs) = batch_map(
-        ok,
-        "ReduceRunning",
-        move |data: &[(Row, Time, Diff)], oks, errs| {
-            let mut ends = Vec::new();
-            for (row, t, d) in data {
-                if *d < 0 {
-                    if !skip_retractions {
-                        errs.push((INSERTS_ONLY.into(), *t, 1));
-                    }
-                    continue;
-                }
-                let mut key = Row::new();
-                if keys.pick(row, &mut ends, &mut key).is_none() {
-                    errs.push((MISMATCHED_ROW.into(), *t, *d));
-                    continue;
-                }
-                let extremes: Option<Vec<Extreme>> = template
-                    .iter()
-                    .zip(&values)
-                    .map(|(e, picker)| {
-                        let mut value = Row::new();
-                        picker.pick(row, &mut ends, &mut value)?;
-                        let null = picker.any_null(row, &ends);
-                        Some(Extreme {
-                            max: e.max,
-                            value: (!null).then_some(value),
-                        })
-                    })
-                    .collect();
-                let Some(extremes) = extremes else {
-                    errs.push((MISMATCHED_ROW.into(), *t, *d));
-                    continue;
-                };
-                let accums = Accums {
-                    rows: *d as i64,
-                    accs: Vec::new(),
-                };
-                oks.push((key, *t, Running { accums, extremes }));
-            }
-        },
-    );
-    Some((
-        combine(states.as_collection(), "ReduceRunningCombine"),
-        no_extremes,
-        errs,
-    ))
 }
 
 /// One running state per group, from the rows' contributions (`states`)

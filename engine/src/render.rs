@@ -869,16 +869,15 @@ fn join_mapped<'s, T: RenderTime>(
     let ra = rk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeRight", KeyedBatcher::new);
     let (la, ra) = (measured(la, "JoinArrangeLeft"), measured(ra, "JoinArrangeRight"));
     let mut errs = lerr.concat(rerr).concat(lkerr).concat(rkerr);
-    let joined = || {
-        left.join(right)
-            .map_err(|e| EngineError::Expression(e.to_string()))
-    };
+    let joined = left
+        .join(right)
+        .map_err(|e| EngineError::Expression(e.to_string()))?;
     if spec.kind == JoinKind::Inner {
         // Matches become rows in the join itself; a residual that must be
         // evaluated is evaluated over those rows.
         let (map, evaluated) = match above {
             Some(map) => (map, None),
-            None => match MatchMap::residual(spec.residual, &joined()?) {
+            None => match MatchMap::residual(spec.residual, &joined) {
                 Some(map) => (map, None),
                 None => (MatchMap::default(), spec.residual),
             },
@@ -886,7 +885,7 @@ fn join_mapped<'s, T: RenderTime>(
         let (mut out, e) = map.join(la, ra);
         errs = errs.concat(e);
         if let Some(expr) = evaluated {
-            let eval = RowEval::new(&joined()?, std::slice::from_ref(expr), &[])?;
+            let eval = RowEval::new(&joined, std::slice::from_ref(expr), &[])?;
             let (s, e) = batch_map(out, "JoinResidual", move |data: &[(Row, T, Diff)], oks, errs| {
                 let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
                 keep_passing(&eval, &rows, data, oks, errs);
@@ -900,7 +899,7 @@ fn join_mapped<'s, T: RenderTime>(
     let matched = match spec.residual {
         None => pairs,
         Some(expr) => {
-            let eval = RowEval::new(&joined()?, std::slice::from_ref(expr), &[])?;
+            let eval = RowEval::new(&joined, std::slice::from_ref(expr), &[])?;
             let (s, e) = batch_map(
                 pairs,
                 "JoinResidual",
