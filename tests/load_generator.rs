@@ -408,7 +408,8 @@ async fn extremes_over_inserts_only_are_running_values() {
 /// `row_number() ... <= k` over what only a generator writes (bids, a
 /// join of auctions and bids, a union with copies of rows) keeps each
 /// partition's first k rows as a running state, `State: RankRunning`,
-/// and equals the one-shot answer after streaming in. Over a table
+/// and equals the one-shot answer after streaming in, newest-first ones
+/// too, whose states later rows replace whole. Over a table
 /// statements write, rows can leave the first k: the reduction over the
 /// whole partition stays, and answers after a delete.
 #[tokio::test]
@@ -454,6 +455,18 @@ async fn top_k_over_inserts_only_is_running() {
             "SELECT auction, bidder, price, channel, url, date_time, extra FROM (SELECT *, row_number() OVER \
              (PARTITION BY auction ORDER BY price, date_time, bidder, extra) AS r FROM bid) t WHERE r <= 3",
         ),
+        // Newest first over bids arriving in time order: each later bid
+        // replaces its partition's state whole (Nexmark q18's shape).
+        (
+            "newest_bid",
+            "SELECT auction, bidder, price, channel, url, date_time, extra FROM (SELECT *, row_number() OVER \
+             (PARTITION BY bidder, auction ORDER BY date_time DESC, price, extra) AS r FROM bid) t WHERE r <= 1",
+        ),
+        (
+            "newest_two",
+            "SELECT auction, bidder, price, channel, url, date_time, extra FROM (SELECT *, row_number() OVER \
+             (PARTITION BY bidder ORDER BY date_time DESC, auction, price, extra) AS r FROM bid) t WHERE r <= 2",
+        ),
         (
             "copies_unnumbered",
             "SELECT auction, bidder, price FROM (SELECT *, row_number() OVER (PARTITION BY auction % 7 ORDER BY price, bidder) AS r \
@@ -479,6 +492,8 @@ async fn top_k_over_inserts_only_is_running() {
             "cheapest_bids",
             "copies_unnumbered",
             "last_bid",
+            "newest_bid",
+            "newest_two",
             "top_bids",
             "winning",
             "with_copies"

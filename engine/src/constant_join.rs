@@ -183,7 +183,7 @@ pub(crate) fn join_constant<'s>(
         batch_map(
             ok,
             "JoinConstant",
-            move |data: &[(Row, Time, Diff)], oks, errs| {
+            move |data: &mut Vec<(Row, Time, Diff)>, oks, errs| {
                 let mut out = Vec::with_capacity(data.len() * each);
                 for (row, t, d) in data {
                     pair(&[], row, t, d, &mut out);
@@ -207,7 +207,7 @@ pub(crate) fn join_constant<'s>(
         let (rows, errs) = batch_map(
             probes,
             "JoinConstant",
-            move |data: &[((Row, Row), Time, Diff)], oks, errs| {
+            move |data: &mut Vec<((Row, Row), Time, Diff)>, oks, errs| {
                 let mut out = Vec::with_capacity(data.len());
                 for ((key, row), t, d) in data {
                     pair(key, row, t, d, &mut out);

@@ -29,7 +29,7 @@ use crate::eval::{RowEval, encode_alone};
 use crate::reduce::{Accums, Accumulator};
 use crate::render::{Coll, map_encoded_with};
 use crate::row::{Row, RowCodec};
-use crate::running::{Absorbs, derive_changes};
+use crate::running::{RunningState, derive_changes};
 use crate::{Diff, EngineError, Time};
 
 /// How many distinct counts of one argument share an entry.
@@ -55,7 +55,7 @@ impl Semigroup for FilterCounts {
     }
 }
 
-impl Absorbs for FilterCounts {}
+impl RunningState for FilterCounts {}
 
 /// Up to [`SLOTS`] distinct counts of one argument: for each, the
 /// aggregate's position and its filter's (`None`: every value counts).
@@ -183,10 +183,10 @@ pub(crate) fn contributions<'s>(
     let changes = derive_changes(
         values,
         "DistinctCount",
-        |entry: &Row, before: Option<&FilterCounts>, after, out| {
+        |entry: &Row, before: Option<&mut FilterCounts>, after, out| {
             let mut signs = [0i8; SLOTS];
             for (slot, sign) in signs.iter_mut().enumerate() {
-                let was = before.is_some_and(|b| b.0[slot] != 0);
+                let was = before.as_ref().is_some_and(|b| b.0[slot] != 0);
                 match (was, after.0[slot] != 0) {
                     (false, true) => *sign = 1,
                     (true, false) => *sign = -1,

@@ -40,7 +40,7 @@ use crate::log::TableLog;
 use crate::reduce::{Accums, Accumulator, finalize};
 use crate::render::{Coll, Errs, combine, map_encoded_with};
 use crate::row::{Row, RowCodec};
-use crate::running::{Absorbs, derive_changes};
+use crate::running::{RunningState, derive_changes};
 use crate::{Diff, EngineError, Time};
 
 /// Hash bits of the first level; each level above drops four.
@@ -363,7 +363,7 @@ where
         );
     }
     derive_changes(states, "ReduceRunning", move |key, before, after, out| {
-        let mut row = |state: &Running| {
+        let row = |state: &Running| {
             let mut parts = state
                 .extremes
                 .iter()
@@ -371,7 +371,7 @@ where
                 .filter_map(|(j, e)| e.value.as_ref().map(|v| (j, v)));
             assemble(&state.accums, &mut parts).map(|agg_row| Row::concat(key, &agg_row))
         };
-        let before = before.map(&mut row);
+        let before = before.map(|b| row(b));
         let after = (!after.is_zero()).then(|| row(after));
         if before == after {
             return;
@@ -381,4 +381,4 @@ where
     })
 }
 
-impl Absorbs for Running {}
+impl RunningState for Running {}

@@ -35,7 +35,7 @@ use weir_sql::{Plan, PlanNode};
 use crate::eval::{RowEval, column_picker, column_picker_as, encode_group, expr_fields};
 use crate::render::{Coll, Errs, MISMATCHED_ROW, batch_map, map_encoded_with};
 use crate::row::{Row, RowCodec};
-use crate::running::derive_changes;
+use crate::running::{RunningState, derive_changes};
 use crate::spans::Picker;
 use crate::{Diff, EngineError, Time};
 
@@ -168,7 +168,7 @@ impl<'a> RankPrefix<'a> {
             return Ok(self.running(ok, keys, numbers, numbered));
         }
         let (keyed, errs) = keyed_by_partition(ok, "RankKeys", keys, |p, s, (r, t, d), oks, _| {
-            oks.push(((p, (s, r.clone())), *t, *d))
+            oks.push(((p, (s, r)), t, d))
         });
         let keyed: differential_dataflow::VecCollection<'s, Time, (Row, (Row, Row)), Diff> =
             keyed.as_collection();
@@ -202,16 +202,16 @@ impl RankPrefix<'_> {
         let keep = self.keep;
         let (states, errs) =
             keyed_by_partition(ok, "RankRunningKeys", keys, move |p, s, (r, t, d), oks, errs| {
-                if *d < 0 {
+                if d < 0 {
                     // Were the promise ever broken, the view says so rather
                     // than answer wrongly.
                     errs.push((
                         "internal error: a row was deleted from an input that only inserts".into(),
-                        *t,
+                        t,
                         1,
                     ));
                 } else if keep > 0 {
-                    oks.push((p, *t, Leaders::one(keep, s, r.clone(), *d)));
+                    oks.push((p, t, Leaders::one(keep, s, r, d)));
                 }
             });
         let states: differential_dataflow::VecCollection<'s, Time, Row, Leaders> = states.as_collection();
@@ -220,7 +220,7 @@ impl RankPrefix<'_> {
                 // Unnumbered, a row only counts while among the first k.
                 return Leaders::difference(before, after, out);
             }
-            let before = before.map(Leaders::positions).unwrap_or_default();
+            let before = before.as_deref().map(Leaders::positions).unwrap_or_default();
             let after = after.positions();
             for (i, number) in numbers.iter().enumerate().take(before.len().max(after.len())) {
                 let (was, is) = (before.get(i), after.get(i));
@@ -263,7 +263,7 @@ fn keyed_by_partition<'s, O, F>(
 ) -> (timely::dataflow::Stream<'s, Time, Vec<O>>, Errs<'s>)
 where
     O: Clone + 'static,
-    F: FnMut(Row, Row, &(Row, Time, Diff), &mut Vec<O>, &mut Vec<(String, Time, Diff)>) + 'static,
+    F: FnMut(Row, Row, (Row, Time, Diff), &mut Vec<O>, &mut Vec<(String, Time, Diff)>) + 'static,
 {
     let (eval, partition, sort) = match keys {
         Keys::Evaluated {
@@ -272,9 +272,9 @@ where
             sort,
         } => (*eval, partition, sort),
         Keys::Picked { partition, sort } => {
-            return batch_map(ok, name, move |data: &[(Row, Time, Diff)], oks, errs| {
+            return batch_map(ok, name, move |data: &mut Vec<(Row, Time, Diff)>, oks, errs| {
                 let mut ends = Vec::new();
-                for update in data {
+                for update in data.drain(..) {
                     let (mut p, mut s) = (Row::new(), Row::new());
                     let picked = partition
                         .pick(&update.0, &mut ends, &mut p)
@@ -293,7 +293,9 @@ where
         eval,
         partition,
         move |ev| encode_group(&sort, ev, 1),
-        move |update, pos, p, _, sorts: &Vec<Row>, oks, errs| emit(p, sorts[pos].clone(), update, oks, errs),
+        move |update, pos, p, _, sorts: &Vec<Row>, oks, errs| {
+            emit(p, sorts[pos].clone(), update.clone(), oks, errs)
+        },
     )
 }
 
@@ -319,10 +321,14 @@ impl Leaders {
     }
 
     /// The change from the rows of `before` to those of `after`, as rows
-    /// and the change in their copies.
-    fn difference(before: Option<&Leaders>, after: &Leaders, out: &mut Vec<(Row, Diff)>) {
-        let empty = Vec::new();
-        let mut was = before.map_or(&empty, |b| &b.rows).iter().peekable();
+    /// and the change in their copies; the rows leaving are taken from
+    /// `before`.
+    fn difference(before: Option<&mut Leaders>, after: &Leaders, out: &mut Vec<(Row, Diff)>) {
+        let mut was = before
+            .map(|b| b.rows.as_mut_slice())
+            .unwrap_or_default()
+            .iter_mut()
+            .peekable();
         let mut is = after.rows.iter().peekable();
         loop {
             let order = match (was.peek(), is.peek()) {
@@ -334,7 +340,7 @@ impl Leaders {
             match order {
                 std::cmp::Ordering::Less => {
                     let (_, r, c) = was.next().expect("peeked");
-                    out.push((r.clone(), -c));
+                    out.push((std::mem::take(r), -*c));
                 }
                 std::cmp::Ordering::Greater => {
                     let (_, r, c) = is.next().expect("peeked");
@@ -343,7 +349,7 @@ impl Leaders {
                 std::cmp::Ordering::Equal => {
                     let ((_, r, c1), (_, _, c2)) = (was.next().expect("peeked"), is.next().expect("peeked"));
                     if c1 != c2 {
-                        out.push((r.clone(), c2 - c1));
+                        out.push((r.clone(), c2 - *c1));
                     }
                 }
             }
@@ -388,19 +394,40 @@ impl IsZero for Leaders {
     }
 }
 
+/// The operator adds states owned ([`RunningState::plus_owned`]); this is
+/// for the collection's sake.
 impl Semigroup for Leaders {
     fn plus_equals(&mut self, rhs: &Self) {
+        self.plus_owned(rhs.clone());
+    }
+}
+
+impl RunningState for Leaders {
+    const ABSORBS: bool = true;
+
+    /// Rows after the last of a full state change nothing.
+    fn absorbs(&self, diff: &Self) -> bool {
+        let held: Diff = self.rows.iter().map(|(_, _, c)| c).sum();
+        match (self.rows.last(), diff.rows.first()) {
+            (Some((ls, lr, _)), Some((s, r, _))) => held >= self.keep as Diff && (s, r) > (ls, lr),
+            (_, None) => true,
+            (None, Some(_)) => false,
+        }
+    }
+
+    /// Keeps the first `keep` copies of both, moving `rhs`'s rows in.
+    fn plus_owned(&mut self, rhs: Self) {
         let keep = self.keep.max(rhs.keep) as Diff;
         self.keep = keep as usize;
         let mut held: Diff = self.rows.iter().map(|(_, _, c)| c).sum();
-        for (s, r, c) in &rhs.rows {
-            if held >= keep && self.rows.last().is_some_and(|(ls, lr, _)| (s, r) > (ls, lr)) {
+        for (s, r, c) in rhs.rows {
+            if held >= keep && self.rows.last().is_some_and(|(ls, lr, _)| (&s, &r) > (ls, lr)) {
                 // The rest of `rhs` comes later still.
                 break;
             }
-            match self.rows.binary_search_by(|(s2, r2, _)| (s2, r2).cmp(&(s, r))) {
+            match self.rows.binary_search_by(|(s2, r2, _)| (s2, r2).cmp(&(&s, &r))) {
                 Ok(i) => self.rows[i].2 += c,
-                Err(i) => self.rows.insert(i, (s.clone(), r.clone(), *c)),
+                Err(i) => self.rows.insert(i, (s, r, c)),
             }
             held += c;
             // Copies beyond `keep` fall off the end.
@@ -417,18 +444,23 @@ impl Semigroup for Leaders {
             }
         }
     }
-}
 
-impl crate::running::Absorbs for Leaders {
-    const ABSORBS: bool = true;
-
-    /// Rows after the last of a full state change nothing.
-    fn absorbs(&self, diff: &Self) -> bool {
-        let held: Diff = self.rows.iter().map(|(_, _, c)| c).sum();
-        match (self.rows.last(), diff.rows.first()) {
-            (Some((ls, lr, _)), Some((s, r, _))) => held >= self.keep as Diff && (s, r) > (ls, lr),
-            (_, None) => true,
-            (None, Some(_)) => false,
+    /// A difference that fills the state with rows all ahead of its own
+    /// replaces it: the state before is moved out, not copied (a
+    /// newest-first top 1 over rows that arrive in time order, Nexmark
+    /// q18).
+    fn plus_keeping(&mut self, diff: Self, before: &mut Option<Self>) {
+        let fills =
+            diff.keep == self.keep && diff.rows.iter().map(|(_, _, c)| c).sum::<Diff>() >= diff.keep as Diff;
+        let ahead = match (diff.rows.last(), self.rows.first()) {
+            (Some((s, r, _)), Some((fs, fr, _))) => (s, r) < (fs, fr),
+            _ => false,
+        };
+        if fills && ahead {
+            *before = Some(std::mem::replace(self, diff));
+        } else {
+            crate::running::keep_before(self, before);
+            self.plus_owned(diff);
         }
     }
 }
@@ -475,4 +507,94 @@ fn bound(filter: &Expr, schema: &DFSchema, at: usize) -> Option<(usize, bool)> {
         _ => return None,
     };
     (last <= MOST as i64).then(|| (last.max(0) as usize, prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Leaders;
+    use crate::Diff;
+    use crate::row::Row;
+    use crate::running::RunningState;
+
+    /// The first `keep` copies of `rows` (sort key, row, copies) in order,
+    /// as a state holds them.
+    fn first(keep: usize, rows: &[(u8, u8, Diff)]) -> Vec<(Row, Row, Diff)> {
+        let mut copies: Vec<(u8, u8)> = rows
+            .iter()
+            .flat_map(|&(s, r, c)| std::iter::repeat_n((s, r), c as usize))
+            .collect();
+        copies.sort();
+        copies.truncate(keep);
+        let mut out: Vec<(Row, Row, Diff)> = Vec::new();
+        for (s, r) in copies {
+            let (s, r) = (Row::from(&[s][..]), Row::from(&[r][..]));
+            match out.last_mut() {
+                Some(last) if last.0 == s && last.1 == r => last.2 += 1,
+                _ => out.push((s, r, 1)),
+            }
+        }
+        out
+    }
+
+    fn state(keep: usize, rows: &[(u8, u8, Diff)]) -> Leaders {
+        let mut rows = rows
+            .iter()
+            .map(|&(s, r, c)| Leaders::one(keep, Row::from(&[s][..]), Row::from(&[r][..]), c));
+        let mut state = rows.next().expect("a row");
+        rows.for_each(|row| state.plus_owned(row));
+        state
+    }
+
+    /// Adding states, owned or keeping the state before (moved out where
+    /// the difference replaces it), keeps the first `keep` copies of
+    /// both, and the difference reported takes the leaving rows from the
+    /// state before: checked against sorting every copy, for every pair
+    /// of short sequences over a few rows.
+    #[test]
+    fn adding_keeps_the_first_copies() {
+        let universe: Vec<(u8, u8, Diff)> = (0..3u8)
+            .flat_map(|s| (0..2u8).flat_map(move |r| (1..=2).map(move |c| (s, r, c))))
+            .collect();
+        let mut sequences: Vec<Vec<(u8, u8, Diff)>> = universe.iter().map(|u| vec![*u]).collect();
+        for a in &universe {
+            for b in &universe {
+                sequences.push(vec![*a, *b]);
+            }
+        }
+        let mut replaced = 0;
+        for keep in 1..=3 {
+            for held in &sequences {
+                for added in &sequences {
+                    let all: Vec<_> = held.iter().chain(added).copied().collect();
+                    let expected = first(keep, &all);
+                    let mut owned = state(keep, held);
+                    owned.plus_owned(state(keep, added));
+                    assert_eq!(
+                        owned.rows.as_slice(),
+                        expected,
+                        "keep {keep}: {held:?} + {added:?}"
+                    );
+                    let mut kept = state(keep, held);
+                    let mut before = None;
+                    kept.plus_keeping(state(keep, added), &mut before);
+                    let before = before.expect("a state before");
+                    assert_eq!(before.rows.as_slice(), first(keep, held));
+                    assert_eq!(kept.rows.as_slice(), expected);
+                    replaced += usize::from(expected.iter().all(|e| !before.rows.contains(e)));
+                    // Each row's change in copies, by the rows' own counts.
+                    let mut changes: Vec<(Row, Diff)> = Vec::new();
+                    Leaders::difference(Some(&mut before.clone()), &kept, &mut changes);
+                    for r in 0..2u8 {
+                        let row = Row::from(&[r][..]);
+                        let count = |rows: &[(Row, Row, Diff)]| -> Diff {
+                            rows.iter().filter(|(_, x, _)| *x == row).map(|(_, _, c)| c).sum()
+                        };
+                        let changed: Diff = changes.iter().filter(|(x, _)| *x == row).map(|(_, d)| d).sum();
+                        assert_eq!(changed, count(&kept.rows) - count(&before.rows));
+                    }
+                }
+            }
+        }
+        assert!(replaced > 0, "no difference replaced a state");
+    }
 }

@@ -483,7 +483,7 @@ pub(crate) fn map_filter_project<'s, T: RenderTime>(
         let (ok, err) = batch_map(
             ok,
             "MapFilterProject",
-            move |data: &[(Row, T, Diff)], oks, errs| {
+            move |data: &mut Vec<(Row, T, Diff)>, oks, errs| {
                 let mut ends = Vec::new();
                 let mut pick = |(r, t, d): &(Row, T, Diff), oks: &mut Vec<_>, errs: &mut Vec<ErrRow<T>>| {
                     let mut row = Row::with_capacity(r.len());
@@ -536,8 +536,8 @@ pub(crate) type ErrRow<T = Time> = (String, T, Diff);
 /// (never expected: rows are encoded by the engine itself).
 pub(crate) const MISMATCHED_ROW: &str = "a row does not match its schema";
 
-/// Apply `logic` to each batch of updates. `logic` pushes output updates
-/// and errors (message, time, diff).
+/// Apply `logic` to each batch of updates, which it may take from.
+/// `logic` pushes output updates and errors (message, time, diff).
 pub(crate) fn batch_map<'s, T, D, O, L>(
     input: VecCollection<'s, T, D, Diff>,
     name: &str,
@@ -547,7 +547,7 @@ where
     T: RenderTime,
     D: Clone + 'static,
     O: Clone + 'static,
-    L: FnMut(&[(D, T, Diff)], &mut Vec<O>, &mut Vec<ErrRow<T>>) + 'static,
+    L: FnMut(&mut Vec<(D, T, Diff)>, &mut Vec<O>, &mut Vec<ErrRow<T>>) + 'static,
 {
     let mixed = input
         .inner
@@ -559,7 +559,7 @@ where
                 let mut errs = Vec::new();
                 move |input, output| {
                     input.for_each(|cap, data| {
-                        logic(&data[..], &mut oks, &mut errs);
+                        logic(data, &mut oks, &mut errs);
                         let mut session = output.session(&cap);
                         for o in oks.drain(..) {
                             session.give(Ok(o));
@@ -702,7 +702,7 @@ where
     G: FnMut(&Evaluated) -> Result<P, String> + 'static,
     F: FnMut(&(Row, T, Diff), usize, Row, &Evaluated, &P, &mut Vec<O>, &mut Vec<ErrRow<T>>) + 'static,
 {
-    batch_map(input, name, move |data: &[(Row, T, Diff)], oks, errs| {
+    batch_map(input, name, move |data: &mut Vec<(Row, T, Diff)>, oks, errs| {
         let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
         for_each_evaluated(
             &eval,
@@ -739,7 +739,7 @@ pub(crate) fn keyed<'s, T: RenderTime>(
     )?)))?;
     if let Some(picker) = column_picker(keys, schema, &key_codec) {
         // Keys that are columns of the row: their bytes are the key.
-        let (s, e) = batch_map(ok, name, move |data: &[(Row, T, Diff)], oks, errs| {
+        let (s, e) = batch_map(ok, name, move |data: &mut Vec<(Row, T, Diff)>, oks, errs| {
             let mut ends = Vec::new();
             for (r, t, d) in data {
                 let mut key = Row::new();
@@ -886,10 +886,14 @@ fn join_mapped<'s, T: RenderTime>(
         errs = errs.concat(e);
         if let Some(expr) = evaluated {
             let eval = RowEval::new(&joined, std::slice::from_ref(expr), &[])?;
-            let (s, e) = batch_map(out, "JoinResidual", move |data: &[(Row, T, Diff)], oks, errs| {
-                let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
-                keep_passing(&eval, &rows, data, oks, errs);
-            });
+            let (s, e) = batch_map(
+                out,
+                "JoinResidual",
+                move |data: &mut Vec<(Row, T, Diff)>, oks, errs| {
+                    let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
+                    keep_passing(&eval, &rows, data, oks, errs);
+                },
+            );
             errs = errs.concat(e);
             out = s.as_collection();
         }
@@ -903,7 +907,7 @@ fn join_mapped<'s, T: RenderTime>(
             let (s, e) = batch_map(
                 pairs,
                 "JoinResidual",
-                move |data: &[((Row, Row), T, Diff)], oks, errs| {
+                move |data: &mut Vec<((Row, Row), T, Diff)>, oks, errs| {
                     let joined: Vec<Row> = data.iter().map(|((l, r), _, _)| Row::concat(l, r)).collect();
                     let rows: Vec<&[u8]> = joined.iter().map(|r| r.as_slice()).collect();
                     keep_passing(&eval, &rows, data, oks, errs);
@@ -992,7 +996,7 @@ fn null_filtered<'s, T: RenderTime>(
     let (s, _errs) = batch_map(
         rows.clone(),
         "JoinNullKeys",
-        move |data: &[(Row, T, Diff)], oks, errs| {
+        move |data: &mut Vec<(Row, T, Diff)>, oks, errs| {
             let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
             for_each_evaluated(&eval, &rows, errs, data, |indices, ev, _errs| {
                 for (pos, i) in indices.iter().enumerate() {
@@ -1177,7 +1181,7 @@ fn render_reduce<'s>(
         let (pairs, e) = batch_map(
             ok,
             "ReduceKeyValues",
-            move |data: &[(Row, Time, Diff)], oks, errs| {
+            move |data: &mut Vec<(Row, Time, Diff)>, oks, errs| {
                 let rows: Vec<&[u8]> = data.iter().map(|(r, _, _)| r.as_slice()).collect();
                 for_each_evaluated(&eval, &rows, errs, data, |indices, ev, errs| {
                     match (encode_group(&key_codec, ev, 0), encode_group(&arg_codec, ev, 1)) {

@@ -37,13 +37,15 @@ use crate::{Diff, Time};
 /// How many emptied per-time maps an operator keeps for reuse.
 const SPARE_MAPS: usize = 4;
 
-/// A running state that can tell, more cheaply than adding, that adding
-/// a difference leaves it unchanged (a full top-k and rows after its
-/// last): the operator then neither copies nor adds. A state that absorbs
-/// a difference must absorb it still after anything else is added to it
-/// (a top-k only fills up): the operator skips an update its key's state
-/// absorbs as it arrives, before the updates of earlier times are added.
-pub(crate) trait Absorbs {
+/// A running state as this operator adds to it. It may tell, more
+/// cheaply than adding, that adding a difference leaves it unchanged (a
+/// full top-k and rows after its last): the operator then neither copies
+/// nor adds. A state that absorbs a difference must absorb it still after
+/// anything else is added to it (a top-k only fills up): the operator
+/// skips an update its key's state absorbs as it arrives, before the
+/// updates of earlier times are added. Differences are added owned, so a
+/// state may move their parts in rather than copy them.
+pub(crate) trait RunningState: Semigroup {
     /// Whether `absorbs` can ever say yes: where it cannot, the operator
     /// does not look the state up to ask.
     const ABSORBS: bool = false;
@@ -51,13 +53,33 @@ pub(crate) trait Absorbs {
     fn absorbs(&self, _diff: &Self) -> bool {
         false
     }
+
+    /// Adds `diff`, taking it.
+    fn plus_owned(&mut self, diff: Self) {
+        self.plus_equals(&diff);
+    }
+
+    /// Adds `diff`, leaving the state as it was in `before` (whose room
+    /// is reused where it can be, and whose parts the caller may take).
+    fn plus_keeping(&mut self, diff: Self, before: &mut Option<Self>) {
+        keep_before(self, before);
+        self.plus_owned(diff);
+    }
 }
 
-impl Absorbs for Diff {}
+/// Copies `state` into `before`, reusing its room.
+pub(crate) fn keep_before<S: Clone>(state: &S, before: &mut Option<S>) {
+    match before.as_mut() {
+        Some(b) => b.clone_from(state),
+        None => *before = Some(state.clone()),
+    }
+}
+
+impl RunningState for Diff {}
 
 /// For each key and time at which the sum of `updates`' differences
 /// changes, call `derive` with the key, the state before (`None` where
-/// there was none, or it was zero) and after, and a buffer for the output
+/// there was none, or it was zero; `derive` may take its parts) and after, and a buffer for the output
 /// rows and their multiplicity changes at that time. Updates go to the
 /// worker their key hashes to; the states are measured as `name`'s (see
 /// [`crate::sizes`]).
@@ -68,9 +90,9 @@ pub(crate) fn derive_changes<'s, K, S, D, F>(
 ) -> VecCollection<'s, Time, D, Diff>
 where
     K: ExchangeData + Hash + Eq + Element,
-    S: ExchangeData + Semigroup + Absorbs + Element,
+    S: ExchangeData + RunningState + Element,
     D: Clone + 'static,
-    F: FnMut(&K, Option<&S>, &S, &mut Vec<(D, Diff)>) + 'static,
+    F: FnMut(&K, Option<&mut S>, &S, &mut Vec<(D, Diff)>) + 'static,
 {
     let states: Rc<RefCell<hashbrown::HashMap<K, S>>> = Rc::default();
     let registration = {
@@ -112,7 +134,7 @@ where
                             .entry(t)
                             .or_insert_with(|| spare.pop().unwrap_or_default());
                         match changes.entry(k) {
-                            hashbrown::hash_map::Entry::Occupied(mut e) => e.get_mut().plus_equals(&s),
+                            hashbrown::hash_map::Entry::Occupied(mut e) => e.get_mut().plus_owned(s),
                             hashbrown::hash_map::Entry::Vacant(e) => {
                                 e.insert(s);
                             }
@@ -135,12 +157,8 @@ where
                         match states.entry(k) {
                             hashbrown::hash_map::Entry::Occupied(e) if e.get().absorbs(&s) => {}
                             hashbrown::hash_map::Entry::Occupied(mut e) => {
-                                match before.as_mut() {
-                                    Some(b) => b.clone_from(e.get()),
-                                    None => before = Some(e.get().clone()),
-                                }
-                                e.get_mut().plus_equals(&s);
-                                derive(e.key(), before.as_ref(), e.get(), &mut rows);
+                                e.get_mut().plus_keeping(s, &mut before);
+                                derive(e.key(), before.as_mut(), e.get(), &mut rows);
                                 if e.get().is_zero() {
                                     e.remove();
                                 }
@@ -197,8 +215,8 @@ mod tests {
                 derive_changes(
                     counts,
                     "Counts",
-                    |key: &Row, before: Option<&Diff>, after, rows| {
-                        rows.push(((key.as_slice()[0], before.copied().unwrap_or(0), *after), 1))
+                    |key: &Row, before: Option<&mut Diff>, after, rows| {
+                        rows.push(((key.as_slice()[0], before.map_or(0, |b| *b), *after), 1))
                     },
                 )
                 .inner
