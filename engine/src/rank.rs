@@ -356,6 +356,11 @@ impl Leaders {
         }
     }
 
+    /// How many copies it holds.
+    fn held(&self) -> Diff {
+        self.rows.iter().map(|(_, _, c)| c).sum()
+    }
+
     /// Each kept copy's row, first to last.
     fn positions(&self) -> Vec<&Row> {
         self.rows
@@ -407,9 +412,8 @@ impl RunningState for Leaders {
 
     /// Rows after the last of a full state change nothing.
     fn absorbs(&self, diff: &Self) -> bool {
-        let held: Diff = self.rows.iter().map(|(_, _, c)| c).sum();
         match (self.rows.last(), diff.rows.first()) {
-            (Some((ls, lr, _)), Some((s, r, _))) => held >= self.keep as Diff && (s, r) > (ls, lr),
+            (Some((ls, lr, _)), Some((s, r, _))) => self.held() >= self.keep as Diff && (s, r) > (ls, lr),
             (_, None) => true,
             (None, Some(_)) => false,
         }
@@ -419,7 +423,7 @@ impl RunningState for Leaders {
     fn plus_owned(&mut self, rhs: Self) {
         let keep = self.keep.max(rhs.keep) as Diff;
         self.keep = keep as usize;
-        let mut held: Diff = self.rows.iter().map(|(_, _, c)| c).sum();
+        let mut held = self.held();
         for (s, r, c) in rhs.rows {
             if held >= keep && self.rows.last().is_some_and(|(ls, lr, _)| (&s, &r) > (ls, lr)) {
                 // The rest of `rhs` comes later still.
@@ -450,8 +454,7 @@ impl RunningState for Leaders {
     /// newest-first top 1 over rows that arrive in time order, Nexmark
     /// q18).
     fn plus_keeping(&mut self, diff: Self, before: &mut Option<Self>) {
-        let fills =
-            diff.keep == self.keep && diff.rows.iter().map(|(_, _, c)| c).sum::<Diff>() >= diff.keep as Diff;
+        let fills = diff.keep == self.keep && diff.held() >= diff.keep as Diff;
         let ahead = match (diff.rows.last(), self.rows.first()) {
             (Some((s, r, _)), Some((fs, fr, _))) => (s, r) < (fs, fr),
             _ => false,
