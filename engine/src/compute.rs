@@ -169,8 +169,8 @@ impl ComputeState {
                                 (crate::render::empty(scope), errs.to_stream(scope).as_collection())
                             }
                         };
-                        let local = crate::render::rows_stay_local(&plan);
-                        crate::log::record_output(ok, err, log.clone(), &name, local);
+                        let shape = crate::render::output_shape(&plan);
+                        crate::log::record_output(ok, err, log.clone(), &name, shape);
                         imports.into_inputs()
                     });
                 self.attach(dataflow, inputs);

@@ -42,7 +42,7 @@ use timely::dataflow::operators::generic::Operator;
 use weir_protocol::{Response, ResponseSender, SubscribeUpdate};
 
 use crate::eval::{Evaluated, RowEval, encode_group};
-use crate::render::{Coll, Errs, Input};
+use crate::render::{Coll, Errs, Input, OutputShape};
 use crate::row::{Row, RowCodec};
 use crate::{Diff, EngineError, Time};
 
@@ -324,9 +324,14 @@ impl TableLog {
 
     /// Keep a view's output updates, all at times the view is complete
     /// through: errors apart, rows cancelled where a deletion meets its
-    /// row (there is nothing to cancel without one), and grouped by time
-    /// and count into batches.
-    fn append_updates(&mut self, updates: Vec<(Result<Row, String>, Time, Diff)>) -> Result<(), EngineError> {
+    /// row (there is nothing to cancel without one, nor where the updates
+    /// are `net`: no row twice at a time), and grouped by time and count
+    /// into batches.
+    fn append_updates(
+        &mut self,
+        updates: Vec<(Result<Row, String>, Time, Diff)>,
+        net: bool,
+    ) -> Result<(), EngineError> {
         let mut rows = Vec::with_capacity(updates.len());
         let mut errors = Vec::new();
         for (r, t, d) in updates {
@@ -338,7 +343,14 @@ impl TableLog {
         if !errors.is_empty() {
             self.append_errors(errors);
         }
-        if rows.iter().any(|(_, _, d)| *d < 0) {
+        debug_assert!(
+            !net || {
+                let mut seen = std::collections::HashSet::new();
+                rows.iter().all(|(r, t, _)| seen.insert((r, t)))
+            },
+            "a view's changes said to be net hold a row twice at a time"
+        );
+        if !net && rows.iter().any(|(_, _, d)| *d < 0) {
             let mut counts: hashbrown::HashMap<(Row, Time), Diff> =
                 hashbrown::HashMap::with_capacity(rows.len());
             for (r, t, d) in rows.drain(..) {
@@ -351,7 +363,8 @@ impl TableLog {
                     .map(|((r, t), d)| (r, t, d)),
             );
         }
-        rows.sort_by_key(|(_, t, d)| (*t, *d));
+        // Rows within a batch keep no order.
+        rows.sort_unstable_by_key(|(_, t, d)| (*t, *d));
         while !rows.is_empty() {
             let (time, diff) = (rows[0].1, rows[0].2);
             let n = rows
@@ -808,10 +821,18 @@ impl TableLog {
 
 /// End a view's dataflow: append each complete time's changes, `ok` rows
 /// and `err` messages, to the view's `log`, and advance it. Unless
-/// `local` (see [`crate::render::rows_stay_local`]), changes go to the
-/// worker their row hashes to first, so that each worker's part of the
-/// view never holds a deletion without its row.
-pub fn record_output<'s>(ok: Coll<'s>, err: Errs<'s>, log: Rc<RefCell<TableLog>>, name: &str, local: bool) {
+/// `shape` says they are local, changes go to the worker their row hashes
+/// to first, so that each worker's part of the view never holds a
+/// deletion without its row; unless it says they are net, each time's
+/// changes are cancelled against each other before they are stored.
+pub fn record_output<'s>(
+    ok: Coll<'s>,
+    err: Errs<'s>,
+    log: Rc<RefCell<TableLog>>,
+    name: &str,
+    shape: OutputShape,
+) {
+    let OutputShape { local, net } = shape;
     let updates = ok.map(Ok::<Row, String>).concat(err.map(Err));
     let name = format!("Record {name}");
     let mut buffer: Vec<(Result<Row, String>, Time, Diff)> = Vec::new();
@@ -834,7 +855,7 @@ pub fn record_output<'s>(ok: Coll<'s>, err: Errs<'s>, log: Rc<RefCell<TableLog>>
             .into_iter()
             .partition(|(_, t, _)| *t < upper);
         buffer = keep;
-        if let Err(e) = log.append_updates(ready) {
+        if let Err(e) = log.append_updates(ready, net) {
             tracing::warn!(error = %e, "cannot keep a view's output");
         }
         log.advance(upper);
@@ -1380,17 +1401,20 @@ mod tests {
         let (x, y, z) = (rows(&[(1, "x")]), rows(&[(2, "y")]), rows(&[(3, "z")]));
         // Time 1: x twice, y; time 2: one x and y out, z in, and an x that
         // comes and goes within the time.
-        log.append_updates(vec![update(&x[0], 1, 2), update(&y[0], 1, 1)])
+        log.append_updates(vec![update(&x[0], 1, 2), update(&y[0], 1, 1)], false)
             .unwrap();
         log.advance(2);
         log.subscribe(7, 1, 0, tx);
-        log.append_updates(vec![
-            update(&x[0], 2, -1),
-            update(&y[0], 2, -1),
-            update(&z[0], 2, 1),
-            update(&x[0], 2, 1),
-            update(&x[0], 2, -1),
-        ])
+        log.append_updates(
+            vec![
+                update(&x[0], 2, -1),
+                update(&y[0], 2, -1),
+                update(&z[0], 2, 1),
+                update(&x[0], 2, 1),
+                update(&x[0], 2, -1),
+            ],
+            false,
+        )
         .unwrap();
         log.advance(3);
         assert_eq!(
@@ -1429,7 +1453,7 @@ mod tests {
             ]
         );
         // An error at time 3: reads at 3 fail, the subscription ends with it.
-        log.append_updates(vec![(Err("division by zero".into()), 3, 1)])
+        log.append_updates(vec![(Err("division by zero".into()), 3, 1)], false)
             .unwrap();
         log.advance(4);
         assert_eq!(log.error_at(2), None);

@@ -410,17 +410,49 @@ fn render_get<'s>(
     Ok((ok, err))
 }
 
-/// Whether every change `plan` makes to a row is made on the worker that
-/// holds the row's input: maps, filters and unions of logged relations,
-/// whose rows are placed so that a deletion meets what it deletes. Any
-/// other operator may produce a row on one worker and take it back on
-/// another (a global aggregate's row for empty input, say).
-pub fn rows_stay_local(plan: &Plan) -> bool {
+/// How a view's dataflow hands its changes to the view's log
+/// ([`crate::log::record_output`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputShape {
+    /// Every change to a row is made on one worker: the rows need no
+    /// exchange for a deletion to meet what it deletes.
+    pub local: bool,
+    /// Each time's changes hold a row at most once: there is nothing to
+    /// cancel among them before they are stored.
+    pub net: bool,
+}
+
+/// The [`OutputShape`] of `plan`'s changes. Maps, filters and unions of
+/// logged relations keep rows where their input placed them, so that a
+/// deletion meets what it deletes. A partition's first rows
+/// ([`crate::rank::RankPrefix`]) passed through as they stand are made
+/// where their partition is kept, and a row names its partition, so
+/// every change to it is made there; each partition's changes at a time
+/// are one difference, so they are net too (Nexmark q18: hashing every
+/// row twice over, to route it and to cancel, was a tenth of the CPU).
+/// Any other operator may produce a row on one worker and take it back
+/// on another (a global aggregate's row for empty input, say).
+pub fn output_shape(plan: &Plan) -> OutputShape {
+    let shape = |local, net| OutputShape { local, net };
     match &plan.node {
-        PlanNode::Get { .. } => true,
-        PlanNode::MapFilterProject { input, .. } => rows_stay_local(input),
-        PlanNode::Union { inputs } => inputs.iter().all(rows_stay_local),
-        _ => false,
+        PlanNode::Get { .. } => shape(true, false),
+        PlanNode::MapFilterProject {
+            input,
+            filters,
+            projection,
+        } => match crate::rank::RankPrefix::of(input, filters) {
+            Some(prefix)
+                if prefix
+                    .passes_through(filters, projection, &input.schema)
+                    .is_some() =>
+            {
+                shape(true, true)
+            }
+            Some(_) => shape(false, false),
+            None => shape(output_shape(input).local, false),
+        },
+        PlanNode::Union { inputs } => shape(inputs.iter().all(|i| output_shape(i).local), false),
+        _ => shape(false, false),
     }
 }
 
