@@ -28,6 +28,7 @@ pub mod rising;
 pub mod row;
 mod running;
 pub mod sizes;
+mod slots;
 mod spans;
 mod timestamp_shift;
 pub mod window;

@@ -12,7 +12,8 @@
 //! states at once and emits only what differs.
 //!
 //! Only a key's newest state is ever read, so the states are a hash map
-//! per worker, updated in place, rather than an arrangement, which keeps
+//! per worker ([`crate::slots::SlotMap`], whose entries never move as it
+//! grows), updated in place, rather than an arrangement, which keeps
 //! a state per key and time in batches that its spine merges, cloning
 //! each state, again and again (Nexmark q18, one state per bidder and
 //! auction: 15-25% less CPU). Where keys are many and each changes
@@ -32,6 +33,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{CapabilitySet, Operator};
 
 use crate::sizes::Element;
+use crate::slots::SlotMap;
 use crate::{Diff, Time};
 
 /// How many emptied per-time maps an operator keeps for reuse.
@@ -94,14 +96,14 @@ where
     D: Clone + 'static,
     F: FnMut(&K, Option<&mut S>, &S, &mut Vec<(D, Diff)>) + 'static,
 {
-    let states: Rc<RefCell<hashbrown::HashMap<K, S>>> = Rc::default();
+    let states: Rc<RefCell<SlotMap<K, S>>> = Rc::default();
     let registration = {
         let states = Rc::downgrade(&states);
         let dataflow = updates.inner.scope().addr()[0];
         crate::sizes::register(dataflow, &format!("State: {name}"), move || {
             states
                 .upgrade()
-                .map(|s| crate::sizes::map_size(&s.borrow()))
+                .map(|s| crate::sizes::slots_size(&s.borrow()))
                 .unwrap_or_default()
         })
     };
@@ -112,16 +114,13 @@ where
             let mut caps = CapabilitySet::new();
             // Updates not yet complete, added up by time and key as they
             // come; a key's updates at one time make one change.
-            let mut pending: BTreeMap<Time, hashbrown::HashMap<K, S>> = BTreeMap::new();
+            let mut pending: BTreeMap<Time, SlotMap<K, S>> = BTreeMap::new();
             // Emptied maps of earlier times, kept to be filled again
             // rather than grown from nothing.
-            let mut spare: Vec<hashbrown::HashMap<K, S>> = Vec::new();
-            // Without a spare, a time's map starts the size of the last
-            // one, not growing through every doubling: a Nexmark run's
-            // times are few and large (~700,000 bids per worker), up to
-            // four in flight, so none was ever spare, and the tables each
-            // map outgrew were a fifth of q18's page faults.
-            let mut last_len = 0;
+            let mut spare: Vec<SlotMap<K, S>> = Vec::new();
+            // Emptied chunks of entries, shared by the per-time maps and
+            // the states (see `crate::slots`).
+            let mut pool = Vec::new();
             let mut before: Option<S> = None;
             let mut rows = Vec::new();
             move |(input, frontier), output| {
@@ -133,18 +132,17 @@ where
                         caps.insert(cap);
                     }
                     for (k, t, s) in data.drain(..) {
-                        if S::ABSORBS && states.get(&k).is_some_and(|state| state.absorbs(&s)) {
+                        let hash = SlotMap::<K, S>::hash(&k);
+                        if S::ABSORBS && states.get(hash, &k).is_some_and(|state| state.absorbs(&s)) {
                             continue;
                         }
-                        let changes = pending.entry(t).or_insert_with(|| {
-                            spare
-                                .pop()
-                                .unwrap_or_else(|| hashbrown::HashMap::with_capacity(last_len))
-                        });
-                        match changes.entry(k) {
-                            hashbrown::hash_map::Entry::Occupied(mut e) => e.get_mut().plus_owned(s),
-                            hashbrown::hash_map::Entry::Vacant(e) => {
-                                e.insert(s);
+                        let changes = pending
+                            .entry(t)
+                            .or_insert_with(|| spare.pop().unwrap_or_default());
+                        match changes.get_mut(hash, &k) {
+                            Some((_, state)) => state.plus_owned(s),
+                            None => {
+                                changes.insert(hash, k, s, &mut pool);
                             }
                         }
                     }
@@ -158,28 +156,31 @@ where
                     let cap = caps.delayed(&time);
                     let mut session = output.session(&cap);
                     let mut changes = entry.remove();
-                    last_len = changes.len();
-                    for (k, s) in changes.drain() {
-                        if s.is_zero() {
-                            continue;
-                        }
-                        match states.entry(k) {
-                            hashbrown::hash_map::Entry::Occupied(e) if e.get().absorbs(&s) => {}
-                            hashbrown::hash_map::Entry::Occupied(mut e) => {
-                                e.get_mut().plus_keeping(s, &mut before);
-                                derive(e.key(), before.as_mut(), e.get(), &mut rows);
-                                if e.get().is_zero() {
-                                    e.remove();
+                    for mut chunk in changes.take_chunks() {
+                        for (k, s) in chunk.drain(..) {
+                            if s.is_zero() {
+                                continue;
+                            }
+                            let hash = SlotMap::<K, S>::hash(&k);
+                            match states.get_mut(hash, &k) {
+                                Some((_, state)) if state.absorbs(&s) => {}
+                                Some((key, state)) => {
+                                    state.plus_keeping(s, &mut before);
+                                    derive(key, before.as_mut(), state, &mut rows);
+                                    if state.is_zero() {
+                                        states.remove(hash, &k);
+                                    }
+                                }
+                                None => {
+                                    let (key, state) = states.insert(hash, k, s, &mut pool);
+                                    derive(key, None, state, &mut rows);
                                 }
                             }
-                            hashbrown::hash_map::Entry::Vacant(e) => {
-                                let e = e.insert_entry(s);
-                                derive(e.key(), None, e.get(), &mut rows);
+                            for (row, diff) in rows.drain(..) {
+                                session.give((row, time, diff));
                             }
                         }
-                        for (row, diff) in rows.drain(..) {
-                            session.give((row, time, diff));
-                        }
+                        pool.push(chunk);
                     }
                     if spare.len() < SPARE_MAPS {
                         spare.push(changes);

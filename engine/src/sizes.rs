@@ -116,16 +116,21 @@ pub(crate) fn register(
     Registration(id)
 }
 
-/// What a hash map of keyed states holds: one batch, a record per key.
-pub(crate) fn map_size<K: Element, S: Element>(map: &hashbrown::HashMap<K, S>) -> Size {
+/// What a [`SlotMap`] of keyed states holds: one batch, a record per key.
+pub(crate) fn slots_size<K, S>(map: &crate::slots::SlotMap<K, S>) -> Size
+where
+    K: Element + std::hash::Hash + Eq,
+    S: Element,
+{
     let width = std::mem::size_of::<(K, S)>();
+    let index = std::mem::size_of::<(u32, u32)>();
     let mut size = Size {
         batches: 1,
         records: map.len(),
-        bytes: map.len() * width,
-        capacity: map.capacity() * width,
+        bytes: map.len() * (width + index),
+        capacity: map.len().next_multiple_of(crate::slots::CHUNK) * width + map.capacity() * index,
     };
-    for (k, s) in map {
+    for (k, s) in map.iter() {
         for (b, c) in [k.heap(), s.heap()] {
             size.bytes += b;
             size.capacity += c;
