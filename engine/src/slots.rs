@@ -20,6 +20,9 @@ pub(crate) const CHUNK: usize = 8 * 1024;
 /// Emptied chunks, to be filled again.
 pub(crate) type Pool<K, S> = Vec<Vec<(K, S)>>;
 
+/// A map from keys to states (see the module comment), of at most 2^32
+/// entries: slots are `u32`, as a worker holding more states would have
+/// run out of memory long before.
 pub(crate) struct SlotMap<K, S> {
     /// (tag, slot): the high half of the key's hash and where its entry is.
     index: hashbrown::HashTable<(u32, u32)>,
