@@ -124,11 +124,12 @@ where
 {
     let width = std::mem::size_of::<(K, S)>();
     let index = std::mem::size_of::<(u32, u32)>();
+    let (entries, records) = map.capacity();
     let mut size = Size {
         batches: 1,
         records: map.len(),
         bytes: map.len() * (width + index),
-        capacity: map.len().next_multiple_of(crate::slots::CHUNK) * width + map.capacity() * index,
+        capacity: entries * width + records * index,
     };
     for (k, s) in map.iter() {
         for (b, c) in [k.heap(), s.heap()] {

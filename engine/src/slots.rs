@@ -15,7 +15,7 @@
 use std::hash::{BuildHasher, Hash};
 
 /// Entries per chunk.
-pub(crate) const CHUNK: usize = 8 * 1024;
+const CHUNK: usize = 8 * 1024;
 
 /// Emptied chunks, to be filled again.
 pub(crate) type Pool<K, S> = Vec<Vec<(K, S)>>;
@@ -27,9 +27,8 @@ pub(crate) struct SlotMap<K, S> {
     /// (tag, slot): the high half of the key's hash and where its entry is.
     index: hashbrown::HashTable<(u32, u32)>,
     /// Entry `i` is `chunks[i / CHUNK][i % CHUNK]`; every chunk but the
-    /// last is full.
+    /// last is full, and the last is not empty.
     chunks: Vec<Vec<(K, S)>>,
-    len: usize,
 }
 
 /// The key hasher: fixed, so that a key's hash is the same in every map
@@ -56,7 +55,6 @@ impl<K: Hash + Eq, S> Default for SlotMap<K, S> {
         SlotMap {
             index: hashbrown::HashTable::new(),
             chunks: Vec::new(),
-            len: 0,
         }
     }
 }
@@ -68,12 +66,15 @@ impl<K: Hash + Eq, S> SlotMap<K, S> {
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.chunks
+            .last()
+            .map_or(0, |last| (self.chunks.len() - 1) * CHUNK + last.len())
     }
 
-    /// Room for this many entries without growing the table.
-    pub fn capacity(&self) -> usize {
-        self.index.capacity()
+    /// Room for this many entries without growing: in the chunks held,
+    /// and in the table.
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.chunks.len() * CHUNK, self.index.capacity())
     }
 
     fn entry(&self, slot: u32) -> &(K, S) {
@@ -103,14 +104,13 @@ impl<K: Hash + Eq, S> SlotMap<K, S> {
     /// Add `key` (absent, with hash `hash`) with `state`, taking a chunk
     /// from `pool` where the last is full.
     pub fn insert(&mut self, hash: u64, key: K, state: S, pool: &mut Pool<K, S>) -> (&K, &mut S) {
-        let slot = self.len;
+        let slot = self.len();
         if slot.is_multiple_of(CHUNK) {
             self.chunks
                 .push(pool.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK)));
         }
         let chunk = self.chunks.last_mut().expect("a chunk with room");
         chunk.push((key, state));
-        self.len += 1;
         let tag = tag(hash);
         self.index
             .insert_unique(spread(tag), (tag, slot as u32), |&(t, _)| spread(t));
@@ -122,13 +122,12 @@ impl<K: Hash + Eq, S> SlotMap<K, S> {
     /// into its slot, so the chunks stay full.
     pub fn remove(&mut self, hash: u64, key: &K) -> Option<(K, S)> {
         let slot = self.slot(hash, key)?;
-        let tag = tag(hash);
+        let removed = tag(hash);
         self.index
-            .find_entry(spread(tag), |&(t, s)| t == tag && s == slot)
+            .find_entry(spread(removed), |&(t, s)| t == removed && s == slot)
             .ok()?
             .remove();
-        let last = (self.len - 1) as u32;
-        self.len -= 1;
+        let last = (self.len() - 1) as u32;
         let moved = self
             .chunks
             .last_mut()
@@ -140,7 +139,7 @@ impl<K: Hash + Eq, S> SlotMap<K, S> {
         if slot == last {
             return Some(moved);
         }
-        let moved_tag = tag_of(&moved.0);
+        let moved_tag = tag(Self::hash(&moved.0));
         if let Some(record) = self
             .index
             .find_mut(spread(moved_tag), |&(t, s)| t == moved_tag && s == last)
@@ -164,13 +163,8 @@ impl<K: Hash + Eq, S> SlotMap<K, S> {
     /// to a pool.
     pub fn take_chunks(&mut self) -> Vec<Vec<(K, S)>> {
         self.index.clear();
-        self.len = 0;
         std::mem::take(&mut self.chunks)
     }
-}
-
-fn tag_of<K: Hash>(key: &K) -> u32 {
-    tag(hasher().hash_one(key))
 }
 
 #[cfg(test)]
