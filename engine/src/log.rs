@@ -43,7 +43,8 @@ use weir_protocol::{Response, ResponseSender, SubscribeUpdate};
 
 use crate::eval::{Evaluated, RowEval, encode_group};
 use crate::render::{Coll, Errs, Input, OutputShape};
-use crate::row::{Row, RowCodec};
+use crate::row::{Row, RowCodec, RowContainer};
+use differential_dataflow::trace::implementations::BatchContainer;
 use crate::{Diff, EngineError, Time};
 
 /// Writes smaller than [`SMALL_ROWS`] are merged, this many rows to a
@@ -59,6 +60,10 @@ const CHUNK_ROWS: usize = 64 * 1024;
 /// most of it the kernel zeroing the fresh pages copied into).
 const SMALL_ROWS: usize = 4 * 1024;
 
+/// A view's changes waiting for their time to complete are kept in
+/// chunks of about this many bytes (see [`Unsettled`]).
+const CHANGE_BYTES: usize = 1 << 20;
+
 /// Deletions among at most this many settled rows are cancelled in line
 /// rather than on a thread of their own.
 const INLINE_ROWS: usize = 16 * 1024;
@@ -72,7 +77,7 @@ struct Entry {
     time: Time,
     diff: Diff,
     /// Its time's changes were cancelled against each other before they
-    /// were stored (a view's output, see [`TableLog::append_updates`]):
+    /// were stored (a view's output, see [`TableLog::append_changes`]):
     /// no row of it is inserted or deleted again by another entry of its
     /// time, so a subscription has nothing to cancel there.
     net: bool,
@@ -322,60 +327,69 @@ impl TableLog {
         Ok(())
     }
 
-    /// Keep a view's output updates, all at times the view is complete
-    /// through: errors apart, rows cancelled where a deletion meets its
-    /// row (there is nothing to cancel without one, nor where the updates
-    /// are `net`: no row twice at a time), and grouped by time and count
-    /// into batches.
-    fn append_updates(
-        &mut self,
-        updates: Vec<(Result<Row, String>, Time, Diff)>,
-        net: bool,
-    ) -> Result<(), EngineError> {
-        let mut rows = Vec::with_capacity(updates.len());
-        let mut errors = Vec::new();
-        for (r, t, d) in updates {
-            match r {
-                Ok(r) => rows.push((r, t, d)),
-                Err(e) => errors.push((e, t, d)),
-            }
-        }
+    /// Keep a view's output changes, all at times the view is complete
+    /// through: rows cancelled where a time holds both insertions and
+    /// deletions (there is nothing to cancel without both, nor where the
+    /// changes are `net`: no row twice at a time), and stored in batches
+    /// of one time and count.
+    fn append_changes(&mut self, changes: Unsettled, net: bool) -> Result<(), EngineError> {
+        let Unsettled { rows, errors } = changes;
         if !errors.is_empty() {
             self.append_errors(errors);
         }
-        debug_assert!(
-            !net || {
-                let mut seen = std::collections::HashSet::new();
-                rows.iter().all(|(r, t, _)| seen.insert((r, t)))
-            },
-            "a view's changes said to be net hold a row twice at a time"
-        );
-        if !net && rows.iter().any(|(_, _, d)| *d < 0) {
-            let mut counts: hashbrown::HashMap<(Row, Time), Diff> =
-                hashbrown::HashMap::with_capacity(rows.len());
-            for (r, t, d) in rows.drain(..) {
-                *counts.entry((r, t)).or_insert(0) += d;
+        let plain = self.readers.iter().any(|r| r.prepare.is_none());
+        let mut rows = rows.into_iter().peekable();
+        while let Some(((time, diff), first)) = rows.next() {
+            let mut same = vec![(diff, first)];
+            while let Some(((_, diff), next)) = rows.next_if(|((t, _), _)| *t == time) {
+                same.push((diff, next));
             }
-            rows.extend(
-                counts
-                    .into_iter()
-                    .filter(|(_, d)| *d != 0)
-                    .map(|((r, t), d)| (r, t, d)),
+            debug_assert!(
+                !net || {
+                    let mut seen = std::collections::HashSet::new();
+                    same.iter().flat_map(|(_, c)| c).all(|c| (0..c.len()).all(|i| seen.insert(c.index(i))))
+                },
+                "a view's changes said to be net hold a row twice at a time"
             );
-        }
-        // Rows within a batch keep no order.
-        rows.sort_unstable_by_key(|(_, t, d)| (*t, *d));
-        while !rows.is_empty() {
-            let (time, diff) = (rows[0].1, rows[0].2);
-            let n = rows
-                .iter()
-                .take_while(|(_, t, d)| (*t, *d) == (time, diff))
-                .count();
-            let group: Vec<Row> = rows.drain(..n).map(|(r, _, _)| r).collect();
-            let batch = self.codec.decode(group.iter().map(|r| r.as_slice()))?;
-            self.store(batch, Some(group), time, diff, true)?;
+            let both = same.iter().any(|(d, _)| *d < 0) && same.iter().any(|(d, _)| *d > 0);
+            if net || !both {
+                for (diff, chunks) in &same {
+                    for rows in chunks {
+                        self.store_rows((0..rows.len()).map(|i| rows.index(i)), plain, time, *diff)?;
+                    }
+                }
+                continue;
+            }
+            let mut counts: hashbrown::HashMap<&[u8], Diff> = hashbrown::HashMap::new();
+            for (diff, chunks) in &same {
+                for rows in chunks {
+                    for i in 0..rows.len() {
+                        *counts.entry(rows.index(i)).or_insert(0) += diff;
+                    }
+                }
+            }
+            let mut counted: Vec<(&[u8], Diff)> = counts.into_iter().filter(|(_, d)| *d != 0).collect();
+            // Rows within a batch keep no order.
+            counted.sort_unstable_by_key(|(_, d)| *d);
+            for group in counted.chunk_by(|a, b| a.1 == b.1) {
+                self.store_rows(group.iter().map(|(r, _)| *r), plain, time, group[0].1)?;
+            }
         }
         Ok(())
+    }
+
+    /// Keep `rows` as one batch at `time` with count `diff`, each row's
+    /// copy handed to the plain readers where there are any.
+    fn store_rows<'a>(
+        &mut self,
+        rows: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
+        plain: bool,
+        time: Time,
+        diff: Diff,
+    ) -> Result<(), EngineError> {
+        let batch = self.codec.decode(rows.clone())?;
+        let owned = plain.then(|| rows.map(Row::from).collect());
+        self.store(batch, owned, time, diff, true)
     }
 
     fn append(&mut self, batch: RecordBatch, time: Time, diff: Diff) -> Result<(), EngineError> {
@@ -835,7 +849,7 @@ pub fn record_output<'s>(
     let OutputShape { local, net } = shape;
     let updates = ok.map(Ok::<Row, String>).concat(err.map(Err));
     let name = format!("Record {name}");
-    let mut buffer: Vec<(Result<Row, String>, Time, Diff)> = Vec::new();
+    let mut unsettled = Unsettled::default();
     // A local view's changes stay where they are (routed to this worker).
     let me = updates.inner.scope().index() as u64;
     let route = Exchange::new(
@@ -844,18 +858,14 @@ pub fn record_output<'s>(
         },
     );
     updates.inner.sink(route, &name, move |(input, frontier)| {
-        input.for_each(|_cap, data| buffer.append(data));
+        input.for_each(|_cap, data| unsettled.take(data));
         // An empty frontier (a view of constants): complete for good.
         let upper = frontier.frontier().iter().min().copied().unwrap_or(Time::MAX);
         let mut log = log.borrow_mut();
         if upper <= log.upper() {
             return;
         }
-        let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut buffer)
-            .into_iter()
-            .partition(|(_, t, _)| *t < upper);
-        buffer = keep;
-        if let Err(e) = log.append_updates(ready, net) {
+        if let Err(e) = log.append_changes(unsettled.split_before(upper), net) {
             tracing::warn!(error = %e, "cannot keep a view's output");
         }
         log.advance(upper);
@@ -867,6 +877,64 @@ pub fn record_output<'s>(
             tracing::warn!(error = %e, "cannot compact a view's output");
         }
     });
+}
+
+/// A view's changes at times not yet complete, by time and count, each
+/// row's bytes end to end in chunks of about [`CHANGE_BYTES`]. The rows
+/// themselves are dropped as they arrive, so that the next ones made
+/// reuse their memory: a time of Nexmark q18 is 1.4 M changes per worker,
+/// and holding each as a row of its own until the time was complete made
+/// them the largest share of the fresh pages the kernel zeroed. Chunks,
+/// not one buffer, because a buffer that doubles as it grows copies
+/// itself into fresh pages at every doubling; each chunk becomes a batch.
+#[derive(Default)]
+struct Unsettled {
+    rows: std::collections::BTreeMap<(Time, Diff), Vec<RowContainer>>,
+    errors: Vec<(String, Time, Diff)>,
+}
+
+impl Unsettled {
+    /// Keep `data`'s changes, emptying it.
+    fn take(&mut self, data: &mut Vec<(Result<Row, String>, Time, Diff)>) {
+        let Unsettled { rows: all, errors } = self;
+        let mut rest = &data[..];
+        while let Some((_, time, diff)) = rest.first() {
+            // Changes come in runs of one time and count.
+            let n = rest.iter().take_while(|(_, t, d)| (t, d) == (time, diff)).count();
+            let (run, later) = rest.split_at(n);
+            rest = later;
+            if run.iter().any(|(r, _, _)| r.is_err()) {
+                errors.extend(run.iter().filter_map(|(r, t, d)| Some((r.as_ref().err()?.clone(), *t, *d))));
+            }
+            if run.iter().any(|(r, _, _)| r.is_ok()) {
+                let chunks = all.entry((*time, *diff)).or_default();
+                for r in run.iter().filter_map(|(r, _, _)| r.as_ref().ok()) {
+                    match chunks.last_mut() {
+                        Some(c) if c.bytes_in_use().0 + r.len() <= c.bytes_in_use().1 => c.push_ref(r),
+                        _ => {
+                            let mut c = RowContainer::with_capacities(CHANGE_BYTES / 64, CHANGE_BYTES.max(r.len()));
+                            c.push_ref(r);
+                            chunks.push(c);
+                        }
+                    }
+                }
+            }
+        }
+        data.clear();
+    }
+
+    /// The changes at times before `upper`, taken out.
+    fn split_before(&mut self, upper: Time) -> Unsettled {
+        let later = self.rows.split_off(&(upper, Diff::MIN));
+        let (errors, keep) = std::mem::take(&mut self.errors)
+            .into_iter()
+            .partition(|(_, t, _)| *t < upper);
+        self.errors = keep;
+        Unsettled {
+            rows: std::mem::replace(&mut self.rows, later),
+            errors,
+        }
+    }
 }
 
 impl Subscriber {
