@@ -44,8 +44,8 @@ use weir_protocol::{Response, ResponseSender, SubscribeUpdate};
 use crate::eval::{Evaluated, RowEval, encode_group};
 use crate::render::{Coll, Errs, Input, OutputShape};
 use crate::row::{Row, RowCodec, RowContainer};
-use differential_dataflow::trace::implementations::BatchContainer;
 use crate::{Diff, EngineError, Time};
+use differential_dataflow::trace::implementations::BatchContainer;
 
 /// Writes smaller than [`SMALL_ROWS`] are merged, this many rows to a
 /// batch, when the log compacts, so that many single-row `INSERT`s do not
@@ -347,7 +347,9 @@ impl TableLog {
             debug_assert!(
                 !net || {
                     let mut seen = std::collections::HashSet::new();
-                    same.iter().flat_map(|(_, c)| c).all(|c| (0..c.len()).all(|i| seen.insert(c.index(i))))
+                    same.iter()
+                        .flat_map(|(_, c)| c)
+                        .all(|c| (0..c.len()).all(|i| seen.insert(c.index(i))))
                 },
                 "a view's changes said to be net hold a row twice at a time"
             );
@@ -904,7 +906,10 @@ impl Unsettled {
             let (run, later) = rest.split_at(n);
             rest = later;
             if run.iter().any(|(r, _, _)| r.is_err()) {
-                errors.extend(run.iter().filter_map(|(r, t, d)| Some((r.as_ref().err()?.clone(), *t, *d))));
+                errors.extend(
+                    run.iter()
+                        .filter_map(|(r, t, d)| Some((r.as_ref().err()?.clone(), *t, *d))),
+                );
             }
             if run.iter().any(|(r, _, _)| r.is_ok()) {
                 let chunks = all.entry((*time, *diff)).or_default();
@@ -912,7 +917,8 @@ impl Unsettled {
                     match chunks.last_mut() {
                         Some(c) if c.bytes_in_use().0 + r.len() <= c.bytes_in_use().1 => c.push_ref(r),
                         _ => {
-                            let mut c = RowContainer::with_capacities(CHANGE_BYTES / 64, CHANGE_BYTES.max(r.len()));
+                            let mut c =
+                                RowContainer::with_capacities(CHANGE_BYTES / 64, CHANGE_BYTES.max(r.len()));
                             c.push_ref(r);
                             chunks.push(c);
                         }
@@ -1204,6 +1210,63 @@ mod tests {
             .collect();
         rows.sort();
         rows
+    }
+
+    /// A view's changes as its sink keeps them: in pieces at interleaved
+    /// times, errors among them, a row too long for a chunk of its own
+    /// size, insertions and deletions that cancel within their time, and
+    /// a row inserted twice; each time stored once complete, and only its
+    /// changes.
+    #[test]
+    fn unsettled_changes_are_stored_by_time() {
+        let schema = nullable_schema();
+        let codec = RowCodec::new(schema.clone()).unwrap();
+        let rows = |rows: &[(i64, &str)]| {
+            let b = batch(&schema, rows);
+            codec.encode(b.columns(), b.num_rows()).unwrap()
+        };
+        let long = "l".repeat(CHANGE_BYTES + 1);
+        let [a, b, c, d, l]: [Row; 5] = rows(&[(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, &long)])
+            .try_into()
+            .unwrap();
+        let mut view = TableLog::view(codec.clone());
+        let mut unsettled = Unsettled::default();
+        let mut data = vec![
+            (Ok(a.clone()), 1, 1),
+            (Ok(c.clone()), 2, 1),
+            (Err("boom".to_string()), 1, 1),
+            (Ok(a.clone()), 2, -1),
+        ];
+        unsettled.take(&mut data);
+        assert!(data.is_empty());
+        unsettled.take(&mut vec![
+            (Ok(b.clone()), 1, 1),
+            (Ok(l.clone()), 2, 1),
+            (Ok(d.clone()), 2, 1),
+            (Ok(d.clone()), 2, 1),
+            (Ok(c.clone()), 2, -1),
+            (Ok(a.clone()), 2, 1),
+        ]);
+        view.append_changes(unsettled.split_before(2), false).unwrap();
+        view.advance(2);
+        assert_eq!(
+            sorted(&view.read(1, None, None).unwrap()),
+            vec![(1, "a".into()), (2, "b".into())]
+        );
+        assert_eq!(view.error_at(1), Some("boom".to_string()));
+        // Time 2's changes stayed behind; at 2 they hold `a` as it was
+        // (deleted and inserted), `c` not at all, `d` twice.
+        assert_eq!(unsettled.rows.keys().map(|(t, _)| *t).min(), Some(2));
+        let entries = view.entries.len();
+        view.append_changes(unsettled.split_before(3), false).unwrap();
+        view.advance(3);
+        assert!(unsettled.rows.is_empty() && unsettled.errors.is_empty());
+        assert!(view.entries[entries..].iter().all(|e| e.diff > 0));
+        let at_2 = sorted(&view.read(2, None, None).unwrap());
+        assert_eq!(
+            at_2.iter().map(|(k, v)| (*k, v.len())).collect::<Vec<_>>(),
+            vec![(1, 1), (2, 1), (4, 1), (4, 1), (5, CHANGE_BYTES + 1)]
+        );
     }
 
     /// A view kept by its table's log: the rows already written and every
