@@ -1183,6 +1183,20 @@ mod tests {
 
     use super::*;
 
+    impl TableLog {
+        /// [`TableLog::append_changes`] of `updates`, kept as a view's
+        /// sink keeps them.
+        fn append_updates(
+            &mut self,
+            mut updates: Vec<(Result<Row, String>, Time, Diff)>,
+            net: bool,
+        ) -> Result<(), EngineError> {
+            let mut unsettled = Unsettled::default();
+            unsettled.take(&mut updates);
+            self.append_changes(unsettled.split_before(Time::MAX), net)
+        }
+    }
+
     /// `(a bigint, b text)`, both nullable.
     fn nullable_schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -1229,7 +1243,7 @@ mod tests {
         let [a, b, c, d, l]: [Row; 5] = rows(&[(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, &long)])
             .try_into()
             .unwrap();
-        let mut view = TableLog::view(codec.clone());
+        let mut view = TableLog::view(RowCodec::new(schema.clone()).unwrap());
         let mut unsettled = Unsettled::default();
         let mut data = vec![
             (Ok(a.clone()), 1, 1),

@@ -221,8 +221,8 @@ where
                 }
                 // Hold only what the time being emitted and the updates
                 // still waiting need.
-                let emitting = emitting.as_ref().map(|(t, _)| *t);
-                match emitting.into_iter().chain(pending.keys().next().copied()).min() {
+                let emitted = emitting.as_ref().map(|(t, _)| *t);
+                match emitted.into_iter().chain(pending.keys().next().copied()).min() {
                     Some(least) => caps.downgrade([&least]),
                     None => caps = CapabilitySet::new(),
                 }
