@@ -33,7 +33,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{CapabilitySet, Operator};
 
 use crate::sizes::Element;
-use crate::slots::SlotMap;
+use crate::slots::{Pool, SlotMap};
 use crate::{Diff, Time};
 
 /// How many emptied per-time maps an operator keeps for reuse.
@@ -135,7 +135,7 @@ where
             let mut rows = Vec::new();
             // A complete time whose changes are being emitted, and its
             // keys not yet read (see [`FUEL`]).
-            let mut emitting: Option<(Time, Vec<Vec<(K, S)>>)> = None;
+            let mut emitting: Option<(Time, Pool<K, S>)> = None;
             move |(input, frontier), output| {
                 // Owned by the operator: the registration goes with it.
                 let _owned = &registration;
