@@ -337,7 +337,6 @@ impl TableLog {
         if !errors.is_empty() {
             self.append_errors(errors);
         }
-        let plain = self.readers.iter().any(|r| r.prepare.is_none());
         let mut rows = rows.into_iter().peekable();
         while let Some(((time, diff), first)) = rows.next() {
             let mut same = vec![(diff, first)];
@@ -349,7 +348,7 @@ impl TableLog {
                     let mut seen = std::collections::HashSet::new();
                     same.iter()
                         .flat_map(|(_, c)| c)
-                        .all(|c| (0..c.len()).all(|i| seen.insert(c.index(i))))
+                        .all(|c| c.rows().all(|r| seen.insert(r)))
                 },
                 "a view's changes said to be net hold a row twice at a time"
             );
@@ -357,7 +356,7 @@ impl TableLog {
             if net || !both {
                 for (diff, chunks) in &same {
                     for rows in chunks {
-                        self.store_rows((0..rows.len()).map(|i| rows.index(i)), plain, time, *diff)?;
+                        self.store_rows(rows.rows(), time, *diff)?;
                     }
                 }
                 continue;
@@ -365,8 +364,8 @@ impl TableLog {
             let mut counts: hashbrown::HashMap<&[u8], Diff> = hashbrown::HashMap::new();
             for (diff, chunks) in &same {
                 for rows in chunks {
-                    for i in 0..rows.len() {
-                        *counts.entry(rows.index(i)).or_insert(0) += diff;
+                    for row in rows.rows() {
+                        *counts.entry(row).or_insert(0) += diff;
                     }
                 }
             }
@@ -374,7 +373,7 @@ impl TableLog {
             // Rows within a batch keep no order.
             counted.sort_unstable_by_key(|(_, d)| *d);
             for group in counted.chunk_by(|a, b| a.1 == b.1) {
-                self.store_rows(group.iter().map(|(r, _)| *r), plain, time, group[0].1)?;
+                self.store_rows(group.iter().map(|(r, _)| *r), time, group[0].1)?;
             }
         }
         Ok(())
@@ -385,11 +384,11 @@ impl TableLog {
     fn store_rows<'a>(
         &mut self,
         rows: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
-        plain: bool,
         time: Time,
         diff: Diff,
     ) -> Result<(), EngineError> {
         let batch = self.codec.decode(rows.clone())?;
+        let plain = self.readers.iter().any(|r| r.prepare.is_none());
         let owned = plain.then(|| rows.map(Row::from).collect());
         self.store(batch, owned, time, diff, true)
     }

@@ -341,6 +341,12 @@ impl RowContainer {
     pub(crate) fn ends(&self) -> &differential_dataflow::trace::implementations::OffsetList {
         &self.ends
     }
+
+    /// Its rows, first to last.
+    pub(crate) fn rows(&self) -> impl ExactSizeIterator<Item = &[u8]> + Clone + '_ {
+        use differential_dataflow::trace::implementations::BatchContainer;
+        (0..self.len()).map(|i| self.index(i))
+    }
 }
 
 impl Default for RowContainer {
