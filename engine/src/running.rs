@@ -49,13 +49,62 @@ const SPARE_MAPS: usize = 4;
 /// sorts each piece it receives) 8-17% slower.
 const FUEL: usize = 256 * 1024;
 
+/// Arriving updates asked whether their key's state absorbs them, per
+/// sample (see [`Absorbing`]).
+const SAMPLE: u32 = 1024;
+
+/// Arriving updates not asked after a sample in which under an eighth
+/// were absorbed, before the next sample.
+const UNASKED: u32 = 64 * 1024;
+
+/// Whether to ask an arriving update's state whether it absorbs the
+/// update. Asking is a lookup of the key among all states, and what it
+/// saves (merging into the time's pending map) only pays where many are
+/// absorbed: a top 10 by price (Nexmark q19) absorbs most bids once its
+/// auction has ten, but the newest bid of each bidder and auction (q18)
+/// absorbs none, and asking was a lookup of each bid in millions of
+/// states for nothing. The answer is sampled as updates arrive; not
+/// asking is always safe, as a state is asked again before it is added
+/// to.
+#[derive(Default)]
+struct Absorbing {
+    asked: u32,
+    absorbed: u32,
+    /// Arriving updates still to pass unasked.
+    unasked: u32,
+}
+
+impl Absorbing {
+    /// Whether to ask about the next arriving update.
+    fn ask(&mut self) -> bool {
+        if self.unasked > 0 {
+            self.unasked -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// The answer to the last question asked.
+    fn answered(&mut self, absorbed: bool) {
+        self.asked += 1;
+        self.absorbed += u32::from(absorbed);
+        if self.asked == SAMPLE {
+            if self.absorbed < SAMPLE / 8 {
+                self.unasked = UNASKED;
+            }
+            (self.asked, self.absorbed) = (0, 0);
+        }
+    }
+}
+
 /// A running state as this operator adds to it. It may tell, more
 /// cheaply than adding, that adding a difference leaves it unchanged (a
 /// full top-k and rows after its last): the operator then neither copies
 /// nor adds. A state that absorbs a difference must absorb it still after
 /// anything else is added to it (a top-k only fills up): the operator
-/// skips an update its key's state absorbs as it arrives, before the
-/// updates of earlier times are added. Differences are added owned, so a
+/// may skip an update its key's state absorbs as it arrives, before the
+/// updates of earlier times are added (where enough do, see
+/// [`Absorbing`]). Differences are added owned, so a
 /// state may move their parts in rather than copy them.
 pub(crate) trait RunningState: Semigroup {
     /// Whether `absorbs` can ever say yes: where it cannot, the operator
@@ -138,6 +187,7 @@ where
             // A complete time whose changes are being emitted, and its
             // keys not yet read (see [`FUEL`]).
             let mut emitting: Option<(Time, Pool<K, S>)> = None;
+            let mut absorbing = Absorbing::default();
             move |(input, frontier), output| {
                 // Owned by the operator: the registration goes with it.
                 let _owned = &registration;
@@ -148,8 +198,12 @@ where
                     }
                     for (k, t, s) in data.drain(..) {
                         let hash = SlotMap::<K, S>::hash(&k);
-                        if S::ABSORBS && states.get(hash, &k).is_some_and(|state| state.absorbs(&s)) {
-                            continue;
+                        if S::ABSORBS && absorbing.ask() {
+                            let absorbed = states.get(hash, &k).is_some_and(|state| state.absorbs(&s));
+                            absorbing.answered(absorbed);
+                            if absorbed {
+                                continue;
+                            }
                         }
                         let changes = pending
                             .entry(t)
@@ -240,12 +294,33 @@ mod tests {
     use differential_dataflow::input::InputSession;
     use timely::dataflow::operators::{Inspect, Probe};
 
-    use super::derive_changes;
+    use super::{Absorbing, SAMPLE, UNASKED, derive_changes};
     use crate::row::Row;
     use crate::{Diff, Time};
 
     /// A change seen: (key, before, after) at a time, with its count.
     type Change = ((u8, Diff, Diff), Time, Diff);
+
+    /// Arriving updates are asked about while a sample finds an eighth
+    /// or more absorbed; after one that finds fewer, the next
+    /// [`UNASKED`] pass unasked, and then a sample is taken again.
+    #[test]
+    fn arrivals_are_asked_while_it_pays() {
+        let mut absorbing = Absorbing::default();
+        for i in 0..4 * SAMPLE {
+            assert!(absorbing.ask());
+            absorbing.answered(i % 4 == 0);
+        }
+        for i in 0..SAMPLE {
+            assert!(absorbing.ask());
+            // Fewer than an eighth absorbed.
+            absorbing.answered(i % 9 == 0);
+        }
+        for _ in 0..UNASKED {
+            assert!(!absorbing.ask());
+        }
+        assert!(absorbing.ask());
+    }
 
     /// Updates that arrive out of time order are read in time order, one
     /// change per key and time, each seeing the state the earlier times
