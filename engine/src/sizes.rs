@@ -297,7 +297,12 @@ impl Element for crate::rank::Leaders {
     const OWNS_HEAP: bool = true;
     fn heap(&self) -> (usize, usize) {
         let width = std::mem::size_of::<(Row, Row, crate::Diff)>();
-        let (mut bytes, mut capacity) = (self.rows.len() * width, self.rows.capacity() * width);
+        // A first row is held inline.
+        let (mut bytes, mut capacity) = if self.rows.spilled() {
+            (self.rows.len() * width, self.rows.capacity() * width)
+        } else {
+            (0, 0)
+        };
         for (sort, row, _) in &self.rows {
             for (b, c) in [sort.heap(), row.heap()] {
                 bytes += b;
