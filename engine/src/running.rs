@@ -322,6 +322,79 @@ mod tests {
         assert!(absorbing.ask());
     }
 
+    /// A running maximum that absorbs any value not above it.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+    struct Most(u64);
+
+    impl differential_dataflow::difference::IsZero for Most {
+        fn is_zero(&self) -> bool {
+            false
+        }
+    }
+
+    impl differential_dataflow::difference::Semigroup for Most {
+        fn plus_equals(&mut self, rhs: &Self) {
+            self.0 = self.0.max(rhs.0);
+        }
+    }
+
+    impl super::RunningState for Most {
+        const ABSORBS: bool = true;
+        fn absorbs(&self, diff: &Self) -> bool {
+            diff.0 <= self.0
+        }
+    }
+
+    impl crate::sizes::Element for Most {
+        const OWNS_HEAP: bool = false;
+    }
+
+    /// Once a sample finds too few arriving updates absorbed, absorbed
+    /// ones arrive unasked, and still change nothing: the state is asked
+    /// again before it is added to.
+    #[test]
+    fn unasked_arrivals_still_change_nothing() {
+        let mut seen = timely::execute_directly(move |worker| {
+            let seen: Rc<RefCell<Vec<((u64, Option<u64>, u64), Time, Diff)>>> = Rc::default();
+            let mut input: InputSession<Time, u64, Most> = InputSession::new();
+            let out = seen.clone();
+            let probe = worker.dataflow(|scope| {
+                derive_changes(
+                    input.to_collection(scope),
+                    "Most",
+                    |key: &u64, before: Option<&mut Most>, after: &Most, rows| {
+                        rows.push(((*key, before.map(|b| b.0), after.0), 1))
+                    },
+                )
+                .inner
+                .inspect(move |update| out.borrow_mut().push(*update))
+                .probe()
+                .0
+            });
+            let mut settle = |input: &mut InputSession<Time, u64, Most>, time: Time| {
+                input.advance_to(time);
+                input.flush();
+                worker.step_while(|| probe.less_than(&time));
+            };
+            input.update_at(0, 1, Most(100));
+            settle(&mut input, 2);
+            // Keys without a state absorb nothing: asking stops.
+            for key in 1..=2 * SAMPLE as u64 {
+                input.update_at(key, 2, Most(key));
+            }
+            settle(&mut input, 3);
+            for value in 1..=50 {
+                input.update_at(0, 3, Most(value));
+            }
+            input.update_at(0, 4, Most(150));
+            settle(&mut input, 5);
+            seen.take()
+        });
+        seen.retain(|((key, _, _), _, _)| *key == 0);
+        seen.sort();
+        assert_eq!(seen, vec![((0, None, 100), 1, 1), ((0, Some(100), 150), 4, 1)]);
+    }
+
     /// Updates that arrive out of time order are read in time order, one
     /// change per key and time, each seeing the state the earlier times
     /// left: counts here, with the change reported as (key, before, after).
