@@ -322,6 +322,10 @@ mod tests {
         assert!(absorbing.ask());
     }
 
+    /// A change of a running maximum seen: (key, before, after) at a
+    /// time, with its count.
+    type MostChange = ((u64, Option<u64>, u64), Time, Diff);
+
     /// A running maximum that absorbs any value not above it.
     #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
     struct Most(u64);
@@ -355,7 +359,7 @@ mod tests {
     #[test]
     fn unasked_arrivals_still_change_nothing() {
         let mut seen = timely::execute_directly(move |worker| {
-            let seen: Rc<RefCell<Vec<((u64, Option<u64>, u64), Time, Diff)>>> = Rc::default();
+            let seen: Rc<RefCell<Vec<MostChange>>> = Rc::default();
             let mut input: InputSession<Time, u64, Most> = InputSession::new();
             let out = seen.clone();
             let probe = worker.dataflow(|scope| {
