@@ -353,47 +353,56 @@ mod tests {
         const OWNS_HEAP: bool = false;
     }
 
+    /// The changes `derive` reports over `steps` fed in turn, each to
+    /// completion (the input advanced past its latest time) before the
+    /// next, in the order seen.
+    fn changes_seen<K, S, D, F>(steps: Vec<Vec<(K, Time, S)>>, derive: F) -> Vec<(D, Time, Diff)>
+    where
+        K: differential_dataflow::ExchangeData + std::hash::Hash + Eq + crate::sizes::Element + Sync,
+        S: differential_dataflow::ExchangeData + super::RunningState + crate::sizes::Element + Sync,
+        D: Clone + Send + 'static,
+        F: FnMut(&K, Option<&mut S>, &S, &mut Vec<(D, Diff)>) + Send + Sync + 'static,
+    {
+        timely::execute_directly(move |worker| {
+            let seen: Rc<RefCell<Vec<(D, Time, Diff)>>> = Rc::default();
+            let mut input: InputSession<Time, K, S> = InputSession::new();
+            let out = seen.clone();
+            let probe = worker.dataflow(|scope| {
+                derive_changes(input.to_collection(scope), "Changes", derive)
+                    .inner
+                    .inspect(move |update| out.borrow_mut().push(update.clone()))
+                    .probe()
+                    .0
+            });
+            for step in steps {
+                let upper = step.iter().map(|(_, t, _)| t + 1).max().unwrap_or(0);
+                step.into_iter().for_each(|(k, t, s)| input.update_at(k, t, s));
+                input.advance_to(upper);
+                input.flush();
+                worker.step_while(|| probe.less_than(&upper));
+            }
+            seen.take()
+        })
+    }
+
     /// Once a sample finds too few arriving updates absorbed, absorbed
     /// ones arrive unasked, and still change nothing: the state is asked
     /// again before it is added to.
     #[test]
     fn unasked_arrivals_still_change_nothing() {
-        let mut seen = timely::execute_directly(move |worker| {
-            let seen: Rc<RefCell<Vec<MostChange>>> = Rc::default();
-            let mut input: InputSession<Time, u64, Most> = InputSession::new();
-            let out = seen.clone();
-            let probe = worker.dataflow(|scope| {
-                derive_changes(
-                    input.to_collection(scope),
-                    "Most",
-                    |key: &u64, before: Option<&mut Most>, after: &Most, rows| {
-                        rows.push(((*key, before.map(|b| b.0), after.0), 1))
-                    },
-                )
-                .inner
-                .inspect(move |update| out.borrow_mut().push(*update))
-                .probe()
-                .0
-            });
-            let mut settle = |input: &mut InputSession<Time, u64, Most>, time: Time| {
-                input.advance_to(time);
-                input.flush();
-                worker.step_while(|| probe.less_than(&time));
-            };
-            input.update_at(0, 1, Most(100));
-            settle(&mut input, 2);
+        let steps = vec![
+            vec![(0, 1, Most(100))],
             // Keys without a state absorb nothing: asking stops.
-            for key in 1..=2 * SAMPLE as u64 {
-                input.update_at(key, 2, Most(key));
-            }
-            settle(&mut input, 3);
-            for value in 1..=50 {
-                input.update_at(0, 3, Most(value));
-            }
-            input.update_at(0, 4, Most(150));
-            settle(&mut input, 5);
-            seen.take()
-        });
+            (1..=2 * SAMPLE as u64).map(|key| (key, 2, Most(key))).collect(),
+            (1..=50)
+                .map(|value| (0, 3, Most(value)))
+                .chain([(0, 4, Most(150))])
+                .collect(),
+        ];
+        let mut seen: Vec<MostChange> =
+            changes_seen(steps, |key: &u64, before: Option<&mut Most>, after, rows| {
+                rows.push(((*key, before.map(|b| b.0), after.0), 1))
+            });
         seen.retain(|((key, _, _), _, _)| *key == 0);
         seen.sort();
         assert_eq!(seen, vec![((0, None, 100), 1, 1), ((0, Some(100), 150), 4, 1)]);
@@ -404,39 +413,24 @@ mod tests {
     /// left: counts here, with the change reported as (key, before, after).
     #[test]
     fn changes_follow_time_order() {
-        let mut seen = timely::execute_directly(move |worker| {
-            let seen: Rc<RefCell<Vec<Change>>> = Rc::default();
-            let mut input: InputSession<Time, Row, Diff> = InputSession::new();
-            let out = seen.clone();
-            let probe = worker.dataflow(|scope| {
-                let counts = input.to_collection(scope);
-                derive_changes(
-                    counts,
-                    "Counts",
-                    |key: &Row, before: Option<&mut Diff>, after, rows| {
-                        rows.push(((key.as_slice()[0], before.map_or(0, |b| *b), *after), 1))
-                    },
-                )
-                .inner
-                .inspect(move |update| out.borrow_mut().push(*update))
-                .probe()
-                .0
-            });
-            let (a, b) = (Row::from(&[1u8][..]), Row::from(&[2u8][..]));
-            input.update_at(a.clone(), 3, 1);
-            input.update_at(a.clone(), 1, 2);
-            input.update_at(b.clone(), 2, 1);
-            input.update_at(a.clone(), 2, 1);
-            input.update_at(a.clone(), 2, 1);
+        let (a, b) = (Row::from(&[1u8][..]), Row::from(&[2u8][..]));
+        let updates = vec![
+            (a.clone(), 3, 1),
+            (a.clone(), 1, 2),
+            (b.clone(), 2, 1),
+            (a.clone(), 2, 1),
+            (a.clone(), 2, 1),
             // Cancels within its time: no change.
-            input.update_at(b.clone(), 3, 1);
-            input.update_at(b.clone(), 3, -1);
-            input.update_at(b.clone(), 4, -1);
-            input.advance_to(5);
-            input.flush();
-            worker.step_while(|| probe.less_than(&5));
-            seen.take()
-        });
+            (b.clone(), 3, 1),
+            (b.clone(), 3, -1),
+            (b.clone(), 4, -1),
+        ];
+        let mut seen: Vec<Change> = changes_seen(
+            vec![updates],
+            |key: &Row, before: Option<&mut Diff>, after, rows| {
+                rows.push(((key.as_slice()[0], before.map_or(0, |b| *b), *after), 1))
+            },
+        );
         seen.sort();
         assert_eq!(
             seen,
