@@ -405,6 +405,75 @@ async fn extremes_over_inserts_only_are_running_values() {
     );
 }
 
+/// The rows holding their group's maximum of a count over inserts
+/// (Nexmark q5's hot items: a semi join of the counts with their own
+/// per-group maximum) are kept as one running state per group, `State:
+/// RunningLeaders`, with no join, and equal the one-shot answer after
+/// streaming in, ties included. Where a row can change without its count
+/// rising (a second aggregate beside it) or the counted rows can be
+/// deleted, the join stays.
+#[tokio::test]
+async fn rows_holding_a_running_maximum_are_kept_per_group() {
+    let s = Server::start();
+    let c = s.connect().await;
+    exec(
+        &c,
+        "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (EVENTS PER SECOND 5000, MAX EVENTS 5000, SEED 5);
+         CREATE TABLE written (k int, v int);
+         INSERT INTO written VALUES (1, 5), (1, 7), (2, 7);",
+    )
+    .await;
+    let q5 = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/nexmark/q5.sql"),
+    )
+    .unwrap()
+    .lines()
+    .filter(|l| !l.trim_start().starts_with("--"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    let views = [
+        // Per group, with ties: most auctions' bidders bid once.
+        (
+            "most_per_auction",
+            "WITH c AS (SELECT auction, bidder % 5 AS b5, count(*) AS n FROM bid GROUP BY auction, bidder % 5) \
+             SELECT c.auction, c.b5, c.n FROM c JOIN (SELECT auction, max(n) AS m FROM c GROUP BY auction) x \
+             ON c.auction = x.auction AND c.n >= x.m",
+        ),
+        // One group of all rows.
+        (
+            "hottest_auctions",
+            "WITH c AS (SELECT auction, count(*) AS n FROM bid GROUP BY auction) \
+             SELECT c.auction, c.n FROM c JOIN (SELECT max(n) AS m FROM c) x ON c.n >= x.m",
+        ),
+        ("hot_items", q5.as_str()),
+        // A sum beside the count: a row changes with its count equal.
+        (
+            "hottest_with_sums",
+            "WITH c AS (SELECT auction % 7 AS a7, count(*) AS n, sum(price) AS total FROM bid GROUP BY auction % 7) \
+             SELECT c.a7, c.n, c.total FROM c JOIN (SELECT max(n) AS m FROM c) x ON c.n >= x.m",
+        ),
+        // Counted rows that statements delete: counts fall.
+        (
+            "written_most",
+            "WITH c AS (SELECT v, count(*) AS n FROM written GROUP BY v) \
+             SELECT c.v, c.n FROM c JOIN (SELECT max(n) AS m FROM c) x ON c.n >= x.m",
+        ),
+    ];
+    create_views(&c, &views).await;
+    exec(
+        &c,
+        "DELETE FROM written WHERE v = 5; INSERT INTO written VALUES (3, 9), (4, 9);",
+    )
+    .await;
+    wait_state(&c, "nx", |s| s == "finished").await;
+    assert_views_equal_one_shot(&c, &views).await;
+    assert_eq!(sorted(&c, "SELECT * FROM written_most").await, vec!["7|2", "9|2"]);
+    assert_eq!(
+        relations_arranged_by(&c, "State: RunningLeaders").await,
+        vec!["hot_items", "hottest_auctions", "most_per_auction"]
+    );
+}
+
 /// `row_number() ... <= k` over what only a generator writes (bids, a
 /// join of auctions and bids, a union with copies of rows) keeps each
 /// partition's first k rows as a running state, `State: RankRunning`,

@@ -18,6 +18,7 @@ mod distinct_count;
 pub mod eval;
 mod fast_path;
 mod join_matches;
+mod leaders;
 pub mod log;
 pub mod minmax;
 pub(crate) mod rank;

@@ -860,6 +860,19 @@ fn render_join<'s>(
         let other = render(side.other, scope, imports)?;
         return join_constant(other, side, spec.nulls_equal, &joined, spec.residual);
     }
+    if let Some(leaders) = crate::leaders::of(
+        left,
+        right,
+        spec.left_keys,
+        spec.right_keys,
+        spec.residual,
+        spec.kind,
+        spec.nulls_equal,
+        imports.logs,
+    ) && let Some(rendered) = crate::leaders::render_leaders(&leaders, scope, imports)?
+    {
+        return Ok(rendered);
+    }
     let l = render(left, scope, imports)?;
     let r = render(right, scope, imports)?;
     join_collections(l, r, &left.schema, &right.schema, spec)

@@ -293,6 +293,24 @@ impl Element for crate::minmax::Running {
     }
 }
 
+impl Element for crate::leaders::Tied {
+    const OWNS_HEAP: bool = true;
+    fn heap(&self) -> (usize, usize) {
+        let width = std::mem::size_of::<(Row, crate::Diff)>();
+        let (mut bytes, mut capacity) = if self.rows.spilled() {
+            (self.rows.len() * width, self.rows.capacity() * width)
+        } else {
+            (0, 0)
+        };
+        for part in std::iter::once(&self.value).chain(self.rows.iter().map(|(r, _)| r)) {
+            let (b, c) = part.heap();
+            bytes += b;
+            capacity += c;
+        }
+        (bytes, capacity)
+    }
+}
+
 impl Element for crate::rank::Leaders {
     const OWNS_HEAP: bool = true;
     fn heap(&self) -> (usize, usize) {

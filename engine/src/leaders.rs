@@ -1,0 +1,289 @@
+//! The rows that hold their group's running maximum, kept per group.
+//!
+//! `r JOIN (SELECT g, max(c) AS m FROM r GROUP BY g) x ON r.g = x.g AND
+//! r.c >= x.m` (Nexmark q5's hot items, planned as a semi join keyed by
+//! the group and `r.c = x.m`, see `weir_sql::extreme_join`) keeps the rows
+//! of `r` whose `c` is their group's greatest. Where `c` only rises row by
+//! row and a row never leaves its group ([`crate::rising`]: a count over
+//! inserts), every retraction of a row is replaced, at the same time, by
+//! the same row with a greater or equal value. The maximum is then the
+//! greatest value ever inserted, and the rows holding it are the rows
+//! inserted with it since it was last exceeded: one small state per group
+//! ([`Tied`]: the value and the rows holding it) answers the join, with no
+//! arrangement of `r` (every row, every change) and none of the maxima.
+//!
+//! This module owns recognising that join ([`of`]) and the state; the
+//! per-key, per-time operator is [`crate::running`]'s, the key and value
+//! bytes come out of each row by [`crate::eval::column_picker`].
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use arrow::datatypes::Schema;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
+use differential_dataflow::AsCollection;
+use differential_dataflow::difference::{IsZero, Semigroup};
+use smallvec::SmallVec;
+use timely::dataflow::Scope;
+use weir_sql::{AggregateFunc, GlobalId, JoinKind, Plan, PlanNode};
+
+use crate::eval::{column_index, column_picker, expr_fields};
+use crate::log::TableLog;
+use crate::render::{Coll, Errs, Imports, MISMATCHED_ROW, batch_map, render};
+use crate::row::{Row, RowCodec};
+use crate::running::{RunningState, derive_changes};
+use crate::spans::Picker;
+use crate::{Diff, EngineError, Time};
+
+/// A group's greatest value so far, row-encoded alone so that bytes
+/// compare as values do, and the rows inserted with it since, with their
+/// multiplicities. No rows: no state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Tied {
+    pub(crate) value: Row,
+    /// Rows appended in the order they came; a row inserted twice is held
+    /// twice (its multiplicities add up downstream).
+    pub(crate) rows: SmallVec<[(Row, Diff); 1]>,
+}
+
+impl IsZero for Tied {
+    fn is_zero(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+impl Semigroup for Tied {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.plus_owned(rhs.clone());
+    }
+}
+
+impl RunningState for Tied {
+    const ABSORBS: bool = true;
+
+    /// Rows below the maximum never join it.
+    fn absorbs(&self, diff: &Self) -> bool {
+        !self.rows.is_empty() && diff.value < self.value
+    }
+
+    fn plus_owned(&mut self, diff: Self) {
+        if diff.rows.is_empty() {
+            return;
+        }
+        if self.rows.is_empty() || diff.value > self.value {
+            *self = diff;
+        } else if diff.value == self.value {
+            self.rows.extend(diff.rows);
+        }
+    }
+}
+
+/// A semi join of rows with their own per-group running maximum (see the
+/// module comment): the rows' plan, and their group's and value's columns.
+pub(crate) struct RunningLeaders<'a> {
+    rows: &'a Plan,
+    group: Vec<Expr>,
+    value: Expr,
+}
+
+/// `plan`'s column `col`, followed down through projections that only
+/// pick columns (no filters): the plan it comes from and its index there.
+fn origin(mut plan: &Plan, mut col: usize) -> (&Plan, usize) {
+    while let PlanNode::MapFilterProject {
+        input,
+        filters,
+        projection,
+    } = &plan.node
+    {
+        match projection.get(col).and_then(|e| column_index(e, &input.schema)) {
+            Some(i) if filters.is_empty() => (plan, col) = (input, i),
+            _ => break,
+        }
+    }
+    (plan, col)
+}
+
+/// The join of `left` and `right` on `left_keys = right_keys` if it is a
+/// semi join of rows with their own running per-group maximum, keyed by
+/// the group and the maximum, whose residual (if any) compares the value
+/// with the maximum.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn of<'a>(
+    left: &'a Plan,
+    right: &'a Plan,
+    left_keys: &[Expr],
+    right_keys: &[Expr],
+    residual: Option<&Expr>,
+    kind: JoinKind,
+    nulls_equal: bool,
+    logs: &HashMap<GlobalId, Rc<RefCell<TableLog>>>,
+) -> Option<RunningLeaders<'a>> {
+    if kind != JoinKind::LeftSemi || nulls_equal || left_keys.len() != right_keys.len() {
+        return None;
+    }
+    // The right side: the maximum per group, its columns picked out.
+    let (reduce, _) = origin(right, 0);
+    let PlanNode::Reduce {
+        input,
+        group_keys,
+        aggregates,
+    } = &reduce.node
+    else {
+        return None;
+    };
+    if aggregates.len() != 1 || aggregates[0].func != AggregateFunc::Max {
+        return None;
+    }
+    if !crate::rising::max_of_rising(input, group_keys, aggregates, logs) {
+        return None;
+    }
+    let argument = aggregates[0].argument()?;
+    // Each of the reduction's columns (group keys, then the maximum) as a
+    // column of the plan below its input.
+    let mut below: Vec<(&Plan, usize)> = group_keys
+        .iter()
+        .map(|k| column_index(k, &input.schema).map(|i| origin(input, i)))
+        .collect::<Option<_>>()?;
+    below.push(origin(input, column_index(&argument, &input.schema)?));
+    // Each key pair: a left column and the reduction column it meets.
+    let mut met = vec![None; below.len()];
+    for (l, r) in left_keys.iter().zip(right_keys) {
+        let (at, col) = origin(right, column_index(r, &right.schema)?);
+        if !std::ptr::eq(at, reduce) {
+            return None;
+        }
+        let l = column_index(l, &left.schema)?;
+        if origin(left, l) != below[col] {
+            return None;
+        }
+        met[col] = Some(l);
+    }
+    // Every group key and the maximum are met, by columns of the same
+    // rows: those of a reduction with one aggregate, the value, and
+    // nothing else, so that every change of a row raises its value (a
+    // change that left it equal, of a column beside it, would put a
+    // row back whose retraction was skipped).
+    let met: Vec<usize> = met.into_iter().collect::<Option<_>>()?;
+    let (rows, value_col) = *below.last()?;
+    let PlanNode::Reduce {
+        group_keys: row_keys,
+        aggregates: row_aggregates,
+        ..
+    } = &rows.node
+    else {
+        return None;
+    };
+    if row_aggregates.len() != 1 || value_col != row_keys.len() || below.iter().any(|(p, _)| *p != rows) {
+        return None;
+    }
+    let value = *met.last()?;
+    let residual_ok = match residual {
+        None => true,
+        Some(Expr::BinaryExpr(BinaryExpr {
+            left: a,
+            op,
+            right: b,
+        })) => {
+            // `row >= maximum` or `maximum <= row`, the maximum being the
+            // right side's column after the left's.
+            let n = left.schema.fields().len();
+            let joined = left.schema.join(&right.schema).ok()?;
+            let (a, b) = (column_index(a, &joined)?, column_index(b, &joined)?);
+            let is_max = |i: usize| i >= n && origin(right, i - n) == (reduce, group_keys.len());
+            match op {
+                Operator::GtEq => a == value && is_max(b),
+                Operator::LtEq => b == value && is_max(a),
+                _ => false,
+            }
+        }
+        Some(_) => false,
+    };
+    residual_ok.then(|| RunningLeaders {
+        rows: left,
+        group: met[..met.len() - 1]
+            .iter()
+            .map(|i| Expr::Column(left.schema.columns()[*i].clone()))
+            .collect(),
+        value: Expr::Column(left.schema.columns()[value].clone()),
+    })
+}
+
+/// A picker of `exprs` (columns of `schema`) out of its rows.
+fn picker(exprs: &[Expr], schema: &datafusion::common::DFSchema) -> Result<Option<Picker>, EngineError> {
+    let codec = RowCodec::new(Arc::new(Schema::new(expr_fields(exprs, schema, "k")?)))?;
+    Ok(column_picker(exprs, schema, &codec))
+}
+
+/// Render `leaders`: each inserted row keyed by its group, with its value
+/// as a [`Tied`] state; retractions are skipped (see the module comment).
+/// `None` where the columns cannot be picked out of the rows.
+pub(crate) fn render_leaders<'s>(
+    leaders: &RunningLeaders<'_>,
+    scope: Scope<'s, Time>,
+    imports: &mut Imports<'_, 's>,
+) -> Result<Option<(Coll<'s>, Errs<'s>)>, EngineError> {
+    let schema = &leaders.rows.schema;
+    let (Some(group), Some(value)) = (
+        picker(&leaders.group, schema)?,
+        picker(std::slice::from_ref(&leaders.value), schema)?,
+    ) else {
+        return Ok(None);
+    };
+    let (ok, err) = render(leaders.rows, scope, imports)?;
+    let (states, errs) = batch_map(
+        ok,
+        "LeadersInserted",
+        move |data: &mut Vec<(Row, Time, Diff)>, oks, errs| {
+            let mut ends = Vec::new();
+            for (r, t, d) in data.drain(..) {
+                // A retraction's row comes back with a value as great.
+                if d <= 0 {
+                    continue;
+                }
+                let (mut key, mut v) = (Row::new(), Row::new());
+                match group.pick(&r, &mut ends, &mut key) {
+                    // A NULL key or value meets no maximum.
+                    Some(()) if group.any_null(&r, &ends) => continue,
+                    Some(()) => {}
+                    None => {
+                        errs.push((MISMATCHED_ROW.to_string(), t, d));
+                        continue;
+                    }
+                }
+                match value.pick(&r, &mut ends, &mut v) {
+                    Some(()) if value.any_null(&r, &ends) => {}
+                    Some(()) => oks.push((
+                        key,
+                        t,
+                        Tied {
+                            value: v,
+                            rows: smallvec::smallvec![(r, d)],
+                        },
+                    )),
+                    None => errs.push((MISMATCHED_ROW.to_string(), t, d)),
+                }
+            }
+        },
+    );
+    let rows = derive_changes(
+        states.as_collection(),
+        "RunningLeaders",
+        |_key: &Row, before: Option<&mut Tied>, after: &Tied, out: &mut Vec<(Row, Diff)>| {
+            match before {
+                // The same maximum: rows were appended.
+                Some(b) if b.value == after.value && b.rows.len() <= after.rows.len() => {
+                    out.extend(after.rows[b.rows.len()..].iter().cloned());
+                }
+                before => {
+                    if let Some(b) = before {
+                        out.extend(b.rows.drain(..).map(|(r, d)| (r, -d)));
+                    }
+                    out.extend(after.rows.iter().cloned());
+                }
+            }
+        },
+    );
+    Ok(Some((rows, err.concat(errs))))
+}
