@@ -1,12 +1,13 @@
 //! The rows that hold their group's running maximum, kept per group.
 //!
 //! `r JOIN (SELECT g, max(c) AS m FROM r GROUP BY g) x ON r.g = x.g AND
-//! r.c >= x.m` (Nexmark q5's hot items, planned as a semi join keyed by
+//! r.c >= x.m`, `r` a `count(*)` by groups that determine `g` (Nexmark
+//! q5's hot items, planned as a semi join keyed by
 //! the group and `r.c = x.m`, see `weir_sql::extreme_join`) keeps the rows
 //! of `r` whose `c` is their group's greatest. Where `c` only rises row by
 //! row and a row never leaves its group ([`crate::rising`]: a count over
 //! inserts), every retraction of a row is replaced, at the same time, by
-//! the same row with a greater or equal value. The maximum is then the
+//! its group's row with a greater count. The maximum is then the
 //! greatest value ever inserted, and the rows holding it are the rows
 //! inserted with it since it was last exceeded: one small state per group
 //! ([`Tied`]: the value and the rows holding it) answers the join, with no
@@ -161,10 +162,10 @@ pub(crate) fn of<'a>(
         met[col] = Some(l);
     }
     // Every group key and the maximum are met, by columns of the same
-    // rows: those of a reduction with one aggregate, the value, and
-    // nothing else, so that every change of a row raises its value (a
-    // change that left it equal, of a column beside it, would put a
-    // row back whose retraction was skipped).
+    // rows: those of a reduction whose one aggregate, the value, is a
+    // `count(*)`, so that every change of a row raises its value (a
+    // change that left it equal, of a column beside it or of a `count(x)`
+    // over a NULL, would put back a row whose retraction was skipped).
     let met: Vec<usize> = met.into_iter().collect::<Option<_>>()?;
     let (rows, value_col) = *below.last()?;
     let PlanNode::Reduce {
@@ -175,7 +176,12 @@ pub(crate) fn of<'a>(
     else {
         return None;
     };
-    if row_aggregates.len() != 1 || value_col != row_keys.len() || below.iter().any(|(p, _)| *p != rows) {
+    let counts_rows = |a: &weir_sql::AggregateExpr| a.func == AggregateFunc::CountStar && a.filter.is_none();
+    if row_aggregates.len() != 1
+        || !counts_rows(&row_aggregates[0])
+        || value_col != row_keys.len()
+        || below.iter().any(|(p, _)| *p != rows)
+    {
         return None;
     }
     let value = *met.last()?;
