@@ -276,20 +276,75 @@ pub(crate) fn render_leaders<'s>(
     let rows = derive_changes(
         states.as_collection(),
         "RunningLeaders",
-        |_key: &Row, before: Option<&mut Tied>, after: &Tied, out: &mut Vec<(Row, Diff)>| {
-            match before {
-                // The same maximum: rows were appended.
-                Some(b) if b.value == after.value && b.rows.len() <= after.rows.len() => {
-                    out.extend(after.rows[b.rows.len()..].iter().cloned());
-                }
-                before => {
-                    if let Some(b) = before {
-                        out.extend(b.rows.drain(..).map(|(r, d)| (r, -d)));
-                    }
-                    out.extend(after.rows.iter().cloned());
-                }
-            }
-        },
+        |_key: &Row, before, after, out| changes(before, after, out),
     );
     Ok(Some((rows, err.concat(errs))))
+}
+
+/// The output rows' changes from a group's state `before` to `after`.
+fn changes(before: Option<&mut Tied>, after: &Tied, out: &mut Vec<(Row, Diff)>) {
+    match before {
+        // The same maximum: rows were appended.
+        Some(b) if b.value == after.value && b.rows.len() <= after.rows.len() => {
+            out.extend(after.rows[b.rows.len()..].iter().cloned());
+        }
+        before => {
+            if let Some(b) = before {
+                out.extend(b.rows.drain(..).map(|(r, d)| (r, -d)));
+            }
+            out.extend(after.rows.iter().cloned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Tied, changes};
+    use crate::Diff;
+    use crate::row::Row;
+    use crate::running::RunningState;
+
+    fn tied(value: u8, rows: &[u8]) -> Tied {
+        Tied {
+            value: Row::from(&[value][..]),
+            rows: rows.iter().map(|r| (Row::from(&[*r][..]), 1)).collect(),
+        }
+    }
+
+    fn rows(diffs: &[(Row, Diff)]) -> Vec<(u8, Diff)> {
+        diffs.iter().map(|(r, d)| (r.as_slice()[0], *d)).collect()
+    }
+
+    /// A greater value replaces the rows, an equal one joins them, a
+    /// lesser one changes nothing (and is absorbed), whatever the order.
+    #[test]
+    fn the_greatest_value_keeps_its_rows() {
+        let mut state = tied(3, &[1]);
+        assert!(state.absorbs(&tied(2, &[2])));
+        assert!(!state.absorbs(&tied(3, &[2])));
+        state.plus_owned(tied(2, &[2]));
+        assert_eq!(state, tied(3, &[1]));
+        state.plus_owned(tied(3, &[4]));
+        assert_eq!(state, tied(3, &[1, 4]));
+        state.plus_owned(tied(5, &[6]));
+        assert_eq!(state, tied(5, &[6]));
+        let mut other = tied(5, &[6]);
+        other.plus_owned(tied(2, &[2]));
+        assert_eq!(other, state);
+    }
+
+    /// Rows joining an equal maximum are inserted alone; a new maximum
+    /// takes every earlier row back.
+    #[test]
+    fn changes_insert_joiners_and_retract_the_overtaken() {
+        let mut out = Vec::new();
+        changes(Some(&mut tied(3, &[1])), &tied(3, &[1, 4]), &mut out);
+        assert_eq!(rows(&out), vec![(4, 1)]);
+        out.clear();
+        changes(Some(&mut tied(3, &[1, 4])), &tied(5, &[6]), &mut out);
+        assert_eq!(rows(&out), vec![(1, -1), (4, -1), (6, 1)]);
+        out.clear();
+        changes(None, &tied(2, &[7, 8]), &mut out);
+        assert_eq!(rows(&out), vec![(7, 1), (8, 1)]);
+    }
 }
