@@ -423,14 +423,7 @@ async fn rows_holding_a_running_maximum_are_kept_per_group() {
          INSERT INTO written VALUES (1, 5), (1, 7), (2, 7);",
     )
     .await;
-    let q5 = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/nexmark/q5.sql"),
-    )
-    .unwrap()
-    .lines()
-    .filter(|l| !l.trim_start().starts_with("--"))
-    .collect::<Vec<_>>()
-    .join("\n");
+    let q5 = include_str!("../benches/nexmark/q5.sql");
     let views = [
         // Per group, with ties: most auctions' bidders bid once.
         (
@@ -445,7 +438,7 @@ async fn rows_holding_a_running_maximum_are_kept_per_group() {
             "WITH c AS (SELECT auction, count(*) AS n FROM bid GROUP BY auction) \
              SELECT c.auction, c.n FROM c JOIN (SELECT max(n) AS m FROM c) x ON c.n >= x.m",
         ),
-        ("hot_items", q5.as_str()),
+        ("hot_items", q5),
         // A sum beside the count: a row changes with its count equal.
         (
             "hottest_with_sums",
