@@ -409,7 +409,8 @@ async fn extremes_over_inserts_only_are_running_values() {
 /// (Nexmark q5's hot items: a semi join of the counts with their own
 /// per-group maximum) are kept as one running state per group, `State:
 /// RunningLeaders`, with no join, and equal the one-shot answer after
-/// streaming in, ties included. Where a row can change without its count
+/// streaming in, ties included, also as an inner join (the maximum over
+/// all rows is planned so). Where a row can change without its count
 /// rising (a second aggregate beside it) or the counted rows can be
 /// deleted, the join stays.
 #[tokio::test]
@@ -439,6 +440,12 @@ async fn rows_holding_a_running_maximum_are_kept_per_group() {
              SELECT c.auction, c.n FROM c JOIN (SELECT max(n) AS m FROM c) x ON c.n >= x.m",
         ),
         ("hot_items", q5),
+        // An inner join, the maximum beside each row.
+        (
+            "hottest_with_maximum",
+            "WITH c AS (SELECT auction, count(*) AS n FROM bid GROUP BY auction) \
+             SELECT * FROM c JOIN (SELECT max(n) AS m FROM c) x ON c.n >= x.m",
+        ),
         // A sum beside the count: a row changes with its count equal.
         (
             "hottest_with_sums",
@@ -463,7 +470,12 @@ async fn rows_holding_a_running_maximum_are_kept_per_group() {
     assert_eq!(sorted(&c, "SELECT * FROM written_most").await, vec!["7|2", "9|2"]);
     assert_eq!(
         relations_arranged_by(&c, "State: RunningLeaders").await,
-        vec!["hot_items", "hottest_auctions", "most_per_auction"]
+        vec![
+            "hot_items",
+            "hottest_auctions",
+            "hottest_with_maximum",
+            "most_per_auction"
+        ]
     );
 }
 

@@ -12,6 +12,9 @@
 //! inserted with it since it was last exceeded: one small state per group
 //! ([`Tied`]: the value and the rows holding it) answers the join, with no
 //! arrangement of `r` (every row, every change) and none of the maxima.
+//! The same join written as an inner join whose right columns are the
+//! group and its maximum (a maximum over all rows is planned so) takes
+//! them from the matching row, which holds them.
 //!
 //! This module owns recognising that join ([`of`]) and the state; the
 //! per-key, per-time operator is [`crate::running`]'s, the key and value
@@ -32,7 +35,7 @@ use weir_sql::{AggregateFunc, GlobalId, JoinKind, Plan, PlanNode};
 
 use crate::eval::{column_index, column_picker, expr_fields};
 use crate::log::TableLog;
-use crate::render::{Coll, Errs, Imports, MISMATCHED_ROW, batch_map, render};
+use crate::render::{Coll, Errs, Imports, JoinSpec, MISMATCHED_ROW, batch_map, render};
 use crate::row::{Row, RowCodec};
 use crate::running::{RunningState, derive_changes};
 use crate::spans::Picker;
@@ -87,6 +90,10 @@ pub(crate) struct RunningLeaders<'a> {
     rows: &'a Plan,
     group: Vec<Expr>,
     value: Expr,
+    /// For an inner join, the right side's columns (the group and its
+    /// maximum) as columns of the left rows, which hold them when they
+    /// match; `None` for a semi join.
+    right: Option<Vec<Expr>>,
 }
 
 /// `plan`'s column `col`, followed down through projections that only
@@ -110,18 +117,19 @@ fn origin(mut plan: &Plan, mut col: usize) -> (&Plan, usize) {
 /// semi join of rows with their own running per-group maximum, keyed by
 /// the group and the maximum, whose residual (if any) compares the value
 /// with the maximum.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn of<'a>(
     left: &'a Plan,
     right: &'a Plan,
-    left_keys: &[Expr],
-    right_keys: &[Expr],
-    residual: Option<&Expr>,
-    kind: JoinKind,
-    nulls_equal: bool,
+    spec: &JoinSpec<'_>,
     logs: &HashMap<GlobalId, Rc<RefCell<TableLog>>>,
 ) -> Option<RunningLeaders<'a>> {
-    if kind != JoinKind::LeftSemi || nulls_equal || left_keys.len() != right_keys.len() {
+    let (left_keys, right_keys, residual) = (spec.left_keys, spec.right_keys, spec.residual);
+    let semi = match spec.kind {
+        JoinKind::LeftSemi => true,
+        JoinKind::Inner => false,
+        _ => return None,
+    };
+    if spec.nulls_equal || left_keys.len() != right_keys.len() {
         return None;
     }
     // The right side: the maximum per group, its columns picked out.
@@ -206,13 +214,23 @@ pub(crate) fn of<'a>(
         }
         Some(_) => false,
     };
+    let column = |i: usize| Expr::Column(left.schema.columns()[i].clone());
+    // An inner join's right columns: each the group key or maximum it
+    // holds, as the left column that meets it.
+    let right_columns = if semi {
+        None
+    } else {
+        let columns = (0..right.schema.fields().len()).map(|j| match origin(right, j) {
+            (at, col) if std::ptr::eq(at, reduce) => Some(column(met[col])),
+            _ => None,
+        });
+        Some(columns.collect::<Option<Vec<_>>>()?)
+    };
     residual_ok.then(|| RunningLeaders {
+        right: right_columns,
         rows: left,
-        group: met[..met.len() - 1]
-            .iter()
-            .map(|i| Expr::Column(left.schema.columns()[*i].clone()))
-            .collect(),
-        value: Expr::Column(left.schema.columns()[value].clone()),
+        group: met[..met.len() - 1].iter().map(|i| column(*i)).collect(),
+        value: column(value),
     })
 }
 
@@ -237,6 +255,13 @@ pub(crate) fn render_leaders<'s>(
     ) else {
         return Ok(None);
     };
+    let right = match &leaders.right {
+        Some(columns) => match picker(columns, schema)? {
+            Some(p) => Some(p),
+            None => return Ok(None),
+        },
+        None => None,
+    };
     let (ok, err) = render(leaders.rows, scope, imports)?;
     let (states, errs) = batch_map(
         ok,
@@ -260,14 +285,29 @@ pub(crate) fn render_leaders<'s>(
                 }
                 match value.pick(&r, &mut ends, &mut v) {
                     Some(()) if value.any_null(&r, &ends) => {}
-                    Some(()) => oks.push((
-                        key,
-                        t,
-                        Tied {
-                            value: v,
-                            rows: smallvec::smallvec![(r, d)],
-                        },
-                    )),
+                    Some(()) => {
+                        // An inner join's match: the row, then the right
+                        // side's columns out of it.
+                        let r = match &right {
+                            Some(right) => {
+                                let mut columns = Row::new();
+                                if right.pick(&r, &mut ends, &mut columns).is_none() {
+                                    errs.push((MISMATCHED_ROW.to_string(), t, d));
+                                    continue;
+                                }
+                                Row::concat(&r, &columns)
+                            }
+                            None => r,
+                        };
+                        oks.push((
+                            key,
+                            t,
+                            Tied {
+                                value: v,
+                                rows: smallvec::smallvec![(r, d)],
+                            },
+                        ));
+                    }
                     None => errs.push((MISMATCHED_ROW.to_string(), t, d)),
                 }
             }

@@ -317,6 +317,7 @@ fn render_node<'s>(
                 && let Some(spec) = JoinSpec::of(&input.node)
                 && spec.kind == JoinKind::Inner
                 && ConstantSide::of(left, right, spec.left_keys, spec.right_keys).is_none()
+                && crate::leaders::of(left, right, &spec, imports.logs).is_none()
                 && !imports.shared.iter().any(|(p, _)| p == input.as_ref())
                 && let Some(map) =
                     MatchMap::fused(spec.residual, filters, projection, &input.schema, &plan.schema)
@@ -802,11 +803,11 @@ pub(crate) fn keyed<'s, T: RenderTime>(
 
 /// The parameters of a join node.
 pub(crate) struct JoinSpec<'a> {
-    left_keys: &'a [Expr],
-    right_keys: &'a [Expr],
-    residual: Option<&'a Expr>,
-    kind: JoinKind,
-    nulls_equal: bool,
+    pub(crate) left_keys: &'a [Expr],
+    pub(crate) right_keys: &'a [Expr],
+    pub(crate) residual: Option<&'a Expr>,
+    pub(crate) kind: JoinKind,
+    pub(crate) nulls_equal: bool,
 }
 
 impl<'a> JoinSpec<'a> {
@@ -860,16 +861,8 @@ fn render_join<'s>(
         let other = render(side.other, scope, imports)?;
         return join_constant(other, side, spec.nulls_equal, &joined, spec.residual);
     }
-    if let Some(leaders) = crate::leaders::of(
-        left,
-        right,
-        spec.left_keys,
-        spec.right_keys,
-        spec.residual,
-        spec.kind,
-        spec.nulls_equal,
-        imports.logs,
-    ) && let Some(rendered) = crate::leaders::render_leaders(&leaders, scope, imports)?
+    if let Some(leaders) = crate::leaders::of(left, right, spec, imports.logs)
+        && let Some(rendered) = crate::leaders::render_leaders(&leaders, scope, imports)?
     {
         return Ok(rendered);
     }
