@@ -293,41 +293,38 @@ impl Element for crate::minmax::Running {
     }
 }
 
+/// The heap of a vector holding its first entry inline (none until it
+/// spills), and of the rows each entry owns.
+fn inline_rows_heap<'a, T, const N: usize>(
+    entries: &'a smallvec::SmallVec<[T; N]>,
+    rows: impl Iterator<Item = &'a Row>,
+) -> (usize, usize) {
+    let width = std::mem::size_of::<T>();
+    let (mut bytes, mut capacity) = if entries.spilled() {
+        (entries.len() * width, entries.capacity() * width)
+    } else {
+        (0, 0)
+    };
+    for (b, c) in rows.map(Row::heap) {
+        bytes += b;
+        capacity += c;
+    }
+    (bytes, capacity)
+}
+
 impl Element for crate::leaders::Tied {
     const OWNS_HEAP: bool = true;
     fn heap(&self) -> (usize, usize) {
-        let width = std::mem::size_of::<(Row, crate::Diff)>();
-        let (mut bytes, mut capacity) = if self.rows.spilled() {
-            (self.rows.len() * width, self.rows.capacity() * width)
-        } else {
-            (0, 0)
-        };
-        for part in std::iter::once(&self.value).chain(self.rows.iter().map(|(r, _)| r)) {
-            let (b, c) = part.heap();
-            bytes += b;
-            capacity += c;
-        }
-        (bytes, capacity)
+        let rows = self.rows.iter().map(|(r, _)| r);
+        inline_rows_heap(&self.rows, std::iter::once(&self.value).chain(rows))
     }
 }
 
 impl Element for crate::rank::Leaders {
     const OWNS_HEAP: bool = true;
     fn heap(&self) -> (usize, usize) {
-        let width = std::mem::size_of::<(Row, Row, crate::Diff)>();
-        // A first row is held inline.
-        let (mut bytes, mut capacity) = if self.rows.spilled() {
-            (self.rows.len() * width, self.rows.capacity() * width)
-        } else {
-            (0, 0)
-        };
-        for (sort, row, _) in &self.rows {
-            for (b, c) in [sort.heap(), row.heap()] {
-                bytes += b;
-                capacity += c;
-            }
-        }
-        (bytes, capacity)
+        let rows = self.rows.iter().flat_map(|(sort, row, _)| [sort, row]);
+        inline_rows_heap(&self.rows, rows)
     }
 }
 
