@@ -479,6 +479,113 @@ async fn rows_holding_a_running_maximum_are_kept_per_group() {
     );
 }
 
+/// Sessions numbered with `lag` and a running `sum` and folded per
+/// session (Nexmark q11's SESSION window) over rows that are only
+/// inserted are kept as each partition's sessions, `State:
+/// SessionWindows`, and equal the one-shot answer after streaming in:
+/// gaps that split bidders' bids into many sessions, the conditions
+/// written either way round (numbering from 1, or from 0 where a NULL
+/// previous time opens nothing), the session number kept and placed
+/// first, integer times arriving out of order (prices, whose sessions
+/// merge and renumber), and copies shifted back in time that bridge
+/// sessions. A sum per session, and times that statements delete, stay
+/// with the per-partition evaluation.
+#[tokio::test]
+async fn session_windows_over_inserts_keep_sessions() {
+    let s = Server::start();
+    let c = s.connect().await;
+    exec(
+        &c,
+        "CREATE SOURCE nx FROM LOAD GENERATOR NEXMARK (EVENTS PER SECOND 5000, MAX EVENTS 5000, SEED 7);
+         CREATE TABLE written (k int, t bigint NOT NULL);
+         INSERT INTO written VALUES (1, 5), (1, 7), (1, 30), (2, 1);",
+    )
+    .await;
+    let q11 = include_str!("../benches/nexmark/q11.sql");
+    let numbered = |opens: &str, times: &str, keys: &str, aggregates: &str| {
+        format!(
+            "WITH m AS (SELECT bidder, date_time, {opens} AS opens FROM {times}), \
+             n AS (SELECT bidder, date_time, sum(opens) OVER (PARTITION BY bidder ORDER BY date_time) AS session FROM m) \
+             SELECT {keys}, {aggregates} FROM n GROUP BY {keys}"
+        )
+    };
+    let lag = "lag(date_time) OVER (PARTITION BY bidder ORDER BY date_time)";
+    let short = numbered(
+        &format!("CASE WHEN {lag} >= date_time - INTERVAL '2 milliseconds' THEN 0 ELSE 1 END"),
+        "bid",
+        "bidder, session",
+        "count(*), min(date_time), max(date_time)",
+    );
+    let far = numbered(
+        &format!(
+            "CASE WHEN {lag} IS NULL OR date_time - INTERVAL '3 milliseconds' > {lag} THEN 1 ELSE 0 END"
+        ),
+        "bid",
+        "session, bidder",
+        "count(date_time), max(date_time)",
+    );
+    let from_zero = numbered(
+        &format!("CASE WHEN {lag} < date_time - INTERVAL '5 milliseconds' THEN 1 ELSE 0 END"),
+        "bid",
+        "bidder, session",
+        "min(date_time), count(*)",
+    );
+    let shifted = numbered(
+        &format!("CASE WHEN {lag} + INTERVAL '1 millisecond' >= date_time THEN 0 ELSE 1 END"),
+        "(SELECT bidder, date_time FROM bid UNION ALL SELECT bidder, date_time - INTERVAL '3 milliseconds' FROM bid) b",
+        "bidder, session",
+        "count(*), min(date_time), max(date_time)",
+    );
+    let prices = "WITH m AS (SELECT a10, price, \
+                  CASE WHEN price - lag(price) OVER (PARTITION BY a10 ORDER BY price) <= 20000 THEN 0 ELSE 1 END AS opens \
+                  FROM (SELECT auction % 10 AS a10, price FROM bid) b), \
+                  n AS (SELECT a10, price, sum(opens) OVER (PARTITION BY a10 ORDER BY price) AS session FROM m) \
+                  SELECT session, a10, count(*), min(price), max(price) FROM n GROUP BY session, a10";
+    let summed = "WITH m AS (SELECT bidder, date_time, price, \
+                  CASE WHEN lag(date_time) OVER (PARTITION BY bidder ORDER BY date_time) >= date_time - INTERVAL '2 milliseconds' THEN 0 ELSE 1 END AS opens FROM bid), \
+                  n AS (SELECT bidder, date_time, price, sum(opens) OVER (PARTITION BY bidder ORDER BY date_time) AS session FROM m) \
+                  SELECT bidder, session, count(*), sum(price) FROM n GROUP BY bidder, session";
+    let written = "WITH m AS (SELECT k, t, CASE WHEN lag(t) OVER (PARTITION BY k ORDER BY t) >= t - 10 THEN 0 ELSE 1 END AS opens FROM written), \
+                   n AS (SELECT k, t, sum(opens) OVER (PARTITION BY k ORDER BY t) AS session FROM m) \
+                   SELECT k, session, count(*), min(t), max(t) FROM n GROUP BY k, session";
+    let views = [
+        ("user_sessions", q11),
+        ("short_sessions", short.as_str()),
+        ("far_sessions", far.as_str()),
+        ("sessions_from_zero", from_zero.as_str()),
+        ("shifted_sessions", shifted.as_str()),
+        ("price_runs", prices),
+        ("summed_sessions", summed),
+        ("written_sessions", written),
+    ];
+    create_views(&c, &views).await;
+    exec(
+        &c,
+        "DELETE FROM written WHERE t = 30; INSERT INTO written VALUES (1, 16), (2, 40);",
+    )
+    .await;
+    wait_state(&c, "nx", |s| s == "finished").await;
+    assert_views_equal_one_shot(&c, &views).await;
+    assert_eq!(
+        sorted(&c, "SELECT * FROM written_sessions").await,
+        vec!["1|1|3|5|16", "2|1|1|1|1", "2|2|1|40|40"]
+    );
+    // Gaps this short split bidders' bids into many sessions.
+    let many = sorted(&c, "SELECT count(*) > count(DISTINCT bidder) FROM short_sessions").await;
+    assert_eq!(many, vec!["t"]);
+    assert_eq!(
+        relations_arranged_by(&c, "State: SessionWindows").await,
+        vec![
+            "far_sessions",
+            "price_runs",
+            "sessions_from_zero",
+            "shifted_sessions",
+            "short_sessions",
+            "user_sessions"
+        ]
+    );
+}
+
 /// `row_number() ... <= k` over what only a generator writes (bids, a
 /// join of auctions and bids, a union with copies of rows) keeps each
 /// partition's first k rows as a running state, `State: RankRunning`,

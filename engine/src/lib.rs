@@ -28,6 +28,7 @@ pub mod render;
 pub mod rising;
 pub mod row;
 mod running;
+mod sessions;
 pub mod sizes;
 mod slots;
 mod spans;

@@ -1137,6 +1137,11 @@ fn render_reduce<'s>(
     imports: &mut Imports<'_, 's>,
 ) -> Result<(Coll<'s>, Errs<'s>), EngineError> {
     if let Some(fused) = crate::window_reduce::fusable(input, group_keys) {
+        if let Some(sessions) = crate::sessions::of(&fused, group_keys, aggregates, imports.logs)
+            && let Some(rendered) = crate::sessions::render_sessions(sessions, scope, imports)?
+        {
+            return Ok(rendered);
+        }
         return crate::window_reduce::render_fused(plan, fused, group_keys, aggregates, scope, imports);
     }
     let (ok, err) = render(input, scope, imports)?;

@@ -320,6 +320,13 @@ impl Element for crate::leaders::Tied {
     }
 }
 
+impl Element for crate::sessions::Sessions {
+    const OWNS_HEAP: bool = true;
+    fn heap(&self) -> (usize, usize) {
+        inline_rows_heap(&self.spans, std::iter::empty())
+    }
+}
+
 impl Element for crate::rank::Leaders {
     const OWNS_HEAP: bool = true;
     fn heap(&self) -> (usize, usize) {

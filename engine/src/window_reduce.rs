@@ -35,11 +35,11 @@ use crate::{Diff, EngineError, Time};
 /// each lie in one partition of the chain's lowest window.
 pub(crate) struct Fusable<'a> {
     /// The input of the lowest window.
-    bottom: &'a Plan,
+    pub(crate) bottom: &'a Plan,
     /// The lowest window's partition, bound against `bottom`.
-    partition_by: &'a [Expr],
+    pub(crate) partition_by: &'a [Expr],
     /// The window and map/filter nodes, lowest first.
-    stages: Vec<&'a Plan>,
+    pub(crate) stages: Vec<&'a Plan>,
 }
 
 /// Whether a reduction of `input` by `group_keys` can run per partition of
