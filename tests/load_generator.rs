@@ -485,8 +485,8 @@ async fn rows_holding_a_running_maximum_are_kept_per_group() {
 /// SessionWindows`, and equal the one-shot answer after streaming in:
 /// gaps that split bidders' bids into many sessions, the conditions
 /// written either way round (numbering from 1, or from 0 where a NULL
-/// previous time opens nothing), the session number kept and placed
-/// first, integer times arriving out of order (prices, whose sessions
+/// previous time opens nothing), NULL times, the session number kept and
+/// placed first, integer times arriving out of order (prices, whose sessions
 /// merge and renumber), and copies shifted back in time that bridge
 /// sessions. A sum per session, and times that statements delete, stay
 /// with the per-partition evaluation.
@@ -516,17 +516,20 @@ async fn session_windows_over_inserts_keep_sessions() {
         "bidder, session",
         "count(*), min(date_time), max(date_time)",
     );
+    // Some times NULL: they sort last and share the number after them.
+    let with_nulls =
+        "(SELECT bidder, CASE WHEN price % 13 = 0 THEN NULL ELSE date_time END AS date_time FROM bid) b";
     let far = numbered(
         &format!(
             "CASE WHEN {lag} IS NULL OR date_time - INTERVAL '3 milliseconds' > {lag} THEN 1 ELSE 0 END"
         ),
-        "bid",
+        with_nulls,
         "session, bidder",
-        "count(date_time), max(date_time)",
+        "count(*), count(date_time), max(date_time)",
     );
     let from_zero = numbered(
         &format!("CASE WHEN {lag} < date_time - INTERVAL '5 milliseconds' THEN 1 ELSE 0 END"),
-        "bid",
+        with_nulls,
         "bidder, session",
         "min(date_time), count(*)",
     );

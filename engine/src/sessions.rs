@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, IntervalMonthDayNano, Schema, TimeUnit};
 use datafusion::common::{DFSchema, ScalarValue};
-use datafusion::logical_expr::expr::{Case, WindowFunction};
+use datafusion::logical_expr::expr::{Case, NullTreatment, WindowFunction};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, WindowFrameBound, WindowFrameUnits};
 use differential_dataflow::AsCollection;
 use differential_dataflow::difference::{IsZero, Semigroup};
@@ -307,7 +307,10 @@ pub(crate) fn of<'a>(
                     .iter()
                     .map(|a| column_index(a, &input.schema))
                     .collect();
-                if f.params.filter.is_some() || f.params.distinct {
+                // `IGNORE NULLS` would give a NULL time's row the last time
+                // before it, which the NULLs' numbering below does not read.
+                let ignores_nulls = f.params.null_treatment == Some(NullTreatment::IgnoreNulls);
+                if f.params.filter.is_some() || f.params.distinct || ignores_nulls {
                     return None;
                 }
                 let name = f.fun.name();
