@@ -15,11 +15,14 @@
 //! partition ([`Sessions`]: each session's first and last time and its row
 //! count, in time order) answers `count`, `min` and `max` of the time per
 //! session, and the session's number is its position. Times that come in
-//! order change only the last session, or add one after it.
+//! order change only the last session, or add one after it. Rows of NULL
+//! time are counted beside the sessions and numbered as the SQL numbers
+//! them ([`groups`]).
 //!
-//! This module owns recognising that chain ([`of`]) and the state; the
-//! per-key, per-time operator is [`crate::running`]'s, the chain's
-//! recognition as a per-partition reduction [`crate::window_reduce`]'s.
+//! This module owns recognising that chain ([`of`]) and the state, and
+//! reads nothing of a row but its partition and time; the per-key,
+//! per-time operator is [`crate::running`]'s, the chain's recognition as
+//! a per-partition reduction [`crate::window_reduce`]'s.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
