@@ -10,6 +10,11 @@
 //! window would arrange and re-emit every row of the partition, and the
 //! reduction would arrange those rows again by group.
 //!
+//! Where the chain numbers session windows over rows that are only
+//! inserted and the groups fold only counts and first and last times,
+//! [`crate::sessions`] keeps each partition's sessions instead, and this
+//! evaluation is not built.
+//!
 //! This module owns recognising such a chain ([`fusable`]) and evaluating
 //! a partition through it; keying, the reduce and error routing come from
 //! [`crate::render`], the window functions from [`crate::window`] and the
