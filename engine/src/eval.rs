@@ -304,6 +304,25 @@ pub fn column_index(e: &Expr, schema: &DFSchema) -> Option<usize> {
     }
 }
 
+/// `e` under any aliases.
+pub(crate) fn strip_alias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => strip_alias(&a.expr),
+        other => other,
+    }
+}
+
+/// A picker of `exprs`, columns of `schema`, out of its rows into rows of
+/// their own types (default sort options), and the codec of those rows;
+/// `None` where a column cannot be picked (see [`column_picker`]).
+pub(crate) fn own_picker(
+    exprs: &[Expr],
+    schema: &DFSchema,
+) -> Result<Option<(Picker, RowCodec)>, EngineError> {
+    let codec = RowCodec::new(Arc::new(Schema::new(expr_fields(exprs, schema, "k")?)))?;
+    Ok(column_picker(exprs, schema, &codec).map(|p| (p, codec)))
+}
+
 /// When every one of `exprs` is a column of `schema` of the type `out`
 /// (a codec with default sort options) gives it, a picker that makes their
 /// row in `out` by copying those columns' bytes out of a row of `schema`,

@@ -23,9 +23,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
 
-use arrow::datatypes::Schema;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use differential_dataflow::AsCollection;
 use differential_dataflow::difference::{IsZero, Semigroup};
@@ -33,10 +31,10 @@ use smallvec::SmallVec;
 use timely::dataflow::Scope;
 use weir_sql::{AggregateFunc, GlobalId, JoinKind, Plan, PlanNode};
 
-use crate::eval::{column_index, column_picker, expr_fields};
+use crate::eval::{column_index, own_picker};
 use crate::log::TableLog;
 use crate::render::{Coll, Errs, Imports, JoinSpec, MISMATCHED_ROW, batch_map, render};
-use crate::row::{Row, RowCodec};
+use crate::row::Row;
 use crate::running::{RunningState, derive_changes};
 use crate::spans::Picker;
 use crate::{Diff, EngineError, Time};
@@ -236,8 +234,7 @@ pub(crate) fn of<'a>(
 
 /// A picker of `exprs` (columns of `schema`) out of its rows.
 fn picker(exprs: &[Expr], schema: &datafusion::common::DFSchema) -> Result<Option<Picker>, EngineError> {
-    let codec = RowCodec::new(Arc::new(Schema::new(expr_fields(exprs, schema, "k")?)))?;
-    Ok(column_picker(exprs, schema, &codec))
+    Ok(own_picker(exprs, schema)?.map(|(p, _)| p))
 }
 
 /// Render `leaders`: each inserted row keyed by its group, with its value

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::{SmallVec, smallvec};
 use weir_sql::{Plan, PlanNode};
 
-use crate::eval::{RowEval, column_picker, column_picker_as, encode_group, expr_fields};
+use crate::eval::{RowEval, column_picker, column_picker_as, encode_group, expr_fields, strip_alias};
 use crate::render::{Coll, Errs, MISMATCHED_ROW, batch_map, map_encoded_with};
 use crate::row::{Row, RowCodec};
 use crate::running::{RunningState, derive_changes};
@@ -469,13 +469,6 @@ impl RunningState for Leaders {
             crate::running::keep_before(self, before);
             self.plus_owned(diff);
         }
-    }
-}
-
-fn strip_alias(e: &Expr) -> &Expr {
-    match e {
-        Expr::Alias(a) => strip_alias(&a.expr),
-        other => other,
     }
 }
 

@@ -27,9 +27,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
 
-use arrow::datatypes::{DataType, IntervalMonthDayNano, Schema, TimeUnit};
+use arrow::datatypes::{DataType, IntervalMonthDayNano, TimeUnit};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::expr::{Case, NullTreatment, WindowFunction};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, WindowFrameBound, WindowFrameUnits};
@@ -39,10 +38,10 @@ use smallvec::SmallVec;
 use timely::dataflow::Scope;
 use weir_sql::{AggregateExpr, AggregateFunc, GlobalId, Plan, PlanNode};
 
-use crate::eval::{column_index, column_picker, expr_fields};
+use crate::eval::{column_index, own_picker, strip_alias};
 use crate::log::TableLog;
 use crate::render::{Coll, Errs, Imports, MISMATCHED_ROW, batch_map, monotonic, render};
-use crate::row::{Row, RowCodec};
+use crate::row::Row;
 use crate::running::{RunningState, derive_changes};
 use crate::window_reduce::Fusable;
 use crate::{Diff, EngineError, Time};
@@ -418,8 +417,7 @@ pub(crate) fn of<'a>(
 
 /// `e`'s window function, under any alias.
 fn window_function(e: &Expr) -> Option<&WindowFunction> {
-    match e {
-        Expr::Alias(a) => window_function(&a.expr),
+    match strip_alias(e) {
         Expr::WindowFunction(f) => Some(f),
         _ => None,
     }
@@ -543,14 +541,14 @@ fn opening(e: &Expr, schema: &DFSchema, meaning: &[Meaning], ticks: Ticks) -> Op
         expr: None,
         when_then_expr,
         else_expr: Some(otherwise),
-    }) = strip(e)
+    }) = strip_alias(e)
     else {
         return None;
     };
     let [(when, then)] = &when_then_expr[..] else {
         return None;
     };
-    let flag = |e: &Expr| match strip(e) {
+    let flag = |e: &Expr| match strip_alias(e) {
         Expr::Literal(v, _) if v.data_type().is_integer() => match v.cast_to(&DataType::Int64).ok()? {
             ScalarValue::Int64(Some(b @ (0 | 1))) => Some(b),
             _ => None,
@@ -562,12 +560,12 @@ fn opening(e: &Expr, schema: &DFSchema, meaning: &[Meaning], ticks: Ticks) -> Op
         (1, 0) => true,
         _ => return None,
     };
-    let is_lag_null = |e: &Expr| match strip(e) {
+    let is_lag_null = |e: &Expr| match strip_alias(e) {
         Expr::IsNull(c) => column_index(c, schema).is_some_and(|i| meaning[i] == Meaning::Lag),
         _ => false,
     };
     // `lag IS NULL OR cond` (either way round), only where true opens.
-    let (condition, form) = match strip(when) {
+    let (condition, form) = match strip_alias(when) {
         Expr::BinaryExpr(BinaryExpr {
             left,
             op: Operator::Or,
@@ -580,7 +578,7 @@ fn opening(e: &Expr, schema: &DFSchema, meaning: &[Meaning], ticks: Ticks) -> Op
         c if opens_when_true => (c, Form::Opens),
         c => (c, Form::Continues),
     };
-    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = strip(condition) else {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = strip_alias(condition) else {
         return None;
     };
     let (l, r) = (
@@ -608,13 +606,6 @@ fn opening(e: &Expr, schema: &DFSchema, meaning: &[Meaning], ticks: Ticks) -> Op
         return None;
     }
     Some((i64::try_from(gap).ok()?, form))
-}
-
-fn strip(e: &Expr) -> &Expr {
-    match e {
-        Expr::Alias(a) => strip(&a.expr),
-        e => e,
-    }
 }
 
 /// A 64-bit value or NULL as `arrow-row` encodes it, ascending with
@@ -650,20 +641,15 @@ pub(crate) fn render_sessions<'s>(
     imports: &mut Imports<'_, 's>,
 ) -> Result<Option<(Coll<'s>, Errs<'s>)>, EngineError> {
     let schema = &window.bottom.schema;
-    let codec = |exprs: &[Expr], prefix: &str| {
-        RowCodec::new(Arc::new(Schema::new(expr_fields(exprs, schema, prefix).ok()?))).ok()
-    };
-    let (Some(key_codec), Some(time_codec)) = (
-        codec(&window.keys, "k"),
-        codec(std::slice::from_ref(&window.time), "t"),
-    ) else {
+    // Columns that cannot be picked leave the chain to the per-partition
+    // reduce, whatever the reason.
+    let picked = |exprs: &[Expr]| own_picker(exprs, schema).ok().flatten();
+    let (Some((keys, key_codec)), Some((time, _))) =
+        (picked(&window.keys), picked(std::slice::from_ref(&window.time)))
+    else {
         return Ok(None);
     };
-    let (Some(keys), Some(time), Some(layout)) = (
-        column_picker(&window.keys, schema, &key_codec),
-        column_picker(std::slice::from_ref(&window.time), schema, &time_codec),
-        key_codec.layout(),
-    ) else {
+    let Some(layout) = key_codec.layout() else {
         return Ok(None);
     };
     let (ok, err) = render(window.bottom, scope, imports)?;
