@@ -62,6 +62,34 @@ impl MatchMap {
         })
     }
 
+    /// What the match of `l` and `r` becomes: `None` where the filter
+    /// drops it, `Some(None)` where the rows do not walk as the joined
+    /// schema (never expected). `joined` and `ends` are scratch space.
+    pub(crate) fn make(
+        &self,
+        l: &[u8],
+        r: &[u8],
+        joined: &mut Vec<u8>,
+        ends: &mut Vec<usize>,
+    ) -> Option<Option<Row>> {
+        joined.clear();
+        joined.extend_from_slice(l);
+        joined.extend_from_slice(r);
+        let passes = match &self.filter {
+            None => Some(true),
+            Some(f) => f.passes(joined, ends),
+        };
+        match (passes, &self.picker) {
+            (Some(false), _) => None,
+            (Some(true), None) => Some(Some(Row::from(joined.as_slice()))),
+            (Some(true), Some(p)) => {
+                let mut row = Row::new();
+                Some(p.pick(joined, ends, &mut row).map(|()| row))
+            }
+            (None, _) => Some(None),
+        }
+    }
+
     /// The output rows of joining `left` and `right`, and the errors of
     /// rows that do not walk as the joined schema (never expected).
     pub(crate) fn join<'s, T: RenderTime>(
@@ -69,40 +97,31 @@ impl MatchMap {
         left: Arranged<'s, TraceAgent<KeyedSpine<T>>>,
         right: Arranged<'s, TraceAgent<KeyedSpine<T>>>,
     ) -> (Coll<'s, T>, Errs<'s, T>) {
-        type Out<T> = Result<(Row, T, isize), ErrRow<T>>;
-        let MatchMap { filter, picker } = self;
         let mut joined: Vec<u8> = Vec::new();
         let mut ends = Vec::new();
-        let matches = join_traces::<_, _, _, _, CapacityContainerBuilder<Vec<Out<T>>>>(
+        let matches = join_traces::<_, _, _, _, CapacityContainerBuilder<Vec<Match<T>>>>(
             left,
             right,
             "JoinMatches",
             move |_key, l: &[u8], r: &[u8], t, d1: &isize, d2: &isize, out| {
-                let d = d1 * d2;
-                joined.clear();
-                joined.extend_from_slice(l);
-                joined.extend_from_slice(r);
-                let passes = match &filter {
-                    None => Some(true),
-                    Some(f) => f.passes(&joined, &mut ends),
-                };
-                let row = match (passes, &picker) {
-                    (Some(false), _) => return,
-                    (Some(true), None) => Some(Row::from(joined.as_slice())),
-                    (Some(true), Some(p)) => {
-                        let mut row = Row::new();
-                        p.pick(&joined, &mut ends, &mut row).map(|()| row)
-                    }
-                    (None, _) => None,
-                };
-                match row {
-                    Some(row) => out.push_into(Ok((row, t, d))),
-                    None => out.push_into(Err((MISMATCHED_ROW.to_string(), t, d))),
+                if let Some(row) = self.make(l, r, &mut joined, &mut ends) {
+                    out.push_into(matched(row, t, d1 * d2));
                 }
             },
         );
         let (ok, err) = matches.ok_err(|r| r);
         (ok.as_collection(), err.as_collection())
+    }
+}
+
+/// An output row of a join, or the error of a match that made none.
+pub(crate) type Match<T> = Result<(Row, T, isize), ErrRow<T>>;
+
+/// The update [`MatchMap::make`]'s answer `row` makes at `t` with `d`.
+pub(crate) fn matched<T>(row: Option<Row>, t: T, d: isize) -> Match<T> {
+    match row {
+        Some(row) => Ok((row, t, d)),
+        None => Err((MISMATCHED_ROW.to_string(), t, d)),
     }
 }
 

@@ -17,6 +17,7 @@ mod constant_join;
 mod distinct_count;
 pub mod eval;
 mod fast_path;
+mod insert_join;
 mod join_matches;
 mod leaders;
 pub mod log;

@@ -323,9 +323,10 @@ fn render_node<'s>(
                     MatchMap::fused(spec.residual, filters, projection, &input.schema, &plan.schema)
             {
                 // Filtered and projected as the join makes each match.
+                let inserts_only = monotonic(left, imports.logs) && monotonic(right, imports.logs);
                 let l = render(left, scope, imports)?;
                 let r = render(right, scope, imports)?;
-                return join_mapped(l, r, &left.schema, &right.schema, &spec, Some(map));
+                return join_mapped(l, r, &left.schema, &right.schema, &spec, Some(map), inserts_only);
             }
             let (ok, err) = render(input, scope, imports)?;
             let (ok, err2) = map_filter_project(ok, &input.schema, filters, projection, &plan.schema)?;
@@ -866,9 +867,10 @@ fn render_join<'s>(
     {
         return Ok(rendered);
     }
+    let inserts_only = monotonic(left, imports.logs) && monotonic(right, imports.logs);
     let l = render(left, scope, imports)?;
     let r = render(right, scope, imports)?;
-    join_collections(l, r, &left.schema, &right.schema, spec)
+    join_mapped(l, r, &left.schema, &right.schema, spec, None, inserts_only)
 }
 
 /// Join two rendered inputs whose rows have `left` and `right` schemas.
@@ -879,11 +881,13 @@ pub(crate) fn join_collections<'s, T: RenderTime>(
     right: &DFSchema,
     spec: &JoinSpec<'_>,
 ) -> Result<(Coll<'s, T>, Errs<'s, T>), EngineError> {
-    join_mapped(l, r, left, right, spec, None)
+    join_mapped(l, r, left, right, spec, None, false)
 }
 
 /// [`join_collections`]; for an inner join, `above` is what a
-/// MapFilterProject over it makes of each match, done in the join.
+/// MapFilterProject over it makes of each match, done in the join, and
+/// inputs that only insert (`inserts_only`) are kept in hash tables
+/// ([`crate::insert_join`]) rather than arranged.
 fn join_mapped<'s, T: RenderTime>(
     (lok, lerr): (Coll<'s, T>, Errs<'s, T>),
     (rok, rerr): (Coll<'s, T>, Errs<'s, T>),
@@ -891,6 +895,7 @@ fn join_mapped<'s, T: RenderTime>(
     right: &DFSchema,
     spec: &JoinSpec<'_>,
     above: Option<MatchMap>,
+    inserts_only: bool,
 ) -> Result<(Coll<'s, T>, Errs<'s, T>), EngineError> {
     let (lk, lkerr) = keyed(lok.clone(), left, spec.left_keys, spec.nulls_equal, "JoinKeyLeft")?;
     let (rk, rkerr) = keyed(
@@ -902,9 +907,11 @@ fn join_mapped<'s, T: RenderTime>(
     )?;
     // Both sides arranged with rows laid out contiguously (as views'
     // outputs are), which joins hold the most of.
-    let la = lk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeLeft", KeyedBatcher::new);
-    let ra = rk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeRight", KeyedBatcher::new);
-    let (la, ra) = (measured(la, "JoinArrangeLeft"), measured(ra, "JoinArrangeRight"));
+    let arrange = |lk: Keyed<'s, T>, rk: Keyed<'s, T>| {
+        let la = lk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeLeft", KeyedBatcher::new);
+        let ra = rk.arrange_named::<KeyedBatcher<T>, KeyedSpine<T>>("JoinArrangeRight", KeyedBatcher::new);
+        (measured(la, "JoinArrangeLeft"), measured(ra, "JoinArrangeRight"))
+    };
     let mut errs = lerr.concat(rerr).concat(lkerr).concat(rkerr);
     let joined = left
         .join(right)
@@ -919,7 +926,12 @@ fn join_mapped<'s, T: RenderTime>(
                 None => (MatchMap::default(), spec.residual),
             },
         };
-        let (mut out, e) = map.join(la, ra);
+        let (mut out, e) = if inserts_only {
+            crate::insert_join::join_inserts(lk, rk, map)
+        } else {
+            let (la, ra) = arrange(lk, rk);
+            map.join(la, ra)
+        };
         errs = errs.concat(e);
         if let Some(expr) = evaluated {
             let eval = RowEval::new(&joined, std::slice::from_ref(expr), &[])?;
@@ -936,6 +948,7 @@ fn join_mapped<'s, T: RenderTime>(
         }
         return Ok((out, errs));
     }
+    let (la, ra) = arrange(lk, rk);
     let pairs = la.join_core(ra, |_k, l, r| Some((Row::from(l), Row::from(r))));
     let matched = match spec.residual {
         None => pairs,

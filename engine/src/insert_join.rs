@@ -1,0 +1,274 @@
+//! An inner join of two inputs that only insert ([`crate::render::monotonic`]),
+//! each side's rows kept by key in a hash table rather than arranged.
+//!
+//! An arrangement sorts each batch of updates and merges its batches again
+//! and again as its spine compacts, so every row is copied and compared many
+//! times over its life: arranging Nexmark q4's two join inputs was 46% of
+//! its CPU (stop 38). Rows that are never taken back need none of that. Each
+//! arriving row is matched against the other side's rows so far, then kept
+//! for the other side's rows still to come (a symmetric hash join). Each
+//! pair of updates meets exactly once, when the second of them arrives, at
+//! the later of their times (their join, in the lattice) with the product of
+//! their multiplicities: differential's join, for any updates. Only inserts
+//! keep the tables small, since nothing in them ever cancels.
+//!
+//! This module owns that operator and its tables; what a match becomes is
+//! [`MatchMap`]'s, and which joins come here is [`crate::render`]'s choice.
+
+use std::cell::RefCell;
+use std::hash::BuildHasher;
+use std::rc::Rc;
+
+use differential_dataflow::{AsCollection, Hashable};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::{OkErr, Operator};
+
+use crate::Diff;
+use crate::join_matches::{Match, MatchMap, matched};
+use crate::render::{Coll, Errs, Keyed, RenderTime};
+use crate::row::Row;
+use crate::sizes::Size;
+
+/// Bytes per chunk of a side's arena.
+const ARENA_CHUNK: usize = 1 << 20;
+
+/// Records per chunk of a side's records.
+const RECORDS: usize = 8 * 1024;
+
+/// No next record.
+const END: u32 = u32::MAX;
+
+/// Where bytes are in an [`Arena`].
+#[derive(Clone, Copy)]
+struct Span {
+    chunk: u32,
+    offset: u32,
+    len: u32,
+}
+
+/// Bytes end to end in chunks that never move, so that a side's rows are
+/// copied once, as they arrive.
+#[derive(Default)]
+struct Arena {
+    chunks: Vec<Vec<u8>>,
+}
+
+impl Arena {
+    fn push(&mut self, bytes: &[u8]) -> Span {
+        let fits = self
+            .chunks
+            .last()
+            .is_some_and(|c| c.capacity() - c.len() >= bytes.len());
+        if !fits {
+            self.chunks.push(Vec::with_capacity(ARENA_CHUNK.max(bytes.len())));
+        }
+        let chunk = self.chunks.len() - 1;
+        let c = &mut self.chunks[chunk];
+        let offset = c.len();
+        c.extend_from_slice(bytes);
+        Span {
+            chunk: chunk as u32,
+            offset: offset as u32,
+            len: bytes.len() as u32,
+        }
+    }
+
+    fn get(&self, at: Span) -> &[u8] {
+        &self.chunks[at.chunk as usize][at.offset as usize..][..at.len as usize]
+    }
+}
+
+/// One row of a side, with its time and multiplicity, and the next row of
+/// its key.
+struct Record<T> {
+    row: Span,
+    next: u32,
+    time: T,
+    diff: Diff,
+}
+
+/// A key of a side: its hash and bytes, and its first and last records.
+struct Key {
+    hash: u64,
+    key: Span,
+    first: u32,
+    last: u32,
+}
+
+/// One side's rows so far, chained by key in the order they came.
+struct Side<T> {
+    keys: hashbrown::HashTable<Key>,
+    /// Record `i` is `records[i / RECORDS][i % RECORDS]`.
+    records: Vec<Vec<Record<T>>>,
+    len: usize,
+    bytes: Arena,
+}
+
+impl<T> Default for Side<T> {
+    fn default() -> Self {
+        Side {
+            keys: hashbrown::HashTable::new(),
+            records: Vec::new(),
+            len: 0,
+            bytes: Arena::default(),
+        }
+    }
+}
+
+impl<T> Side<T> {
+    fn record(&self, i: u32) -> &Record<T> {
+        let i = i as usize;
+        &self.records[i / RECORDS][i % RECORDS]
+    }
+
+    /// Keep `row` of `key` (whose hash is `hash`) at `time` with `diff`.
+    fn insert(&mut self, hash: u64, key: &[u8], row: &[u8], time: T, diff: Diff) {
+        let at = u32::try_from(self.len).expect("under 2^32 rows per worker and side");
+        if self.len.is_multiple_of(RECORDS) {
+            self.records.push(Vec::with_capacity(RECORDS));
+        }
+        let row = self.bytes.push(row);
+        self.records.last_mut().expect("a chunk with room").push(Record {
+            row,
+            next: END,
+            time,
+            diff,
+        });
+        self.len += 1;
+        let Side {
+            keys, records, bytes, ..
+        } = self;
+        match keys.find_mut(hash, |k| k.hash == hash && bytes.get(k.key) == key) {
+            Some(k) => {
+                let last = k.last as usize;
+                records[last / RECORDS][last % RECORDS].next = at;
+                k.last = at;
+            }
+            None => {
+                let key = bytes.push(key);
+                keys.insert_unique(
+                    hash,
+                    Key {
+                        hash,
+                        key,
+                        first: at,
+                        last: at,
+                    },
+                    |k| k.hash,
+                );
+            }
+        }
+    }
+
+    /// Call `each` with every row of `key` (whose hash is `hash`), its time
+    /// and multiplicity, in the order they came.
+    fn matches(&self, hash: u64, key: &[u8], mut each: impl FnMut(&[u8], &T, Diff)) {
+        let Some(k) = self
+            .keys
+            .find(hash, |k| k.hash == hash && self.bytes.get(k.key) == key)
+        else {
+            return;
+        };
+        let mut at = k.first;
+        while at != END {
+            let r = self.record(at);
+            each(self.bytes.get(r.row), &r.time, r.diff);
+            at = r.next;
+        }
+    }
+
+    fn size(&self) -> Size {
+        let record = std::mem::size_of::<Record<T>>();
+        let key = std::mem::size_of::<Key>();
+        let (used, allocated) = self
+            .bytes
+            .chunks
+            .iter()
+            .fold((0, 0), |(u, a), c| (u + c.len(), a + c.capacity()));
+        Size {
+            batches: 1,
+            records: self.len,
+            bytes: self.len * record + self.keys.len() * key + used,
+            capacity: self.records.len() * RECORDS * record + self.keys.capacity() * key + allocated,
+        }
+    }
+}
+
+/// The hash a side files a key under: fixed, and not the exchange's, so
+/// that the keys one worker receives still spread over its whole table.
+fn key_hash(key: &[u8]) -> u64 {
+    foldhash::fast::FixedState::with_seed(1).hash_one(key)
+}
+
+/// The inner join of `left` and `right`, keyed rows that only insert, each
+/// match made into its output row by `map`; the errors of matches whose
+/// rows do not walk as the joined schema (never expected). Each side's
+/// table is measured as `State: JoinInsertsLeft` / `Right` (see
+/// [`crate::sizes`]).
+pub(crate) fn join_inserts<'s, T: RenderTime>(
+    left: Keyed<'s, T>,
+    right: Keyed<'s, T>,
+    map: MatchMap,
+) -> (Coll<'s, T>, Errs<'s, T>) {
+    let sides: Rc<RefCell<(Side<T>, Side<T>)>> = Rc::default();
+    let dataflow = left.inner.scope().addr()[0];
+    let registrations = [("Left", false), ("Right", true)].map(|(name, right)| {
+        let sides = Rc::downgrade(&sides);
+        crate::sizes::register(dataflow, &format!("State: JoinInserts{name}"), move || {
+            sides
+                .upgrade()
+                .map(|s| {
+                    let s = s.borrow();
+                    if right { s.1.size() } else { s.0.size() }
+                })
+                .unwrap_or_default()
+        })
+    });
+    let route = || Exchange::new(|((k, _), _, _): &((Row, Row), T, Diff)| k.hashed());
+    let mixed = left
+        .inner
+        .binary::<_, CapacityContainerBuilder<Vec<Match<T>>>, _, _, _, _>(
+            right.inner,
+            route(),
+            route(),
+            "JoinInserts",
+            move |_, _| {
+                let mut joined = Vec::new();
+                let mut ends = Vec::new();
+                move |input1, input2, output| {
+                    // Owned by the operator: the registrations go with it.
+                    let _owned = &registrations;
+                    let (l, r) = &mut *sides.borrow_mut();
+                    // Left rows meet the right rows so far, then right rows
+                    // meet every left row so far: each pair meets once.
+                    input1.for_each(|cap, data| {
+                        let mut session = output.session(&cap);
+                        for ((key, row), t, d) in data.drain(..) {
+                            let hash = key_hash(&key);
+                            r.matches(hash, &key, |other, t2, d2| {
+                                if let Some(made) = map.make(&row, other, &mut joined, &mut ends) {
+                                    session.give(matched(made, t.join(t2), d * d2));
+                                }
+                            });
+                            l.insert(hash, &key, &row, t, d);
+                        }
+                    });
+                    input2.for_each(|cap, data| {
+                        let mut session = output.session(&cap);
+                        for ((key, row), t, d) in data.drain(..) {
+                            let hash = key_hash(&key);
+                            l.matches(hash, &key, |other, t2, d2| {
+                                if let Some(made) = map.make(other, &row, &mut joined, &mut ends) {
+                                    session.give(matched(made, t.join(t2), d2 * d));
+                                }
+                            });
+                            r.insert(hash, &key, &row, t, d);
+                        }
+                    });
+                }
+            },
+        );
+    let (ok, err) = mixed.ok_err(|r| r);
+    (ok.as_collection(), err.as_collection())
+}
