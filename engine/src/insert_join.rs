@@ -234,8 +234,8 @@ pub(crate) fn join_inserts<'s, T: RenderTime>(
             route(),
             "JoinInserts",
             move |_, _| {
-                let mut joined = Vec::new();
-                let mut ends = Vec::new();
+                let mut scratch = (Vec::new(), Vec::new());
+                let mut out = Vec::new();
                 move |input1, input2, output| {
                     // Owned by the operator: the registrations go with it.
                     let _owned = &registrations;
@@ -243,32 +243,97 @@ pub(crate) fn join_inserts<'s, T: RenderTime>(
                     // Left rows meet the right rows so far, then right rows
                     // meet every left row so far: each pair meets once.
                     input1.for_each(|cap, data| {
-                        let mut session = output.session(&cap);
-                        for ((key, row), t, d) in data.drain(..) {
-                            let hash = key_hash(&key);
-                            r.matches(hash, &key, |other, t2, d2| {
-                                if let Some(made) = map.make(&row, other, &mut joined, &mut ends) {
-                                    session.give(matched(made, t.join(t2), d * d2));
-                                }
-                            });
-                            l.insert(hash, &key, &row, t, d);
-                        }
+                        meet(data, l, r, true, &map, &mut scratch, &mut out);
+                        output.session(&cap).give_container(&mut out);
                     });
                     input2.for_each(|cap, data| {
-                        let mut session = output.session(&cap);
-                        for ((key, row), t, d) in data.drain(..) {
-                            let hash = key_hash(&key);
-                            l.matches(hash, &key, |other, t2, d2| {
-                                if let Some(made) = map.make(other, &row, &mut joined, &mut ends) {
-                                    session.give(matched(made, t.join(t2), d2 * d));
-                                }
-                            });
-                            r.insert(hash, &key, &row, t, d);
-                        }
+                        meet(data, r, l, false, &map, &mut scratch, &mut out);
+                        output.session(&cap).give_container(&mut out);
                     });
                 }
             },
         );
     let (ok, err) = mixed.ok_err(|r| r);
     (ok.as_collection(), err.as_collection())
+}
+
+/// Each of `arriving`, rows of the side `own`, meets the rows of `other`
+/// so far, each match made by `map` into `out` (`own_left`: `own`'s rows
+/// are the left of each match), then stays in `own`.
+fn meet<T: RenderTime>(
+    arriving: &mut Vec<((Row, Row), T, Diff)>,
+    own: &mut Side<T>,
+    other: &Side<T>,
+    own_left: bool,
+    map: &MatchMap,
+    (joined, ends): &mut (Vec<u8>, Vec<usize>),
+    out: &mut Vec<Match<T>>,
+) {
+    for ((key, row), t, d) in arriving.drain(..) {
+        let hash = key_hash(&key);
+        other.matches(hash, &key, |theirs, t2, d2| {
+            let (l, r) = if own_left {
+                (&row[..], theirs)
+            } else {
+                (theirs, &row[..])
+            };
+            if let Some(made) = map.make(l, r, joined, ends) {
+                out.push(matched(made, t.join(t2), d * d2));
+            }
+        });
+        own.insert(hash, &key, &row, t, d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows chain by key in the order they came, across chunks of
+    /// records and of bytes, and keys that share a hash stay apart.
+    #[test]
+    fn rows_chain_by_key_in_arrival_order() {
+        let mut side: Side<u64> = Side::default();
+        let long = vec![7u8; ARENA_CHUNK / 3];
+        let n = RECORDS as u64 + 100;
+        for i in 0..n {
+            let key = [(i % 3) as u8];
+            let row = if i % 1000 == 0 {
+                long.clone()
+            } else {
+                i.to_le_bytes().to_vec()
+            };
+            side.insert(key_hash(&key), &key, &row, i, 1 + (i % 2) as Diff);
+        }
+        // Two keys filed under one hash: each finds only its own rows.
+        side.insert(42, b"x", b"first", 0, 1);
+        side.insert(42, b"y", b"second", 0, 1);
+        for k in 0..3u8 {
+            let mut seen = Vec::new();
+            side.matches(key_hash(&[k]), &[k], |row, t, d| {
+                let want = if t % 1000 == 0 {
+                    long.clone()
+                } else {
+                    t.to_le_bytes().to_vec()
+                };
+                assert_eq!(row, want.as_slice());
+                assert_eq!(d, 1 + (t % 2) as Diff);
+                seen.push(*t);
+            });
+            let want: Vec<u64> = (0..n).filter(|i| i % 3 == k as u64).collect();
+            assert_eq!(seen, want);
+        }
+        for (key, row) in [(b"x", b"first".as_slice()), (b"y", b"second".as_slice())] {
+            let mut seen = Vec::new();
+            side.matches(42, key, |r, _, _| seen.push(r.to_vec()));
+            assert_eq!(seen, vec![row.to_vec()]);
+        }
+        let mut none = 0;
+        side.matches(key_hash(b"z"), b"z", |_, _, _| none += 1);
+        assert_eq!(none, 0);
+        let size = side.size();
+        assert_eq!(size.records, n as usize + 2);
+        assert!(size.bytes <= size.capacity, "{size:?}");
+        assert!(side.bytes.chunks.len() > 1 && side.records.len() == 2);
+    }
 }
