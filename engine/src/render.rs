@@ -460,7 +460,8 @@ pub fn output_shape(plan: &Plan) -> OutputShape {
 /// Whether `plan` only ever inserts rows: it maps, filters, unions and
 /// inner-joins constants and relations whose logs only insert. Reductions
 /// over such a plan keep `min`/`max` as one running value per group
-/// ([`crate::minmax`]); anything that can take a row back (a reduction,
+/// ([`crate::minmax`]), and an inner join of two keeps each side's rows
+/// in a hash table ([`crate::insert_join`]); anything that can take a row back (a reduction,
 /// an outer join's padding, a TopK) ends the promise.
 pub fn monotonic(plan: &Plan, logs: &HashMap<GlobalId, Rc<RefCell<TableLog>>>) -> bool {
     match &plan.node {
