@@ -101,7 +101,6 @@ struct Side<T> {
     keys: hashbrown::HashTable<Key>,
     /// Record `i` is `records[i / RECORDS][i % RECORDS]`.
     records: Vec<Vec<Record<T>>>,
-    len: usize,
     bytes: Arena,
 }
 
@@ -110,22 +109,34 @@ impl<T> Default for Side<T> {
         Side {
             keys: hashbrown::HashTable::new(),
             records: Vec::new(),
-            len: 0,
             bytes: Arena::default(),
         }
     }
 }
 
 impl<T> Side<T> {
+    /// Rows kept: every chunk of records but the last is full.
+    fn len(&self) -> usize {
+        self.records
+            .last()
+            .map_or(0, |last| (self.records.len() - 1) * RECORDS + last.len())
+    }
+
     fn record(&self, i: u32) -> &Record<T> {
         let i = i as usize;
         &self.records[i / RECORDS][i % RECORDS]
     }
 
+    fn record_mut(&mut self, i: u32) -> &mut Record<T> {
+        let i = i as usize;
+        &mut self.records[i / RECORDS][i % RECORDS]
+    }
+
     /// Keep `row` of `key` (whose hash is `hash`) at `time` with `diff`.
     fn insert(&mut self, hash: u64, key: &[u8], row: &[u8], time: T, diff: Diff) {
-        let at = u32::try_from(self.len).expect("under 2^32 rows per worker and side");
-        if self.len.is_multiple_of(RECORDS) {
+        let len = self.len();
+        let at = u32::try_from(len).expect("under 2^32 rows per worker and side");
+        if len.is_multiple_of(RECORDS) {
             self.records.push(Vec::with_capacity(RECORDS));
         }
         let row = self.bytes.push(row);
@@ -135,15 +146,11 @@ impl<T> Side<T> {
             time,
             diff,
         });
-        self.len += 1;
-        let Side {
-            keys, records, bytes, ..
-        } = self;
+        let Side { keys, bytes, .. } = self;
         match keys.find_mut(hash, |k| k.hash == hash && bytes.get(k.key) == key) {
             Some(k) => {
-                let last = k.last as usize;
-                records[last / RECORDS][last % RECORDS].next = at;
-                k.last = at;
+                let last = std::mem::replace(&mut k.last, at);
+                self.record_mut(last).next = at;
             }
             None => {
                 let key = bytes.push(key);
@@ -188,8 +195,8 @@ impl<T> Side<T> {
             .fold((0, 0), |(u, a), c| (u + c.len(), a + c.capacity()));
         Size {
             batches: 1,
-            records: self.len,
-            bytes: self.len * record + self.keys.len() * key + used,
+            records: self.len(),
+            bytes: self.len() * record + self.keys.len() * key + used,
             capacity: self.records.len() * RECORDS * record + self.keys.capacity() * key + allocated,
         }
     }
