@@ -378,7 +378,8 @@ impl TableLog {
     }
 
     /// Keep the rows of `chunks` at `time` with count `diff`, several
-    /// chunks to a batch of up to [`CHUNK_ROWS`] rows. A chunk of wide
+    /// chunks to a batch, until the next would take it past
+    /// [`CHUNK_ROWS`] rows (a chunk is never split). A chunk of wide
     /// rows alone is a batch under [`SMALL_ROWS`] (Nexmark q20's are
     /// ~2,500 rows of ~400 bytes), which compaction would copy once more
     /// into a bigger one: that copy was a quarter of the fresh pages q20's
@@ -906,7 +907,8 @@ pub fn record_output<'s>(
 /// and holding each as a row of its own until the time was complete made
 /// them the largest share of the fresh pages the kernel zeroed. Chunks,
 /// not one buffer, because a buffer that doubles as it grows copies
-/// itself into fresh pages at every doubling; each chunk becomes a batch.
+/// itself into fresh pages at every doubling ([`TableLog::store_chunks`]
+/// decodes several chunks to a batch).
 #[derive(Default)]
 struct Unsettled {
     rows: std::collections::BTreeMap<(Time, Diff), Vec<RowContainer>>,
