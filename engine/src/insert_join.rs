@@ -29,6 +29,7 @@ use crate::join_matches::{Match, MatchMap, matched};
 use crate::render::{Coll, Errs, Keyed, RenderTime};
 use crate::row::Row;
 use crate::sizes::Size;
+use crate::slots::{chunked, chunked_len, chunked_mut};
 
 /// Bytes per chunk of a side's arena.
 const ARENA_CHUNK: usize = 1 << 20;
@@ -115,21 +116,13 @@ impl<T> Default for Side<T> {
 }
 
 impl<T> Side<T> {
-    /// Rows kept: every chunk of records but the last is full.
+    /// Rows kept.
     fn len(&self) -> usize {
-        self.records
-            .last()
-            .map_or(0, |last| (self.records.len() - 1) * RECORDS + last.len())
+        chunked_len(&self.records, RECORDS)
     }
 
     fn record(&self, i: u32) -> &Record<T> {
-        let i = i as usize;
-        &self.records[i / RECORDS][i % RECORDS]
-    }
-
-    fn record_mut(&mut self, i: u32) -> &mut Record<T> {
-        let i = i as usize;
-        &mut self.records[i / RECORDS][i % RECORDS]
+        chunked(&self.records, RECORDS, i)
     }
 
     /// Keep `row` of `key` (whose hash is `hash`) at `time` with `diff`.
@@ -150,7 +143,7 @@ impl<T> Side<T> {
         match keys.find_mut(hash, |k| k.hash == hash && bytes.get(k.key) == key) {
             Some(k) => {
                 let last = std::mem::replace(&mut k.last, at);
-                self.record_mut(last).next = at;
+                chunked_mut(&mut self.records, RECORDS, last).next = at;
             }
             None => {
                 let key = bytes.push(key);

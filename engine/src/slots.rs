@@ -31,6 +31,27 @@ pub(crate) struct SlotMap<K, S> {
     chunks: Vec<Vec<(K, S)>>,
 }
 
+/// How many entries `chunks` hold, each of `per` entries but the last,
+/// which is not empty (the layout of [`SlotMap`]'s entries and of
+/// [`crate::insert_join`]'s records).
+pub(crate) fn chunked_len<T>(chunks: &[Vec<T>], per: usize) -> usize {
+    chunks
+        .last()
+        .map_or(0, |last| (chunks.len() - 1) * per + last.len())
+}
+
+/// Entry `i` of `chunks` of `per` entries each.
+pub(crate) fn chunked<T>(chunks: &[Vec<T>], per: usize, i: u32) -> &T {
+    let i = i as usize;
+    &chunks[i / per][i % per]
+}
+
+/// [`chunked`], to change.
+pub(crate) fn chunked_mut<T>(chunks: &mut [Vec<T>], per: usize, i: u32) -> &mut T {
+    let i = i as usize;
+    &mut chunks[i / per][i % per]
+}
+
 /// The key hasher: fixed, so that a key's hash is the same in every map
 /// (hashbrown's default is seeded afresh for each instance).
 fn hasher() -> foldhash::fast::FixedState {
@@ -66,9 +87,7 @@ impl<K: Hash + Eq, S> SlotMap<K, S> {
     }
 
     pub fn len(&self) -> usize {
-        self.chunks
-            .last()
-            .map_or(0, |last| (self.chunks.len() - 1) * CHUNK + last.len())
+        chunked_len(&self.chunks, CHUNK)
     }
 
     /// Room for this many entries without growing: in the chunks held,
@@ -78,8 +97,7 @@ impl<K: Hash + Eq, S> SlotMap<K, S> {
     }
 
     fn entry(&self, slot: u32) -> &(K, S) {
-        let slot = slot as usize;
-        &self.chunks[slot / CHUNK][slot % CHUNK]
+        chunked(&self.chunks, CHUNK, slot)
     }
 
     fn slot(&self, hash: u64, key: &K) -> Option<u32> {
@@ -96,8 +114,8 @@ impl<K: Hash + Eq, S> SlotMap<K, S> {
 
     /// The key and state of `key`, whose hash is `hash`, to change.
     pub fn get_mut(&mut self, hash: u64, key: &K) -> Option<(&K, &mut S)> {
-        let slot = self.slot(hash, key)? as usize;
-        let (k, s) = &mut self.chunks[slot / CHUNK][slot % CHUNK];
+        let slot = self.slot(hash, key)?;
+        let (k, s) = chunked_mut(&mut self.chunks, CHUNK, slot);
         Some((k, s))
     }
 
@@ -146,9 +164,8 @@ impl<K: Hash + Eq, S> SlotMap<K, S> {
         {
             record.1 = slot;
         }
-        let slot = slot as usize;
         Some(std::mem::replace(
-            &mut self.chunks[slot / CHUNK][slot % CHUNK],
+            chunked_mut(&mut self.chunks, CHUNK, slot),
             moved,
         ))
     }
